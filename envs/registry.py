@@ -1,0 +1,63 @@
+"""Environment lookup: registered short names, or any ``package.module:factory`` string.
+
+Every factory must return a PettingZoo ``ParallelEnv`` or ``AECEnv``; AEC envs are converted with
+PettingZoo's own ``aec_to_parallel``.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+from pettingzoo.utils.conversions import aec_to_parallel
+from pettingzoo.utils.env import AECEnv, ParallelEnv
+
+from envs.errors import EnvError
+
+# Short name -> "module:factory". Kept as strings so that listing them imports nothing.
+ENVS: dict[str, str] = {
+    "mpe2:simple_spread_v3": "mpe2.simple_spread_v3:parallel_env",
+    "mpe2:simple_speaker_listener_v4": "mpe2.simple_speaker_listener_v4:parallel_env",
+    "mpe2:simple_reference_v3": "mpe2.simple_reference_v3:parallel_env",
+    "diag:climbing": "envs.diagnostic:climbing_game",
+    "diag:penalty": "envs.diagnostic:penalty_game",
+    "diag:lazy_agent": "envs.diagnostic:lazy_agent",
+    "diag:delayed_chain": "envs.diagnostic:delayed_chain",
+}
+
+
+def resolve_factory(env_id: str) -> Callable[..., Any]:
+    """The callable behind ``env_id`` (a registered name or ``package.module:factory``)."""
+    target = ENVS.get(env_id, env_id)
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise EnvError(
+            f"env.id {env_id!r} is neither a registered env ({', '.join(sorted(ENVS))}) nor of the "
+            f"form 'package.module:factory'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise EnvError(f"env.id {env_id!r}: cannot import module {module_name!r} ({exc}); "
+                       f"install it or fix the module path") from None
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise EnvError(f"env.id {env_id!r}: module {module_name!r} has no callable {attr!r}")
+    return factory
+
+
+def make_parallel_env(env_id: str, kwargs: dict | None = None, render_mode: str | None = None) -> ParallelEnv:
+    """Build the PettingZoo ParallelEnv named by ``env_id`` with ``kwargs``."""
+    factory = resolve_factory(env_id)
+    kwargs = dict(kwargs or {})
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
+    try:
+        env = factory(**kwargs)
+    except TypeError as exc:
+        raise EnvError(f"env.id {env_id!r}: factory rejected env.kwargs {kwargs}: {exc}") from None
+    if isinstance(env, AECEnv):
+        env = aec_to_parallel(env)
+    if not isinstance(env, ParallelEnv):
+        raise EnvError(
+            f"env.id {env_id!r}: the factory returned {type(env).__name__}, not a PettingZoo "
+            f"ParallelEnv or AECEnv; return one (wrap Gymnasium multi-agent envs in an adapter)")
+    return env

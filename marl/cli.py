@@ -1,0 +1,135 @@
+"""``marl`` command line: train, eval, list."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _cmd_train(args) -> int:
+    from marl.config import load_config
+    from marl.run import default_run_dir, final_evaluation, new_run, resume_run
+    from marl.trainer import TrainingInterrupted
+
+    if args.resume:
+        if args.config:
+            raise _UsageError("give either CONFIG or --resume RUN_DIR, not both")
+        trainer = resume_run(args.resume, args.set)
+    else:
+        if not args.config:
+            raise _UsageError("marl train needs a CONFIG file (or --resume RUN_DIR)")
+        cfg = load_config(args.config, args.set)
+        trainer = new_run(cfg, args.run_dir or default_run_dir(args.config))
+    try:
+        print(f"run directory: {trainer.run_dir}", file=sys.stderr)
+        try:
+            summary = trainer.train()
+        except TrainingInterrupted as exc:
+            print(f"\n{exc}; checkpoint saved. Continue with: marl train --resume {trainer.run_dir}",
+                  file=sys.stderr)
+            return 130
+        result = final_evaluation(trainer)
+    finally:
+        trainer.close()
+    line = (f"done: {summary['env_steps']} env steps in {summary['wall_s']:.1f} s "
+            f"({summary['env_steps_per_s']:.0f} env steps/s), last team return "
+            f"{_fmt(summary['team_return'])}")
+    if result is not None:
+        line += f", greedy eval {result['team_return_mean']:.2f} ± {result['team_return_std']:.2f}"
+    print(line + f", run directory {trainer.run_dir}")
+    print(f"TensorBoard: tensorboard --logdir {trainer.run_dir}")
+    return 0
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.2f}"
+
+
+def _cmd_eval(args) -> int:
+    from marl.evaluate import evaluate, render_gif
+    from marl.run import EVAL_NAME, load_actor
+
+    actor, cfg = load_actor(args.run_dir)
+    result = evaluate(actor, cfg.env.id, cfg.env.kwargs, args.episodes, seed=args.seed)
+    (Path(args.run_dir) / EVAL_NAME).write_text(json.dumps(result, indent=2) + "\n")
+    if args.gif:
+        render_gif(actor, cfg.env.id, cfg.env.kwargs, args.gif, seed=args.seed)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"team return {result['team_return_mean']:.2f} ± {result['team_return_std']:.2f} "
+              f"over {result['episodes']} greedy episodes")
+        for key, value in result.items():
+            if key.startswith("return/"):
+                print(f"  {key[len('return/'):]}: {value:.2f}")
+        if args.gif:
+            print(f"gif: {args.gif}")
+    return 0
+
+
+def _cmd_list(args) -> int:
+    from algorithms import ADVANTAGES
+    from envs import ENVS, REWARD_MODES
+
+    print("environments (env.id):")
+    for name, target in ENVS.items():
+        print(f"  {name:34s} {target}")
+    print("  any 'package.module:factory' returning a PettingZoo ParallelEnv or AECEnv")
+    print("advantage modules (algo.advantage):")
+    for name, spec in ADVANTAGES.items():
+        print(f"  {name:12s} critic={spec.critic}  {spec.description}")
+    print(f"reward modes (env.reward): {', '.join(REWARD_MODES)}")
+    return 0
+
+
+class _UsageError(ValueError):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="marl", description="Credit assignment for cooperative MARL")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train from a YAML config, or resume a run")
+    p.add_argument("config", nargs="?", help="YAML config file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set algo.lr=3e-4 (repeatable)")
+    p.add_argument("--run-dir", help="where to write the run (default runs/<config>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("eval", help="greedy evaluation of a run's checkpoint")
+    p.add_argument("run_dir")
+    p.add_argument("--episodes", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--gif", metavar="PATH", help="render one greedy episode to a GIF")
+    p.set_defaults(func=_cmd_eval)
+    p = sub.add_parser("list", help="registered envs, advantage modules and reward modes")
+    p.set_defaults(func=_cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from envs import EnvError
+    from marl.config import ConfigError
+    from marl.trainer import TrainingDiverged
+
+    # Like `python -m`, let env ids name modules in the current directory (e.g. tests.my_env:make).
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, EnvError, _UsageError) as exc:
+        print(f"marl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as exc:
+        print(f"marl {args.command}: training diverged: {exc}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""Typed run configuration, loaded from YAML.
+
+Unknown keys, wrong types and out-of-range values raise ``ConfigError`` naming the key, so the
+CLI can print one clear line instead of a traceback.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config key or value. ``str(err)`` is one line naming the key."""
+
+
+@dataclass
+class EnvConfig:
+    id: str = "mpe2:simple_spread_v3"
+    """Registered short name (``marl list``) or ``package.module:factory``."""
+    kwargs: dict = field(default_factory=dict)
+    """Keyword arguments for the env factory."""
+    reward: str = "shared"
+    """Reward mode: ``shared`` (team reward to all), ``individual`` or ``mixed``."""
+    team_reward: str = "mean"
+    """How the team reward is made from the agents' rewards: ``sum`` or ``mean``."""
+    alpha: float = 0.5
+    """Weight of the agent's own reward in ``mixed`` mode."""
+    num_envs: int = 16
+    """Parallel envs B; each iteration collects ``algo.rollout_steps`` steps from each."""
+    workers: int = 0
+    """0 steps envs in the trainer process; K > 0 steps them in K worker processes."""
+
+
+@dataclass
+class AlgoConfig:
+    advantage: str = "gae"
+    """Advantage module from the registry (``marl list``)."""
+    critic: str = "central"
+    """``central``: V(state) (MAPPO/MAA2C); ``local``: V(o_i) (IPPO/IA2C)."""
+    loss: str = "ppo"
+    """Actor loss: ``ppo`` (clipped surrogate) or ``a2c`` (policy gradient)."""
+    gamma: float = 0.99
+    """Discount factor in (0, 1]."""
+    lam: float = 0.95
+    """GAE/TD(λ) λ in [0, 1]."""
+    rollout_steps: int = 25
+    """Steps T collected from each env per iteration."""
+    epochs: int = 5
+    """Passes over each batch (PPO); A2C usually uses 1."""
+    minibatches: int = 1
+    """Minibatches per epoch; must divide ``rollout_steps * env.num_envs``."""
+    lr: float = 5e-4
+    """Adam learning rate of the actor."""
+    critic_lr: float = 5e-4
+    """Adam learning rate of the critic."""
+    clip: float = 0.2
+    """PPO ratio clip ε."""
+    entropy_coef: float = 0.01
+    """Weight of the entropy bonus."""
+    value_coef: float = 1.0
+    """Weight of the critic loss."""
+    max_grad_norm: float = 10.0
+    """Gradient clipping by global norm (0 disables)."""
+    normalize_advantage: bool = True
+    """Standardise advantages per agent over the batch."""
+    normalize_value: bool = True
+    """Learn values in a running-normalised space (MAPPO's value normalisation)."""
+
+
+@dataclass
+class ModelConfig:
+    hidden: int = 64
+    """Width of the hidden layers."""
+    layers: int = 2
+    """Number of hidden layers."""
+    share_actor: bool = True
+    """One actor for all agents (with a one-hot agent id) or one per agent."""
+    activation: str = "relu"
+    """``relu`` or ``tanh``."""
+
+
+@dataclass
+class TrainConfig:
+    total_env_steps: int = 200_000
+    """Budget in joint env steps (one step of one env = 1)."""
+    log_every: int = 1
+    """Write metrics every this many iterations."""
+    checkpoint_every: int = 20
+    """Save a checkpoint every this many iterations (and at the end)."""
+    eval_episodes: int = 32
+    """Greedy episodes of the final evaluation (0 skips it)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    """Seed for torch, the action sampler and env resets."""
+    backend: str = "local"
+    """``local`` (single process trainer)."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# -- building dataclasses from plain dicts ----------------------------------------------------------
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp, key: str):
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {type(value).__name__} {value!r}")
+        return _build(tp, value, key + ".")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is dict:
+        if value is None:
+            return {}
+        if isinstance(value, dict):
+            return value
+    else:
+        return value
+    raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    return cls(**kwargs)
+
+
+# -- validation ---------------------------------------------------------------------------------------
+
+def _check(ok: bool, key: str, value, expected: str):
+    if not ok:
+        raise ConfigError(f"config key '{key}': expected {expected}, got {value!r}")
+
+
+def validate(cfg: Config) -> Config:
+    """Range and consistency checks; returns ``cfg`` unchanged or raises ``ConfigError``."""
+    from algorithms import ADVANTAGES
+    from envs import REWARD_MODES, TEAM_REDUCTIONS
+
+    a, e, m, t = cfg.algo, cfg.env, cfg.model, cfg.train
+    _check(cfg.backend in ("local",), "backend", cfg.backend, "'local'")
+    _check(e.reward in REWARD_MODES, "env.reward", e.reward, f"one of {list(REWARD_MODES)}")
+    _check(e.team_reward in TEAM_REDUCTIONS, "env.team_reward", e.team_reward, f"one of {list(TEAM_REDUCTIONS)}")
+    _check(0.0 <= e.alpha <= 1.0, "env.alpha", e.alpha, "a float in [0, 1]")
+    _check(e.num_envs >= 1, "env.num_envs", e.num_envs, "an int >= 1")
+    _check(0 <= e.workers <= e.num_envs, "env.workers", e.workers, f"an int in [0, env.num_envs={e.num_envs}]")
+    _check(a.advantage in ADVANTAGES, "algo.advantage", a.advantage, f"one of {sorted(ADVANTAGES)}")
+    _check(a.critic in ("central", "local"), "algo.critic", a.critic, "'central' or 'local'")
+    _check(a.loss in ("ppo", "a2c"), "algo.loss", a.loss, "'ppo' or 'a2c'")
+    _check(0.0 < a.gamma <= 1.0, "algo.gamma", a.gamma, "a float in (0, 1]")
+    _check(0.0 <= a.lam <= 1.0, "algo.lam", a.lam, "a float in [0, 1]")
+    _check(a.rollout_steps >= 1, "algo.rollout_steps", a.rollout_steps, "an int >= 1")
+    _check(a.epochs >= 1, "algo.epochs", a.epochs, "an int >= 1")
+    batch = a.rollout_steps * e.num_envs
+    _check(a.minibatches >= 1 and batch % a.minibatches == 0, "algo.minibatches", a.minibatches,
+           f"a divisor of the batch algo.rollout_steps * env.num_envs = {batch}")
+    for key in ("lr", "critic_lr"):
+        value = getattr(a, key)
+        _check(value > 0.0, f"algo.{key}", value, "a float > 0")
+    for key in ("clip", "entropy_coef", "value_coef", "max_grad_norm"):
+        value = getattr(a, key)
+        _check(value >= 0.0, f"algo.{key}", value, "a float >= 0")
+    _check(m.hidden >= 1, "model.hidden", m.hidden, "an int >= 1")
+    _check(m.layers >= 1, "model.layers", m.layers, "an int >= 1")
+    _check(m.activation in ("relu", "tanh"), "model.activation", m.activation, "'relu' or 'tanh'")
+    _check(t.total_env_steps >= 1, "train.total_env_steps", t.total_env_steps, "an int >= 1")
+    _check(t.log_every >= 1, "train.log_every", t.log_every, "an int >= 1")
+    _check(t.checkpoint_every >= 1, "train.checkpoint_every", t.checkpoint_every, "an int >= 1")
+    _check(t.eval_episodes >= 0, "train.eval_episodes", t.eval_episodes, "an int >= 0")
+    return cfg
+
+
+# -- loading ------------------------------------------------------------------------------------------
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"algo.lr=3e-4"`` -> ``(["algo", "lr"], 3e-4)``; the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set algo.lr=3e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def config_from_dict(data: dict, overrides: list[str] = ()) -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config must be a mapping at the top level, got {type(data).__name__}")
+    data = apply_overrides(_deep_copy(data), list(overrides))
+    return validate(_build(Config, data))
+
+
+def _deep_copy(data):
+    return yaml.safe_load(yaml.safe_dump(data))
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read a YAML file into a validated ``Config``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}".splitlines()[0]) from None
+    return config_from_dict(data, overrides)

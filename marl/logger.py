@@ -1,0 +1,76 @@
+"""Run logging: TensorBoard event files plus ``metrics.jsonl`` (one JSON object per logged
+iteration), both keyed by env steps."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+
+METRICS_NAME = "metrics.jsonl"
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class RunLogger:
+    """Writes scalars to TensorBoard and ``metrics.jsonl`` in ``run_dir``.
+
+    ``purge_step`` (on resume) drops TensorBoard events at or after that step, and the caller
+    trims ``metrics.jsonl`` with ``truncate_metrics`` so that a resumed run has no duplicates.
+    """
+
+    def __init__(self, run_dir: str | Path, agents: list[str], purge_step: int | None = None):
+        self.run_dir = Path(run_dir)
+        self.writer = SummaryWriter(str(self.run_dir), purge_step=purge_step)
+        self._metrics = open(self.run_dir / METRICS_NAME, "a")
+        self._layout_done = False
+        self.agents = agents
+
+    def log_text(self, tag: str, text: str, step: int = 0) -> None:
+        self.writer.add_text(tag, text, step)
+
+    def log_custom_layout(self) -> None:
+        """Overlay per-agent curves in one chart each (TensorBoard's custom-scalars tab)."""
+        charts = {name: ["Multiline", [rf"^{prefix}/"]] for name, prefix in
+                  [("return (raw)", "return"), ("return (after reward mode)", "reward_return"),
+                   ("advantage mean |A|", "credit/abs_adv"), ("credit share", "credit/share"),
+                   ("policy entropy", "entropy")]}
+        self.writer.add_custom_scalars({"per agent": charts})
+
+    def log(self, metrics: dict, step: int) -> None:
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                self.writer.add_scalar(key, value, step)
+        record = {k: _jsonable(v) for k, v in metrics.items()}
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+
+    def log_histogram(self, tag: str, values, step: int) -> None:
+        self.writer.add_histogram(tag, values, step)
+
+    def flush(self) -> None:
+        self.writer.flush()
+        self._metrics.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+        self._metrics.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / METRICS_NAME
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_metrics(run_dir: str | Path, last_iteration: int) -> None:
+    """Keep only records with ``iteration <= last_iteration`` (those covered by the checkpoint)."""
+    path = Path(run_dir) / METRICS_NAME
+    kept = [r for r in read_metrics(run_dir) if r.get("iteration", 0) <= last_iteration]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))

@@ -1,0 +1,124 @@
+"""Actor and critic networks. Every network maps ``[..., N, in]`` to ``[..., N, out]`` in one call,
+so policy inference is batched over envs and agents with no Python loop."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+class AgentLinear(nn.Module):
+    """A linear layer over ``[..., N, in]``: one weight for all agents, or one per agent (batched)."""
+
+    def __init__(self, n_agents: int, in_dim: int, out_dim: int, shared: bool, gain: float):
+        super().__init__()
+        self.shared = shared
+        copies = 1 if shared else n_agents
+        weight = torch.empty(copies, out_dim, in_dim)
+        for w in weight:
+            nn.init.orthogonal_(w, gain=gain)
+        self.weight = nn.Parameter(weight.transpose(1, 2).contiguous())  # [copies, in, out]
+        self.bias = nn.Parameter(torch.zeros(copies, out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shared:
+            return x @ self.weight[0] + self.bias[0]
+        return torch.einsum("...ni,nio->...no", x, self.weight) + self.bias
+
+
+class AgentMLP(nn.Module):
+    """MLP over ``[..., N, in] -> [..., N, out]``, shared across agents or one per agent."""
+
+    def __init__(self, n_agents: int, in_dim: int, out_dim: int, hidden: int, layers: int,
+                 activation: str = "relu", shared: bool = True, out_gain: float = 1.0):
+        super().__init__()
+        dims = [in_dim] + [hidden] * layers
+        body = []
+        for d_in, d_out in zip(dims[:-1], dims[1:]):
+            body += [AgentLinear(n_agents, d_in, d_out, shared, math.sqrt(2)), ACTIVATIONS[activation]()]
+        self.body = nn.Sequential(*body)
+        self.head = AgentLinear(n_agents, dims[-1], out_dim, shared, out_gain)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def with_agent_id(x: torch.Tensor) -> torch.Tensor:
+    """Append a one-hot agent id to ``x [..., N, D]`` -> ``[..., N, D + N]``."""
+    n = x.shape[-2]
+    eye = torch.eye(n, dtype=x.dtype, device=x.device).expand(*x.shape[:-2], n, n)
+    return torch.cat([x, eye], dim=-1)
+
+
+class Actor(nn.Module):
+    """Decentralised policy π(u_i | o_i): logits ``[..., N, A]`` with unavailable actions masked."""
+
+    def __init__(self, n_agents: int, obs_dim: int, n_actions: int, action_mask: torch.Tensor,
+                 hidden: int, layers: int, activation: str, shared: bool):
+        super().__init__()
+        self.shared = shared
+        in_dim = obs_dim + (n_agents if shared else 0)
+        self.net = AgentMLP(n_agents, in_dim, n_actions, hidden, layers, activation, shared, out_gain=0.01)
+        self.register_buffer("action_mask", action_mask.bool())
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = with_agent_id(obs) if self.shared else obs
+        logits = self.net(x)
+        return logits.masked_fill(~self.action_mask, -1e9)
+
+
+class CentralCritic(nn.Module):
+    """Centralised V(s) for every agent: ``state [..., S] -> [..., N]`` (one head per agent, so
+    individual and mixed rewards get their own value)."""
+
+    def __init__(self, n_agents: int, state_dim: int, hidden: int, layers: int, activation: str):
+        super().__init__()
+        self.net = AgentMLP(1, state_dim, n_agents, hidden, layers, activation, shared=True)
+
+    def forward(self, state: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(state.unsqueeze(-2)).squeeze(-2)
+
+
+class LocalCritic(nn.Module):
+    """Decentralised V(o_i) (IPPO/IA2C), shared with a one-hot agent id: ``obs [..., N, O] -> [..., N]``."""
+
+    def __init__(self, n_agents: int, obs_dim: int, hidden: int, layers: int, activation: str):
+        super().__init__()
+        self.net = AgentMLP(n_agents, obs_dim + n_agents, 1, hidden, layers, activation, shared=True)
+
+    def forward(self, state: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(with_agent_id(obs)).squeeze(-1)
+
+
+class ValueNorm(nn.Module):
+    """Running mean and variance of value targets per agent; critics learn in normalised space.
+
+    The statistics live in buffers, so they are saved with the model.
+    """
+
+    def __init__(self, n_agents: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("mean", torch.zeros(n_agents, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(n_agents, dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    def update(self, x: torch.Tensor) -> None:
+        """Fold ``x [..., N]`` into the statistics (parallel mean/variance combination)."""
+        x = x.detach().reshape(-1, x.shape[-1]).double()
+        n = x.shape[0]
+        batch_mean, batch_var = x.mean(0), x.var(0, unbiased=False)
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean += delta * n / total
+        self.var.copy_((self.var * self.count + batch_var * n + delta ** 2 * self.count * n / total) / total)
+        self.count.fill_(total)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.mean) / (self.var + self.eps).sqrt()).to(x.dtype)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * (self.var + self.eps).sqrt() + self.mean).to(x.dtype)

@@ -1,0 +1,84 @@
+"""Run directories: create, train, resume, evaluate. The CLI and notebooks call these."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from marl.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from marl.config import Config, ConfigError, config_from_dict, load_config
+from marl.evaluate import evaluate
+from marl.trainer import Trainer
+
+CONFIG_NAME = "config.yaml"
+EVAL_NAME = "eval.json"
+
+
+def default_run_dir(config_path: str | Path | None) -> Path:
+    stem = Path(config_path).stem if config_path else "run"
+    return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def new_run(cfg: Config, run_dir: str | Path) -> Trainer:
+    """Create ``run_dir`` (it must be empty or absent), save the resolved config, build a trainer."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"run directory {str(run_dir)!r} already exists and is not empty; "
+                          f"continue it with --resume {run_dir} or pick another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_NAME).write_text(cfg.to_yaml())
+    return Trainer(cfg, run_dir)
+
+
+def load_run_config(run_dir: str | Path, overrides: list[str] = ()) -> Config:
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise ConfigError(f"{str(run_dir)!r} is not a run directory (no {CONFIG_NAME})")
+    return load_config(path, overrides)
+
+
+def resume_run(run_dir: str | Path, overrides: list[str] = ()) -> Trainer:
+    """Rebuild the trainer of ``run_dir`` from its config and checkpoint."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir, overrides)
+    if not (run_dir / CHECKPOINT_NAME).is_file():
+        raise ConfigError(f"{str(run_dir)!r} has no {CHECKPOINT_NAME} to resume from")
+    if overrides:
+        (run_dir / CONFIG_NAME).write_text(cfg.to_yaml())
+    trainer = Trainer(cfg, run_dir)
+    trainer.restore()
+    return trainer
+
+
+def final_evaluation(trainer: Trainer) -> dict | None:
+    """Greedy evaluation written to ``eval.json`` at the end of training."""
+    cfg = trainer.cfg
+    if cfg.train.eval_episodes == 0:
+        return None
+    result = evaluate(trainer.actor, cfg.env.id, cfg.env.kwargs, cfg.train.eval_episodes, seed=cfg.seed)
+    result["env_steps"] = trainer.env_steps
+    if trainer.run_dir is not None:
+        (trainer.run_dir / EVAL_NAME).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def load_actor(run_dir: str | Path):
+    """The trained actor of ``run_dir`` and its config (weights loaded with ``weights_only=True``)."""
+    from envs import TeamEnv
+    from marl.networks import Actor
+    import torch
+
+    cfg = load_run_config(run_dir)
+    state = load_checkpoint(Path(run_dir) / CHECKPOINT_NAME)
+    probe = TeamEnv(cfg.env.id, cfg.env.kwargs)
+    m = cfg.model
+    actor = Actor(probe.n_agents, probe.obs_dim, probe.n_actions, torch.from_numpy(probe.action_mask),
+                  m.hidden, m.layers, m.activation, m.share_actor)
+    probe.close()
+    actor.load_state_dict(state["actor"])
+    actor.eval()
+    return actor, cfg
+
+
+def config_from_file_or_dict(source, overrides=()) -> Config:
+    return config_from_dict(source, overrides) if isinstance(source, dict) else load_config(source, overrides)
