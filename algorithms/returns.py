@@ -59,7 +59,7 @@ def gae(reward: Tensor, value: Tensor, next_value: Tensor, terminated: Tensor, t
     carry = gamma * lam * (~(terminated | truncated)).to(value.dtype)
     delta = reward + gamma * not_term * next_value - value
     advantage = torch.empty_like(value)
-    running = torch.zeros_like(value[0])
+    running = value.new_zeros(value.shape[1:])
     for t in range(value.shape[0] - 1, -1, -1):
         running = delta[t] + carry[t] * running
         advantage[t] = running

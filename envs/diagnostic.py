@@ -7,10 +7,10 @@ estimates, ...) can be compared against a known answer.
 
 Common conventions
 ------------------
-* Agents are named ``agent_0 .. agent_{N-1}``; ``possible_agents`` lists them
-  in index order and column ``i`` of every ``[T, N]`` array in this module
-  belongs to ``agent_i``.  (For ``N <= 10`` this is also the sorted order of
-  the names.)
+* Agents are named ``agent_0 .. agent_{N-1}``, the index zero-padded when
+  ``N > 10`` (``agent_00 .. agent_11``) so that sorting the names never
+  reorders them.  ``possible_agents`` lists them in that (sorted = index)
+  order and column ``i`` of every ``[T, N]`` array here belongs to agent ``i``.
 * Observations are flat ``float32`` ``Box`` vectors, actions are ``Discrete``.
   Agent identity is *not* part of the observation; frameworks that share
   parameters should append an agent id themselves.
@@ -23,6 +23,8 @@ Common conventions
   each agent's own term is also given as ``infos[agent]["contribution"]``, for
   individual-reward ablations.  Other infos are empty dicts.
 * Every agent ends at the same step; afterwards ``agents == []``.
+* There is no rendering (``render_modes == []``); every constructor accepts
+  ``render_mode=None`` for PettingZoo compatibility and rejects other values.
 * ``reset(seed=s)`` (re)creates ``self.np_random`` (a ``numpy.random.Generator``)
   from ``s``.  The dynamics are deterministic, but the seeding pattern is kept
   so that stochastic variants can be added without changing the interface.
@@ -130,7 +132,13 @@ class DiagnosticParallelEnv(ParallelEnv):
         obs_dim: int,
         state_dim: int,
         episode_length: int,
+        render_mode: str | None = None,
     ):
+        if render_mode is not None:
+            raise ValueError(
+                f"render_mode {render_mode!r} not supported: render_modes is "
+                f"{self.metadata['render_modes']}"
+            )
         n_actions = [int(n) for n in n_actions]
         if len(n_actions) < 1:
             raise ValueError("need at least one agent")
@@ -141,7 +149,8 @@ class DiagnosticParallelEnv(ParallelEnv):
         self.n_agents = len(n_actions)
         self.n_actions = tuple(n_actions)
         self.episode_length = int(episode_length)
-        self.possible_agents = [f"agent_{i}" for i in range(self.n_agents)]
+        width = len(str(self.n_agents - 1))
+        self.possible_agents = [f"agent_{i:0{width}d}" for i in range(self.n_agents)]
         self.agents: list[str] = []
         self.render_mode = None
         self.observation_spaces = {
@@ -296,7 +305,7 @@ class MatrixGame(DiagnosticParallelEnv):
 
     metadata = {"name": "matrix_game_v0", "render_modes": []}
 
-    def __init__(self, payoff: Any):
+    def __init__(self, payoff: Any, render_mode: str | None = None):
         payoff = np.array(payoff, dtype=np.float64)
         if payoff.ndim < 1:
             raise ValueError("payoff must have one axis per agent")
@@ -305,7 +314,11 @@ class MatrixGame(DiagnosticParallelEnv):
         self.payoff = payoff
         self.payoff.setflags(write=False)
         super().__init__(
-            n_actions=payoff.shape, obs_dim=1, state_dim=2, episode_length=1
+            n_actions=payoff.shape,
+            obs_dim=1,
+            state_dim=2,
+            episode_length=1,
+            render_mode=render_mode,
         )
 
     def _reward_at(self, t: int, actions: np.ndarray) -> float:
@@ -348,8 +361,8 @@ class ClimbingGame(MatrixGame):
 
     metadata = {"name": "climbing_game_v0", "render_modes": []}
 
-    def __init__(self):
-        super().__init__(CLIMBING_PAYOFF)
+    def __init__(self, render_mode: str | None = None):
+        super().__init__(CLIMBING_PAYOFF, render_mode=render_mode)
 
 
 class PenaltyGame(MatrixGame):
@@ -366,10 +379,11 @@ class PenaltyGame(MatrixGame):
 
     metadata = {"name": "penalty_game_v0", "render_modes": []}
 
-    def __init__(self, k: float = -100.0):
+    def __init__(self, k: float = -100.0, render_mode: str | None = None):
         self.k = float(k)
         super().__init__(
-            [[10.0, 0.0, self.k], [0.0, 2.0, 0.0], [self.k, 0.0, 10.0]]
+            [[10.0, 0.0, self.k], [0.0, 2.0, 0.0], [self.k, 0.0, 10.0]],
+            render_mode=render_mode,
         )
 
 
@@ -410,6 +424,7 @@ class LazyAgent(DiagnosticParallelEnv):
         n_levels: int = 3,
         episode_length: int = 10,
         weights: Sequence[float] | None = None,
+        render_mode: str | None = None,
     ):
         n_agents = int(n_agents)
         if n_agents < 1:
@@ -437,6 +452,7 @@ class LazyAgent(DiagnosticParallelEnv):
             obs_dim=int(episode_length) + 1,
             state_dim=int(episode_length) + 1,
             episode_length=episode_length,
+            render_mode=render_mode,
         )
 
     def _contributions(self, t: int, joint: np.ndarray) -> np.ndarray:
@@ -500,6 +516,7 @@ class DelayedChain(DiagnosticParallelEnv):
         length: int = 10,
         decision_step: int = 0,
         observe_outcome: bool = True,
+        render_mode: str | None = None,
     ):
         n_agents = int(n_agents)
         length = int(length)
@@ -517,6 +534,7 @@ class DelayedChain(DiagnosticParallelEnv):
             obs_dim=length + 1 + int(self.observe_outcome),
             state_dim=length + 2 + n_agents,
             episode_length=length,
+            render_mode=render_mode,
         )
 
     def _decision(self) -> np.ndarray | None:
@@ -568,7 +586,7 @@ class DelayedChain(DiagnosticParallelEnv):
 
 
 def climbing_game(**kwargs: Any) -> ClimbingGame:
-    """Create a :class:`ClimbingGame` (takes no options)."""
+    """Create a :class:`ClimbingGame` (no options besides ``render_mode=None``)."""
     return ClimbingGame(**kwargs)
 
 

@@ -149,7 +149,8 @@ def test_conventions_over_random_episodes(name, factory, kwargs):
     assert env.metadata["render_modes"] == []
     assert env.metadata["name"]
     N = len(env.possible_agents)
-    assert env.possible_agents == [f"agent_{i}" for i in range(N)]
+    assert env.possible_agents == [f"agent_{i}" for i in range(N)]  # all N <= 10 here
+    assert sorted(env.possible_agents) == env.possible_agents
     assert env.agents == []  # set in reset
     assert isinstance(env.state_space, spaces.Box)
     assert env.state_space.dtype == np.float32
@@ -261,6 +262,27 @@ def test_true_credit_matches_counterfactual_definition(name, factory, kwargs, se
     assert credit.shape == actions.shape
     assert np.issubdtype(credit.dtype, np.floating)
     np.testing.assert_allclose(credit, brute_force_credit(env, actions), atol=1e-9)
+
+
+def test_agent_ids_sort_in_index_order_beyond_ten_agents():
+    env = lazy_agent(n_agents=12, episode_length=2)
+    assert env.possible_agents[:3] == ["agent_00", "agent_01", "agent_02"]
+    assert env.possible_agents[-1] == "agent_11"
+    assert sorted(env.possible_agents) == env.possible_agents
+    assert env.lazy_agent == 11 and env.weights[11] == 0.0
+    env.reset(seed=0)
+    _, rew, _, _, info = env.step({a: 2 for a in env.possible_agents})
+    assert rew["agent_00"] == 11.0 and info["agent_11"]["contribution"] == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        parallel_api_test(delayed_chain(n_agents=11, length=3), num_cycles=10)
+
+
+@pytest.mark.parametrize("factory", list(DIAGNOSTIC_ENVS.values()))
+def test_render_mode_kwarg(factory):
+    assert factory(render_mode=None).render_mode is None
+    with pytest.raises(ValueError):
+        factory(render_mode="human")
 
 
 def test_registry():
@@ -393,7 +415,9 @@ def test_lazy_agent_credit_properties(case):
     rewards = np.array([s[1]["agent_0"] for s in steps])
     baseline = 0.5 * env.weights.sum()  # E[effort / (n_levels - 1)] = 1/2
     others = [i for i in range(env.n_agents) if i != lazy]
-    np.testing.assert_allclose(credit[:, others].sum(axis=1), rewards - baseline)
+    np.testing.assert_allclose(
+        credit[:, others].sum(axis=1), rewards - baseline, rtol=1e-9, atol=1e-12
+    )
     # reported contributions are each agent's own term
     for t, step in enumerate(steps):
         info = step[4]

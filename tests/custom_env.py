@@ -1,0 +1,83 @@
+"""PettingZoo envs defined only here, to show that any ``package.module:factory`` plugs in."""
+from __future__ import annotations
+
+import numpy as np
+from gymnasium import spaces
+from pettingzoo import ParallelEnv
+
+
+class MatchTarget(ParallelEnv):
+    """Each agent sees a target index (one-hot) and is rewarded 1 for choosing it; team reward is
+    shared. Episodes are cut by a time limit. Learnable in a few thousand steps."""
+
+    metadata = {"name": "match_target_v0", "render_modes": []}
+
+    def __init__(self, n_agents: int = 2, n_actions: int = 3, length: int = 5, render_mode=None):
+        self.possible_agents = [f"player_{i}" for i in reversed(range(n_agents))]  # unsorted on purpose
+        self.n_actions, self.length = n_actions, length
+        self._obs_space = spaces.Box(0.0, 1.0, (n_actions,), np.float32)
+        self._act_space = spaces.Discrete(n_actions)
+        self.render_mode = render_mode
+        self._rng = np.random.default_rng()
+
+    def observation_space(self, agent):
+        return self._obs_space
+
+    def action_space(self, agent):
+        return self._act_space
+
+    def _observe(self):
+        return {a: np.eye(self.n_actions, dtype=np.float32)[self._targets[a]] for a in self.agents}
+
+    def reset(self, seed=None, options=None):
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        self.agents = list(self.possible_agents)
+        self._t = 0
+        self._targets = {a: int(self._rng.integers(self.n_actions)) for a in self.agents}
+        return self._observe(), {a: {} for a in self.agents}
+
+    def step(self, actions):
+        hits = sum(int(actions[a] == self._targets[a]) for a in self.agents)
+        reward = hits / len(self.agents)
+        self._t += 1
+        self._targets = {a: int(self._rng.integers(self.n_actions)) for a in self.agents}
+        obs = self._observe()
+        done = self._t >= self.length
+        rewards = {a: reward for a in self.agents}
+        terms = {a: False for a in self.agents}
+        truncs = {a: done for a in self.agents}
+        infos = {a: {} for a in self.agents}
+        if done:
+            self.agents = []
+        return obs, rewards, terms, truncs, infos
+
+
+class LeavingAgents(MatchTarget):
+    """Broken on purpose: one agent leaves after the first step while the other stays."""
+
+    def step(self, actions):
+        out = super().step(actions)
+        self.agents = self.possible_agents[:1]
+        return out
+
+
+class ContinuousActions(MatchTarget):
+    def action_space(self, agent):
+        return spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+
+def make_match_target(**kwargs):
+    return MatchTarget(**kwargs)
+
+
+def make_leaving_agents(**kwargs):
+    return LeavingAgents(**kwargs)
+
+
+def make_continuous(**kwargs):
+    return ContinuousActions(**kwargs)
+
+
+def make_not_an_env(**kwargs):
+    return {"this": "is not an env"}

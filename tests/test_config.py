@@ -1,0 +1,110 @@
+"""Config loading: typed dataclasses, one clear error line per class of bad input, CLI overrides."""
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from marl.config import Config, ConfigError, config_from_dict, load_config
+
+
+def test_defaults_and_required_keys_exist():
+    cfg = config_from_dict({})
+    assert isinstance(cfg, Config)
+    for path in ["seed", "env.id", "env.kwargs", "env.reward", "env.num_envs", "algo.advantage", "algo.gamma",
+                 "algo.lam", "train.total_env_steps", "backend"]:
+        node = cfg
+        for part in path.split("."):
+            node = getattr(node, part)
+    assert cfg.algo.advantage == "gae" and cfg.backend == "local"
+
+
+def test_unknown_key_suggests_the_closest():
+    with pytest.raises(ConfigError, match=r"unknown config key 'algo.gama'; did you mean 'algo.gamma'\?"):
+        config_from_dict({"algo": {"gama": 0.9}})
+
+
+def test_unknown_top_level_key_lists_valid_keys():
+    with pytest.raises(ConfigError, match=r"unknown config key 'zzz'.*valid keys: seed, backend"):
+        config_from_dict({"zzz": 1})
+
+
+def test_wrong_type_names_key_and_type():
+    with pytest.raises(ConfigError, match=r"config key 'env.num_envs': expected int, got str 'many'"):
+        config_from_dict({"env": {"num_envs": "many"}})
+    with pytest.raises(ConfigError, match=r"config key 'model.share_actor': expected bool"):
+        config_from_dict({"model": {"share_actor": "yes"}})
+    with pytest.raises(ConfigError, match=r"config key 'algo': expected a mapping"):
+        config_from_dict({"algo": 3})
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1.5, -0.1])
+def test_gamma_out_of_range(gamma):
+    with pytest.raises(ConfigError, match=r"config key 'algo.gamma': expected a float in \(0, 1\]"):
+        config_from_dict({"algo": {"gamma": gamma}})
+
+
+def test_negative_learning_rate():
+    with pytest.raises(ConfigError, match=r"config key 'algo.lr': expected a float > 0, got -0.001"):
+        config_from_dict({"algo": {"lr": -1e-3}})
+
+
+def test_minibatches_must_divide_batch():
+    with pytest.raises(ConfigError, match=r"'algo.minibatches': expected a divisor of the batch .* = 100"):
+        config_from_dict({"env": {"num_envs": 4}, "algo": {"rollout_steps": 25, "minibatches": 3}})
+
+
+def test_bad_choices_name_the_options():
+    with pytest.raises(ConfigError, match=r"'env.reward': expected one of \['shared', 'individual', 'mixed'\]"):
+        config_from_dict({"env": {"reward": "selfish"}})
+    with pytest.raises(ConfigError, match=r"'algo.advantage': expected one of"):
+        config_from_dict({"algo": {"advantage": "magic"}})
+
+
+def test_overrides_parse_yaml_values_and_are_validated():
+    cfg = config_from_dict({}, ["algo.lr=3e-4", "model.share_actor=false", "env.kwargs={N: 4}"])
+    assert cfg.algo.lr == pytest.approx(3e-4) and cfg.model.share_actor is False and cfg.env.kwargs == {"N": 4}
+    with pytest.raises(ConfigError, match="did you mean 'algo.lr'"):
+        config_from_dict({}, ["algo.lrr=1"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        config_from_dict({}, ["algo.lr"])
+
+
+def test_round_trip_through_yaml(tmp_path):
+    cfg = config_from_dict({"seed": 7, "algo": {"lam": 0.5}})
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    assert load_config(path) == cfg
+
+
+def test_missing_file_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("algo: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+    for path in sorted(Path("configs").glob("*.yaml")):
+        load_config(path)
+
+
+@pytest.mark.parametrize("content, needle", [
+    ({"algo": {"gama": 0.9}}, "did you mean 'algo.gamma'"),
+    ({"algo": {"gamma": 2}}, "'algo.gamma'"),
+    ({"algo": {"lr": -1}}, "'algo.lr'"),
+    ({"env": {"num_envs": 4}, "algo": {"minibatches": 3}}, "'algo.minibatches'"),
+    ({"env": {"num_envs": "x"}}, "'env.num_envs'"),
+])
+def test_cli_prints_one_line_and_exits_nonzero(tmp_path, content, needle):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(content))
+    proc = subprocess.run([sys.executable, "-m", "marl.cli", "train", str(path), "--run-dir", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r").exists()

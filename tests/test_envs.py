@@ -1,0 +1,120 @@
+"""Env lookup, API checks with clear errors, state, reward modes and vectorised stepping."""
+import numpy as np
+import pytest
+
+from envs import EnvError, RewardSpec, apply_reward_mode, make_env, make_vector_env
+
+
+def test_registered_short_name_and_sorted_agents():
+    env = make_env("mpe2:simple_spread_v3", {"N": 3})
+    assert env.agents == ["agent_0", "agent_1", "agent_2"]
+    assert (env.obs_dim, env.n_actions, env.state_dim) == (18, 5, 54)
+    assert env.action_mask.all()
+
+
+def test_module_factory_string_and_unsorted_ids_are_sorted():
+    env = make_env("tests.custom_env:make_match_target", {"n_agents": 3})
+    assert env.agents == ["player_0", "player_1", "player_2"]
+    obs, state = env.reset(seed=3)
+    # No state() implemented: the state is the concatenation of the observations in sorted order.
+    np.testing.assert_array_equal(state, obs.reshape(-1))
+
+
+def test_aec_env_is_converted():
+    env = make_env("mpe2.simple_spread_v3:env", {"N": 2})
+    obs, state = env.reset(seed=0)
+    assert obs.shape == (2, env.obs_dim) and state.shape == (env.state_dim,)
+    _, _, reward, term, trunc, done = env.step(np.zeros(2, np.int64))
+    assert reward.shape == (2,) and not done
+
+
+def test_heterogeneous_agents_are_padded_and_masked():
+    env = make_env("mpe2:simple_speaker_listener_v4")
+    assert env.agents == ["listener_0", "speaker_0"]
+    assert env.obs_dim == 11 and env.n_actions == 5
+    np.testing.assert_array_equal(env.action_mask, [[True] * 5, [True] * 3 + [False] * 2])
+    obs, _ = env.reset(seed=0)
+    assert np.all(obs[1, 3:] == 0.0)       # the speaker's 3-dim observation is zero-padded
+
+
+@pytest.mark.parametrize("env_id, match", [
+    ("tests.custom_env:make_not_an_env", r"returned dict, not a PettingZoo ParallelEnv or AECEnv"),
+    ("tests.custom_env:make_continuous", r"only Discrete actions are supported"),
+    ("tests.custom_env:nope", r"module 'tests.custom_env' has no callable 'nope'"),
+    ("no_such_package.mod:make", r"cannot import module 'no_such_package.mod'"),
+    ("simple_spread", r"neither a registered env"),
+])
+def test_bad_envs_have_clear_errors(env_id, match):
+    with pytest.raises(EnvError, match=match) as info:
+        make_env(env_id)
+    assert repr(env_id) in str(info.value)
+
+
+def test_continuous_mpe_is_rejected_with_advice():
+    with pytest.raises(EnvError, match="continuous_actions: false"):
+        make_env("mpe2:simple_spread_v3", {"continuous_actions": True})
+
+
+def test_agents_leaving_mid_episode_are_rejected():
+    env = make_env("tests.custom_env:make_leaving_agents")
+    env.reset(seed=0)
+    with pytest.raises(EnvError, match=r"agents \['player_0'\] left mid-episode"):
+        env.step(np.zeros(2, np.int64))
+
+
+def test_bad_kwargs_name_the_env():
+    with pytest.raises(EnvError, match="factory rejected env.kwargs"):
+        make_env("tests.custom_env:make_match_target", {"bogus": 1})
+
+
+def test_reward_modes():
+    raw = np.array([[1.0, 2.0, 6.0]])
+    np.testing.assert_allclose(apply_reward_mode(raw, "individual"), raw)
+    np.testing.assert_allclose(apply_reward_mode(raw, "shared", "sum"), [[9.0, 9.0, 9.0]])
+    np.testing.assert_allclose(apply_reward_mode(raw, "shared", "mean"), [[3.0, 3.0, 3.0]])
+    np.testing.assert_allclose(apply_reward_mode(raw, "mixed", "mean", alpha=0.25),
+                               [[0.25 * 1 + 0.75 * 3, 0.25 * 2 + 0.75 * 3, 0.25 * 6 + 0.75 * 3]])
+
+
+def test_vector_env_keeps_final_observation_at_truncation():
+    venv = make_vector_env("tests.custom_env:make_match_target", {"length": 3}, 2, RewardSpec("individual"))
+    obs, state = venv.reset([1, 2])
+    for t in range(3):
+        step = venv.step(np.zeros((2, 2), np.int64))
+    assert step.done.all() and step.truncated.all() and not step.terminated.any()
+    assert len(step.episodes) == 2 and step.episodes[0]["length"] == 3
+    # the env was reset: obs is the first obs of a new episode, next_obs the true final obs
+    assert not np.array_equal(step.obs, step.next_obs)
+    np.testing.assert_array_equal(step.next_state, step.next_obs.reshape(2, -1))
+    venv.close()
+
+
+def test_vector_env_applies_reward_mode_and_keeps_raw():
+    venv = make_vector_env("mpe2:simple_spread_v3", {"N": 3, "local_ratio": 0.5}, 2, RewardSpec("shared", "sum"))
+    venv.reset([0, 1])
+    step = venv.step(np.zeros((2, 3), np.int64))
+    np.testing.assert_allclose(step.reward, np.repeat(step.raw_reward.sum(1, keepdims=True), 3, 1), rtol=1e-6)
+    venv.close()
+
+
+def test_process_vector_env_matches_in_process():
+    spec = ("mpe2:simple_spread_v3", {"N": 3, "max_cycles": 5}, 3, RewardSpec("mixed", "mean", 0.3))
+    sync, procs = make_vector_env(*spec), make_vector_env(*spec, workers=2)
+    rng = np.random.default_rng(0)
+    try:
+        for a, b in zip(sync.reset([5, 6, 7]), procs.reset([5, 6, 7])):
+            np.testing.assert_array_equal(a, b)
+        for _ in range(7):
+            actions = rng.integers(0, 5, size=(3, 3))
+            s, p = sync.step(actions), procs.step(actions)
+            for name in ("obs", "state", "next_obs", "raw_reward", "reward", "terminated", "truncated", "done"):
+                np.testing.assert_array_equal(getattr(s, name), getattr(p, name), err_msg=name)
+            assert len(s.episodes) == len(p.episodes)
+    finally:
+        sync.close()
+        procs.close()
+
+
+def test_worker_errors_surface_with_the_env_name():
+    with pytest.raises(EnvError, match="env worker failed: .*only Discrete actions"):
+        make_vector_env("tests.custom_env:make_continuous", {}, 2, RewardSpec(), workers=1)

@@ -1,0 +1,208 @@
+"""The local trainer end to end: files, determinism, resume, custom envs, failures."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from marl.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from marl.config import config_from_dict, load_config
+from marl.logger import read_metrics
+from marl.run import final_evaluation, new_run, resume_run
+from marl.trainer import Trainer, TrainingDiverged, TrainingInterrupted
+from tests.conftest import tiny_config
+
+COMPARED = ("team_return", "losses/policy", "losses/value", "explained_variance", "credit/abs_adv/agent_0")
+
+
+def _train(cfg_dict, run_dir):
+    trainer = new_run(config_from_dict(cfg_dict), run_dir)
+    try:
+        trainer.train()
+        final_evaluation(trainer)
+    finally:
+        trainer.close()
+    return read_metrics(run_dir)
+
+
+def _strip(records):
+    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in records]
+
+
+def test_quickstart_trains_and_writes_a_well_formed_run_dir(tmp_path):
+    cfg = load_config("configs/quickstart.yaml", ["train.progress=false"])
+    trainer = new_run(cfg, tmp_path / "run")
+    try:
+        summary = trainer.train()
+        result = final_evaluation(trainer)
+    finally:
+        trainer.close()
+    run = tmp_path / "run"
+    assert summary["env_steps"] == cfg.train.total_env_steps
+    assert load_config(run / "config.yaml") == cfg
+    records = read_metrics(run)
+    assert len(records) == math.ceil(cfg.train.total_env_steps / (cfg.env.num_envs * cfg.algo.rollout_steps))
+    for rec in records:
+        assert {"env_steps", "team_return", "return/agent_0", "return/agent_1", "return/agent_2"} <= rec.keys()
+        assert -400 < rec["team_return"] < 0
+    assert [r["env_steps"] for r in records] == sorted(r["env_steps"] for r in records)
+    assert list(run.glob("events.out.tfevents.*"))
+    state = load_checkpoint(run / CHECKPOINT_NAME)
+    assert state["env_steps"] == cfg.train.total_env_steps and "actor" in state
+    evaluation = json.loads((run / "eval.json").read_text())
+    assert evaluation == result and evaluation["episodes"] == cfg.train.eval_episodes
+    assert {"team_return_mean", "team_return_std", "return/agent_0"} <= evaluation.keys()
+
+
+def test_same_seed_gives_identical_metrics(tmp_path):
+    a = _train(tiny_config(), tmp_path / "a")
+    b = _train(tiny_config(), tmp_path / "b")
+    c = _train(tiny_config(seed=1), tmp_path / "c")
+    assert _strip(a) == _strip(b)
+    assert _strip(a) != _strip(c)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, workers):
+    cfg = tiny_config(train={"total_env_steps": 800, "checkpoint_every": 100, "eval_episodes": 0},
+                      env={"workers": workers})
+    full = _train(cfg, tmp_path / "full")
+
+    trainer = new_run(config_from_dict(cfg), tmp_path / "cut")
+    original_update = trainer.update
+
+    def update_then_ctrl_c():
+        out = original_update()
+        if trainer.iteration == 2:        # the 3rd update is running: Ctrl-C arrives now
+            trainer._request_stop(signal.SIGINT, None)
+        return out
+
+    trainer.update = update_then_ctrl_c
+    with pytest.raises(TrainingInterrupted):
+        trainer.train()
+    trainer.close()
+    assert load_checkpoint(tmp_path / "cut" / CHECKPOINT_NAME)["iteration"] == 3
+    resumed = resume_run(tmp_path / "cut")
+    resumed.train()
+    resumed.close()
+    assert _strip(read_metrics(tmp_path / "cut")) == _strip(full)
+
+
+def test_custom_env_from_a_test_module_learns(tmp_path):
+    cfg = tiny_config(env={"id": "tests.custom_env:make_match_target", "kwargs": {"n_actions": 3, "length": 5},
+                           "num_envs": 8},
+                      algo={"rollout_steps": 10, "epochs": 4, "minibatches": 1, "lr": 3e-3},
+                      train={"total_env_steps": 6000, "eval_episodes": 20})
+    records = _train(cfg, tmp_path / "run")
+    evaluation = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert "return/player_0" in records[-1]
+    # random play scores 5 steps * 2 agents * 1/3 = 3.33; the optimum is 10
+    assert records[0]["team_return"] < 5.0
+    assert evaluation["team_return_mean"] > 8.0
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path):
+    trainer = new_run(config_from_dict(tiny_config(train={"total_env_steps": 1000, "checkpoint_every": 1})),
+                      tmp_path / "run")
+    original_collect = trainer.collect
+
+    def collect_with_nan_on_third():
+        episodes = original_collect()
+        if trainer.iteration == 2:
+            trainer.rollout.obs[0, 0, 0, 0] = float("nan")
+        return episodes
+
+    trainer.collect = collect_with_nan_on_third
+    with pytest.raises(TrainingDiverged, match="loss became nan at iteration 3"):
+        trainer.train()
+    trainer.close()
+    state = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)
+    assert state["iteration"] == 2
+    assert all(torch.isfinite(p).all() for p in state["actor"].values())
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"w": torch.ones(3), "step": 1})
+
+    def crash_mid_write(obj, f, *args, **kwargs):
+        f.write(b"partial garbage")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"w": torch.zeros(3), "step": 2})
+    monkeypatch.undo()
+    state = torch.load(path, weights_only=True)
+    assert state["step"] == 1 and torch.equal(state["w"], torch.ones(3))
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path):
+    _train(tiny_config(), tmp_path / "run")
+    state = torch.load(tmp_path / "run" / CHECKPOINT_NAME, weights_only=True)
+    assert {"actor", "critic", "optimizer", "generator", "iteration"} <= state.keys()
+
+
+@pytest.mark.parametrize("share_actor, critic", [(False, "central"), (True, "local")])
+def test_actor_and_critic_variants_train(tmp_path, share_actor, critic):
+    records = _train(tiny_config(model={"share_actor": share_actor}, algo={"critic": critic, "loss": "a2c"}),
+                     tmp_path / "run")
+    assert len(records) == 4 and all(math.isfinite(r["losses/value"]) for r in records)
+
+
+def test_refuses_to_overwrite_a_run_dir(tmp_path):
+    from marl.config import ConfigError
+    _train(tiny_config(), tmp_path / "run")
+    with pytest.raises(ConfigError, match="already exists.*--resume"):
+        new_run(config_from_dict(tiny_config()), tmp_path / "run")
+
+
+def _cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "marl.cli", *args], capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def test_cli_train_eval_list_and_gif(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config()))
+    run = tmp_path / "run"
+    proc = _cli("train", str(cfg), "--run-dir", str(run), "--set", "train.total_env_steps=200")
+    assert proc.returncode == 0, proc.stderr
+    assert f"run directory {run}" in proc.stdout and "tensorboard --logdir" in proc.stdout
+    assert "env steps/s" in proc.stdout
+    proc = _cli("eval", str(run), "--episodes", "3", "--json", "--gif", str(tmp_path / "ep.gif"))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["episodes"] == 3 and {"team_return_mean", "team_return_std", "return/agent_2"} <= result.keys()
+    assert json.loads((run / "eval.json").read_text()) == result
+    assert (tmp_path / "ep.gif").read_bytes()[:6] in (b"GIF89a", b"GIF87a")
+    proc = _cli("list")
+    assert proc.returncode == 0 and "mpe2:simple_spread_v3" in proc.stdout and "gae" in proc.stdout
+
+
+def test_cli_ctrl_c_saves_and_resume_continues(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(train={"total_env_steps": 200_000, "checkpoint_every": 1000})))
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "marl.cli", "train", str(cfg), "--run-dir", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(read_metrics(run)) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Continue with: marl train --resume" in err and "Traceback" not in err
+    state = load_checkpoint(run / CHECKPOINT_NAME)
+    assert state["iteration"] >= 2 and len(read_metrics(run)) == state["iteration"]
+    proc = _cli("train", "--resume", str(run), "--set", f"train.total_env_steps={(state['iteration'] + 1) * 100}",
+                "--set", "train.eval_episodes=0")
+    assert proc.returncode == 0, proc.stderr
+    assert load_checkpoint(run / CHECKPOINT_NAME)["iteration"] == state["iteration"] + 1
