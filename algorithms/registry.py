@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from algorithms.returns import gae
+from algorithms.coma import coma_advantage
+from algorithms.returns import gae, mc, n_step, td_lambda
 
 
 @dataclass(frozen=True)
@@ -17,24 +18,48 @@ class AdvantageSpec:
     """A registered advantage module.
 
     Attributes:
-        fn: the pure function ``fn(reward, value, next_value, terminated, truncated, **kw)``.
+        fn: for ``critic="v"``, the pure function
+            ``fn(reward, value, next_value, terminated, truncated, **kw) -> (advantage, value_target)``;
+            for ``critic="q"``, ``fn(q_all, logits, actions, avail=None) -> advantage`` (COMA).
         critic: ``"v"`` (V(s) or V(o_i)) or ``"q"`` (Q(s, u^{-a}, ·), see COMA).
-        params: names of ``algo`` config fields passed to ``fn`` as keyword arguments.
+        params: ``(kwarg, config_field)`` pairs: ``fn``'s keyword ``kwarg`` is read from the ``algo``
+            config field ``config_field`` (e.g. ``("n", "n_step")``). For ``critic="q"`` they are
+            the keywords of ``td_lambda`` that builds the critic's targets.
         description: one line shown by ``marl list``.
     """
 
     fn: Callable
     critic: str
-    params: tuple[str, ...]
+    params: tuple[tuple[str, str], ...]
     description: str
 
     def kwargs(self, algo_config) -> dict:
-        return {name: getattr(algo_config, name) for name in self.params}
+        """``{kwarg: algo_config.<config_field>}`` for every pair in ``params``."""
+        out = {}
+        for kwarg, field in self.params:
+            if not hasattr(algo_config, field):
+                raise AttributeError(f"algo config has no field {field!r}, needed as keyword {kwarg!r} "
+                                     f"of {getattr(self.fn, '__name__', self.fn)}")
+            out[kwarg] = getattr(algo_config, field)
+        return out
+
+
+def _same(*names: str) -> tuple[tuple[str, str], ...]:
+    """``params`` whose keywords and config fields share their names."""
+    return tuple((name, name) for name in names)
 
 
 ADVANTAGES: dict[str, AdvantageSpec] = {
-    "gae": AdvantageSpec(gae, "v", ("gamma", "lam"),
+    "gae": AdvantageSpec(gae, "v", _same("gamma", "lam"),
                          "generalised advantage estimation (MAPPO/MAA2C default)"),
+    "td_lambda": AdvantageSpec(td_lambda, "v", _same("gamma", "lam"),
+                               "λ-return targets, advantage = G^λ − V (equals GAE with one critic)"),
+    "n_step": AdvantageSpec(n_step, "v", (("gamma", "gamma"), ("n", "n_step")),
+                            "n-step bootstrapped returns, n = algo.n_step (A3C-style)"),
+    "mc": AdvantageSpec(mc, "v", _same("gamma"),
+                        "Monte Carlo returns, bootstrapped only at truncation/rollout end"),
+    "coma": AdvantageSpec(coma_advantage, "q", _same("gamma", "lam"),
+                          "COMA counterfactual baseline from a Q(s, u^-a, ·) critic with TD(λ) targets"),
 }
 
 

@@ -64,3 +64,89 @@ def gae(reward: Tensor, value: Tensor, next_value: Tensor, terminated: Tensor, t
         running = delta[t] + carry[t] * running
         advantage[t] = running
     return advantage, advantage + value
+
+
+def td_lambda(reward: Tensor, value: Tensor, next_value: Tensor, terminated: Tensor, truncated: Tensor,
+              *, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    """λ-returns as value targets (Sutton, 1988; Sutton & Barto, 2018, ch. 12, eq. 12.18).
+
+    ``G^λ_t = r_t + γ (1 − term_t) [(1 − λ) V(s_{t+1}) + λ G^λ_{t+1}]``, where ``G^λ_{t+1}`` is
+    replaced by ``next_value[t]`` when step t ends the trajectory (terminated or truncated) and at
+    the rollout's last row ``t = T − 1``: a truncation or the rollout end bootstraps, a termination
+    gives just ``r_t``. Intuition: an exponentially weighted mix of all n-step returns, λ=0 giving
+    the one-step TD target and λ=1 the Monte Carlo return.
+
+    When ``next_value[t] == value[t+1]`` inside episodes (one critic evaluated on consecutive
+    states), ``G^λ − value`` equals ``gae(..., lam=lam)`` exactly; with a separate bootstrap value
+    (e.g. a target network or a Q critic) the two differ.
+
+    Args: see the module docstring for shapes. Returns ``(advantage, value_target)``, both
+    ``[T, B, N]``, with ``value_target = G^λ`` and ``advantage = G^λ − value``.
+    """
+    reward, next_value, terminated, truncated = _prepare(reward, value, next_value, terminated, truncated)
+    done = terminated | truncated
+    target = torch.empty_like(value)
+    following = value.new_zeros(value.shape[1:])        # G^λ_{t+1}; unused at t = T − 1
+    for t in range(value.shape[0] - 1, -1, -1):
+        after = next_value[t] if t == value.shape[0] - 1 else torch.where(done[t], next_value[t], following)
+        # torch.where, not a (1 − term) product, so a junk V(terminal) (inf/nan) cannot leak in.
+        bootstrap = torch.where(terminated[t], 0.0, gamma * ((1.0 - lam) * next_value[t] + lam * after))
+        following = reward[t] + bootstrap
+        target[t] = following
+    return target - value, target
+
+
+def n_step(reward: Tensor, value: Tensor, next_value: Tensor, terminated: Tensor, truncated: Tensor,
+           *, gamma: float, n: int) -> tuple[Tensor, Tensor]:
+    """n-step bootstrapped returns (Sutton & Barto, 2018, ch. 7, eq. 7.1; Mnih et al., 2016, A3C).
+
+    ``G_t = Σ_{k<m} γ^k r_{t+k} + γ^m V_boot`` with ``m = min(n, steps until the trajectory ends
+    (the ending step included) or the rollout ends)`` and ``V_boot = next_value[t+m−1]``, or 0 if
+    step ``t+m−1`` terminated. Intuition: n real rewards, then trust the critic; n=1 is the
+    one-step TD target, n ≥ T the Monte Carlo return.
+
+    Args: see the module docstring for shapes; ``n`` is an int ≥ 1. Returns
+    ``(advantage, value_target)``, both ``[T, B, N]``, with ``advantage = G − value``.
+
+    Raises:
+        ValueError: if ``n`` is not an int ≥ 1.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n_step: n must be an int >= 1, got {n!r}")
+    reward, next_value, terminated, truncated = _prepare(reward, value, next_value, terminated, truncated)
+    T = value.shape[0]
+    # Force an end at the last row so that every window stops at the rollout end.
+    ends = terminated | truncated
+    if T > 0:
+        ends = ends.clone()
+        ends[-1] = True
+    target = torch.zeros_like(value)
+    alive = torch.ones_like(ends)                           # window of row t still open at step t+k
+    discount = 1.0
+    for k in range(min(n, T)):
+        # Row t looks at step t+k; rows t ≥ T−k have already closed at the rollout end.
+        rows = T - k
+        r_k, nv_k = reward[k:], next_value[k:]
+        term_k, end_k = terminated[k:], ends[k:] | (k == n - 1)
+        open_k = alive[:rows]
+        target[:rows] += torch.where(open_k, discount * r_k, 0.0)
+        closes = open_k & end_k
+        boot = torch.where(closes & ~term_k, (discount * gamma) * nv_k, 0.0)
+        target[:rows] += boot
+        alive[:rows] = open_k & ~end_k
+        discount *= gamma
+    return target - value, target
+
+
+def mc(reward: Tensor, value: Tensor, next_value: Tensor, terminated: Tensor, truncated: Tensor,
+       *, gamma: float) -> tuple[Tensor, Tensor]:
+    """Monte Carlo return within the rollout (Sutton & Barto, 2018, ch. 5): ``td_lambda`` with λ=1.
+
+    ``G_t = Σ_k γ^k r_{t+k}`` to the end of the trajectory, plus ``γ^m next_value`` where the
+    trajectory was truncated or the rollout ended (0 after a termination). Intuition: unbiased
+    (given the bootstrap at cuts) but high variance; the value only enters as the baseline.
+
+    Args: see the module docstring for shapes. Returns ``(advantage, value_target)``, both
+    ``[T, B, N]``, with ``advantage = G − value``.
+    """
+    return td_lambda(reward, value, next_value, terminated, truncated, gamma=gamma, lam=1.0)

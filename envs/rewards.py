@@ -34,3 +34,46 @@ def apply_reward_mode(raw: np.ndarray, mode: str, team: str = "mean", alpha: flo
     if mode == "mixed":
         return (alpha * raw + (1.0 - alpha) * shared).astype(np.float32)
     raise ValueError(f"env.reward must be one of {REWARD_MODES}, got {mode!r}")
+
+
+# -- potential-based shaping (Ng, Harada & Russell, 1999) ------------------------------------------
+
+def shape_reward(reward: np.ndarray, phi: np.ndarray, phi_next: np.ndarray, terminated: np.ndarray,
+                 gamma: float) -> np.ndarray:
+    """``r' = r + γ Φ(s') − Φ(s)`` with Φ(s') = 0 where s' is terminal, so optimal policies are
+    unchanged. ``reward``/``terminated`` are ``[..., N]``; ``phi``/``phi_next`` broadcast (``[..., 1]``)."""
+    phi_next = np.where(terminated, 0.0, phi_next)
+    return (reward + gamma * phi_next - phi).astype(np.float32)
+
+
+def spread_coverage_potential(env) -> float:
+    """Built-in Φ for mpe2 simple_spread: minus the sum over landmarks of the distance to the
+    nearest agent (the quantity the team reward penalises)."""
+    world = env.unwrapped.world
+    agents = np.array([a.state.p_pos for a in world.agents])
+    landmarks = np.array([lm.state.p_pos for lm in world.landmarks])
+    dists = np.linalg.norm(landmarks[:, None, :] - agents[None, :, :], axis=-1)
+    return -float(dists.min(axis=1).sum())
+
+
+POTENTIALS = {"spread_coverage": "envs.rewards:spread_coverage_potential"}
+
+
+def resolve_potential(name: str):
+    """A potential Φ(env) -> float from a built-in name (``POTENTIALS``) or ``package.module:function``."""
+    import importlib
+
+    from envs.errors import EnvError
+
+    target = POTENTIALS.get(name, name)
+    module_name, sep, attr = target.partition(":")
+    if not sep:
+        raise EnvError(f"env.shaping {name!r} is neither a built-in potential ({', '.join(POTENTIALS)}) "
+                       f"nor of the form 'package.module:function'")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise EnvError(f"env.shaping {name!r}: cannot load {target!r} ({exc})") from None
+    if not callable(fn):
+        raise EnvError(f"env.shaping {name!r}: {target!r} is not callable")
+    return fn

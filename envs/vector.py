@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from envs.errors import EnvError
-from envs.rewards import apply_reward_mode
+from envs.rewards import apply_reward_mode, resolve_potential, shape_reward
 from envs.team_env import TeamEnv
 
 
@@ -23,6 +23,8 @@ class RewardSpec:
     mode: str = "shared"
     team: str = "mean"
     alpha: float = 0.5
+    shaping: str = ""     # potential Φ: built-in name or "module:function"; "" for none
+    gamma: float = 0.99   # discount used by the shaping term
 
 
 @dataclass
@@ -57,10 +59,17 @@ class EnvSlice:
         self._raw_return = np.zeros(shape, np.float64)
         self._return = np.zeros(shape, np.float64)
         self._length = np.zeros(n, np.int64)
+        self._potential = resolve_potential(reward.shaping) if reward.shaping else None
+        self._phi = np.zeros((n, 1), np.float32)
+
+    def _phi_of(self, i: int) -> float:
+        return float(self._potential(self.envs[i].env))
 
     def reset(self, seeds) -> tuple[np.ndarray, np.ndarray]:
         for i, (env, seed) in enumerate(zip(self.envs, seeds)):
             self.obs[i], self.state[i] = env.reset(seed=int(seed))
+            if self._potential is not None:
+                self._phi[i] = self._phi_of(i)
         self._raw_return[:] = 0.0
         self._return[:] = 0.0
         self._length[:] = 0
@@ -77,6 +86,10 @@ class EnvSlice:
         for i, env in enumerate(self.envs):
             next_obs[i], next_state[i], raw[i], term[i], trunc[i], done[i] = env.step(actions[i])
         reward = apply_reward_mode(raw, self.reward.mode, self.reward.team, self.reward.alpha)
+        if self._potential is not None:
+            phi_next = np.array([[self._phi_of(i)] for i in range(n)], np.float32)
+            reward = shape_reward(reward, self._phi, phi_next, term, self.reward.gamma)
+            self._phi = phi_next
         self._raw_return += raw
         self._return += reward
         self._length += 1
@@ -89,6 +102,8 @@ class EnvSlice:
             self._return[i] = 0.0
             self._length[i] = 0
             self.obs[i], self.state[i] = self.envs[i].reset()
+            if self._potential is not None:
+                self._phi[i] = self._phi_of(i)
         return StepBatch(self.obs.copy(), self.state.copy(), next_obs, next_state, raw, reward,
                          term, trunc, done, episodes)
 

@@ -74,6 +74,7 @@ def _cmd_eval(args) -> int:
 def _cmd_list(args) -> int:
     from algorithms import ADVANTAGES
     from envs import ENVS, REWARD_MODES
+    from envs.rewards import POTENTIALS
 
     print("environments (env.id):")
     for name, target in ENVS.items():
@@ -83,6 +84,7 @@ def _cmd_list(args) -> int:
     for name, spec in ADVANTAGES.items():
         print(f"  {name:12s} critic={spec.critic}  {spec.description}")
     print(f"reward modes (env.reward): {', '.join(REWARD_MODES)}")
+    print(f"shaping potentials (env.shaping): {', '.join(POTENTIALS)}, or 'package.module:function'")
     return 0
 
 

@@ -31,6 +31,9 @@ class EnvConfig:
     """How the team reward is made from the agents' rewards: ``sum`` or ``mean``."""
     alpha: float = 0.5
     """Weight of the agent's own reward in ``mixed`` mode."""
+    shaping: str = ""
+    """Potential-based shaping Φ: a built-in name (``marl list``) or ``package.module:function``
+    taking the PettingZoo env and returning a float; empty for none."""
     num_envs: int = 16
     """Parallel envs B; each iteration collects ``algo.rollout_steps`` steps from each."""
     workers: int = 0
@@ -48,12 +51,18 @@ class AlgoConfig:
     gamma: float = 0.99
     """Discount factor in (0, 1]."""
     lam: float = 0.95
-    """GAE/TD(λ) λ in [0, 1]."""
+    """GAE/TD(λ) λ in [0, 1]; also COMA's critic targets."""
+    n_step: int = 5
+    """k of the ``n_step`` advantage module."""
+    critic_obs: bool = False
+    """COMA: also give the Q critic the agent's own observation."""
+    target_update_every: int = 0
+    """COMA: a target critic copied every this many iterations (0: no target network)."""
     rollout_steps: int = 25
     """Steps T collected from each env per iteration."""
-    epochs: int = 5
+    epochs: int = 10
     """Passes over each batch (PPO); A2C usually uses 1."""
-    minibatches: int = 1
+    minibatches: int = 4
     """Minibatches per epoch; must divide ``rollout_steps * env.num_envs``."""
     lr: float = 5e-4
     """Adam learning rate of the actor."""
@@ -187,6 +196,13 @@ def validate(cfg: Config) -> Config:
     _check(e.reward in REWARD_MODES, "env.reward", e.reward, f"one of {list(REWARD_MODES)}")
     _check(e.team_reward in TEAM_REDUCTIONS, "env.team_reward", e.team_reward, f"one of {list(TEAM_REDUCTIONS)}")
     _check(0.0 <= e.alpha <= 1.0, "env.alpha", e.alpha, "a float in [0, 1]")
+    if e.shaping:
+        from envs import EnvError
+        from envs.rewards import resolve_potential
+        try:
+            resolve_potential(e.shaping)
+        except EnvError as exc:
+            raise ConfigError(f"config key 'env.shaping': {exc}") from None
     _check(e.num_envs >= 1, "env.num_envs", e.num_envs, "an int >= 1")
     _check(0 <= e.workers <= e.num_envs, "env.workers", e.workers, f"an int in [0, env.num_envs={e.num_envs}]")
     _check(a.advantage in ADVANTAGES, "algo.advantage", a.advantage, f"one of {sorted(ADVANTAGES)}")
@@ -194,6 +210,8 @@ def validate(cfg: Config) -> Config:
     _check(a.loss in ("ppo", "a2c"), "algo.loss", a.loss, "'ppo' or 'a2c'")
     _check(0.0 < a.gamma <= 1.0, "algo.gamma", a.gamma, "a float in (0, 1]")
     _check(0.0 <= a.lam <= 1.0, "algo.lam", a.lam, "a float in [0, 1]")
+    _check(a.n_step >= 1, "algo.n_step", a.n_step, "an int >= 1")
+    _check(a.target_update_every >= 0, "algo.target_update_every", a.target_update_every, "an int >= 0")
     _check(a.rollout_steps >= 1, "algo.rollout_steps", a.rollout_steps, "an int >= 1")
     _check(a.epochs >= 1, "algo.epochs", a.epochs, "an int >= 1")
     batch = a.rollout_steps * e.num_envs

@@ -78,7 +78,7 @@ class CentralCritic(nn.Module):
         super().__init__()
         self.net = AgentMLP(1, state_dim, n_agents, hidden, layers, activation, shared=True)
 
-    def forward(self, state: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
         return self.net(state.unsqueeze(-2)).squeeze(-2)
 
 
@@ -89,8 +89,21 @@ class LocalCritic(nn.Module):
         super().__init__()
         self.net = AgentMLP(n_agents, obs_dim + n_agents, 1, hidden, layers, activation, shared=True)
 
-    def forward(self, state: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(with_agent_id(obs)).squeeze(-1)
+
+
+class QCritic(nn.Module):
+    """COMA's counterfactual critic (Foerster et al., 2018): per-agent inputs ``[..., N, D]`` (state,
+    the other agents' actions, the agent's id; see ``algorithms.coma_critic_inputs``) to
+    Q(s, u^{-a}, ·) for all of the agent's actions, ``[..., N, A]``, in one forward pass."""
+
+    def __init__(self, in_dim: int, n_actions: int, hidden: int, layers: int, activation: str):
+        super().__init__()
+        self.net = AgentMLP(1, in_dim, n_actions, hidden, layers, activation, shared=True)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.net(inputs)
 
 
 class ValueNorm(nn.Module):

@@ -10,6 +10,7 @@ an uninterrupted run exactly. An episode longer than the rollout is cut there an
 """
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import time
@@ -20,12 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from algorithms import get_advantage
+from algorithms import coma_baseline, coma_critic_inputs, get_advantage, td_lambda
 from envs import RewardSpec, make_vector_env
 from marl.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from marl.config import Config
 from marl.logger import RunLogger, truncate_metrics
-from marl.networks import Actor, CentralCritic, LocalCritic, ValueNorm
+from marl.networks import Actor, CentralCritic, LocalCritic, QCritic, ValueNorm
 
 
 class TrainingDiverged(RuntimeError):
@@ -87,15 +88,20 @@ class Trainer:
         e, a, m = cfg.env, cfg.algo, cfg.model
         self.advantage = get_advantage(a.advantage)
         self.venv = make_vector_env(e.id, e.kwargs, e.num_envs,
-                                    RewardSpec(e.reward, e.team_reward, e.alpha), e.workers)
+                                    RewardSpec(e.reward, e.team_reward, e.alpha, e.shaping, a.gamma), e.workers)
         v = self.venv
         self.agents, N = list(v.agents), v.n_agents
         mask = torch.from_numpy(v.action_mask)
         self.actor = Actor(N, v.obs_dim, v.n_actions, mask, m.hidden, m.layers, m.activation, m.share_actor)
-        if a.critic == "central":
+        self.uses_q = self.advantage.critic == "q"
+        if self.uses_q:
+            in_dim = v.state_dim + N * v.n_actions + N + (v.obs_dim if a.critic_obs else 0)
+            self.critic = QCritic(in_dim, v.n_actions, m.hidden, m.layers, m.activation)
+        elif a.critic == "central":
             self.critic = CentralCritic(N, v.state_dim, m.hidden, m.layers, m.activation)
         else:
             self.critic = LocalCritic(N, v.obs_dim, m.hidden, m.layers, m.activation)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False) if a.target_update_every else None
         self.value_norm = ValueNorm(N)
         self.optimizer = torch.optim.Adam([
             {"params": self.actor.parameters(), "lr": a.lr},
@@ -117,15 +123,20 @@ class Trainer:
         return math.ceil(self.cfg.train.total_env_steps / self.steps_per_iteration)
 
     def state_dict(self) -> dict:
-        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+        state = {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
                 "value_norm": self.value_norm.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "iteration": self.iteration, "env_steps": self.env_steps,
                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "agents": self.agents}
+        if self.target_critic is not None:
+            state["target_critic"] = self.target_critic.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.actor.load_state_dict(state["actor"])
         self.critic.load_state_dict(state["critic"])
+        if self.target_critic is not None:
+            self.target_critic.load_state_dict(state["target_critic"])
         self.value_norm.load_state_dict(state["value_norm"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.iteration, self.env_steps = int(state["iteration"]), int(state["env_steps"])
@@ -165,33 +176,89 @@ class Trainer:
         return episodes
 
     # -- update -----------------------------------------------------------------------------------
-    def _values(self, state: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-        """Critic values in return space ``[..., N]``."""
-        v = self.critic(state, obs)
-        return self.value_norm.denormalize(v) if self.cfg.algo.normalize_value else v
+    def _to_return_space(self, x: torch.Tensor) -> torch.Tensor:
+        """Critic output (normalised when ``algo.normalize_value``) in return units; values are
+        ``[..., N]`` and Q values ``[..., N, A]``."""
+        if not self.cfg.algo.normalize_value:
+            return x
+        return self.value_norm.denormalize(x.transpose(-1, -2)).transpose(-1, -2) if self.uses_q \
+            else self.value_norm.denormalize(x)
 
-    def compute_advantages(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns ``(advantage, value_target, value)``, each ``[T, B, N]``, with the current critic."""
+    def critic_input(self, state: torch.Tensor, obs: torch.Tensor, actions: torch.Tensor | None = None):
+        """What the critic reads: the state (central V), the observations (local V) or, for a Q
+        critic, the per-agent counterfactual inputs built from state and joint actions."""
+        if self.uses_q:
+            onehot = F.one_hot(actions, self.venv.n_actions).to(state.dtype)
+            return coma_critic_inputs(state, onehot, obs if self.cfg.algo.critic_obs else None)
+        return state if self.cfg.algo.critic == "central" else obs
+
+    def prepare(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Advantages, critic targets and credit diagnostics for a rollout, all ``[T, B, N]``, from
+        the current networks (no gradients)."""
+        a = self.cfg.algo
         with torch.no_grad():
-            value = self._values(b["state"], b["obs"])
-            next_value = self._values(b["next_state"], b["next_obs"])
-            adv, target = self.advantage.fn(b["reward"], value, next_value, b["terminated"], b["truncated"],
-                                            **self.advantage.kwargs(self.cfg.algo))
-        return adv, target, value
+            if not self.uses_q:
+                critic_in = self.critic_input(b["state"], b["obs"])
+                value = self._to_return_space(self.critic(critic_in))
+                next_value = self._to_return_space(self.critic(self.critic_input(b["next_state"], b["next_obs"])))
+                adv, target = self.advantage.fn(b["reward"], value, next_value, b["terminated"], b["truncated"],
+                                                **self.advantage.kwargs(a))
+                return {"adv": adv, "target": target, "value": value, "critic_in": critic_in}
+            return self._prepare_q(b)
+
+    def _prepare_q(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """COMA: Q of every action of each agent in one critic pass; the critic learns TD(λ) targets
+        of the taken joint action; the advantage is Q_taken minus the policy-weighted baseline."""
+        a = self.cfg.algo
+        actions = b["actions"]
+        critic = self.target_critic if self.target_critic is not None else self.critic
+        critic_in = self.critic_input(b["state"], b["obs"], actions)
+        q_all = self._to_return_space(self.critic(critic_in))
+        q_taken = q_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        # The next joint action: the one taken at t+1 inside an episode; drawn from the policy where
+        # the rollout was cut (truncation or rollout end), since no action was taken there.
+        ended = (b["terminated"] | b["truncated"]).any(-1, keepdim=True)
+        continues = torch.zeros_like(ended)
+        continues[:-1] = ~ended[:-1]
+        drawn = sample_actions(self.actor(b["next_obs"]), self.generator)
+        following = torch.cat([actions[1:], actions[-1:]])
+        next_actions = torch.where(continues, following, drawn)
+        next_in = self.critic_input(b["next_state"], b["next_obs"], next_actions)
+        next_q = self._to_return_space(critic(next_in)).gather(-1, next_actions.unsqueeze(-1)).squeeze(-1)
+        if critic is not self.critic:
+            q_taken_target = self._to_return_space(critic(critic_in)).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        else:
+            q_taken_target = q_taken
+        _, target = td_lambda(b["reward"], q_taken_target, next_q, b["terminated"], b["truncated"],
+                              gamma=a.gamma, lam=a.lam)
+        logits = self.actor(b["obs"])
+        baseline = coma_baseline(q_all, logits, self.actor.action_mask)
+        adv = self.advantage.fn(q_all, logits, actions, self.actor.action_mask)
+        return {"adv": adv, "target": target, "value": q_taken, "critic_in": critic_in,
+                "coma_baseline": baseline}
+
+    def _critic_prediction(self, critic_in: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        out = self.critic(critic_in)
+        return out.gather(-1, actions.unsqueeze(-1)).squeeze(-1) if self.uses_q else out
 
     def update(self) -> dict:
         a = self.cfg.algo
         b = self.rollout.tensors()
-        adv, target, value = self.compute_advantages(b)
+        prep = self.prepare(b)
+        adv, target = prep["adv"], prep["target"]
         metrics = self._credit_metrics(adv)
-        metrics["explained_variance"] = explained_variance(value, target)
+        if "coma_baseline" in prep:
+            for i, ag in enumerate(self.agents):
+                metrics[f"coma/gap/{ag}"] = float(adv[..., i].mean())
+                metrics[f"coma/baseline/{ag}"] = float(prep["coma_baseline"][..., i].mean())
+        metrics["explained_variance"] = explained_variance(prep["value"], target)
         if a.normalize_value:
             self.value_norm.update(target)
             target = self.value_norm.normalize(target)
         if a.normalize_advantage:
             adv = (adv - adv.mean((0, 1))) / (adv.std((0, 1)) + 1e-8)
         TB = self.steps_per_iteration
-        flat = {"obs": b["obs"], "state": b["state"], "actions": b["actions"], "logp": b["logp"],
+        flat = {"obs": b["obs"], "critic_in": prep["critic_in"], "actions": b["actions"], "logp": b["logp"],
                 "adv": adv, "target": target}
         flat = {k: v.reshape(TB, *v.shape[2:]) for k, v in flat.items()}
         mb_size = TB // a.minibatches
@@ -207,6 +274,8 @@ class Trainer:
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 n_updates += 1
+        if self.target_critic is not None and (self.iteration + 1) % a.target_update_every == 0:
+            self.target_critic.load_state_dict(self.critic.state_dict())
         metrics.update({k: v / n_updates for k, v in sums.items()})
         return metrics
 
@@ -223,8 +292,7 @@ class Trainer:
             policy_loss = -surrogate.mean()
         else:
             policy_loss = -(logp * mb["adv"]).mean()
-        value_pred = self.critic(mb["state"], mb["obs"])
-        value_loss = F.mse_loss(value_pred, mb["target"])
+        value_loss = F.mse_loss(self._critic_prediction(mb["critic_in"], mb["actions"]), mb["target"])
         loss = policy_loss + a.value_coef * value_loss - a.entropy_coef * entropy.mean()
         if not torch.isfinite(loss):
             raise TrainingDiverged(

@@ -81,3 +81,8 @@ def make_continuous(**kwargs):
 
 def make_not_an_env(**kwargs):
     return {"this": "is not an env"}
+
+
+def step_count_potential(env) -> float:
+    """A shaping potential for ``MatchTarget``: the number of steps taken so far."""
+    return float(env.unwrapped._t)
