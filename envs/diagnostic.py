@@ -125,6 +125,7 @@ class DiagnosticParallelEnv(ParallelEnv):
 
     metadata = {"name": "diagnostic_v0", "render_modes": []}
     _ends_by_truncation = False
+    _own_rewards = False  # give each agent its own contribution instead of the team reward
 
     def __init__(
         self,
@@ -231,7 +232,10 @@ class DiagnosticParallelEnv(ParallelEnv):
         truncated = done and self._ends_by_truncation
         live = list(self.agents)
         observations = {agent: self._observation(i) for i, agent in enumerate(live)}
-        rewards = {agent: reward for agent in live}
+        if self._own_rewards and contributions is not None:
+            rewards = {agent: float(contributions[i]) for i, agent in enumerate(live)}
+        else:
+            rewards = {agent: reward for agent in live}
         terminations = {agent: terminated for agent in live}
         truncations = {agent: truncated for agent in live}
         if contributions is None:
@@ -407,7 +411,10 @@ class LazyAgent(DiagnosticParallelEnv):
     returned with the truncation).
 
     ``infos[agent]["contribution"]`` is the agent's own term
-    ``w_i * e_i / (n_levels - 1)``; the terms sum to the team reward.
+    ``w_i * e_i / (n_levels - 1)``; the terms sum to the team reward. With
+    ``rewards="own"`` each agent is rewarded with its own term instead of the
+    team reward (for individual-reward ablations; the team reward is then the
+    sum over agents, i.e. ``env.team_reward: sum``).
 
     ``true_credit(actions)``: ``w_i * (e_i - (n_levels - 1) / 2) / (n_levels - 1)``
     at every step (the uniform default effort has mean ``(n_levels - 1) / 2``),
@@ -424,8 +431,12 @@ class LazyAgent(DiagnosticParallelEnv):
         n_levels: int = 3,
         episode_length: int = 10,
         weights: Sequence[float] | None = None,
+        rewards: str = "team",
         render_mode: str | None = None,
     ):
+        if rewards not in ("team", "own"):
+            raise ValueError(f"rewards must be 'team' or 'own', got {rewards!r}")
+        self._own_rewards = rewards == "own"
         n_agents = int(n_agents)
         if n_agents < 1:
             raise ValueError(f"n_agents must be >= 1, got {n_agents}")

@@ -123,6 +123,11 @@ class SyncVectorEnv:
         self.obs_dim, self.state_dim, self.n_actions = probe.obs_dim, probe.state_dim, probe.n_actions
         self.action_mask = probe.action_mask
 
+    @property
+    def team_envs(self) -> list[TeamEnv]:
+        """The envs themselves (e.g. to read a diagnostic env's ``true_credit``)."""
+        return self._slice.envs
+
     def reset(self, seeds):
         return self._slice.reset(seeds)
 

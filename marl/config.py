@@ -109,6 +109,18 @@ class TrainConfig:
 
 
 @dataclass
+class LogConfig:
+    histogram_every: int = 10
+    """Per-agent advantage histograms every this many iterations (0: never)."""
+    credit_image_every: int = 50
+    """A credit heatmap of one episode every this many iterations, and at the first (0: never)."""
+    fidelity_every: int = 10
+    """On envs with ``true_credit``: the credit-fidelity score every this many iterations (0: never)."""
+    fidelity_episodes: int = 8
+    """Episodes per credit-fidelity score."""
+
+
+@dataclass
 class Config:
     seed: int = 0
     """Seed for torch, the action sampler and env resets."""
@@ -118,6 +130,7 @@ class Config:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -229,6 +242,10 @@ def validate(cfg: Config) -> Config:
     _check(t.total_env_steps >= 1, "train.total_env_steps", t.total_env_steps, "an int >= 1")
     _check(t.log_every >= 1, "train.log_every", t.log_every, "an int >= 1")
     _check(t.checkpoint_every >= 1, "train.checkpoint_every", t.checkpoint_every, "an int >= 1")
+    for key in ("histogram_every", "credit_image_every", "fidelity_every"):
+        value = getattr(cfg.log, key)
+        _check(value >= 0, f"log.{key}", value, "an int >= 0")
+    _check(cfg.log.fidelity_episodes >= 1, "log.fidelity_episodes", cfg.log.fidelity_episodes, "an int >= 1")
     _check(t.eval_episodes >= 0, "train.eval_episodes", t.eval_episodes, "an int >= 0")
     return cfg
 

@@ -112,6 +112,8 @@ class Trainer:
         self.env_steps = 0
         self.logger: RunLogger | None = None
         self._stop_requested = False
+        self._has_true_credit: bool | None = None
+        self._last_advantage: torch.Tensor | None = None
 
     # -- persistence ------------------------------------------------------------------------------
     @property
@@ -192,9 +194,10 @@ class Trainer:
             return coma_critic_inputs(state, onehot, obs if self.cfg.algo.critic_obs else None)
         return state if self.cfg.algo.critic == "central" else obs
 
-    def prepare(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def prepare(self, b: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Advantages, critic targets and credit diagnostics for a rollout, all ``[T, B, N]``, from
-        the current networks (no gradients)."""
+        the current networks (no gradients). ``generator`` draws COMA's bootstrap actions (default:
+        the trainer's own)."""
         a = self.cfg.algo
         with torch.no_grad():
             if not self.uses_q:
@@ -204,9 +207,9 @@ class Trainer:
                 adv, target = self.advantage.fn(b["reward"], value, next_value, b["terminated"], b["truncated"],
                                                 **self.advantage.kwargs(a))
                 return {"adv": adv, "target": target, "value": value, "critic_in": critic_in}
-            return self._prepare_q(b)
+            return self._prepare_q(b, generator or self.generator)
 
-    def _prepare_q(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _prepare_q(self, b: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         """COMA: Q of every action of each agent in one critic pass; the critic learns TD(λ) targets
         of the taken joint action; the advantage is Q_taken minus the policy-weighted baseline."""
         a = self.cfg.algo
@@ -220,7 +223,7 @@ class Trainer:
         ended = (b["terminated"] | b["truncated"]).any(-1, keepdim=True)
         continues = torch.zeros_like(ended)
         continues[:-1] = ~ended[:-1]
-        drawn = sample_actions(self.actor(b["next_obs"]), self.generator)
+        drawn = sample_actions(self.actor(b["next_obs"]), generator)
         following = torch.cat([actions[1:], actions[-1:]])
         next_actions = torch.where(continues, following, drawn)
         next_in = self.critic_input(b["next_state"], b["next_obs"], next_actions)
@@ -252,6 +255,9 @@ class Trainer:
                 metrics[f"coma/gap/{ag}"] = float(adv[..., i].mean())
                 metrics[f"coma/baseline/{ag}"] = float(prep["coma_baseline"][..., i].mean())
         metrics["explained_variance"] = explained_variance(prep["value"], target)
+        value_error = ((prep["value"] - target) ** 2).mean((0, 1))
+        metrics.update({f"value_error/{ag}": float(value_error[i]) for i, ag in enumerate(self.agents)})
+        self._last_advantage = adv
         if a.normalize_value:
             self.value_norm.update(target)
             target = self.value_norm.normalize(target)
@@ -339,6 +345,36 @@ class Trainer:
             out[f"reward_return/{ag}"] = float(moded[:, i].mean())
         return out
 
+    def _credit_views(self) -> dict:
+        """Histograms and heatmaps go straight to TensorBoard; returns the fidelity scalars (on
+        envs with ``true_credit``) for the metrics record."""
+        from marl.credit import credit_fidelity, credit_heatmap, episode_credit
+        from marl.evaluate import EVAL_SEED_OFFSET
+
+        log, it, step = self.cfg.log, self.iteration, self.env_steps
+        if log.histogram_every and it % log.histogram_every == 0:
+            for i, agent in enumerate(self.agents):
+                self.logger.log_histogram(f"credit/adv_hist/{agent}", self._last_advantage[..., i], step)
+        if log.credit_image_every and (it % log.credit_image_every == 0 or it == 1):
+            ep = episode_credit(self, seed=EVAL_SEED_OFFSET + it)
+            title = f"{self.cfg.algo.advantage} credit at {step:,} env steps"
+            self.logger.writer.add_figure("credit/heatmap", credit_heatmap(ep["advantage"], ep["raw_reward"],
+                                                                           self.agents, title), step)
+        out = {}
+        if log.fidelity_every and it % log.fidelity_every == 0 and self.has_true_credit:
+            score = credit_fidelity(self, log.fidelity_episodes, seed=it)
+            out = {f"credit_fidelity/{k}": v for k, v in score.items() if k != "episodes"}
+        return out
+
+    @property
+    def has_true_credit(self) -> bool:
+        if self._has_true_credit is None:
+            from envs import make_parallel_env
+            env = make_parallel_env(self.cfg.env.id, self.cfg.env.kwargs)
+            self._has_true_credit = hasattr(env.unwrapped, "true_credit")
+            env.close()
+        return self._has_true_credit
+
     def _request_stop(self, signum, frame):
         if self._stop_requested:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
@@ -384,9 +420,10 @@ class Trainer:
                     metrics.update({"iteration": self.iteration, "env_steps": self.env_steps,
                                     "perf/env_steps_per_s": self.steps_per_iteration / (t2 - t0),
                                     "perf/collect_s": t1 - t0, "perf/update_s": t2 - t1})
-                    last = metrics
                     if self.logger is not None:
+                        metrics.update(self._credit_views())
                         self.logger.log(metrics, self.env_steps)
+                    last = metrics
                 if self.iteration % cfg.train.checkpoint_every == 0:
                     self.save()
                 if bar is not None:

@@ -581,3 +581,16 @@ def test_delayed_chain_defaults_and_validation():
     for bad in (dict(decision_step=10), dict(decision_step=-1), dict(length=0)):
         with pytest.raises(ValueError):
             delayed_chain(**bad)
+
+
+def test_lazy_agent_own_rewards_sum_to_the_team_reward():
+    team, own = lazy_agent(episode_length=1), lazy_agent(episode_length=1, rewards="own")
+    team.reset(seed=0)
+    own.reset(seed=0)
+    joint = {"agent_0": 2, "agent_1": 1, "agent_2": 2}
+    _, team_rew, _, _, _ = team.step(joint)
+    _, own_rew, _, _, _ = own.step(joint)
+    assert own_rew == {"agent_0": 1.0, "agent_1": 0.5, "agent_2": 0.0}
+    assert sum(own_rew.values()) == team_rew["agent_0"] == 1.5
+    with pytest.raises(ValueError, match="rewards must be"):
+        lazy_agent(rewards="selfish")

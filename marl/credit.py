@@ -1,0 +1,139 @@
+"""Per-agent credit: advantages of single episodes, credit heatmaps, and the credit-fidelity score
+against a diagnostic env's ground truth (``true_credit``, see ``envs/diagnostic.py``)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from envs import RewardSpec
+from envs.vector import SyncVectorEnv
+
+EPISODE_FIELDS = ("obs", "state", "next_obs", "next_state", "actions", "logp", "raw_reward", "reward",
+                  "terminated", "truncated")
+
+
+def play_episode(trainer, venv: SyncVectorEnv, seed: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """One episode with the trainer's (sampling) policy, as a ``[T, 1, N, ...]`` rollout batch."""
+    from marl.trainer import sample_actions
+
+    obs, state = venv.reset([seed])
+    steps = {k: [] for k in EPISODE_FIELDS}
+    done = False
+    while not done:
+        with torch.no_grad():
+            logits = trainer.actor(torch.from_numpy(obs))
+            actions = sample_actions(logits, generator)
+            logp = torch.log_softmax(logits, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        step = venv.step(actions.numpy())
+        for key, value in (("obs", obs), ("state", state), ("actions", actions.numpy()), ("logp", logp.numpy()),
+                           ("next_obs", step.next_obs), ("next_state", step.next_state),
+                           ("raw_reward", step.raw_reward), ("reward", step.reward),
+                           ("terminated", step.terminated), ("truncated", step.truncated)):
+            steps[key].append(value)
+        obs, state, done = step.obs, step.state, bool(step.done[0])
+    return {k: torch.from_numpy(np.stack(v)) for k, v in steps.items()}
+
+
+def episode_venv(trainer) -> SyncVectorEnv:
+    e = trainer.cfg.env
+    return SyncVectorEnv(e.id, e.kwargs, 1, RewardSpec(e.reward, e.team_reward, e.alpha, e.shaping,
+                                                       trainer.cfg.algo.gamma))
+
+
+def episode_credit(trainer, seed: int, venv: SyncVectorEnv | None = None) -> dict[str, np.ndarray]:
+    """Advantages ``[T, N]`` the trainer's advantage module assigns in one fresh episode, with the
+    actions, rewards and (for COMA) the counterfactual baseline."""
+    own = venv is None
+    venv = venv or episode_venv(trainer)
+    generator = torch.Generator().manual_seed(seed)
+    batch = play_episode(trainer, venv, seed, generator)
+    prep = trainer.prepare(batch, generator=generator)
+    if own:
+        venv.close()
+    out = {"advantage": prep["adv"][:, 0].numpy(), "actions": batch["actions"][:, 0].numpy(),
+           "reward": batch["reward"][:, 0].numpy(), "raw_reward": batch["raw_reward"][:, 0].numpy()}
+    if "coma_baseline" in prep:
+        out["coma_baseline"] = prep["coma_baseline"][:, 0].numpy()
+    return out
+
+
+def credit_heatmap(advantage: np.ndarray, reward: np.ndarray, agents: list[str], title: str = ""):
+    """A matplotlib figure: agents × time steps coloured by advantage (diverging around 0), with the
+    team reward per step underneath. ``advantage`` and ``reward`` are ``[T, N]``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    T, N = advantage.shape
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 0.25 * T + 2), 1.0 + 0.45 * N + 1.6),
+                                      sharex=True, gridspec_kw={"height_ratios": [max(N, 2), 1.5]})
+    bound = float(np.abs(advantage).max()) or 1.0
+    image = top.imshow(advantage.T, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound,
+                       interpolation="nearest", extent=(-0.5, T - 0.5, N - 0.5, -0.5))
+    top.set_yticks(range(N), agents)
+    top.set_title(title or "advantage per agent and step")
+    fig.colorbar(image, ax=top, label="advantage", fraction=0.04, pad=0.01)
+    bottom.bar(np.arange(T), reward.sum(-1), color="0.4")
+    bottom.set_ylabel("reward\n(sum)")
+    bottom.set_xlabel("step")
+    fig.colorbar(image, ax=bottom, fraction=0.04, pad=0.01).remove()  # keep the x axes aligned
+    fig.tight_layout()
+    return fig
+
+
+def rankdata(x: np.ndarray) -> np.ndarray:
+    """Ranks starting at 1, ties given their average rank."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    order = np.argsort(x, kind="mergesort")
+    sorted_x = x[order]
+    ranks = np.empty(len(x))
+    start = 0
+    for end in range(1, len(x) + 1):
+        if end == len(x) or sorted_x[end] != sorted_x[start]:
+            ranks[order[start:end]] = (start + end - 1) / 2.0 + 1.0
+            start = end
+    return ranks
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation; NaN when either side is constant."""
+    ra, rb = rankdata(a), rankdata(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def credit_fidelity(trainer, episodes: int = 16, seed: int = 0) -> dict:
+    """Score the trainer's credit against the env's ``true_credit`` over fresh episodes.
+
+    Returns:
+        ``overall``: Spearman correlation of estimated advantage and true marginal contribution over
+        all (episode, step, agent) entries; ``per_step``: mean over steps of the correlation across
+        (episode, agent) at that step, skipping steps where the true credit is constant;
+        ``abs_adv/<agent>``, ``share/<agent>`` (mean |A_i| and its share) and ``true_abs/<agent>``.
+    Raises:
+        ValueError: when the env has no ``true_credit``.
+    """
+    venv = episode_venv(trainer)
+    raw_env = venv.team_envs[0].env.unwrapped
+    if not hasattr(raw_env, "true_credit"):
+        venv.close()
+        raise ValueError(f"env {trainer.cfg.env.id!r} has no true_credit(actions); credit fidelity needs a "
+                         f"diagnostic env (marl list shows them under diag:)")
+    advs, trues = [], []
+    for k in range(episodes):
+        ep = episode_credit(trainer, seed * 1_000_003 + k, venv)
+        advs.append(ep["advantage"])
+        trues.append(np.asarray(raw_env.true_credit(ep["actions"]), dtype=np.float64))
+    venv.close()
+    adv, true = np.stack(advs), np.stack(trues)          # [E, T, N]
+    per_step = [spearman(adv[:, t], true[:, t]) for t in range(adv.shape[1]) if np.ptp(true[:, t]) > 0]
+    per_step = [c for c in per_step if np.isfinite(c)]
+    abs_adv = np.abs(adv).mean((0, 1))
+    out = {"overall": spearman(adv, true), "per_step": float(np.mean(per_step)) if per_step else float("nan"),
+           "episodes": episodes}
+    for i, agent in enumerate(trainer.agents):
+        out[f"abs_adv/{agent}"] = float(abs_adv[i])
+        out[f"share/{agent}"] = float(abs_adv[i] / max(abs_adv.sum(), 1e-12))
+        out[f"true_abs/{agent}"] = float(np.abs(true[..., i]).mean())
+    return out
