@@ -71,6 +71,31 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_credit(args) -> int:
+    from marl.credit import credit_fidelity
+    from marl.run import EVAL_NAME, load_trainer
+
+    trainer = load_trainer(args.run_dir)
+    try:
+        score = credit_fidelity(trainer, args.episodes, seed=args.seed, behaviour=args.behaviour)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    finally:
+        trainer.close()
+    if args.json:
+        print(json.dumps(score))
+        return 0
+    print(f"credit fidelity of {trainer.cfg.algo.advantage} on {trainer.cfg.env.id} over {score['episodes']} "
+          f"episodes ({score['behaviour']} actions)")
+    print(f"  rank correlation with the true marginal contribution: overall {score['overall']:.3f}, "
+          f"per step {score['per_step']:.3f}")
+    print(f"  {'agent':12s} {'mean|A|':>9s} {'share':>7s} {'true mean|c|':>13s}")
+    for agent in trainer.agents:
+        print(f"  {agent:12s} {score['abs_adv/' + agent]:9.4f} {score['share/' + agent]:7.3f} "
+              f"{score['true_abs/' + agent]:13.4f}")
+    return 0
+
+
 def _cmd_list(args) -> int:
     from algorithms import ADVANTAGES
     from envs import ENVS, REWARD_MODES
@@ -109,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--gif", metavar="PATH", help="render one greedy episode to a GIF")
     p.set_defaults(func=_cmd_eval)
+    p = sub.add_parser("credit", help="score a run's credit against a diagnostic env's true credit")
+    p.add_argument("run_dir")
+    p.add_argument("--episodes", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--behaviour", choices=["uniform", "policy"], default="uniform",
+                   help="act uniformly at random (default) or with the trained policy")
+    p.set_defaults(func=_cmd_credit)
     p = sub.add_parser("list", help="registered envs, advantage modules and reward modes")
     p.set_defaults(func=_cmd_list)
     return parser

@@ -12,9 +12,14 @@ EPISODE_FIELDS = ("obs", "state", "next_obs", "next_state", "actions", "logp", "
                   "terminated", "truncated")
 
 
-def play_episode(trainer, venv: SyncVectorEnv, seed: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """One episode with the trainer's (sampling) policy, as a ``[T, 1, N, ...]`` rollout batch."""
+def play_episode(trainer, venv: SyncVectorEnv, seed: int, generator: torch.Generator,
+                 behaviour: str = "policy") -> dict[str, torch.Tensor]:
+    """One episode as a ``[T, 1, N, ...]`` rollout batch, acting with the trainer's sampling policy
+    (``behaviour="policy"``) or uniformly at random over the available actions (``"uniform"``)."""
     from marl.trainer import sample_actions
+
+    if behaviour not in ("policy", "uniform"):
+        raise ValueError(f"behaviour must be 'policy' or 'uniform', got {behaviour!r}")
 
     obs, state = venv.reset([seed])
     steps = {k: [] for k in EPISODE_FIELDS}
@@ -22,7 +27,11 @@ def play_episode(trainer, venv: SyncVectorEnv, seed: int, generator: torch.Gener
     while not done:
         with torch.no_grad():
             logits = trainer.actor(torch.from_numpy(obs))
-            actions = sample_actions(logits, generator)
+            if behaviour == "uniform":
+                actions = sample_actions(torch.zeros_like(logits).masked_fill(~trainer.actor.action_mask, -1e9),
+                                         generator)
+            else:
+                actions = sample_actions(logits, generator)
             logp = torch.log_softmax(logits, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
         step = venv.step(actions.numpy())
         for key, value in (("obs", obs), ("state", state), ("actions", actions.numpy()), ("logp", logp.numpy()),
@@ -40,13 +49,15 @@ def episode_venv(trainer) -> SyncVectorEnv:
                                                        trainer.cfg.algo.gamma))
 
 
-def episode_credit(trainer, seed: int, venv: SyncVectorEnv | None = None) -> dict[str, np.ndarray]:
+def episode_credit(trainer, seed: int, venv: SyncVectorEnv | None = None,
+                   behaviour: str = "policy") -> dict[str, np.ndarray]:
     """Advantages ``[T, N]`` the trainer's advantage module assigns in one fresh episode, with the
-    actions, rewards and (for COMA) the counterfactual baseline."""
+    actions, rewards and (for COMA) the counterfactual baseline. See ``play_episode`` for
+    ``behaviour``; the advantages always come from the trained critic and policy."""
     own = venv is None
     venv = venv or episode_venv(trainer)
     generator = torch.Generator().manual_seed(seed)
-    batch = play_episode(trainer, venv, seed, generator)
+    batch = play_episode(trainer, venv, seed, generator, behaviour)
     prep = trainer.prepare(batch, generator=generator)
     if own:
         venv.close()
@@ -103,8 +114,13 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def credit_fidelity(trainer, episodes: int = 16, seed: int = 0) -> dict:
+def credit_fidelity(trainer, episodes: int = 16, seed: int = 0, behaviour: str = "uniform") -> dict:
     """Score the trainer's credit against the env's ``true_credit`` over fresh episodes.
+
+    By default the episodes are played with uniformly random actions, so every action is tried
+    and the score does not collapse once a policy is deterministic; the advantages still come
+    from the trained critic and policy (the true credit is defined against that same uniform
+    default, see ``envs/diagnostic.py``). ``behaviour="policy"`` scores on-policy episodes.
 
     Returns:
         ``overall``: Spearman correlation of estimated advantage and true marginal contribution over
@@ -122,7 +138,7 @@ def credit_fidelity(trainer, episodes: int = 16, seed: int = 0) -> dict:
                          f"diagnostic env (marl list shows them under diag:)")
     advs, trues = [], []
     for k in range(episodes):
-        ep = episode_credit(trainer, seed * 1_000_003 + k, venv)
+        ep = episode_credit(trainer, seed * 1_000_003 + k, venv, behaviour)
         advs.append(ep["advantage"])
         trues.append(np.asarray(raw_env.true_credit(ep["actions"]), dtype=np.float64))
     venv.close()
@@ -131,7 +147,7 @@ def credit_fidelity(trainer, episodes: int = 16, seed: int = 0) -> dict:
     per_step = [c for c in per_step if np.isfinite(c)]
     abs_adv = np.abs(adv).mean((0, 1))
     out = {"overall": spearman(adv, true), "per_step": float(np.mean(per_step)) if per_step else float("nan"),
-           "episodes": episodes}
+           "episodes": episodes, "behaviour": behaviour}
     for i, agent in enumerate(trainer.agents):
         out[f"abs_adv/{agent}"] = float(abs_adv[i])
         out[f"share/{agent}"] = float(abs_adv[i] / max(abs_adv.sum(), 1e-12))

@@ -71,15 +71,20 @@ class Actor(nn.Module):
 
 
 class CentralCritic(nn.Module):
-    """Centralised V(s) for every agent: ``state [..., S] -> [..., N]`` (one head per agent, so
-    individual and mixed rewards get their own value)."""
+    """Centralised V(s) for every agent: ``state [..., S] -> [..., N]``.
 
-    def __init__(self, n_agents: int, state_dim: int, hidden: int, layers: int, activation: str):
+    With a team reward (``team_value=True``) one head gives the team's value to every agent, as in
+    MAPPO/MAA2C; otherwise each agent gets its own head for its own (individual or mixed) return.
+    """
+
+    def __init__(self, n_agents: int, state_dim: int, hidden: int, layers: int, activation: str,
+                 team_value: bool = False):
         super().__init__()
-        self.net = AgentMLP(1, state_dim, n_agents, hidden, layers, activation, shared=True)
+        self.n_agents = n_agents
+        self.net = AgentMLP(1, state_dim, 1 if team_value else n_agents, hidden, layers, activation, shared=True)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
-        return self.net(state.unsqueeze(-2)).squeeze(-2)
+        return self.net(state.unsqueeze(-2)).squeeze(-2).expand(*state.shape[:-1], self.n_agents)
 
 
 class LocalCritic(nn.Module):

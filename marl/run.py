@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from marl.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from marl.config import Config, ConfigError, config_from_dict, load_config
+from marl.config import Config, ConfigError, load_config
 from marl.evaluate import evaluate
 from marl.trainer import Trainer
 
@@ -80,5 +80,12 @@ def load_actor(run_dir: str | Path):
     return actor, cfg
 
 
-def config_from_file_or_dict(source, overrides=()) -> Config:
-    return config_from_dict(source, overrides) if isinstance(source, dict) else load_config(source, overrides)
+def load_trainer(run_dir: str | Path) -> Trainer:
+    """A trainer with the networks of ``run_dir``'s checkpoint, for analysis (writes nothing)."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    if not (run_dir / CHECKPOINT_NAME).is_file():
+        raise ConfigError(f"{str(run_dir)!r} has no {CHECKPOINT_NAME}")
+    trainer = Trainer(cfg, None)
+    trainer.load_state_dict(load_checkpoint(run_dir / CHECKPOINT_NAME))
+    return trainer

@@ -98,7 +98,8 @@ class Trainer:
             in_dim = v.state_dim + N * v.n_actions + N + (v.obs_dim if a.critic_obs else 0)
             self.critic = QCritic(in_dim, v.n_actions, m.hidden, m.layers, m.activation)
         elif a.critic == "central":
-            self.critic = CentralCritic(N, v.state_dim, m.hidden, m.layers, m.activation)
+            self.critic = CentralCritic(N, v.state_dim, m.hidden, m.layers, m.activation,
+                                        team_value=e.reward == "shared")
         else:
             self.critic = LocalCritic(N, v.obs_dim, m.hidden, m.layers, m.activation)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False) if a.target_update_every else None
@@ -363,7 +364,7 @@ class Trainer:
         out = {}
         if log.fidelity_every and it % log.fidelity_every == 0 and self.has_true_credit:
             score = credit_fidelity(self, log.fidelity_episodes, seed=it)
-            out = {f"credit_fidelity/{k}": v for k, v in score.items() if k != "episodes"}
+            out = {f"credit_fidelity/{k}": v for k, v in score.items() if k not in ("episodes", "behaviour")}
         return out
 
     @property
