@@ -71,13 +71,11 @@ def episode_credit(trainer, seed: int, venv: SyncVectorEnv | None = None,
 def credit_heatmap(advantage: np.ndarray, reward: np.ndarray, agents: list[str], title: str = ""):
     """A matplotlib figure: agents × time steps coloured by advantage (diverging around 0), with the
     team reward per step underneath. ``advantage`` and ``reward`` are ``[T, N]``."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     T, N = advantage.shape
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 0.25 * T + 2), 1.0 + 0.45 * N + 1.6),
-                                      sharex=True, gridspec_kw={"height_ratios": [max(N, 2), 1.5]})
+    fig = Figure(figsize=(max(6, 0.25 * T + 2), 1.0 + 0.45 * N + 1.6))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [max(N, 2), 1.5]})
     bound = float(np.abs(advantage).max()) or 1.0
     image = top.imshow(advantage.T, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound,
                        interpolation="nearest", extent=(-0.5, T - 0.5, N - 0.5, -0.5))
@@ -153,3 +151,32 @@ def credit_fidelity(trainer, episodes: int = 16, seed: int = 0, behaviour: str =
         out[f"share/{agent}"] = float(abs_adv[i] / max(abs_adv.sum(), 1e-12))
         out[f"true_abs/{agent}"] = float(np.abs(true[..., i]).mean())
     return out
+
+
+def credit_over_training_figure(runs: dict[str, list[dict]], prefix: str = "credit/share"):
+    """One panel per run: the per-agent metric ``<prefix>/<agent>`` from ``metrics.jsonl`` records
+    against env steps."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.5 * len(runs), 3.2))
+    axes = fig.subplots(1, len(runs), squeeze=False, sharey=True)
+    for ax, (label, records) in zip(axes[0], runs.items()):
+        agents = sorted({k[len(prefix) + 1:] for r in records for k in r if k.startswith(prefix + "/")})
+        steps = [r["env_steps"] for r in records]
+        for agent in agents:
+            ax.plot(steps, [r.get(f"{prefix}/{agent}") for r in records], label=agent)
+        ax.set_title(label)
+        ax.set_xlabel("env steps")
+    axes[0][0].set_ylabel(prefix)
+    axes[0][-1].legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def fidelity_table(scores: dict[str, dict], agents: list[str]) -> str:
+    """A markdown table of ``credit_fidelity`` results, one row per method."""
+    head = "| method | overall | per step | " + " | ".join(f"share {a}" for a in agents) + " |"
+    rule = "|" + "---|" * (3 + len(agents))
+    rows = [f"| {name} | {s['overall']:.3f} | {s['per_step']:.3f} | "
+            + " | ".join(f"{s['share/' + a]:.3f}" for a in agents) + " |" for name, s in scores.items()]
+    return "\n".join([head, rule, *rows])

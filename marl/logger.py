@@ -10,6 +10,21 @@ from torch.utils.tensorboard import SummaryWriter
 
 METRICS_NAME = "metrics.jsonl"
 
+# (chart title, tag prefix): every tag "<prefix>/<agent>" is drawn in that chart, one line per agent.
+PER_AGENT_CHARTS = [
+    ("episode return (raw env reward)", "return"),
+    ("episode return (after reward mode and shaping)", "reward_return"),
+    ("advantage mean", "credit/adv_mean"),
+    ("advantage std", "credit/adv_std"),
+    ("mean |advantage|", "credit/abs_adv"),
+    ("credit share mean|A_i| / sum_j mean|A_j|", "credit/share"),
+    ("COMA counterfactual gap Q_taken - baseline", "coma/gap"),
+    ("COMA baseline sum_u pi(u) Q(s, u^-a, u)", "coma/baseline"),
+    ("policy entropy", "entropy"),
+    ("value / Q error (squared, return units)", "value_error"),
+    ("credit-fidelity share (diagnostic envs)", "credit_fidelity/share"),
+]
+
 
 def _jsonable(value):
     if isinstance(value, float) and not math.isfinite(value):
@@ -35,11 +50,8 @@ class RunLogger:
         self.writer.add_text(tag, text, step)
 
     def log_custom_layout(self) -> None:
-        """Overlay per-agent curves in one chart each (TensorBoard's custom-scalars tab)."""
-        charts = {name: ["Multiline", [rf"^{prefix}/"]] for name, prefix in
-                  [("return (raw)", "return"), ("return (after reward mode)", "reward_return"),
-                   ("advantage mean |A|", "credit/abs_adv"), ("credit share", "credit/share"),
-                   ("policy entropy", "entropy")]}
+        """Overlay each per-agent metric in one chart (TensorBoard's Custom Scalars tab)."""
+        charts = {title: ["Multiline", [rf"^{prefix}/"]] for title, prefix in PER_AGENT_CHARTS}
         self.writer.add_custom_scalars({"per agent": charts})
 
     def log(self, metrics: dict, step: int) -> None:
