@@ -73,7 +73,7 @@ def _cmd_eval(args) -> int:
 
 def _cmd_credit(args) -> int:
     from marl.credit import credit_fidelity
-    from marl.run import EVAL_NAME, load_trainer
+    from marl.run import load_trainer
 
     trainer = load_trainer(args.run_dir)
     try:
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from envs import EnvError
     from marl.config import ConfigError
-    from marl.trainer import TrainingDiverged
+    from marl.learner import TrainingDiverged
 
     # Like `python -m`, let env ids name modules in the current directory (e.g. tests.my_env:make).
     if os.getcwd() not in sys.path:

@@ -16,7 +16,7 @@ def play_episode(trainer, venv: SyncVectorEnv, seed: int, generator: torch.Gener
                  behaviour: str = "policy") -> dict[str, torch.Tensor]:
     """One episode as a ``[T, 1, N, ...]`` rollout batch, acting with the trainer's sampling policy
     (``behaviour="policy"``) or uniformly at random over the available actions (``"uniform"``)."""
-    from marl.trainer import sample_actions
+    from marl.learner import sample_actions
 
     if behaviour not in ("policy", "uniform"):
         raise ValueError(f"behaviour must be 'policy' or 'uniform', got {behaviour!r}")

@@ -13,7 +13,7 @@ EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes never reuse training reset s
 
 
 def _policy_actions(actor: Actor, obs: np.ndarray, greedy: bool, generator: torch.Generator) -> np.ndarray:
-    from marl.trainer import sample_actions
+    from marl.learner import sample_actions
     with torch.no_grad():
         logits = actor(torch.from_numpy(obs))
         actions = logits.argmax(-1) if greedy else sample_actions(logits, generator)

@@ -10,7 +10,6 @@ an uninterrupted run exactly. An episode longer than the rollout is cut there an
 """
 from __future__ import annotations
 
-import copy
 import math
 import signal
 import time
@@ -19,18 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from algorithms import coma_baseline, coma_critic_inputs, get_advantage, td_lambda
 from envs import RewardSpec, make_vector_env
 from marl.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from marl.config import Config
 from marl.logger import RunLogger, truncate_metrics
-from marl.networks import Actor, CentralCritic, LocalCritic, QCritic, ValueNorm
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN or infinite; the last good checkpoint is kept."""
+from marl.learner import CreditLearner, sample_actions
 
 
 class TrainingInterrupted(RuntimeError):
@@ -65,17 +58,6 @@ class Rollout:
         return {k: torch.from_numpy(v) for k, v in vars(self).items()}
 
 
-def sample_actions(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Draw one action per row of ``logits [..., A]`` (Gumbel-max, with an explicit generator)."""
-    u = torch.rand(logits.shape, generator=generator).clamp_(1e-20, 1.0)
-    return (logits - torch.log(-torch.log(u))).argmax(-1)
-
-
-def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
-    var = target.var()
-    return float("nan") if var == 0 else float(1.0 - (target - pred).var() / var)
-
-
 class Trainer:
     """Builds envs and networks from a ``Config`` and trains them; see the module docstring."""
 
@@ -85,36 +67,20 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        e, a, m = cfg.env, cfg.algo, cfg.model
-        self.advantage = get_advantage(a.advantage)
+        e, a = cfg.env, cfg.algo
         self.venv = make_vector_env(e.id, e.kwargs, e.num_envs,
                                     RewardSpec(e.reward, e.team_reward, e.alpha, e.shaping, a.gamma), e.workers)
         v = self.venv
         self.agents, N = list(v.agents), v.n_agents
-        mask = torch.from_numpy(v.action_mask)
-        self.actor = Actor(N, v.obs_dim, v.n_actions, mask, m.hidden, m.layers, m.activation, m.share_actor)
-        self.uses_q = self.advantage.critic == "q"
-        if self.uses_q:
-            in_dim = v.state_dim + N * v.n_actions + N + (v.obs_dim if a.critic_obs else 0)
-            self.critic = QCritic(in_dim, v.n_actions, m.hidden, m.layers, m.activation)
-        elif a.critic == "central":
-            self.critic = CentralCritic(N, v.state_dim, m.hidden, m.layers, m.activation,
-                                        team_value=e.reward == "shared")
-        else:
-            self.critic = LocalCritic(N, v.obs_dim, m.hidden, m.layers, m.activation)
-        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False) if a.target_update_every else None
-        self.value_norm = ValueNorm(N)
-        self.optimizer = torch.optim.Adam([
-            {"params": self.actor.parameters(), "lr": a.lr},
-            {"params": self.critic.parameters(), "lr": a.critic_lr},
-        ], eps=1e-5)
+        self.learner = CreditLearner(cfg, self.agents, v.obs_dim, v.state_dim, v.n_actions,
+                                     torch.from_numpy(v.action_mask))
+        self.actor = self.learner.actor
         self.rollout = Rollout.allocate(a.rollout_steps, e.num_envs, N, v.obs_dim, v.state_dim)
         self.iteration = 0
         self.env_steps = 0
         self.logger: RunLogger | None = None
         self._stop_requested = False
         self._has_true_credit: bool | None = None
-        self._last_advantage: torch.Tensor | None = None
 
     # -- persistence ------------------------------------------------------------------------------
     @property
@@ -126,22 +92,12 @@ class Trainer:
         return math.ceil(self.cfg.train.total_env_steps / self.steps_per_iteration)
 
     def state_dict(self) -> dict:
-        state = {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
-                "value_norm": self.value_norm.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "iteration": self.iteration, "env_steps": self.env_steps,
+        return {**self.learner.state_dict(), "iteration": self.iteration, "env_steps": self.env_steps,
                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "agents": self.agents}
-        if self.target_critic is not None:
-            state["target_critic"] = self.target_critic.state_dict()
-        return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        if self.target_critic is not None:
-            self.target_critic.load_state_dict(state["target_critic"])
-        self.value_norm.load_state_dict(state["value_norm"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.learner.load_state_dict(state)
         self.iteration, self.env_steps = int(state["iteration"]), int(state["env_steps"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
@@ -178,160 +134,11 @@ class Trainer:
             obs, state = step.obs, step.state
         return episodes
 
-    # -- update -----------------------------------------------------------------------------------
-    def _to_return_space(self, x: torch.Tensor) -> torch.Tensor:
-        """Critic output (normalised when ``algo.normalize_value``) in return units; values are
-        ``[..., N]`` and Q values ``[..., N, A]``."""
-        if not self.cfg.algo.normalize_value:
-            return x
-        return self.value_norm.denormalize(x.transpose(-1, -2)).transpose(-1, -2) if self.uses_q \
-            else self.value_norm.denormalize(x)
-
-    def critic_input(self, state: torch.Tensor, obs: torch.Tensor, actions: torch.Tensor | None = None):
-        """What the critic reads: the state (central V), the observations (local V) or, for a Q
-        critic, the per-agent counterfactual inputs built from state and joint actions."""
-        if self.uses_q:
-            onehot = F.one_hot(actions, self.venv.n_actions).to(state.dtype)
-            return coma_critic_inputs(state, onehot, obs if self.cfg.algo.critic_obs else None)
-        return state if self.cfg.algo.critic == "central" else obs
-
-    def prepare(self, b: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Advantages, critic targets and credit diagnostics for a rollout, all ``[T, B, N]``, from
-        the current networks (no gradients). ``generator`` draws COMA's bootstrap actions (default:
-        the trainer's own)."""
-        a = self.cfg.algo
-        with torch.no_grad():
-            if not self.uses_q:
-                critic_in = self.critic_input(b["state"], b["obs"])
-                value = self._to_return_space(self.critic(critic_in))
-                next_value = self._to_return_space(self.critic(self.critic_input(b["next_state"], b["next_obs"])))
-                adv, target = self.advantage.fn(b["reward"], value, next_value, b["terminated"], b["truncated"],
-                                                **self.advantage.kwargs(a))
-                return {"adv": adv, "target": target, "value": value, "critic_in": critic_in}
-            return self._prepare_q(b, generator or self.generator)
-
-    def _prepare_q(self, b: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """COMA: Q of every action of each agent in one critic pass; the critic learns TD(λ) targets
-        of the taken joint action; the advantage is Q_taken minus the policy-weighted baseline."""
-        a = self.cfg.algo
-        actions = b["actions"]
-        critic = self.target_critic if self.target_critic is not None else self.critic
-        critic_in = self.critic_input(b["state"], b["obs"], actions)
-        q_all = self._to_return_space(self.critic(critic_in))
-        q_taken = q_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-        # The next joint action: the one taken at t+1 inside an episode; drawn from the policy where
-        # the rollout was cut (truncation or rollout end), since no action was taken there.
-        ended = (b["terminated"] | b["truncated"]).any(-1, keepdim=True)
-        continues = torch.zeros_like(ended)
-        continues[:-1] = ~ended[:-1]
-        drawn = sample_actions(self.actor(b["next_obs"]), generator)
-        following = torch.cat([actions[1:], actions[-1:]])
-        next_actions = torch.where(continues, following, drawn)
-        next_in = self.critic_input(b["next_state"], b["next_obs"], next_actions)
-        next_q = self._to_return_space(critic(next_in)).gather(-1, next_actions.unsqueeze(-1)).squeeze(-1)
-        if critic is not self.critic:
-            q_taken_target = self._to_return_space(critic(critic_in)).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-        else:
-            q_taken_target = q_taken
-        _, target = td_lambda(b["reward"], q_taken_target, next_q, b["terminated"], b["truncated"],
-                              gamma=a.gamma, lam=a.lam)
-        logits = self.actor(b["obs"])
-        baseline = coma_baseline(q_all, logits, self.actor.action_mask)
-        adv = self.advantage.fn(q_all, logits, actions, self.actor.action_mask)
-        return {"adv": adv, "target": target, "value": q_taken, "critic_in": critic_in,
-                "coma_baseline": baseline}
-
-    def _critic_prediction(self, critic_in: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        out = self.critic(critic_in)
-        return out.gather(-1, actions.unsqueeze(-1)).squeeze(-1) if self.uses_q else out
-
     def update(self) -> dict:
-        a = self.cfg.algo
-        b = self.rollout.tensors()
-        prep = self.prepare(b)
-        adv, target = prep["adv"], prep["target"]
-        metrics = self._credit_metrics(adv)
-        if "coma_baseline" in prep:
-            for i, ag in enumerate(self.agents):
-                metrics[f"coma/gap/{ag}"] = float(adv[..., i].mean())
-                metrics[f"coma/baseline/{ag}"] = float(prep["coma_baseline"][..., i].mean())
-        metrics["explained_variance"] = explained_variance(prep["value"], target)
-        value_error = ((prep["value"] - target) ** 2).mean((0, 1))
-        metrics.update({f"value_error/{ag}": float(value_error[i]) for i, ag in enumerate(self.agents)})
-        self._last_advantage = adv
-        if a.normalize_value:
-            self.value_norm.update(target)
-            target = self.value_norm.normalize(target)
-        if a.normalize_advantage:
-            adv = (adv - adv.mean((0, 1))) / (adv.std((0, 1)) + 1e-8)
-        TB = self.steps_per_iteration
-        flat = {"obs": b["obs"], "critic_in": prep["critic_in"], "actions": b["actions"], "logp": b["logp"],
-                "adv": adv, "target": target}
-        flat = {k: v.reshape(TB, *v.shape[2:]) for k, v in flat.items()}
-        mb_size = TB // a.minibatches
-        params = list(self.actor.parameters()) + list(self.critic.parameters())
-        sums: dict[str, float] = {}
-        n_updates = 0
-        for _ in range(a.epochs):
-            perm = torch.randperm(TB, generator=self.generator)
-            for start in range(0, TB, mb_size):
-                idx = perm[start:start + mb_size]
-                mb = {k: v[idx] for k, v in flat.items()}
-                stats = self._minibatch_step(mb, params)
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                n_updates += 1
-        if self.target_critic is not None and (self.iteration + 1) % a.target_update_every == 0:
-            self.target_critic.load_state_dict(self.critic.state_dict())
-        metrics.update({k: v / n_updates for k, v in sums.items()})
-        return metrics
+        return self.learner.update(self.rollout.tensors(), self.generator)
 
-    def _minibatch_step(self, mb: dict, params: list) -> dict:
-        a = self.cfg.algo
-        logits = self.actor(mb["obs"])
-        log_probs = torch.log_softmax(logits, -1)
-        logp = log_probs.gather(-1, mb["actions"].unsqueeze(-1)).squeeze(-1)
-        entropy = -(log_probs.exp() * log_probs).sum(-1)
-        log_ratio = logp - mb["logp"]
-        ratio = log_ratio.exp()
-        if a.loss == "ppo":
-            surrogate = torch.min(ratio * mb["adv"], ratio.clamp(1 - a.clip, 1 + a.clip) * mb["adv"])
-            policy_loss = -surrogate.mean()
-        else:
-            policy_loss = -(logp * mb["adv"]).mean()
-        value_loss = F.mse_loss(self._critic_prediction(mb["critic_in"], mb["actions"]), mb["target"])
-        loss = policy_loss + a.value_coef * value_loss - a.entropy_coef * entropy.mean()
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"loss became {loss.item()} at iteration {self.iteration + 1} (policy {policy_loss.item():.4g}, "
-                f"value {value_loss.item():.4g}); try a lower algo.lr or algo.critic_lr. The last good "
-                f"checkpoint is kept")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        max_norm = a.max_grad_norm if a.max_grad_norm > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        self.optimizer.step()
-        with torch.no_grad():
-            approx_kl = ((ratio - 1) - log_ratio).mean().item()
-            clip_frac = ((ratio - 1).abs() > a.clip).float().mean().item()
-        per_agent_entropy = entropy.detach().mean(0)
-        stats = {"losses/policy": policy_loss.item(), "losses/value": value_loss.item(),
-                 "losses/entropy": entropy.mean().item(), "losses/approx_kl": approx_kl,
-                 "losses/clip_fraction": clip_frac, "losses/grad_norm": float(grad_norm)}
-        stats.update({f"entropy/{ag}": float(v) for ag, v in zip(self.agents, per_agent_entropy)})
-        return stats
-
-    def _credit_metrics(self, adv: torch.Tensor) -> dict:
-        """Per-agent advantage statistics before normalisation: who got how much credit."""
-        abs_mean = adv.abs().mean((0, 1))
-        share = abs_mean / abs_mean.sum().clamp_min(1e-12)
-        out = {}
-        for i, ag in enumerate(self.agents):
-            out[f"credit/adv_mean/{ag}"] = float(adv[..., i].mean())
-            out[f"credit/adv_std/{ag}"] = float(adv[..., i].std())
-            out[f"credit/abs_adv/{ag}"] = float(abs_mean[i])
-            out[f"credit/share/{ag}"] = float(share[i])
-        return out
+    def prepare(self, b: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict:
+        return self.learner.prepare(b, generator or self.generator)
 
     # -- the loop ---------------------------------------------------------------------------------
     def _episode_metrics(self, episodes: list[dict]) -> dict:
@@ -355,7 +162,7 @@ class Trainer:
         log, it, step = self.cfg.log, self.iteration, self.env_steps
         if log.histogram_every and it % log.histogram_every == 0:
             for i, agent in enumerate(self.agents):
-                self.logger.log_histogram(f"credit/adv_hist/{agent}", self._last_advantage[..., i], step)
+                self.logger.log_histogram(f"credit/adv_hist/{agent}", self.learner.last_advantage[..., i], step)
         if log.credit_image_every and (it % log.credit_image_every == 0 or it == 1):
             ep = episode_credit(self, seed=EVAL_SEED_OFFSET + it)
             title = f"{self.cfg.algo.advantage} credit at {step:,} env steps"

@@ -1,5 +1,4 @@
 """The analysis notebook runs top to bottom (with nbclient) on tiny runs, so it cannot rot."""
-import os
 from pathlib import Path
 
 import nbformat

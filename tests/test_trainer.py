@@ -1,7 +1,6 @@
 """The local trainer end to end: files, determinism, resume, custom envs, failures."""
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,8 @@ from marl.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from marl.config import config_from_dict, load_config
 from marl.logger import read_metrics
 from marl.run import final_evaluation, new_run, resume_run
-from marl.trainer import Trainer, TrainingDiverged, TrainingInterrupted
+from marl.learner import TrainingDiverged
+from marl.trainer import TrainingInterrupted
 from tests.conftest import tiny_config
 
 COMPARED = ("team_return", "losses/policy", "losses/value", "explained_variance", "credit/abs_adv/agent_0")
@@ -119,7 +119,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path
         return episodes
 
     trainer.collect = collect_with_nan_on_third
-    with pytest.raises(TrainingDiverged, match="loss became nan at iteration 3"):
+    with pytest.raises(TrainingDiverged, match="loss became nan at update 3"):
         trainer.train()
     trainer.close()
     state = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)

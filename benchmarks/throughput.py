@@ -1,0 +1,153 @@
+"""Throughput benchmark: env steps/s of the raw env and of training, side by side.
+
+    python benchmarks/throughput.py                   # all configurations, 3 repeats each
+    python benchmarks/throughput.py --only raw local   # a subset
+
+Each measurement runs in a fresh process (so peak RSS is its own), after a warm-up, and is
+repeated; the table shows medians and the ratio to the raw env measured in the same run. The
+machine is shared, so compare ratios, not absolute numbers. Writes a PNG bar chart with --plot.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ENV_KWARGS = {"N": 3, "max_cycles": 25, "local_ratio": 0.5, "continuous_actions": False}
+
+
+def _peak_rss_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + children) / 1024.0
+
+
+def raw_env(steps: int) -> dict:
+    """mpe2 simple_spread_v3 (its parallel API) with uniformly random actions, one process."""
+    import numpy as np
+    from mpe2 import simple_spread_v3
+
+    env = simple_spread_v3.parallel_env(**ENV_KWARGS)
+    rng = np.random.default_rng(0)
+    done, seed, count = True, 0, 0
+    start = None
+    while count < steps:
+        if done:
+            env.reset(seed=seed)
+            seed += 1
+        actions = {a: int(rng.integers(5)) for a in env.agents}
+        env.step(actions)
+        done = not env.agents
+        count += 1
+        if count == steps // 10:            # warm-up: the first 10% is not timed
+            start, timed_from = time.perf_counter(), count
+    return {"env_steps_per_s": (count - timed_from) / (time.perf_counter() - start)}
+
+
+def train(config: str, steps: int, overrides: list[str]) -> dict:
+    """Env steps/s of the local trainer (collection + updates) after one warm-up iteration."""
+    import torch
+
+    from marl.config import load_config
+    from marl.trainer import Trainer
+
+    torch.set_num_threads(1)
+    cfg = load_config(config, [f"train.total_env_steps={steps}", "train.progress=false", *overrides])
+    trainer = Trainer(cfg, None)
+    try:
+        trainer.collect()
+        trainer.update()                       # warm-up iteration, not timed
+        trainer.iteration, trainer.env_steps = 0, 0
+        collect_s = update_s = 0.0
+        start = time.perf_counter()
+        while trainer.env_steps < steps:
+            t0 = time.perf_counter()
+            trainer.collect()
+            t1 = time.perf_counter()
+            trainer.update()
+            update_s += time.perf_counter() - t1
+            collect_s += t1 - t0
+            trainer.iteration += 1
+            trainer.env_steps += trainer.steps_per_iteration
+        wall = time.perf_counter() - start
+    finally:
+        trainer.close()
+    return {"env_steps_per_s": trainer.env_steps / wall, "update_share": update_s / wall,
+            "collect_share": collect_s / wall}
+
+
+CONFIGS = {
+    "raw": ("raw mpe2 simple_spread_v3, random actions, 1 process", raw_env, ()),
+    "local": ("local spread_mappo, 1 process", train, ("configs/spread_mappo.yaml", [])),
+    "local_coma": ("local spread_coma, 1 process", train, ("configs/spread_coma.yaml", [])),
+    "local_workers2": ("local spread_mappo, envs in 2 worker processes", train,
+                       ("configs/spread_mappo.yaml", ["env.workers=2"])),
+}
+
+
+def _measure(name: str, steps: int, queue) -> None:
+    _, fn, args = CONFIGS[name]
+    result = fn(steps, *args[1:]) if fn is raw_env else fn(args[0], steps, *args[1:])
+    result["peak_rss_mb"] = _peak_rss_mb()
+    queue.put(result)
+
+
+def measure(name: str, steps: int) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_measure, args=(name, steps, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--steps", type=int, default=20_000, help="env steps per measurement")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--plot", help="write a PNG bar chart here")
+    parser.add_argument("--json", help="write the raw results here")
+    args = parser.parse_args(argv)
+
+    results = {name: [] for name in args.only}
+    for r in range(args.repeats):              # interleave configurations so load drifts hit all alike
+        for name in args.only:
+            results[name].append(measure(name, args.steps))
+            print(f"  repeat {r + 1}: {name}: {results[name][-1]['env_steps_per_s']:.0f} env steps/s",
+                  file=sys.stderr, flush=True)
+    rows = []
+    raw = statistics.median(x["env_steps_per_s"] for x in results["raw"]) if "raw" in results else None
+    for name, runs in results.items():
+        sps = statistics.median(x["env_steps_per_s"] for x in runs)
+        rows.append({"name": name, "label": CONFIGS[name][0], "env_steps_per_s": sps,
+                     "ratio_to_raw": sps / raw if raw else None,
+                     "peak_rss_mb": max(x["peak_rss_mb"] for x in runs),
+                     "update_share": statistics.median(x.get("update_share", 0.0) for x in runs),
+                     "all": [x["env_steps_per_s"] for x in runs]})
+    print(f"| configuration | env steps/s (median of {args.repeats}) | × raw env | update share | peak RSS (MB) |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        ratio = f"{row['ratio_to_raw']:.2f}" if row["ratio_to_raw"] is not None else "n/a"
+        share = f"{row['update_share']:.0%}" if row["name"] != "raw" else "-"
+        print(f"| {row['label']} | {row['env_steps_per_s']:,.0f} | {ratio} | {share} | {row['peak_rss_mb']:.0f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    if args.plot:
+        from matplotlib.figure import Figure
+        fig = Figure(figsize=(8, 0.6 * len(rows) + 1.2))
+        ax = fig.subplots()
+        ax.barh([r["label"] for r in rows][::-1], [r["env_steps_per_s"] for r in rows][::-1], color="tab:blue")
+        ax.set_xlabel("env steps/s (median)")
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

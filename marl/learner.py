@@ -1,0 +1,237 @@
+"""The learner: actor, critic and optimiser, and how a ``[T, B, N]`` rollout batch becomes
+advantages, critic targets and one PPO/A2C update. Both backends (local and RLlib) call this same
+code, so their credit is identical by construction."""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from algorithms import coma_baseline, coma_critic_inputs, get_advantage, td_lambda
+from marl.config import Config
+from marl.networks import Actor, CentralCritic, LocalCritic, QCritic, ValueNorm
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def sample_actions(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Draw one action per row of ``logits [..., A]`` (Gumbel-max, with an explicit generator)."""
+    u = torch.rand(logits.shape, generator=generator).clamp_(1e-20, 1.0)
+    return (logits - torch.log(-torch.log(u))).argmax(-1)
+
+
+def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
+    var = target.var()
+    return float("nan") if var == 0 else float(1.0 - (target - pred).var() / var)
+
+
+class CreditLearner:
+    """Networks and update rule for ``cfg``, sized for an env with ``agents``.
+
+    Batches are dicts of tensors shaped ``[T, B, N, ...]`` with keys ``obs``, ``state``, ``next_obs``,
+    ``next_state``, ``actions``, ``logp`` (behaviour log-probabilities), ``reward``, ``terminated``,
+    ``truncated`` (see ``marl.trainer.Rollout``).
+    """
+
+    def __init__(self, cfg: Config, agents: list[str], obs_dim: int, state_dim: int, n_actions: int,
+                 action_mask: torch.Tensor):
+        e, a, m = cfg.env, cfg.algo, cfg.model
+        self.cfg = cfg
+        self.agents = list(agents)
+        self.n_actions = n_actions
+        N = len(agents)
+        self.advantage = get_advantage(a.advantage)
+        self.uses_q = self.advantage.critic == "q"
+        self.actor = Actor(N, obs_dim, n_actions, action_mask, m.hidden, m.layers, m.activation, m.share_actor)
+        if self.uses_q:
+            in_dim = state_dim + N * n_actions + N + (obs_dim if a.critic_obs else 0)
+            self.critic = QCritic(in_dim, n_actions, m.hidden, m.layers, m.activation)
+        elif a.critic == "central":
+            self.critic = CentralCritic(N, state_dim, m.hidden, m.layers, m.activation,
+                                        team_value=e.reward == "shared")
+        else:
+            self.critic = LocalCritic(N, obs_dim, m.hidden, m.layers, m.activation)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False) if a.target_update_every else None
+        self.value_norm = ValueNorm(N)
+        self.optimizer = torch.optim.Adam([
+            {"params": self.actor.parameters(), "lr": a.lr},
+            {"params": self.critic.parameters(), "lr": a.critic_lr},
+        ], eps=1e-5)
+        self.updates = 0
+        self.last_advantage: torch.Tensor | None = None
+
+    def state_dict(self) -> dict:
+        state = {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+                 "value_norm": self.value_norm.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "updates": self.updates}
+        if self.target_critic is not None:
+            state["target_critic"] = self.target_critic.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        if self.target_critic is not None:
+            self.target_critic.load_state_dict(state["target_critic"])
+        self.value_norm.load_state_dict(state["value_norm"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.updates = int(state["updates"])
+
+    # -- update -----------------------------------------------------------------------------------
+    def _to_return_space(self, x: torch.Tensor) -> torch.Tensor:
+        """Critic output (normalised when ``algo.normalize_value``) in return units; values are
+        ``[..., N]`` and Q values ``[..., N, A]``."""
+        if not self.cfg.algo.normalize_value:
+            return x
+        return self.value_norm.denormalize(x.transpose(-1, -2)).transpose(-1, -2) if self.uses_q \
+            else self.value_norm.denormalize(x)
+
+    def critic_input(self, state: torch.Tensor, obs: torch.Tensor, actions: torch.Tensor | None = None):
+        """What the critic reads: the state (central V), the observations (local V) or, for a Q
+        critic, the per-agent counterfactual inputs built from state and joint actions."""
+        if self.uses_q:
+            onehot = F.one_hot(actions, self.n_actions).to(state.dtype)
+            return coma_critic_inputs(state, onehot, obs if self.cfg.algo.critic_obs else None)
+        return state if self.cfg.algo.critic == "central" else obs
+
+    def prepare(self, b: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Advantages, critic targets and credit diagnostics for a rollout, all ``[T, B, N]``, from
+        the current networks (no gradients). ``generator`` draws COMA's bootstrap actions."""
+        a = self.cfg.algo
+        with torch.no_grad():
+            if not self.uses_q:
+                critic_in = self.critic_input(b["state"], b["obs"])
+                value = self._to_return_space(self.critic(critic_in))
+                next_value = self._to_return_space(self.critic(self.critic_input(b["next_state"], b["next_obs"])))
+                adv, target = self.advantage.fn(b["reward"], value, next_value, b["terminated"], b["truncated"],
+                                                **self.advantage.kwargs(a))
+                return {"adv": adv, "target": target, "value": value, "critic_in": critic_in}
+            return self._prepare_q(b, generator)
+
+    def _prepare_q(self, b: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """COMA: Q of every action of each agent in one critic pass; the critic learns TD(λ) targets
+        of the taken joint action; the advantage is Q_taken minus the policy-weighted baseline."""
+        a = self.cfg.algo
+        actions = b["actions"]
+        critic = self.target_critic if self.target_critic is not None else self.critic
+        critic_in = self.critic_input(b["state"], b["obs"], actions)
+        q_all = self._to_return_space(self.critic(critic_in))
+        q_taken = q_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        # The next joint action: the one taken at t+1 inside an episode; drawn from the policy where
+        # the rollout was cut (truncation or rollout end), since no action was taken there.
+        ended = (b["terminated"] | b["truncated"]).any(-1, keepdim=True)
+        continues = torch.zeros_like(ended)
+        continues[:-1] = ~ended[:-1]
+        drawn = sample_actions(self.actor(b["next_obs"]), generator)
+        following = torch.cat([actions[1:], actions[-1:]])
+        next_actions = torch.where(continues, following, drawn)
+        next_in = self.critic_input(b["next_state"], b["next_obs"], next_actions)
+        next_q = self._to_return_space(critic(next_in)).gather(-1, next_actions.unsqueeze(-1)).squeeze(-1)
+        if critic is not self.critic:
+            q_taken_target = self._to_return_space(critic(critic_in)).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        else:
+            q_taken_target = q_taken
+        _, target = td_lambda(b["reward"], q_taken_target, next_q, b["terminated"], b["truncated"],
+                              gamma=a.gamma, lam=a.lam)
+        logits = self.actor(b["obs"])
+        baseline = coma_baseline(q_all, logits, self.actor.action_mask)
+        adv = self.advantage.fn(q_all, logits, actions, self.actor.action_mask)
+        return {"adv": adv, "target": target, "value": q_taken, "critic_in": critic_in,
+                "coma_baseline": baseline}
+
+    def _critic_prediction(self, critic_in: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        out = self.critic(critic_in)
+        return out.gather(-1, actions.unsqueeze(-1)).squeeze(-1) if self.uses_q else out
+
+    def update(self, b: dict[str, torch.Tensor], generator: torch.Generator) -> dict:
+        """Advantages from the configured module, then ``algo.epochs`` passes of ``algo.minibatches``
+        PPO/A2C steps over the batch. Returns metrics (per-agent credit statistics included)."""
+        a = self.cfg.algo
+        prep = self.prepare(b, generator)
+        adv, target = prep["adv"], prep["target"]
+        metrics = self._credit_metrics(adv)
+        if "coma_baseline" in prep:
+            for i, ag in enumerate(self.agents):
+                metrics[f"coma/gap/{ag}"] = float(adv[..., i].mean())
+                metrics[f"coma/baseline/{ag}"] = float(prep["coma_baseline"][..., i].mean())
+        metrics["explained_variance"] = explained_variance(prep["value"], target)
+        value_error = ((prep["value"] - target) ** 2).mean((0, 1))
+        metrics.update({f"value_error/{ag}": float(value_error[i]) for i, ag in enumerate(self.agents)})
+        self.last_advantage = adv
+        if a.normalize_value:
+            self.value_norm.update(target)
+            target = self.value_norm.normalize(target)
+        if a.normalize_advantage:
+            adv = (adv - adv.mean((0, 1))) / (adv.std((0, 1)) + 1e-8)
+        TB = adv.shape[0] * adv.shape[1]
+        flat = {"obs": b["obs"], "critic_in": prep["critic_in"], "actions": b["actions"], "logp": b["logp"],
+                "adv": adv, "target": target}
+        flat = {k: v.reshape(TB, *v.shape[2:]) for k, v in flat.items()}
+        mb_size = TB // a.minibatches
+        params = list(self.actor.parameters()) + list(self.critic.parameters())
+        sums: dict[str, float] = {}
+        n_updates = 0
+        for _ in range(a.epochs):
+            perm = torch.randperm(TB, generator=generator)
+            for start in range(0, TB, mb_size):
+                idx = perm[start:start + mb_size]
+                mb = {k: v[idx] for k, v in flat.items()}
+                stats = self._minibatch_step(mb, params)
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n_updates += 1
+        self.updates += 1
+        if self.target_critic is not None and self.updates % a.target_update_every == 0:
+            self.target_critic.load_state_dict(self.critic.state_dict())
+        metrics.update({k: v / n_updates for k, v in sums.items()})
+        return metrics
+
+    def _minibatch_step(self, mb: dict, params: list) -> dict:
+        a = self.cfg.algo
+        logits = self.actor(mb["obs"])
+        log_probs = torch.log_softmax(logits, -1)
+        logp = log_probs.gather(-1, mb["actions"].unsqueeze(-1)).squeeze(-1)
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        log_ratio = logp - mb["logp"]
+        ratio = log_ratio.exp()
+        if a.loss == "ppo":
+            surrogate = torch.min(ratio * mb["adv"], ratio.clamp(1 - a.clip, 1 + a.clip) * mb["adv"])
+            policy_loss = -surrogate.mean()
+        else:
+            policy_loss = -(logp * mb["adv"]).mean()
+        value_loss = F.mse_loss(self._critic_prediction(mb["critic_in"], mb["actions"]), mb["target"])
+        loss = policy_loss + a.value_coef * value_loss - a.entropy_coef * entropy.mean()
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss became {loss.item()} at update {self.updates + 1} (policy {policy_loss.item():.4g}, "
+                f"value {value_loss.item():.4g}); try a lower algo.lr or algo.critic_lr. The last good "
+                f"checkpoint is kept")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = a.max_grad_norm if a.max_grad_norm > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        self.optimizer.step()
+        with torch.no_grad():
+            approx_kl = ((ratio - 1) - log_ratio).mean().item()
+            clip_frac = ((ratio - 1).abs() > a.clip).float().mean().item()
+        per_agent_entropy = entropy.detach().mean(0)
+        stats = {"losses/policy": policy_loss.item(), "losses/value": value_loss.item(),
+                 "losses/entropy": entropy.mean().item(), "losses/approx_kl": approx_kl,
+                 "losses/clip_fraction": clip_frac, "losses/grad_norm": float(grad_norm)}
+        stats.update({f"entropy/{ag}": float(v) for ag, v in zip(self.agents, per_agent_entropy)})
+        return stats
+
+    def _credit_metrics(self, adv: torch.Tensor) -> dict:
+        """Per-agent advantage statistics before normalisation: who got how much credit."""
+        abs_mean = adv.abs().mean((0, 1))
+        share = abs_mean / abs_mean.sum().clamp_min(1e-12)
+        out = {}
+        for i, ag in enumerate(self.agents):
+            out[f"credit/adv_mean/{ag}"] = float(adv[..., i].mean())
+            out[f"credit/adv_std/{ag}"] = float(adv[..., i].std())
+            out[f"credit/abs_adv/{ag}"] = float(abs_mean[i])
+            out[f"credit/share/{ag}"] = float(share[i])
+        return out
