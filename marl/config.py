@@ -121,16 +121,35 @@ class LogConfig:
 
 
 @dataclass
+class RLlibConfig:
+    address: str = ""
+    """Ray cluster to join (``auto`` for a running cluster); empty starts a local Ray instance."""
+    num_cpus: int = 2
+    """CPUs of the local Ray instance (ignored when joining a cluster)."""
+    num_env_runners: int = 0
+    """Remote EnvRunner workers (0 samples in the driver process)."""
+    num_envs_per_env_runner: int = 8
+    """Envs stepped (vectorised) by each EnvRunner."""
+    num_learners: int = 0
+    """Remote Learner workers (0: learn in the driver)."""
+    restart_failed_env_runners: bool = True
+    """Restart an EnvRunner that crashed, and keep training."""
+    max_env_runner_restarts: int = 5
+    """Give up after this many EnvRunner restarts."""
+
+
+@dataclass
 class Config:
     seed: int = 0
     """Seed for torch, the action sampler and env resets."""
     backend: str = "local"
-    """``local`` (single process trainer)."""
+    """``local`` (the single-process trainer) or ``rllib`` (Ray RLlib, see the ``rllib`` section)."""
     env: EnvConfig = field(default_factory=EnvConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    rllib: RLlibConfig = field(default_factory=RLlibConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -205,7 +224,12 @@ def validate(cfg: Config) -> Config:
     from envs import REWARD_MODES, TEAM_REDUCTIONS
 
     a, e, m, t = cfg.algo, cfg.env, cfg.model, cfg.train
-    _check(cfg.backend in ("local",), "backend", cfg.backend, "'local'")
+    _check(cfg.backend in ("local", "rllib"), "backend", cfg.backend, "'local' or 'rllib'")
+    r = cfg.rllib
+    for key in ("num_env_runners", "num_learners", "max_env_runner_restarts"):
+        _check(getattr(r, key) >= 0, f"rllib.{key}", getattr(r, key), "an int >= 0")
+    _check(r.num_cpus >= 1, "rllib.num_cpus", r.num_cpus, "an int >= 1")
+    _check(r.num_envs_per_env_runner >= 1, "rllib.num_envs_per_env_runner", r.num_envs_per_env_runner, "an int >= 1")
     _check(e.reward in REWARD_MODES, "env.reward", e.reward, f"one of {list(REWARD_MODES)}")
     _check(e.team_reward in TEAM_REDUCTIONS, "env.team_reward", e.team_reward, f"one of {list(TEAM_REDUCTIONS)}")
     _check(0.0 <= e.alpha <= 1.0, "env.alpha", e.alpha, "a float in [0, 1]")

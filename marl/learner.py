@@ -59,7 +59,7 @@ class CreditLearner:
         self.optimizer = torch.optim.Adam([
             {"params": self.actor.parameters(), "lr": a.lr},
             {"params": self.critic.parameters(), "lr": a.critic_lr},
-        ], eps=1e-5)
+        ], eps=1e-5, fused=True)
         self.updates = 0
         self.last_advantage: torch.Tensor | None = None
 

@@ -19,6 +19,14 @@ def default_run_dir(config_path: str | Path | None) -> Path:
     return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def make_trainer(cfg: Config, run_dir: str | Path | None):
+    """The trainer of ``cfg.backend``: the local ``Trainer`` or the RLlib one (imports ray)."""
+    if cfg.backend == "rllib":
+        from marl.rllib import RLlibTrainer
+        return RLlibTrainer(cfg, run_dir)
+    return Trainer(cfg, run_dir)
+
+
 def new_run(cfg: Config, run_dir: str | Path) -> Trainer:
     """Create ``run_dir`` (it must be empty or absent), save the resolved config, build a trainer."""
     run_dir = Path(run_dir)
@@ -27,7 +35,7 @@ def new_run(cfg: Config, run_dir: str | Path) -> Trainer:
                           f"continue it with --resume {run_dir} or pick another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG_NAME).write_text(cfg.to_yaml())
-    return Trainer(cfg, run_dir)
+    return make_trainer(cfg, run_dir)
 
 
 def load_run_config(run_dir: str | Path, overrides: list[str] = ()) -> Config:
@@ -45,7 +53,7 @@ def resume_run(run_dir: str | Path, overrides: list[str] = ()) -> Trainer:
         raise ConfigError(f"{str(run_dir)!r} has no {CHECKPOINT_NAME} to resume from")
     if overrides:
         (run_dir / CONFIG_NAME).write_text(cfg.to_yaml())
-    trainer = Trainer(cfg, run_dir)
+    trainer = make_trainer(cfg, run_dir)
     trainer.restore()
     return trainer
 
