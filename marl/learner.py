@@ -13,6 +13,10 @@ from marl.config import Config
 from marl.networks import Actor, CentralCritic, LocalCritic, QCritic, ValueNorm
 
 
+MINIBATCH_STATS = ["losses/policy", "losses/value", "losses/entropy", "losses/approx_kl", "losses/clip_fraction",
+                   "losses/grad_norm"]
+
+
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -172,24 +176,21 @@ class CreditLearner:
         flat = {k: v.reshape(TB, *v.shape[2:]) for k, v in flat.items()}
         mb_size = TB // a.minibatches
         params = list(self.actor.parameters()) + list(self.critic.parameters())
-        sums: dict[str, float] = {}
-        n_updates = 0
+        stats = []
         for _ in range(a.epochs):
             perm = torch.randperm(TB, generator=generator)
             for start in range(0, TB, mb_size):
                 idx = perm[start:start + mb_size]
-                mb = {k: v[idx] for k, v in flat.items()}
-                stats = self._minibatch_step(mb, params)
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                n_updates += 1
+                stats.append(self._minibatch_step({k: v[idx] for k, v in flat.items()}, params))
+        mean_stats = torch.stack(stats).mean(0).tolist()
+        names = MINIBATCH_STATS + [f"entropy/{ag}" for ag in self.agents]
         self.updates += 1
         if self.target_critic is not None and self.updates % a.target_update_every == 0:
             self.target_critic.load_state_dict(self.critic.state_dict())
-        metrics.update({k: v / n_updates for k, v in sums.items()})
+        metrics.update(zip(names, mean_stats))
         return metrics
 
-    def _minibatch_step(self, mb: dict, params: list) -> dict:
+    def _minibatch_step(self, mb: dict, params: list) -> torch.Tensor:
         a = self.cfg.algo
         logits = self.actor(mb["obs"])
         log_probs = torch.log_softmax(logits, -1)
@@ -214,15 +215,11 @@ class CreditLearner:
         max_norm = a.max_grad_norm if a.max_grad_norm > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         self.optimizer.step()
-        with torch.no_grad():
-            approx_kl = ((ratio - 1) - log_ratio).mean().item()
-            clip_frac = ((ratio - 1).abs() > a.clip).float().mean().item()
-        per_agent_entropy = entropy.detach().mean(0)
-        stats = {"losses/policy": policy_loss.item(), "losses/value": value_loss.item(),
-                 "losses/entropy": entropy.mean().item(), "losses/approx_kl": approx_kl,
-                 "losses/clip_fraction": clip_frac, "losses/grad_norm": float(grad_norm)}
-        stats.update({f"entropy/{ag}": float(v) for ag, v in zip(self.agents, per_agent_entropy)})
-        return stats
+        with torch.no_grad():   # in the order of MINIBATCH_STATS, then per-agent entropy
+            approx_kl = ((ratio - 1) - log_ratio).mean()
+            clip_frac = ((ratio - 1).abs() > a.clip).float().mean()
+            return torch.cat([torch.stack([policy_loss, value_loss, entropy.mean(), approx_kl, clip_frac,
+                                           grad_norm]).detach(), entropy.detach().mean(0)])
 
     def _credit_metrics(self, adv: torch.Tensor) -> dict:
         """Per-agent advantage statistics before normalisation: who got how much credit."""

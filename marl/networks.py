@@ -63,11 +63,12 @@ class Actor(nn.Module):
         in_dim = obs_dim + (n_agents if shared else 0)
         self.net = AgentMLP(n_agents, in_dim, n_actions, hidden, layers, activation, shared, out_gain=0.01)
         self.register_buffer("action_mask", action_mask.bool())
+        self._all_available = bool(action_mask.all())
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         x = with_agent_id(obs) if self.shared else obs
         logits = self.net(x)
-        return logits.masked_fill(~self.action_mask, -1e9)
+        return logits if self._all_available else logits.masked_fill(~self.action_mask, -1e9)
 
 
 class CentralCritic(nn.Module):

@@ -1,0 +1,137 @@
+"""The project's env stack as an RLlib ``MultiAgentEnv``.
+
+One ``TeamMultiAgentEnv`` wraps one ``envs.vector.EnvSlice`` of a single ``TeamEnv``, so RLlib sees
+exactly what the local backend sees: the same registry and PettingZoo adapter (sorted agent ids,
+zero-padded observations, masked actions, global state), and the same reward mode and shaping,
+applied by the same code. What RLlib gets per agent:
+
+- observation: the agent's padded observation followed by a one-hot agent id, ``[O + N]``; the
+  id lets one shared RLlib module run per-agent rows through our ``Actor`` (see ``module.py``);
+- reward: the learner reward (after ``env.reward`` mode and ``env.shaping``);
+- terminated/truncated: the env's own flags.
+
+The learner needs more than RLlib keeps per agent, so the first agent's info carries it:
+``marl_state`` (the global state of the observation it comes with) and, after a step,
+``marl_terminated``/``marl_truncated`` (the env's per-agent flags, ``[N]``) and, at the end of an
+episode, ``marl_episode`` (raw and learner returns per agent, and the length) for logging.
+
+An exception in ``reset``/``step`` is recorded with its traceback (in the EnvRunner's log and, if
+``fault_log`` is set, as one JSON line in that file) before it propagates, so that the trainer can
+report why an EnvRunner died even when Ray only says that the actor is gone.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import traceback
+
+import numpy as np
+from gymnasium import spaces
+from ray.rllib.env.multi_agent_env import MultiAgentEnv
+
+from envs import RewardSpec
+from envs.vector import EnvSlice
+
+STATE = "marl_state"
+TERMINATED = "marl_terminated"
+TRUNCATED = "marl_truncated"
+EPISODE = "marl_episode"
+
+logger = logging.getLogger(__name__)
+
+
+def env_config(cfg, fault_log: str | None = None) -> dict:
+    """The ``env_config`` dict for ``TeamMultiAgentEnv`` from a project ``Config``."""
+    e = cfg.env
+    return {"env_id": e.id, "env_kwargs": dict(e.kwargs),
+            "reward": {"mode": e.reward, "team": e.team_reward, "alpha": e.alpha, "shaping": e.shaping,
+                       "gamma": cfg.algo.gamma},
+            "fault_log": fault_log}
+
+
+class TeamMultiAgentEnv(MultiAgentEnv):
+    """See the module docstring. ``config`` is ``env_config(cfg)`` (an RLlib ``EnvContext``)."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self._slice = EnvSlice(config["env_id"], config["env_kwargs"], 1, RewardSpec(**config["reward"]))
+        team = self._slice.envs[0]
+        self.agents = list(team.agents)
+        self.possible_agents = list(team.agents)
+        self.n_agents, self.obs_dim = team.n_agents, team.obs_dim
+        self._ids = np.eye(self.n_agents, dtype=np.float32)
+        obs_space = spaces.Box(-np.inf, np.inf, (self.obs_dim + self.n_agents,), np.float32)
+        self.observation_spaces = {a: obs_space for a in self.agents}
+        self.action_spaces = {a: spaces.Discrete(team.n_actions) for a in self.agents}
+        self._fault_log = config.get("fault_log")
+        self._worker_index = int(getattr(config, "worker_index", 0))
+        self._rng = np.random.default_rng()
+        self._steps = 0
+
+    def _obs(self, obs: np.ndarray) -> dict:
+        return {a: np.concatenate([obs[i], self._ids[i]]) for i, a in enumerate(self.agents)}
+
+    def reset(self, *, seed=None, options=None):
+        """A new episode. ``seed`` seeds it and the seeds of the episodes after it (RLlib seeds only
+        the first reset of each env)."""
+        try:
+            if seed is not None:
+                self._rng = np.random.default_rng(seed)
+            else:
+                seed = int(self._rng.integers(2**31 - 1))
+            obs, state = self._slice.reset([seed])
+        except Exception as exc:
+            self._record_fault(exc, "reset")
+            raise
+        infos = {a: {} for a in self.agents}
+        infos[self.agents[0]][STATE] = state[0]
+        return self._obs(obs[0]), infos
+
+    def step(self, action_dict: dict):
+        try:
+            self._steps += 1
+            actions = np.array([[action_dict[a] for a in self.agents]], dtype=np.int64)
+            step = self._slice.step(actions)
+        except Exception as exc:
+            self._record_fault(exc, "step")
+            raise
+        term, trunc, done = step.terminated[0], step.truncated[0], bool(step.done[0])
+        info = {STATE: step.next_state[0], TERMINATED: term, TRUNCATED: trunc}
+        if step.episodes:
+            ep = step.episodes[0]
+            info[EPISODE] = {"raw_return": ep["raw_return"].tolist(), "return": ep["return"].tolist(),
+                             "length": ep["length"]}
+        infos = {a: {} for a in self.agents}
+        infos[self.agents[0]] = info
+        everyone_terminated = bool(term.all())
+        terminateds = {a: bool(term[i]) for i, a in enumerate(self.agents)}
+        truncateds = {a: bool(trunc[i] or (done and not term[i])) for i, a in enumerate(self.agents)}
+        terminateds["__all__"] = done and everyone_terminated
+        truncateds["__all__"] = done and not everyone_terminated
+        rewards = {a: float(r) for a, r in zip(self.agents, step.reward[0])}
+        # The true successor observation (EnvSlice keeps it from before its auto-reset).
+        return self._obs(step.next_obs[0]), rewards, terminateds, truncateds, infos
+
+    def _record_fault(self, exc: BaseException, where: str) -> None:
+        record = {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
+                  "worker_index": self._worker_index, "where": where, "env_step": self._steps,
+                  "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        logger.error("env %s failed in EnvRunner %d (pid %d) at step %d: %s", where, self._worker_index,
+                     os.getpid(), self._steps, record["error"])
+        if self._fault_log:
+            try:
+                with open(self._fault_log, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError:  # e.g. a cluster node without the run directory: the worker log has it
+                pass
+
+    def close(self):
+        self._slice.close()
+
+
+def make_team_env(config) -> TeamMultiAgentEnv:
+    """The env creator registered with RLlib (``ray.tune.registry.register_env``)."""
+    return TeamMultiAgentEnv(config)

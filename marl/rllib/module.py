@@ -1,0 +1,121 @@
+"""The project's actor and critic inside an RLlib ``TorchRLModule``.
+
+RLlib batches one row per (agent, step) and, with parameter sharing, sends every agent's rows to
+the one module ``"shared"``. Our networks map ``[..., N, in]`` to ``[..., N, out]``, so each row is
+placed in all N agent slots, the network runs once and the row's own agent slot is kept. The
+agent of a row is the one-hot id at the end of its observation (``env.py``). The logits are
+therefore exactly ``Actor(obs [N, O])[i]``, the same numbers the local evaluator computes.
+
+On EnvRunners (``inference_only``) only the ``Actor`` is built. On a Learner the module builds a
+``marl.learner.CreditLearner`` and adopts its networks (actor, critic, value normaliser, target
+critic), so the advantage piece can call ``CreditLearner.prepare`` on the very weights RLlib trains.
+"""
+from __future__ import annotations
+
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.apis import InferenceOnlyAPI, ValueFunctionAPI
+from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
+
+from marl.config import config_from_dict
+from marl.learner import CreditLearner
+from marl.networks import Actor
+
+MODULE_ID = "shared"
+STATE = "marl_state"                  # [R, S] global state of the row's step
+JOINT_ACTIONS = "marl_joint_actions"  # [R, N] every agent's action at the row's step (sorted ids)
+ENV_FLAGS = "marl_env_flags"          # [R, N, 2] the env's own terminated/truncated flags of the step
+INDEX = "marl_index"                  # [R, 3] (episode chunk b, step t within the chunk, agent i)
+CRITIC_IN = "marl_critic_in"          # [R, D] the critic's input for the row's agent
+CRITIC_PRED = "marl_critic_pred"      # [R] critic output (normalised space), of the taken action for Q
+
+
+def model_config(cfg, agents, obs_dim: int, state_dim: int, n_actions: int, action_mask) -> dict:
+    """The ``model_config`` of ``CreditRLModule``: the project config plus the env's sizes."""
+    return {"config": cfg.to_dict(), "agents": list(agents), "obs_dim": int(obs_dim), "state_dim": int(state_dim),
+            "n_actions": int(n_actions), "action_mask": [[bool(x) for x in row] for row in action_mask]}
+
+
+class CreditRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
+    """Shared actor (all processes) and the configured critic (Learners only); see the module
+    docstring. Non-inference attributes: ``critic``, ``value_norm``, ``target_critic``."""
+
+    def setup(self):
+        mc = self.model_config
+        self.cfg = config_from_dict(mc["config"])
+        self.agents = list(mc["agents"])
+        self.n_agents, self.obs_dim = len(self.agents), int(mc["obs_dim"])
+        mask = torch.tensor(mc["action_mask"], dtype=torch.bool)
+        if self.inference_only:
+            m = self.cfg.model
+            self.credit = None
+            self.actor = Actor(self.n_agents, self.obs_dim, int(mc["n_actions"]), mask, m.hidden, m.layers,
+                               m.activation, m.share_actor)
+            return
+        self.credit = CreditLearner(self.cfg, self.agents, self.obs_dim, int(mc["state_dim"]), int(mc["n_actions"]),
+                                    mask)
+        self.actor = self.credit.actor
+        self.critic = self.credit.critic
+        self.value_norm = self.credit.value_norm
+        if self.credit.target_critic is not None:
+            self.target_critic = self.credit.target_critic
+
+    def get_non_inference_attributes(self) -> list[str]:
+        return ["critic", "value_norm", "target_critic"]
+
+    # -- rows <-> agent slots ------------------------------------------------------------------------
+    def agent_index(self, obs: torch.Tensor) -> torch.Tensor:
+        """The agent of each row ``[R]`` from the one-hot id at the end of ``obs [R, O + N]``."""
+        return obs[..., self.obs_dim:].argmax(-1)
+
+    def _in_all_slots(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unsqueeze(-2).expand(*x.shape[:-1], self.n_agents, x.shape[-1])
+
+    @staticmethod
+    def _own_slot(full: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return full[torch.arange(idx.shape[0], device=idx.device), idx]
+
+    def actor_logits(self, obs: torch.Tensor) -> torch.Tensor:
+        """Masked logits ``[R, A]`` of each row's agent for RLlib observations ``[R, O + N]``."""
+        idx = self.agent_index(obs)
+        return self._own_slot(self.actor(self._in_all_slots(obs[..., :self.obs_dim])), idx)
+
+    def critic_prediction(self, critic_in: torch.Tensor, idx: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """What the critic predicts for each row ``[R]`` (normalised space, as trained): V of the
+        row's agent, or for a Q critic Q of the taken action. ``critic_in`` is the row's part of
+        ``CreditLearner.critic_input``: the state (central V), the own observation (local V) or the
+        agent's counterfactual input (Q)."""
+        if self.credit.uses_q:
+            q = self.critic(critic_in.unsqueeze(-2)).squeeze(-2)
+            return q.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+        if self.cfg.algo.critic == "central":
+            return self._own_slot(self.critic(critic_in), idx)
+        return self._own_slot(self.critic(self._in_all_slots(critic_in)), idx)
+
+    # -- RLlib API -----------------------------------------------------------------------------------
+    def _forward(self, batch: dict, **kwargs) -> dict:
+        return {Columns.ACTION_DIST_INPUTS: self.actor_logits(batch[Columns.OBS])}
+
+    def _forward_train(self, batch: dict, **kwargs) -> dict:
+        out = self._forward(batch)
+        if CRITIC_IN in batch:  # set by the advantage piece (connectors.CreditAdvantages)
+            out[CRITIC_PRED] = self.critic_prediction(batch[CRITIC_IN], self.agent_index(batch[Columns.OBS]),
+                                                      batch[Columns.ACTIONS])
+        return out
+
+    def compute_values(self, batch: dict, embeddings=None) -> torch.Tensor:
+        """V of each row's agent in return units ``[R]`` (for a Q critic: the policy-weighted
+        ``Σ_u π(u) Q(s, u^-a, u)``). Needs ``STATE`` (and ``JOINT_ACTIONS`` for COMA) from
+        ``connectors.AddJointColumns``. Training does not use it: the advantage piece calls
+        ``CreditLearner.prepare``; RLlib's own GAE can use it (see tests/test_rllib.py)."""
+        obs = batch[Columns.OBS]
+        idx, own = self.agent_index(obs), self._in_all_slots(obs[..., :self.obs_dim])
+        credit = self.credit
+        with torch.no_grad():
+            if credit.uses_q:
+                critic_in = credit.critic_input(batch[STATE], own, batch[JOINT_ACTIONS].long())
+                q_all = self._own_slot(credit._to_return_space(self.critic(critic_in)), idx)
+                pi = torch.softmax(self.actor_logits(obs), -1)
+                return (pi * q_all).sum(-1)
+            values = self.critic(batch[STATE] if self.cfg.algo.critic == "central" else own)
+            return self._own_slot(credit._to_return_space(values), idx)
