@@ -84,14 +84,20 @@ def td_lambda(reward: Tensor, value: Tensor, next_value: Tensor, terminated: Ten
     ``[T, B, N]``, with ``value_target = G^λ`` and ``advantage = G^λ − value``.
     """
     reward, next_value, terminated, truncated = _prepare(reward, value, next_value, terminated, truncated)
-    done = terminated | truncated
+    # G_t = a_t + c_t G_{t+1}: everything that does not depend on G_{t+1} is computed up front.
+    # torch.where, not a (1 − term) product, so a junk V(terminal) (inf/nan) cannot leak in.
+    boot = torch.where(terminated, 0.0, next_value)
+    cut = terminated | truncated
+    if value.shape[0]:
+        cut = cut.clone()
+        cut[-1] = True                                   # the rollout end bootstraps too
+    cut_f = cut.to(value.dtype)
+    base = reward + gamma * (1.0 - lam) * boot + gamma * lam * cut_f * boot
+    carry = gamma * lam * (1.0 - cut_f)
     target = torch.empty_like(value)
-    following = value.new_zeros(value.shape[1:])        # G^λ_{t+1}; unused at t = T − 1
+    following = value.new_zeros(value.shape[1:])         # G^λ_{t+1}
     for t in range(value.shape[0] - 1, -1, -1):
-        after = next_value[t] if t == value.shape[0] - 1 else torch.where(done[t], next_value[t], following)
-        # torch.where, not a (1 − term) product, so a junk V(terminal) (inf/nan) cannot leak in.
-        bootstrap = torch.where(terminated[t], 0.0, gamma * ((1.0 - lam) * next_value[t] + lam * after))
-        following = reward[t] + bootstrap
+        following = base[t] + carry[t] * following
         target[t] = following
     return target - value, target
 

@@ -61,7 +61,8 @@ class AlgoConfig:
     rollout_steps: int = 25
     """Steps T collected from each env per iteration."""
     epochs: int = 10
-    """Passes over each batch (PPO); A2C usually uses 1."""
+    """Passes over each batch. With ``loss: a2c`` only the critic takes them all; the actor takes
+    one pass (its policy gradient holds only for the behaviour policy)."""
     minibatches: int = 4
     """Minibatches per epoch; must divide ``rollout_steps * env.num_envs``."""
     lr: float = 5e-4

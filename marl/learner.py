@@ -177,11 +177,14 @@ class CreditLearner:
         mb_size = TB // a.minibatches
         params = list(self.actor.parameters()) + list(self.critic.parameters())
         stats = []
-        for _ in range(a.epochs):
+        for epoch in range(a.epochs):
+            # A2C's policy gradient is only valid for the behaviour policy: one actor pass, while the
+            # critic keeps fitting its targets for all epochs (like COMA's repeated critic training).
+            train_actor = a.loss == "ppo" or epoch == 0
             perm = torch.randperm(TB, generator=generator)
             for start in range(0, TB, mb_size):
                 idx = perm[start:start + mb_size]
-                stats.append(self._minibatch_step({k: v[idx] for k, v in flat.items()}, params))
+                stats.append(self._minibatch_step({k: v[idx] for k, v in flat.items()}, params, train_actor))
         mean_stats = torch.stack(stats).mean(0).tolist()
         names = MINIBATCH_STATS + [f"entropy/{ag}" for ag in self.agents]
         self.updates += 1
@@ -190,7 +193,7 @@ class CreditLearner:
         metrics.update(zip(names, mean_stats))
         return metrics
 
-    def _minibatch_step(self, mb: dict, params: list) -> torch.Tensor:
+    def _minibatch_step(self, mb: dict, params: list, train_actor: bool = True) -> torch.Tensor:
         a = self.cfg.algo
         logits = self.actor(mb["obs"])
         log_probs = torch.log_softmax(logits, -1)
@@ -204,7 +207,9 @@ class CreditLearner:
         else:
             policy_loss = -(logp * mb["adv"]).mean()
         value_loss = F.mse_loss(self._critic_prediction(mb["critic_in"], mb["actions"]), mb["target"])
-        loss = policy_loss + a.value_coef * value_loss - a.entropy_coef * entropy.mean()
+        loss = a.value_coef * value_loss
+        if train_actor:
+            loss = loss + policy_loss - a.entropy_coef * entropy.mean()
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"loss became {loss.item()} at update {self.updates + 1} (policy {policy_loss.item():.4g}, "

@@ -1,0 +1,105 @@
+"""The RLlib ``PPOConfig`` for a project ``Config``: how every setting maps.
+
+=================================  ================================================================
+project setting                    RLlib
+=================================  ================================================================
+env.* (id, kwargs, reward mode,    ``TeamMultiAgentEnv`` (env.py), registered as ``marl_team_env``
+shaping)
+rollout_steps * env.num_envs       ``train_batch_size`` (env steps per iteration);
+                                   ``rollout_fragment_length`` = that / (runners * envs per runner)
+algo.epochs                        ``num_epochs``
+algo.minibatches                   ``minibatch_size`` = N * train_batch_size / minibatches rows
+                                   (one row per agent and step)
+algo.lr, critic_lr                 the CreditLearner's Adam param groups (RLlib's ``lr`` unused)
+algo.clip, entropy_coef,           our loss (learner.py); RLlib's ``clip_param``, ``entropy_coeff``,
+value_coef, loss                   ``vf_loss_coeff`` are set to the same values for display only
+algo.max_grad_norm                 global-norm clipping in ``postprocess_gradients_for_module``
+                                   (RLlib's ``grad_clip`` is off)
+algo.gamma, lam, advantage, ...    read by the advantage piece from the Config itself
+seed                               ``debugging(seed=...)`` (EnvRunner env seeds, torch seeds)
+rllib.num_env_runners,             ``env_runners(...)``; on a local Ray instance every actor asks for
+num_envs_per_env_runner,           min(1, num_cpus / (runners + learners)) CPUs so that it fits
+num_learners, num_cpus
+rllib.restart_failed_env_runners,  ``fault_tolerance(...)``
+max_env_runner_restarts
+=================================  ================================================================
+
+No equivalent, and not used: RLlib's KL penalty (``use_kl_loss=False``), value clipping
+(``vf_clip_param``), lr/entropy schedules. ``env.workers`` does not apply (EnvRunners replace it).
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+ENV_NAME = "marl_team_env"
+
+
+def shared_policy(agent_id, episode=None, **kwargs) -> str:
+    """Parameter sharing: every agent maps to the one module."""
+    from marl.rllib.module import MODULE_ID
+    return MODULE_ID
+
+
+def joint_columns_piece(input_observation_space=None, input_action_space=None, *, agents):
+    from marl.rllib.connectors import AddJointColumns
+    return AddJointColumns(agents=agents)
+
+
+def register_env() -> None:
+    from ray.tune.registry import register_env as ray_register_env
+
+    from marl.rllib.env import make_team_env
+    ray_register_env(ENV_NAME, make_team_env)
+
+
+def actor_cpus(cfg) -> float:
+    """CPUs each EnvRunner/Learner actor asks for (see the table in the module docstring)."""
+    r = cfg.rllib
+    actors = r.num_env_runners + r.num_learners
+    if r.address or actors == 0:
+        return 1.0
+    return min(1.0, r.num_cpus / actors)
+
+
+def build_config(cfg, agents, obs_dim: int, state_dim: int, n_actions: int, action_mask,
+                 fault_log: str | None = None):
+    """The ``PPOConfig`` that trains ``cfg`` with the project's module, learner and pieces."""
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from marl.rllib.callbacks import EpisodeReturns
+    from marl.rllib.env import env_config
+    from marl.rllib.learner import CreditPPOLearner
+    from marl.rllib.module import MODULE_ID, CreditRLModule, model_config
+
+    a, r = cfg.algo, cfg.rllib
+    batch = a.rollout_steps * cfg.env.num_envs
+    fragment = math.ceil(batch / (max(r.num_env_runners, 1) * r.num_envs_per_env_runner))
+    cpus = actor_cpus(cfg)
+    config = (
+        PPOConfig()
+        .environment(ENV_NAME, env_config=env_config(cfg, fault_log), disable_env_checking=True)
+        .framework("torch")
+        .env_runners(num_env_runners=r.num_env_runners, num_envs_per_env_runner=r.num_envs_per_env_runner,
+                     num_cpus_per_env_runner=cpus, rollout_fragment_length=fragment,
+                     batch_mode="truncate_episodes", episodes_to_numpy=False)
+        .learners(num_learners=r.num_learners, num_cpus_per_learner=cpus if r.num_learners else 1,
+                  learner_class=CreditPPOLearner,
+                  learner_connector=functools.partial(joint_columns_piece, agents=list(agents)))
+        .multi_agent(policies={MODULE_ID}, policy_mapping_fn=shared_policy)
+        .rl_module(rl_module_spec=RLModuleSpec(
+            module_class=CreditRLModule,
+            model_config=model_config(cfg, agents, obs_dim, state_dim, n_actions, action_mask)))
+        .training(train_batch_size=batch, minibatch_size=len(agents) * batch // a.minibatches,
+                  num_epochs=a.epochs, shuffle_batch_per_epoch=True, lr=a.lr, gamma=a.gamma, lambda_=a.lam,
+                  clip_param=a.clip, entropy_coeff=a.entropy_coef, vf_loss_coeff=a.value_coef,
+                  use_kl_loss=False, kl_coeff=0.0, vf_clip_param=float("inf"), grad_clip=None)
+        .callbacks(EpisodeReturns)
+        .fault_tolerance(restart_failed_env_runners=r.restart_failed_env_runners,
+                         max_num_env_runner_restarts=r.max_env_runner_restarts,
+                         delay_between_env_runner_restarts_s=1.0,
+                         restart_failed_sub_environments=False)
+        .debugging(seed=cfg.seed, log_level="WARN")
+    )
+    return config

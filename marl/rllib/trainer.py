@@ -1,0 +1,329 @@
+"""``RLlibTrainer``: the same run directory, metrics, progress bar, checkpoints and Ctrl-C handling
+as the local ``Trainer``, with sampling and learning done by RLlib (see ``marl/rllib/__init__.py``).
+
+The driver keeps a ``CreditLearner`` mirror of the RLlib Learner's state: ``actor`` (used by the
+final evaluation), the critic and value normaliser (used by the credit heatmaps and fidelity
+scores), and the optimiser state. It is refreshed from the Learner before every checkpoint and
+credit view, so ``checkpoint.pt`` has exactly the local backend's format and ``marl eval``,
+``marl credit``, ``marl.run.load_actor`` and ``load_trainer`` work on RLlib runs unchanged.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from envs import TeamEnv
+from marl.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from marl.config import Config
+from marl.learner import CreditLearner, TrainingDiverged
+from marl.logger import RunLogger, truncate_metrics
+from marl.trainer import Trainer, TrainingInterrupted, _main_thread
+
+FAULTS_NAME = "env_faults.jsonl"
+MAX_EMPTY_ITERATIONS = 20
+
+
+def start_ray(cfg: Config) -> bool:
+    """Start a local Ray instance (``rllib.num_cpus`` CPUs) or join ``rllib.address``; returns
+    False when Ray is already initialised in this process (then the caller must not shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    r = cfg.rllib
+    # Workers import the project from the installed package; the working directory is added so
+    # that env ids naming modules there (``tests.custom_env:make``) import in workers too.
+    path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
+    kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING,
+              "runtime_env": {"env_vars": {"PYTHONPATH": path}}}
+    if r.address:
+        ray.init(address=r.address, **kwargs)
+    else:
+        ray.init(num_cpus=r.num_cpus, **kwargs)
+    return True
+
+
+def _results(call_results) -> list:
+    """Values of a ``foreach_learner`` call; re-raises a Learner's error."""
+    out = []
+    for res in call_results:
+        if not res.ok:
+            raise res.get()
+        out.append(res.get())
+    return out
+
+
+class RLlibTrainer(Trainer):
+    """Trains ``cfg`` on Ray RLlib. The interface of ``marl.trainer.Trainer`` (``cfg``, ``run_dir``,
+    ``agents``, ``actor``, ``iteration``, ``env_steps``, ``train``, ``restore``, ``save``, ``close``,
+    ``prepare``); one iteration is one ``Algorithm.train()`` call."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path | None = None):
+        # Trainer.__init__ builds local envs; everything it sets that the shared methods use is set here.
+        torch.set_num_threads(1)
+        self.cfg = cfg
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        torch.manual_seed(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        probe = TeamEnv(cfg.env.id, cfg.env.kwargs)
+        self.agents = list(probe.agents)
+        dims = (probe.obs_dim, probe.state_dim, probe.n_actions)
+        action_mask = probe.action_mask
+        probe.close()
+        # Built like the local trainer's, so both backends start from the same weights.
+        self.learner = CreditLearner(cfg, self.agents, *dims, torch.from_numpy(action_mask))
+        self.actor = self.learner.actor
+        self.iteration = 0
+        self.env_steps = 0
+        self.logger: RunLogger | None = None
+        self._stop_requested = False
+        self._has_true_credit: bool | None = None
+        self._learner_generator: torch.Tensor | None = None
+        self.fault_log = (self.run_dir.resolve() / FAULTS_NAME) if self.run_dir is not None else None
+        self._faults_seen = 0
+        self._restarts_seen = 0
+        self.algo = None
+        self._algo_logdir: str | None = None
+        self._results_root_existed = True
+        self._owns_ray = start_ray(cfg)
+        try:
+            self._build(dims, action_mask)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, dims, action_mask) -> None:
+        from ray.train.constants import DEFAULT_STORAGE_PATH
+
+        from marl.rllib.algorithm import build_config, register_env
+
+        register_env()
+        config = build_config(self.cfg, self.agents, *dims, action_mask,
+                              fault_log=str(self.fault_log) if self.fault_log else None)
+        self._results_root_existed = os.path.isdir(DEFAULT_STORAGE_PATH)
+        self.algo = config.build_algo()
+        self._algo_logdir = self.algo.logdir  # RLlib's Trainable makes one under ~/ray_results
+        self._push_state(self.learner.state_dict())
+
+    # -- state between the driver's mirror and the RLlib Learner(s) ----------------------------------
+    def _pull_state(self) -> None:
+        """Refresh the driver's ``CreditLearner`` (and so ``actor``) from the Learner."""
+        state = _results(self.algo.learner_group.foreach_learner(lambda learner: learner.marl_state()))[0]
+        state = copy.deepcopy(state)  # a local Learner hands out its live tensors
+        self._learner_generator = state.pop("learner_generator")
+        self.learner.load_state_dict(state)
+
+    def _push_state(self, state: dict) -> None:
+        """Load a local-format state into every Learner and the actor into every EnvRunner."""
+        from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE
+
+        from marl.rllib.module import MODULE_ID
+
+        _results(self.algo.learner_group.foreach_learner(lambda learner, s=state: learner.marl_load_state(s)))
+        weights = self.algo.learner_group.get_state(
+            components=f"{COMPONENT_LEARNER}/{COMPONENT_RL_MODULE}/{MODULE_ID}",
+            inference_only=True)[COMPONENT_LEARNER][COMPONENT_RL_MODULE]
+        # EnvRunners only take weights newer than theirs from a regular sync; set them directly.
+        self.algo.env_runner_group.foreach_env_runner(
+            lambda runner, w=weights: runner.set_state({COMPONENT_RL_MODULE: w}), local_env_runner=True)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self._learner_generator is not None:
+            state["learner_generator"] = self._learner_generator
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._push_state(state)
+
+    def save(self) -> Path | None:
+        self._pull_state()
+        if self.run_dir is None:
+            return None
+        return save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.state_dict())
+
+    def restore(self) -> None:
+        """Load the run directory's checkpoint into the Learner(s) and EnvRunners; trim logs."""
+        self.load_state_dict(load_checkpoint(self.run_dir / CHECKPOINT_NAME))
+        truncate_metrics(self.run_dir, self.iteration)
+
+    def collect(self):
+        raise NotImplementedError("RLlibTrainer samples inside Algorithm.train(); call train()")
+
+    update = collect
+
+    # -- one iteration ---------------------------------------------------------------------------
+    def _train_once(self) -> dict:
+        try:
+            return self.algo.train()
+        except TrainingDiverged:
+            raise
+        except Exception as exc:  # a remote Learner wraps our error in a RayTaskError
+            cause = getattr(exc, "cause", None) or exc.__cause__
+            if isinstance(cause, TrainingDiverged):
+                raise cause from None
+            if "TrainingDiverged" in str(exc):
+                raise TrainingDiverged(str(exc).strip().splitlines()[-1]) from None
+            raise
+
+    def _learner_metrics(self, result: dict) -> tuple[dict, bool]:
+        from marl.rllib.learner import STATS_KEY
+        from marl.rllib.module import MODULE_ID
+
+        records = result.get("learners", {}).get(MODULE_ID, {}).get(STATS_KEY)
+        if not isinstance(records, list) or not records:
+            return {}, False
+        hist = [r.pop("credit/adv_hist") for r in records if "credit/adv_hist" in r]
+        metrics = {k: float(np.mean([r[k] for r in records if k in r])) for k in records[0] if k != "updates"}
+        self.learner.last_advantage = torch.from_numpy(np.concatenate(hist))[:, None] if hist else None
+        return metrics, True
+
+    @staticmethod
+    def _episodes(result: dict) -> list[dict]:
+        from marl.rllib.callbacks import EPISODES_KEY
+
+        records = result.get("env_runners", {}).get(EPISODES_KEY)
+        if not isinstance(records, list):
+            return []
+        return [{"raw_return": np.asarray(r["raw_return"]), "return": np.asarray(r["return"]), "length": r["length"]}
+                for r in records]
+
+    def _faults(self) -> dict:
+        """Report EnvRunner crashes (cause from ``env_faults.jsonl``) and restarts, once each."""
+        group = self.algo.env_runner_group
+        restarts = group.num_remote_worker_restarts()
+        records = []
+        if self.fault_log is not None and self.fault_log.exists():
+            records = [json.loads(line) for line in self.fault_log.read_text().splitlines() if line.strip()]
+        new = records[self._faults_seen:]
+        if new or restarts > self._restarts_seen:
+            lines = [f"EnvRunner {r['worker_index']} (pid {r['pid']} on {r['host']}) failed in env.{r['where']} at "
+                     f"its step {r['env_step']}: {r['error']}" for r in new]
+            lines.append(f"EnvRunner restarts so far: {restarts}; healthy EnvRunners: "
+                         f"{group.num_healthy_remote_workers()}/{self.cfg.rllib.num_env_runners}")
+            text = "\n".join(lines)
+            print(f"\n[marl] {text}", file=sys.stderr)
+            if self.logger is not None:
+                self.logger.log_text("faults", "\n\n".join(lines + [f"```\n{r['traceback']}```" for r in new]),
+                                     self.env_steps)
+        self._faults_seen, self._restarts_seen = len(records), restarts
+        if not self.cfg.rllib.num_env_runners:
+            return {}
+        return {"faults/env_failures": len(records), "faults/env_runner_restarts": restarts,
+                "faults/healthy_env_runners": group.num_healthy_remote_workers()}
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def train(self, progress: bool | None = None) -> dict:
+        """Run to ``train.total_env_steps`` (``total_iterations`` iterations of ``train_batch_size``
+        env steps). Returns the same summary as ``Trainer.train``; Ctrl-C finishes the iteration,
+        writes a checkpoint and raises ``TrainingInterrupted``. An iteration in which no EnvRunner
+        delivered data (all crashed) is retried, not counted."""
+        cfg = self.cfg
+        progress = cfg.train.progress if progress is None else progress
+        if self.run_dir is not None and self.logger is None:
+            self.logger = RunLogger(self.run_dir, self.agents, purge_step=self.env_steps + 1 if self.iteration else None)
+            if self.iteration == 0:
+                self.logger.log_text("config", "```\n" + cfg.to_yaml() + "\n```")
+                self.logger.log_custom_layout()
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=self.total_iterations * self.steps_per_iteration, initial=self.env_steps,
+                       unit="step", dynamic_ncols=True, desc="train")
+        previous = signal.signal(signal.SIGINT, self._request_stop) if _main_thread() else None
+        start, start_steps = time.perf_counter(), self.env_steps
+        pending: list[dict] = []
+        last: dict = {}
+        empty = 0
+        try:
+            while self.iteration < self.total_iterations:
+                if self._stop_requested:
+                    self.save()
+                    raise TrainingInterrupted(f"interrupted at {self.env_steps} env steps")
+                t0 = time.perf_counter()
+                result = self._train_once()
+                wall = time.perf_counter() - t0
+                metrics, updated = self._learner_metrics(result)
+                steps = int(result.get("env_runners", {}).get("num_env_steps_sampled", 0) or 0)
+                faults = self._faults()
+                if not updated or not steps:
+                    empty += 1
+                    if empty >= MAX_EMPTY_ITERATIONS:
+                        raise RuntimeError(f"no EnvRunner delivered samples in {empty} attempts; see "
+                                           f"{self.fault_log or 'the Ray worker logs'}")
+                    continue
+                empty = 0
+                self.iteration += 1
+                self.env_steps += steps
+                pending.extend(self._episodes(result))
+                if self.iteration % cfg.train.log_every == 0 or self.iteration == self.total_iterations:
+                    timers = result.get("timers", {})
+                    metrics.update(self._episode_metrics(pending))
+                    pending = []
+                    metrics.update({"iteration": self.iteration, "env_steps": self.env_steps,
+                                    "perf/env_steps_per_s": steps / wall,
+                                    "perf/collect_s": float(timers.get("env_runner_sampling_timer", float("nan"))),
+                                    "perf/update_s": float(timers.get("learner_update_timer", float("nan")))})
+                    metrics.update(faults)
+                    if self.logger is not None:
+                        if self._credit_views_due():
+                            self._pull_state()
+                        metrics.update(self._credit_views())
+                        self.logger.log(metrics, self.env_steps)
+                    last = metrics
+                if self.iteration % cfg.train.checkpoint_every == 0:
+                    self.save()
+                if bar is not None:
+                    bar.update(steps)
+                    if last:
+                        bar.set_postfix(ret=f"{last.get('team_return', float('nan')):.2f}",
+                                        sps=f"{(self.env_steps - start_steps) / (time.perf_counter() - start):.0f}")
+            self.save()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+            if bar is not None:
+                bar.close()
+            if self.logger is not None:
+                self.logger.flush()
+        wall = time.perf_counter() - start
+        return {"env_steps": self.env_steps, "wall_s": wall,
+                "env_steps_per_s": (self.env_steps - start_steps) / max(wall, 1e-9),
+                "team_return": last.get("team_return"), "run_dir": str(self.run_dir) if self.run_dir else None}
+
+    def _credit_views_due(self) -> bool:
+        log, it = self.cfg.log, self.iteration
+        return bool((log.credit_image_every and (it % log.credit_image_every == 0 or it == 1))
+                    or (log.fidelity_every and it % log.fidelity_every == 0 and self.has_true_credit))
+
+    def close(self) -> None:
+        if self.algo is not None:
+            self.algo.stop()
+            self.algo = None
+        if self._owns_ray:
+            import ray
+            ray.shutdown()
+            self._owns_ray = False
+        if self._algo_logdir:
+            shutil.rmtree(self._algo_logdir, ignore_errors=True)
+            if not self._results_root_existed:
+                try:
+                    os.rmdir(os.path.dirname(self._algo_logdir))
+                except OSError:
+                    pass
+            self._algo_logdir = None
+        if self.logger is not None:
+            self.logger.close()
+            self.logger = None
