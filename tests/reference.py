@@ -2,6 +2,21 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
+from hypothesis import strategies as st
+
+
+@st.composite
+def rollout_batches(draw, max_t=8, max_b=3, max_n=4, with_n=False):
+    """Random ``(reward, value, next_value, terminated, truncated, gamma, lam[, n])`` rollouts,
+    ``[T, B, N]``, with episode ends scattered through them (a hypothesis strategy)."""
+    T, B, N = draw(st.integers(1, max_t)), draw(st.integers(1, max_b)), draw(st.integers(1, max_n))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    r, v, nv = (torch.randn(T, B, N, generator=g) for _ in range(3))
+    term = torch.rand(T, B, N, generator=g) < draw(st.floats(0.0, 0.5))
+    trunc = (torch.rand(T, B, N, generator=g) < draw(st.floats(0.0, 0.5))) & ~term
+    batch = (r, v, nv, term, trunc, draw(st.floats(0.1, 1.0)), draw(st.floats(0.0, 1.0)))
+    return batch + (draw(st.integers(1, 8)),) if with_n else batch
 
 
 def gae_loop(reward, value, next_value, terminated, truncated, gamma, lam):

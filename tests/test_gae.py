@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from algorithms import broadcast_agents, gae
-from tests.reference import gae_loop
+from tests.reference import gae_loop, rollout_batches
 
 
 def t(x, dtype=torch.float32):
@@ -113,23 +113,8 @@ def test_shape_mismatch_names_both_shapes():
         broadcast_agents(torch.zeros(3, 1), torch.zeros(3, 1, 2), "next_value")
 
 
-@st.composite
-def batches(draw):
-    T = draw(st.integers(1, 8))
-    B = draw(st.integers(1, 3))
-    N = draw(st.integers(1, 4))
-    seed = draw(st.integers(0, 2**31 - 1))
-    g = torch.Generator().manual_seed(seed)
-    r, v, nv = (torch.randn(T, B, N, generator=g) for _ in range(3))
-    term = torch.rand(T, B, N, generator=g) < draw(st.floats(0.0, 0.5))
-    trunc = (torch.rand(T, B, N, generator=g) < draw(st.floats(0.0, 0.5))) & ~term
-    gamma = draw(st.floats(0.1, 1.0))
-    lam = draw(st.floats(0.0, 1.0))
-    return r, v, nv, term, trunc, gamma, lam
-
-
 @settings(max_examples=60, deadline=None)
-@given(batches())
+@given(rollout_batches())
 def test_property_matches_reference(batch):
     r, v, nv, term, trunc, gamma, lam = batch
     adv, _ = gae(r, v, nv, term, trunc, gamma=gamma, lam=lam)
@@ -138,7 +123,7 @@ def test_property_matches_reference(batch):
 
 
 @settings(max_examples=40, deadline=None)
-@given(batches(), st.integers(0, 7))
+@given(rollout_batches(), st.integers(0, 7))
 def test_property_split_at_episode_boundary(batch, cut):
     # Computing the two halves separately equals one pass, when the first half ends an episode.
     r, v, nv, term, trunc, gamma, lam = batch
@@ -153,7 +138,7 @@ def test_property_split_at_episode_boundary(batch, cut):
 
 
 @settings(max_examples=40, deadline=None)
-@given(batches(), st.randoms(use_true_random=False))
+@given(rollout_batches(), st.randoms(use_true_random=False))
 def test_property_agent_permutation_equivariance(batch, rnd):
     r, v, nv, term, trunc, gamma, lam = batch
     perm = list(range(r.shape[-1]))
@@ -166,7 +151,7 @@ def test_property_agent_permutation_equivariance(batch, rnd):
 
 
 @settings(max_examples=30, deadline=None)
-@given(batches())
+@given(rollout_batches())
 def test_property_steps_after_an_end_do_not_leak_backwards(batch):
     # Changing rewards after the first step that ends an episode leaves every earlier advantage as is.
     r, v, nv, term, trunc, gamma, lam = batch

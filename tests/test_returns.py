@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from algorithms import ADVANTAGES, gae, get_advantage, mc, n_step, td_lambda
-from tests.reference import mc_loop, n_step_loop, td_lambda_loop
+from tests.reference import mc_loop, n_step_loop, rollout_batches, td_lambda_loop
 
 # Every estimator under one calling convention: (r, v, nv, term, trunc, gamma, lam, n) -> (adv, target).
 ESTIMATORS = {
@@ -275,31 +275,15 @@ def test_registry_maps_n_to_the_n_step_field():
 
 
 # -- properties ---------------------------------------------------------------------------------------
-@st.composite
-def batches(draw):
-    T = draw(st.integers(1, 7))
-    B = draw(st.integers(1, 2))
-    N = draw(st.integers(1, 3))
-    seed = draw(st.integers(0, 2**31 - 1))
-    g = torch.Generator().manual_seed(seed)
-    r, v, nv = (torch.randn(T, B, N, generator=g) for _ in range(3))
-    term = torch.rand(T, B, N, generator=g) < draw(st.floats(0.0, 0.5))
-    trunc = (torch.rand(T, B, N, generator=g) < draw(st.floats(0.0, 0.5))) & ~term
-    gamma = draw(st.floats(0.1, 1.0))
-    lam = draw(st.floats(0.0, 1.0))
-    n = draw(st.integers(1, 8))
-    return r, v, nv, term, trunc, gamma, lam, n
-
-
 @settings(max_examples=30, deadline=None)
-@given(st.sampled_from(list(ESTIMATORS)), batches())
+@given(st.sampled_from(list(ESTIMATORS)), rollout_batches(7, 2, 3, with_n=True))
 def test_property_matches_reference(name, batch):
     for a, b in zip(ESTIMATORS[name](*batch), REFERENCES[name](*batch)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 @settings(max_examples=30, deadline=None)
-@given(batches())
+@given(rollout_batches(7, 2, 3, with_n=True))
 def test_property_td_lambda_equals_gae_with_one_critic(batch):
     r, v, nv, term, trunc, gamma, lam, _ = batch
     nv = consistent_next_value(v, nv, term, trunc)
@@ -309,7 +293,7 @@ def test_property_td_lambda_equals_gae_with_one_critic(batch):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.sampled_from(list(ESTIMATORS)), batches(), st.integers(0, 6))
+@given(st.sampled_from(list(ESTIMATORS)), rollout_batches(7, 2, 3, with_n=True), st.integers(0, 6))
 def test_property_split_at_episode_boundary(name, batch, cut):
     # Two halves computed separately equal one pass, when the first half ends an episode.
     fn = ESTIMATORS[name]
@@ -325,7 +309,7 @@ def test_property_split_at_episode_boundary(name, batch, cut):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.sampled_from(list(ESTIMATORS)), batches(), st.randoms(use_true_random=False))
+@given(st.sampled_from(list(ESTIMATORS)), rollout_batches(7, 2, 3, with_n=True), st.randoms(use_true_random=False))
 def test_property_agent_permutation_equivariance(name, batch, rnd):
     fn = ESTIMATORS[name]
     r, v, nv, term, trunc, *knobs = batch
@@ -338,7 +322,7 @@ def test_property_agent_permutation_equivariance(name, batch, rnd):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.sampled_from(list(ESTIMATORS)), batches())
+@given(st.sampled_from(list(ESTIMATORS)), rollout_batches(7, 2, 3, with_n=True))
 def test_property_truncation_bootstraps_termination_does_not(name, batch):
     # Relabelling terminations as truncations adds exactly γ·V(s_{t+1}) to the target at those steps.
     fn = ESTIMATORS[name]
@@ -349,7 +333,7 @@ def test_property_truncation_bootstraps_termination_does_not(name, batch):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.sampled_from(list(ESTIMATORS)), batches())
+@given(st.sampled_from(list(ESTIMATORS)), rollout_batches(7, 2, 3, with_n=True))
 def test_property_steps_after_an_end_do_not_leak_backwards(name, batch):
     fn = ESTIMATORS[name]
     r, v, nv, term, trunc, *knobs = batch
