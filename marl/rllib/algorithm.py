@@ -5,8 +5,10 @@ project setting                    RLlib
 =================================  ================================================================
 env.* (id, kwargs, reward mode,    ``TeamMultiAgentEnv`` (env.py), registered as ``marl_team_env``
 shaping)
-rollout_steps * env.num_envs       ``train_batch_size`` (env steps per iteration);
-                                   ``rollout_fragment_length`` = that / (runners * envs per runner)
+rollout_steps * env.num_envs       env steps per iteration; RLlib counts agent steps
+                                   (``count_steps_by="agent_steps"``, every agent acts every step), so
+                                   ``train_batch_size`` = N * that and ``rollout_fragment_length``
+                                   = N * ceil(that / (runners * envs per runner))
 algo.epochs                        ``num_epochs``
 algo.minibatches                   ``minibatch_size`` = N * train_batch_size / minibatches rows
                                    (one row per agent and step)
@@ -62,9 +64,23 @@ def actor_cpus(cfg) -> float:
     return min(1.0, r.num_cpus / actors)
 
 
+def env_spec(cfg) -> dict:
+    """Agents and sizes of ``cfg``'s env, from one ``TeamEnv``: the keyword arguments of
+    ``build_config`` after ``cfg``."""
+    from envs import TeamEnv
+
+    probe = TeamEnv(cfg.env.id, cfg.env.kwargs)
+    spec = {"agents": list(probe.agents), "obs_dim": probe.obs_dim, "state_dim": probe.state_dim,
+            "n_actions": probe.n_actions, "action_mask": probe.action_mask}
+    probe.close()
+    return spec
+
+
 def build_config(cfg, agents, obs_dim: int, state_dim: int, n_actions: int, action_mask,
                  fault_log: str | None = None):
-    """The ``PPOConfig`` that trains ``cfg`` with the project's module, learner and pieces."""
+    """The ``PPOConfig`` that trains ``cfg`` with the project's module, learner and pieces
+    (``env_spec(cfg)`` gives the other arguments). ``config.build_algo()`` needs ``register_env()``
+    first; ``config.build_learner(env=...)`` builds one Learner in this process."""
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
@@ -74,8 +90,9 @@ def build_config(cfg, agents, obs_dim: int, state_dim: int, n_actions: int, acti
     from marl.rllib.module import MODULE_ID, CreditRLModule, model_config
 
     a, r = cfg.algo, cfg.rllib
-    batch = a.rollout_steps * cfg.env.num_envs
-    fragment = math.ceil(batch / (max(r.num_env_runners, 1) * r.num_envs_per_env_runner))
+    n = len(agents)
+    batch = a.rollout_steps * cfg.env.num_envs  # env steps
+    fragment = n * math.ceil(batch / (max(r.num_env_runners, 1) * r.num_envs_per_env_runner))
     cpus = actor_cpus(cfg)
     config = (
         PPOConfig()
@@ -87,11 +104,11 @@ def build_config(cfg, agents, obs_dim: int, state_dim: int, n_actions: int, acti
         .learners(num_learners=r.num_learners, num_cpus_per_learner=cpus if r.num_learners else 1,
                   learner_class=CreditPPOLearner,
                   learner_connector=functools.partial(joint_columns_piece, agents=list(agents)))
-        .multi_agent(policies={MODULE_ID}, policy_mapping_fn=shared_policy)
+        .multi_agent(policies={MODULE_ID}, policy_mapping_fn=shared_policy, count_steps_by="agent_steps")
         .rl_module(rl_module_spec=RLModuleSpec(
             module_class=CreditRLModule,
             model_config=model_config(cfg, agents, obs_dim, state_dim, n_actions, action_mask)))
-        .training(train_batch_size=batch, minibatch_size=len(agents) * batch // a.minibatches,
+        .training(train_batch_size=n * batch, minibatch_size=n * batch // a.minibatches,
                   num_epochs=a.epochs, shuffle_batch_per_epoch=True, lr=a.lr, gamma=a.gamma, lambda_=a.lam,
                   clip_param=a.clip, entropy_coeff=a.entropy_coef, vf_loss_coeff=a.value_coef,
                   use_kl_loss=False, kl_coeff=0.0, vf_clip_param=float("inf"), grad_clip=None)

@@ -51,8 +51,9 @@ class AddJointColumns(ConnectorV2):
         chunks = [episode.agent_episodes.get(a) for a in self.agents]
         lengths = {len(c) for c in chunks if c is not None}
         if any(c is None for c in chunks) or len(lengths) != 1:
-            raise ValueError(f"an episode chunk has steps {({a: len(c) if c is not None else 0 for a, c in zip(self.agents, chunks)})}"
-                             f" per agent; the rllib backend needs every agent to act at every step")
+            steps = {a: len(c) if c is not None else 0 for a, c in zip(self.agents, chunks)}
+            raise ValueError(f"an episode chunk has steps {steps} per agent; the rllib backend needs every agent "
+                             f"to act at every step")
         L = lengths.pop()
         infos = chunks[0].get_infos(slice(0, L))
         state = np.stack([np.asarray(info[INFO_STATE], np.float32) for info in infos])
@@ -136,6 +137,7 @@ class CreditAdvantages(ConnectorV2):
         self.histogram_every = histogram_every
         self.last_stats: dict[str, dict] = {}
         self.last_prepared: dict[str, dict] = {}
+        self.rows: dict[str, int] = {}  # rows of the last batch per module (the loss counts passes)
 
     def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None, **kwargs):
         for module_id, mb in batch.items():
@@ -164,6 +166,7 @@ class CreditAdvantages(ConnectorV2):
                 real_adv = adv[mask]
                 adv = (adv - real_adv.mean(0)) / (real_adv.std(0) + 1e-8)
             self._write_rows(mb, adv, target, prep["critic_in"], credit)
+            self.rows[module_id] = len(mb[Columns.ACTIONS])
         return batch
 
     def _write_rows(self, mb: dict, adv, target, critic_in, credit) -> None:

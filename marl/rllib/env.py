@@ -67,7 +67,7 @@ class TeamMultiAgentEnv(MultiAgentEnv):
         self.observation_spaces = {a: obs_space for a in self.agents}
         self.action_spaces = {a: spaces.Discrete(team.n_actions) for a in self.agents}
         self._fault_log = config.get("fault_log")
-        self._worker_index = int(getattr(config, "worker_index", 0))
+        self._worker_index = int(getattr(config, "worker_index", 0) or 0)
         self._rng = np.random.default_rng()
         self._steps = 0
 

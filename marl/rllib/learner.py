@@ -6,12 +6,15 @@ advantage piece, optimiser and loss.
   ``algo.lr`` and ``algo.critic_lr``), so its state has the local checkpoint format.
 - The loss is ``CreditLearner``'s: PPO-clip or A2C actor loss, MSE critic loss on the (normalised)
   targets, where the prediction is V of the row's agent or, for COMA, Q of the taken action, and
-  the entropy bonus. Gradients are clipped by global norm as in the local backend.
+  the entropy bonus; with A2C the actor learns only in the first pass over the batch. Gradients
+  are clipped by global norm as in the local backend.
 - After each update: the COMA target critic is refreshed every ``algo.target_update_every``
   updates, and the iteration's metrics (credit, losses, per-agent entropy) are reported under
   ``result["learners"]["shared"]["marl"]``.
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
@@ -37,8 +40,12 @@ class CreditPPOLearner(PPOTorchLearner):
         if self._learner_connector is not None:
             self._learner_connector.remove("GeneralAdvantageEstimation")
             self._learner_connector.append(self.credit_piece)
-        self._sums: dict[str, float] = {}
-        self._minibatches = 0
+        self._reset_update_stats()
+
+    def _reset_update_stats(self) -> None:
+        self._stats: list[torch.Tensor] = []
+        self._grad_norms: list[torch.Tensor] = []
+        self._rows_seen: dict[str, int] = {}
 
     def _credit_module(self, module_id: str | None = None):
         module_id = module_id or next(iter(self.module.keys()))
@@ -56,8 +63,14 @@ class CreditPPOLearner(PPOTorchLearner):
         self.register_optimizer(module_id=module_id, optimizer=credit.optimizer, params=params)
 
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
+        """``CreditLearner``'s minibatch loss on RLlib's rows (one per agent and step)."""
         module = self.module[module_id].unwrapped()
         a = module.cfg.algo
+        # A2C's policy gradient holds only for the behaviour policy: the actor learns during the first
+        # pass over the batch, the critic during all ``algo.epochs`` passes (as CreditLearner.update).
+        seen = self._rows_seen.get(module_id, 0)
+        train_actor = a.loss == "ppo" or seen < self.credit_piece.rows.get(module_id, 0)
+        self._rows_seen[module_id] = seen + len(batch[Columns.ACTIONS])
         logits = fwd_out[Columns.ACTION_DIST_INPUTS]
         log_probs = torch.log_softmax(logits, -1)
         actions = batch[Columns.ACTIONS].long()
@@ -71,7 +84,9 @@ class CreditPPOLearner(PPOTorchLearner):
         else:
             policy_loss = -(logp * adv).mean()
         value_loss = torch.nn.functional.mse_loss(fwd_out[CRITIC_PRED], batch[Postprocessing.VALUE_TARGETS])
-        loss = policy_loss + a.value_coef * value_loss - a.entropy_coef * entropy.mean()
+        loss = a.value_coef * value_loss
+        if train_actor:
+            loss = loss + policy_loss - a.entropy_coef * entropy.mean()
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"loss became {loss.item()} at update {module.credit.updates + 1} (policy {policy_loss.item():.4g}, "
@@ -79,41 +94,44 @@ class CreditPPOLearner(PPOTorchLearner):
                 f"checkpoint is kept")
         with torch.no_grad():
             idx = module.agent_index(batch[Columns.OBS])
-            n = module.n_agents
-            counts = torch.bincount(idx, minlength=n).clamp_min(1)
-            per_agent_entropy = torch.zeros(n).index_add_(0, idx, entropy.detach().float()) / counts
-            stats = {"losses/policy": policy_loss.item(), "losses/value": value_loss.item(),
-                     "losses/entropy": entropy.mean().item(),
-                     "losses/approx_kl": ((ratio - 1) - log_ratio).mean().item(),
-                     "losses/clip_fraction": ((ratio - 1).abs() > a.clip).float().mean().item()}
-            stats.update({f"entropy/{ag}": float(v) for ag, v in zip(module.agents, per_agent_entropy)})
-        for key, value in stats.items():
-            self._sums[key] = self._sums.get(key, 0.0) + value
-        self._minibatches += 1
+            counts = torch.bincount(idx, minlength=module.n_agents).clamp_min(1)
+            per_agent = torch.zeros(module.n_agents).index_add_(0, idx, entropy.detach().float()) / counts
+            approx_kl = ((ratio - 1) - log_ratio).mean()
+            clip_frac = ((ratio - 1).abs() > a.clip).float().mean()
+            self._stats.append(torch.cat([torch.stack([policy_loss, value_loss, entropy.mean(), approx_kl,
+                                                       clip_frac]).detach(), per_agent]))
         return loss
 
     def postprocess_gradients_for_module(self, *, module_id, config=None, module_gradients_dict):
         """Clip by global norm like ``torch.nn.utils.clip_grad_norm_`` in the local backend (the
-        gradients are the parameters' ``.grad`` tensors, clipped in place)."""
+        gradients are the parameters' ``.grad`` tensors, clipped in place). Parameters without a
+        gradient (the actor in A2C's later epochs) are left out, so the optimiser skips them."""
         max_norm = self._credit_module(module_id).cfg.algo.max_grad_norm
-        params = [self._params[ref] for ref in module_gradients_dict]
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
-        self._sums["losses/grad_norm"] = self._sums.get("losses/grad_norm", 0.0) + float(norm)
-        return module_gradients_dict
+        grads = {ref: g for ref, g in module_gradients_dict.items() if g is not None}
+        norm = torch.nn.utils.clip_grad_norm_([self._params[ref] for ref in grads],
+                                              max_norm if max_norm > 0 else float("inf"))
+        self._grad_norms.append(norm.detach())
+        return grads
 
     def after_gradient_based_update(self, *, timesteps) -> None:
         super().after_gradient_based_update(timesteps=timesteps)
         for module_id in self.module.keys():
-            credit = self._credit_module(module_id).credit
+            module = self._credit_module(module_id)
+            credit = module.credit
             credit.updates += 1
             every = credit.cfg.algo.target_update_every
             if credit.target_critic is not None and credit.updates % every == 0:
                 credit.target_critic.load_state_dict(credit.critic.state_dict())
             stats = dict(self.credit_piece.last_stats.pop(module_id, {}))
-            stats.update({k: v / max(self._minibatches, 1) for k, v in self._sums.items()})
+            if self._stats:
+                means = torch.stack(self._stats).mean(0).tolist()
+                names = (["losses/policy", "losses/value", "losses/entropy", "losses/approx_kl",
+                          "losses/clip_fraction"] + [f"entropy/{agent}" for agent in module.agents])
+                stats.update(zip(names, means))
+                stats["losses/grad_norm"] = float(torch.stack(self._grad_norms).mean())
             stats["updates"] = credit.updates
             self.metrics.log_value((module_id, STATS_KEY), stats, reduce="item_series")
-        self._sums, self._minibatches = {}, 0
+        self._reset_update_stats()
 
     # -- state in the local checkpoint format ------------------------------------------------------
     def marl_state(self) -> dict:
@@ -121,6 +139,7 @@ class CreditPPOLearner(PPOTorchLearner):
         return {**self.credit.state_dict(), "learner_generator": self.marl_generator.get_state()}
 
     def marl_load_state(self, state: dict) -> None:
+        state = copy.deepcopy(state)  # in-process callers keep their tensors; Adam updates its state in place
         self.credit.load_state_dict(state)
         if "learner_generator" in state:
             self.marl_generator.set_state(state["learner_generator"])

@@ -76,8 +76,16 @@ class CreditRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         return full[torch.arange(idx.shape[0], device=idx.device), idx]
 
     def actor_logits(self, obs: torch.Tensor) -> torch.Tensor:
-        """Masked logits ``[R, A]`` of each row's agent for RLlib observations ``[R, O + N]``."""
+        """Masked logits ``[R, A]`` of each row's agent for RLlib observations ``[R, O + N]``.
+
+        A shared actor reads ``[o_i, one-hot i]``, which is the RLlib observation itself, so its
+        network runs on the rows directly (N times less work than filling every agent slot);
+        ``tests/test_rllib.py`` checks both paths against ``Actor.forward``."""
         idx = self.agent_index(obs)
+        if self.actor.shared:
+            logits = self.actor.net(obs)
+            mask = self.actor.action_mask
+            return logits if bool(mask.all()) else logits.masked_fill(~mask[idx], -1e9)
         return self._own_slot(self.actor(self._in_all_slots(obs[..., :self.obs_dim])), idx)
 
     def critic_prediction(self, critic_in: torch.Tensor, idx: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import os
 import shutil
 import signal
@@ -23,9 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from envs import TeamEnv
 from marl.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from marl.config import Config
+from marl.config import Config, ConfigError
 from marl.learner import CreditLearner, TrainingDiverged
 from marl.logger import RunLogger, truncate_metrics
 from marl.trainer import Trainer, TrainingInterrupted, _main_thread
@@ -48,7 +46,14 @@ def start_ray(cfg: Config) -> bool:
     kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING,
               "runtime_env": {"env_vars": {"PYTHONPATH": path}}}
     if r.address:
-        ray.init(address=r.address, **kwargs)
+        try:
+            ray.init(address=r.address, **kwargs)
+        except ConnectionError as exc:
+            reason = str(exc).strip().splitlines()[0]
+            raise ConfigError(f"config key 'rllib.address': no Ray cluster answers at {r.address!r} ({reason}); "
+                              f"start one with `ray start --head`, set RAY_AUTH_MODE=token if it uses token "
+                              f"authentication (see docs/rllib.md), or leave rllib.address empty for a local "
+                              f"instance") from None
     else:
         ray.init(num_cpus=r.num_cpus, **kwargs)
     return True
@@ -76,13 +81,13 @@ class RLlibTrainer(Trainer):
         self.run_dir = Path(run_dir) if run_dir is not None else None
         torch.manual_seed(cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        probe = TeamEnv(cfg.env.id, cfg.env.kwargs)
-        self.agents = list(probe.agents)
-        dims = (probe.obs_dim, probe.state_dim, probe.n_actions)
-        action_mask = probe.action_mask
-        probe.close()
+        from marl.rllib.algorithm import env_spec
+
+        self._spec = env_spec(cfg)
+        self.agents = self._spec["agents"]
         # Built like the local trainer's, so both backends start from the same weights.
-        self.learner = CreditLearner(cfg, self.agents, *dims, torch.from_numpy(action_mask))
+        self.learner = CreditLearner(cfg, self.agents, self._spec["obs_dim"], self._spec["state_dim"],
+                                     self._spec["n_actions"], torch.from_numpy(self._spec["action_mask"]))
         self.actor = self.learner.actor
         self.iteration = 0
         self.env_steps = 0
@@ -91,30 +96,46 @@ class RLlibTrainer(Trainer):
         self._has_true_credit: bool | None = None
         self._learner_generator: torch.Tensor | None = None
         self.fault_log = (self.run_dir.resolve() / FAULTS_NAME) if self.run_dir is not None else None
-        self._faults_seen = 0
+        self._faults_seen = len(self._fault_records())  # a resumed run reports only new ones
         self._restarts_seen = 0
+        self._update_s = 0.0
         self.algo = None
         self._algo_logdir: str | None = None
         self._results_root_existed = True
+        if cfg.train.progress:
+            r = cfg.rllib
+            where = f"the Ray cluster at {r.address}" if r.address else f"a local Ray instance ({r.num_cpus} CPUs)"
+            print(f"rllib backend: {where}, {r.num_env_runners} EnvRunners x {r.num_envs_per_env_runner} envs, "
+                  f"{r.num_learners} Learner workers", file=sys.stderr)
         self._owns_ray = start_ray(cfg)
         try:
-            self._build(dims, action_mask)
+            self._build()
         except BaseException:
             self.close()
             raise
 
-    def _build(self, dims, action_mask) -> None:
+    def _build(self) -> None:
         from ray.train.constants import DEFAULT_STORAGE_PATH
 
         from marl.rllib.algorithm import build_config, register_env
 
         register_env()
-        config = build_config(self.cfg, self.agents, *dims, action_mask,
-                              fault_log=str(self.fault_log) if self.fault_log else None)
+        config = build_config(self.cfg, **self._spec, fault_log=str(self.fault_log) if self.fault_log else None)
         self._results_root_existed = os.path.isdir(DEFAULT_STORAGE_PATH)
         self.algo = config.build_algo()
         self._algo_logdir = self.algo.logdir  # RLlib's Trainable makes one under ~/ray_results
         self._push_state(self.learner.state_dict())
+        # RLlib's own timers are smoothed over iterations; time the Learner update exactly.
+        update = self.algo.learner_group.update
+
+        def timed_update(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return update(*args, **kwargs)
+            finally:
+                self._update_s += time.perf_counter() - start
+
+        self.algo.learner_group.update = timed_update
 
     # -- state between the driver's mirror and the RLlib Learner(s) ----------------------------------
     def _pull_state(self) -> None:
@@ -168,14 +189,15 @@ class RLlibTrainer(Trainer):
     def _train_once(self) -> dict:
         try:
             return self.algo.train()
-        except TrainingDiverged:
-            raise
-        except Exception as exc:  # a remote Learner wraps our error in a RayTaskError
-            cause = getattr(exc, "cause", None) or exc.__cause__
-            if isinstance(cause, TrainingDiverged):
-                raise cause from None
-            if "TrainingDiverged" in str(exc):
-                raise TrainingDiverged(str(exc).strip().splitlines()[-1]) from None
+        except Exception as exc:
+            # A remote Learner's error arrives as a RayTaskError (a subclass of the original type
+            # whose message starts with Ray's task header); raise our own error with our message.
+            if isinstance(exc, TrainingDiverged) or isinstance(getattr(exc, "cause", None), TrainingDiverged):
+                if type(exc) is TrainingDiverged:
+                    raise
+                cause = getattr(exc, "cause", None)
+                message = str(cause) if isinstance(cause, TrainingDiverged) else str(exc).strip().splitlines()[-1]
+                raise TrainingDiverged(message) from None
             raise
 
     def _learner_metrics(self, result: dict) -> tuple[dict, bool]:
@@ -183,6 +205,8 @@ class RLlibTrainer(Trainer):
         from marl.rllib.module import MODULE_ID
 
         records = result.get("learners", {}).get(MODULE_ID, {}).get(STATS_KEY)
+        if isinstance(records, dict):  # one Learner: RLlib unwraps the single item
+            records = [records]
         if not isinstance(records, list) or not records:
             return {}, False
         hist = [r.pop("credit/adv_hist") for r in records if "credit/adv_hist" in r]
@@ -200,13 +224,16 @@ class RLlibTrainer(Trainer):
         return [{"raw_return": np.asarray(r["raw_return"]), "return": np.asarray(r["return"]), "length": r["length"]}
                 for r in records]
 
+    def _fault_records(self) -> list[dict]:
+        if self.fault_log is None or not self.fault_log.exists():
+            return []
+        return [json.loads(line) for line in self.fault_log.read_text().splitlines() if line.strip()]
+
     def _faults(self) -> dict:
         """Report EnvRunner crashes (cause from ``env_faults.jsonl``) and restarts, once each."""
         group = self.algo.env_runner_group
         restarts = group.num_remote_worker_restarts()
-        records = []
-        if self.fault_log is not None and self.fault_log.exists():
-            records = [json.loads(line) for line in self.fault_log.read_text().splitlines() if line.strip()]
+        records = self._fault_records()
         new = records[self._faults_seen:]
         if new or restarts > self._restarts_seen:
             lines = [f"EnvRunner {r['worker_index']} (pid {r['pid']} on {r['host']}) failed in env.{r['where']} at "
@@ -226,14 +253,15 @@ class RLlibTrainer(Trainer):
 
     # -- the loop ----------------------------------------------------------------------------------
     def train(self, progress: bool | None = None) -> dict:
-        """Run to ``train.total_env_steps`` (``total_iterations`` iterations of ``train_batch_size``
-        env steps). Returns the same summary as ``Trainer.train``; Ctrl-C finishes the iteration,
+        """Run to ``train.total_env_steps`` (``total_iterations`` iterations of ``rollout_steps *
+        num_envs`` env steps). Returns the same summary as ``Trainer.train``; Ctrl-C finishes the iteration,
         writes a checkpoint and raises ``TrainingInterrupted``. An iteration in which no EnvRunner
         delivered data (all crashed) is retried, not counted."""
         cfg = self.cfg
         progress = cfg.train.progress if progress is None else progress
         if self.run_dir is not None and self.logger is None:
-            self.logger = RunLogger(self.run_dir, self.agents, purge_step=self.env_steps + 1 if self.iteration else None)
+            self.logger = RunLogger(self.run_dir, self.agents,
+                                    purge_step=self.env_steps + 1 if self.iteration else None)
             if self.iteration == 0:
                 self.logger.log_text("config", "```\n" + cfg.to_yaml() + "\n```")
                 self.logger.log_custom_layout()
@@ -253,6 +281,7 @@ class RLlibTrainer(Trainer):
                     self.save()
                     raise TrainingInterrupted(f"interrupted at {self.env_steps} env steps")
                 t0 = time.perf_counter()
+                self._update_s = 0.0
                 result = self._train_once()
                 wall = time.perf_counter() - t0
                 metrics, updated = self._learner_metrics(result)
@@ -269,13 +298,12 @@ class RLlibTrainer(Trainer):
                 self.env_steps += steps
                 pending.extend(self._episodes(result))
                 if self.iteration % cfg.train.log_every == 0 or self.iteration == self.total_iterations:
-                    timers = result.get("timers", {})
                     metrics.update(self._episode_metrics(pending))
                     pending = []
+                    # collect_s: everything but the Learner update (sampling, weight sync, bookkeeping).
                     metrics.update({"iteration": self.iteration, "env_steps": self.env_steps,
-                                    "perf/env_steps_per_s": steps / wall,
-                                    "perf/collect_s": float(timers.get("env_runner_sampling_timer", float("nan"))),
-                                    "perf/update_s": float(timers.get("learner_update_timer", float("nan")))})
+                                    "perf/env_steps_per_s": steps / wall, "perf/collect_s": wall - self._update_s,
+                                    "perf/update_s": self._update_s})
                     metrics.update(faults)
                     if self.logger is not None:
                         if self._credit_views_due():
