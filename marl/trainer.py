@@ -137,6 +137,14 @@ class Trainer:
     def update(self) -> dict:
         return self.learner.update(self.rollout.tensors(), self.generator)
 
+    def run_iteration(self) -> tuple[int, list[dict], dict, float] | None:
+        """One iteration: ``(env steps, finished episodes, metrics, update seconds)``, or None when
+        nothing was learned and the iteration should be retried (a backend hook)."""
+        episodes = self.collect()
+        t0 = time.perf_counter()
+        metrics = self.update()
+        return self.steps_per_iteration, episodes, metrics, time.perf_counter() - t0
+
     def prepare(self, b: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict:
         return self.learner.prepare(b, generator or self.generator)
 
@@ -216,18 +224,20 @@ class Trainer:
                     self.save()
                     raise TrainingInterrupted(f"interrupted at {self.env_steps} env steps")
                 t0 = time.perf_counter()
-                pending.extend(self.collect())
-                t1 = time.perf_counter()
-                metrics = self.update()
-                t2 = time.perf_counter()
+                outcome = self.run_iteration()
+                if outcome is None:
+                    continue
+                steps, episodes, metrics, update_s = outcome
+                wall = time.perf_counter() - t0
                 self.iteration += 1
-                self.env_steps += self.steps_per_iteration
+                self.env_steps += steps
+                pending.extend(episodes)
                 if self.iteration % cfg.train.log_every == 0 or self.iteration == self.total_iterations:
                     metrics.update(self._episode_metrics(pending))
                     pending = []
                     metrics.update({"iteration": self.iteration, "env_steps": self.env_steps,
-                                    "perf/env_steps_per_s": self.steps_per_iteration / (t2 - t0),
-                                    "perf/collect_s": t1 - t0, "perf/update_s": t2 - t1})
+                                    "perf/env_steps_per_s": steps / wall, "perf/collect_s": wall - update_s,
+                                    "perf/update_s": update_s})
                     if self.logger is not None:
                         metrics.update(self._credit_views())
                         self.logger.log(metrics, self.env_steps)
@@ -235,7 +245,7 @@ class Trainer:
                 if self.iteration % cfg.train.checkpoint_every == 0:
                     self.save()
                 if bar is not None:
-                    bar.update(self.steps_per_iteration)
+                    bar.update(steps)
                     if last:
                         bar.set_postfix(ret=f"{last.get('team_return', float('nan')):.2f}",
                                         sps=f"{(self.env_steps - start_steps) / (time.perf_counter() - start):.0f}")

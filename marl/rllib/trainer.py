@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from marl.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from marl.config import Config, ConfigError
 from marl.learner import CreditLearner, TrainingDiverged
 from marl.logger import RunLogger, truncate_metrics
-from marl.trainer import Trainer, TrainingInterrupted, _main_thread
+from marl.trainer import Trainer
 
 FAULTS_NAME = "env_faults.jsonl"
 MAX_EMPTY_ITERATIONS = 20
@@ -99,6 +98,7 @@ class RLlibTrainer(Trainer):
         self._faults_seen = len(self._fault_records())  # a resumed run reports only new ones
         self._restarts_seen = 0
         self._update_s = 0.0
+        self._empty_iterations = 0
         self.algo = None
         self._algo_logdir: str | None = None
         self._results_root_existed = True
@@ -251,85 +251,28 @@ class RLlibTrainer(Trainer):
         return {"faults/env_failures": len(records), "faults/env_runner_restarts": restarts,
                 "faults/healthy_env_runners": group.num_healthy_remote_workers()}
 
-    # -- the loop ----------------------------------------------------------------------------------
-    def train(self, progress: bool | None = None) -> dict:
-        """Run to ``train.total_env_steps`` (``total_iterations`` iterations of ``rollout_steps *
-        num_envs`` env steps). Returns the same summary as ``Trainer.train``; Ctrl-C finishes the iteration,
-        writes a checkpoint and raises ``TrainingInterrupted``. An iteration in which no EnvRunner
-        delivered data (all crashed) is retried, not counted."""
-        cfg = self.cfg
-        progress = cfg.train.progress if progress is None else progress
-        if self.run_dir is not None and self.logger is None:
-            self.logger = RunLogger(self.run_dir, self.agents,
-                                    purge_step=self.env_steps + 1 if self.iteration else None)
-            if self.iteration == 0:
-                self.logger.log_text("config", "```\n" + cfg.to_yaml() + "\n```")
-                self.logger.log_custom_layout()
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=self.total_iterations * self.steps_per_iteration, initial=self.env_steps,
-                       unit="step", dynamic_ncols=True, desc="train")
-        previous = signal.signal(signal.SIGINT, self._request_stop) if _main_thread() else None
-        start, start_steps = time.perf_counter(), self.env_steps
-        pending: list[dict] = []
-        last: dict = {}
-        empty = 0
-        try:
-            while self.iteration < self.total_iterations:
-                if self._stop_requested:
-                    self.save()
-                    raise TrainingInterrupted(f"interrupted at {self.env_steps} env steps")
-                t0 = time.perf_counter()
-                self._update_s = 0.0
-                result = self._train_once()
-                wall = time.perf_counter() - t0
-                metrics, updated = self._learner_metrics(result)
-                steps = int(result.get("env_runners", {}).get("num_env_steps_sampled", 0) or 0)
-                faults = self._faults()
-                if not updated or not steps:
-                    empty += 1
-                    if empty >= MAX_EMPTY_ITERATIONS:
-                        raise RuntimeError(f"no EnvRunner delivered samples in {empty} attempts; see "
-                                           f"{self.fault_log or 'the Ray worker logs'}")
-                    continue
-                empty = 0
-                self.iteration += 1
-                self.env_steps += steps
-                pending.extend(self._episodes(result))
-                if self.iteration % cfg.train.log_every == 0 or self.iteration == self.total_iterations:
-                    metrics.update(self._episode_metrics(pending))
-                    pending = []
-                    # collect_s: everything but the Learner update (sampling, weight sync, bookkeeping).
-                    metrics.update({"iteration": self.iteration, "env_steps": self.env_steps,
-                                    "perf/env_steps_per_s": steps / wall, "perf/collect_s": wall - self._update_s,
-                                    "perf/update_s": self._update_s})
-                    metrics.update(faults)
-                    if self.logger is not None:
-                        if self._credit_views_due():
-                            self._pull_state()
-                        metrics.update(self._credit_views())
-                        self.logger.log(metrics, self.env_steps)
-                    last = metrics
-                if self.iteration % cfg.train.checkpoint_every == 0:
-                    self.save()
-                if bar is not None:
-                    bar.update(steps)
-                    if last:
-                        bar.set_postfix(ret=f"{last.get('team_return', float('nan')):.2f}",
-                                        sps=f"{(self.env_steps - start_steps) / (time.perf_counter() - start):.0f}")
-            self.save()
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
-            if bar is not None:
-                bar.close()
-            if self.logger is not None:
-                self.logger.flush()
-        wall = time.perf_counter() - start
-        return {"env_steps": self.env_steps, "wall_s": wall,
-                "env_steps_per_s": (self.env_steps - start_steps) / max(wall, 1e-9),
-                "team_return": last.get("team_return"), "run_dir": str(self.run_dir) if self.run_dir else None}
+    # -- the loop (Trainer.train drives it) -------------------------------------------------------
+    def run_iteration(self) -> tuple[int, list[dict], dict, float] | None:
+        """One ``Algorithm.train()``; None (retry, not counted) when no EnvRunner delivered data."""
+        self._update_s = 0.0
+        result = self._train_once()
+        metrics, updated = self._learner_metrics(result)
+        steps = int(result.get("env_runners", {}).get("num_env_steps_sampled", 0) or 0)
+        faults = self._faults()
+        if not updated or not steps:
+            self._empty_iterations += 1
+            if self._empty_iterations >= MAX_EMPTY_ITERATIONS:
+                raise RuntimeError(f"no EnvRunner delivered samples in {self._empty_iterations} attempts; see "
+                                   f"{self.fault_log or 'the Ray worker logs'}")
+            return None
+        self._empty_iterations = 0
+        metrics.update(faults)
+        return steps, self._episodes(result), metrics, self._update_s
+
+    def _credit_views(self) -> dict:
+        if self._credit_views_due():
+            self._pull_state()   # the views read the driver's copy of the Learner's networks
+        return super()._credit_views()
 
     def _credit_views_due(self) -> bool:
         log, it = self.cfg.log, self.iteration
