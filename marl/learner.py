@@ -21,6 +21,40 @@ class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+def actor_critic_loss(logits: torch.Tensor, actions: torch.Tensor, behaviour_logp: torch.Tensor,
+                      adv: torch.Tensor, value_pred: torch.Tensor, target: torch.Tensor, algo,
+                      train_actor: bool, update: int) -> dict[str, torch.Tensor]:
+    """The minibatch loss of both backends: PPO-clip (Schulman et al., 2017) or A2C policy loss,
+    MSE critic loss and entropy bonus; the actor terms only when ``train_actor``.
+
+    Rows are any leading shape: ``logits [..., A]``, the rest ``[...]``. Returns the loss and its
+    parts (``policy``, ``value``, ``entropy`` per row, ``ratio``, ``log_ratio``).
+
+    Raises:
+        TrainingDiverged: when the loss is not finite (``update`` is named in the message).
+    """
+    log_probs = torch.log_softmax(logits, -1)
+    logp = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    log_ratio = logp - behaviour_logp
+    ratio = log_ratio.exp()
+    if algo.loss == "ppo":
+        policy_loss = -torch.min(ratio * adv, ratio.clamp(1 - algo.clip, 1 + algo.clip) * adv).mean()
+    else:
+        policy_loss = -(logp * adv).mean()
+    value_loss = F.mse_loss(value_pred, target)
+    loss = algo.value_coef * value_loss
+    if train_actor:
+        loss = loss + policy_loss - algo.entropy_coef * entropy.mean()
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(
+            f"loss became {loss.item()} at update {update} (policy {policy_loss.item():.4g}, "
+            f"value {value_loss.item():.4g}); try a lower algo.lr or algo.critic_lr. The last good "
+            f"checkpoint is kept")
+    return {"loss": loss, "policy": policy_loss, "value": value_loss, "entropy": entropy, "ratio": ratio,
+            "log_ratio": log_ratio}
+
+
 def sample_actions(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Draw one action per row of ``logits [..., A]`` (Gumbel-max, with an explicit generator)."""
     u = torch.rand(logits.shape, generator=generator).clamp_(1e-20, 1.0)
@@ -195,26 +229,10 @@ class CreditLearner:
 
     def _minibatch_step(self, mb: dict, params: list, train_actor: bool = True) -> torch.Tensor:
         a = self.cfg.algo
-        logits = self.actor(mb["obs"])
-        log_probs = torch.log_softmax(logits, -1)
-        logp = log_probs.gather(-1, mb["actions"].unsqueeze(-1)).squeeze(-1)
-        entropy = -(log_probs.exp() * log_probs).sum(-1)
-        log_ratio = logp - mb["logp"]
-        ratio = log_ratio.exp()
-        if a.loss == "ppo":
-            surrogate = torch.min(ratio * mb["adv"], ratio.clamp(1 - a.clip, 1 + a.clip) * mb["adv"])
-            policy_loss = -surrogate.mean()
-        else:
-            policy_loss = -(logp * mb["adv"]).mean()
-        value_loss = F.mse_loss(self._critic_prediction(mb["critic_in"], mb["actions"]), mb["target"])
-        loss = a.value_coef * value_loss
-        if train_actor:
-            loss = loss + policy_loss - a.entropy_coef * entropy.mean()
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"loss became {loss.item()} at update {self.updates + 1} (policy {policy_loss.item():.4g}, "
-                f"value {value_loss.item():.4g}); try a lower algo.lr or algo.critic_lr. The last good "
-                f"checkpoint is kept")
+        out = actor_critic_loss(self.actor(mb["obs"]), mb["actions"], mb["logp"], mb["adv"],
+                                self._critic_prediction(mb["critic_in"], mb["actions"]), mb["target"], a,
+                                train_actor, self.updates + 1)
+        loss, entropy, ratio, log_ratio = out["loss"], out["entropy"], out["ratio"], out["log_ratio"]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = a.max_grad_norm if a.max_grad_norm > 0 else float("inf")
@@ -223,7 +241,7 @@ class CreditLearner:
         with torch.no_grad():   # in the order of MINIBATCH_STATS, then per-agent entropy
             approx_kl = ((ratio - 1) - log_ratio).mean()
             clip_frac = ((ratio - 1).abs() > a.clip).float().mean()
-            return torch.cat([torch.stack([policy_loss, value_loss, entropy.mean(), approx_kl, clip_frac,
+            return torch.cat([torch.stack([out["policy"], out["value"], entropy.mean(), approx_kl, clip_frac,
                                            grad_norm]).detach(), entropy.detach().mean(0)])
 
     def _credit_metrics(self, adv: torch.Tensor) -> dict:

@@ -21,7 +21,7 @@ from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.core.columns import Columns
 from ray.rllib.evaluation.postprocessing import Postprocessing
 
-from marl.learner import TrainingDiverged
+from marl.learner import actor_critic_loss
 from marl.rllib.connectors import CreditAdvantages
 from marl.rllib.module import CRITIC_PRED
 
@@ -71,34 +71,17 @@ class CreditPPOLearner(PPOTorchLearner):
         seen = self._rows_seen.get(module_id, 0)
         train_actor = a.loss == "ppo" or seen < self.credit_piece.rows.get(module_id, 0)
         self._rows_seen[module_id] = seen + len(batch[Columns.ACTIONS])
-        logits = fwd_out[Columns.ACTION_DIST_INPUTS]
-        log_probs = torch.log_softmax(logits, -1)
-        actions = batch[Columns.ACTIONS].long()
-        logp = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-        entropy = -(log_probs.exp() * log_probs).sum(-1)
-        log_ratio = logp - batch[Columns.ACTION_LOGP]
-        ratio = log_ratio.exp()
-        adv = batch[Postprocessing.ADVANTAGES]
-        if a.loss == "ppo":
-            policy_loss = -torch.min(ratio * adv, ratio.clamp(1 - a.clip, 1 + a.clip) * adv).mean()
-        else:
-            policy_loss = -(logp * adv).mean()
-        value_loss = torch.nn.functional.mse_loss(fwd_out[CRITIC_PRED], batch[Postprocessing.VALUE_TARGETS])
-        loss = a.value_coef * value_loss
-        if train_actor:
-            loss = loss + policy_loss - a.entropy_coef * entropy.mean()
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"loss became {loss.item()} at update {module.credit.updates + 1} (policy {policy_loss.item():.4g}, "
-                f"value {value_loss.item():.4g}); try a lower algo.lr or algo.critic_lr. The last good "
-                f"checkpoint is kept")
+        out = actor_critic_loss(fwd_out[Columns.ACTION_DIST_INPUTS], batch[Columns.ACTIONS].long(),
+                                batch[Columns.ACTION_LOGP], batch[Postprocessing.ADVANTAGES], fwd_out[CRITIC_PRED],
+                                batch[Postprocessing.VALUE_TARGETS], a, train_actor, module.credit.updates + 1)
+        loss, entropy, ratio, log_ratio = out["loss"], out["entropy"], out["ratio"], out["log_ratio"]
         with torch.no_grad():
             idx = module.agent_index(batch[Columns.OBS])
             counts = torch.bincount(idx, minlength=module.n_agents).clamp_min(1)
             per_agent = torch.zeros(module.n_agents).index_add_(0, idx, entropy.detach().float()) / counts
             approx_kl = ((ratio - 1) - log_ratio).mean()
             clip_frac = ((ratio - 1).abs() > a.clip).float().mean()
-            self._stats.append(torch.cat([torch.stack([policy_loss, value_loss, entropy.mean(), approx_kl,
+            self._stats.append(torch.cat([torch.stack([out["policy"], out["value"], entropy.mean(), approx_kl,
                                                        clip_frac]).detach(), per_agent]))
         return loss
 

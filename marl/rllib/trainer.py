@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from marl.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from marl.config import Config, ConfigError
 from marl.learner import CreditLearner, TrainingDiverged
-from marl.logger import RunLogger, truncate_metrics
+from marl.logger import RunLogger
 from marl.trainer import Trainer
 
 FAULTS_NAME = "env_faults.jsonl"
@@ -170,15 +169,8 @@ class RLlibTrainer(Trainer):
         self._push_state(state)
 
     def save(self) -> Path | None:
-        self._pull_state()
-        if self.run_dir is None:
-            return None
-        return save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.state_dict())
-
-    def restore(self) -> None:
-        """Load the run directory's checkpoint into the Learner(s) and EnvRunners; trim logs."""
-        self.load_state_dict(load_checkpoint(self.run_dir / CHECKPOINT_NAME))
-        truncate_metrics(self.run_dir, self.iteration)
+        self._pull_state()   # the driver's copy of the Learner's state is what gets written
+        return super().save()
 
     def collect(self):
         raise NotImplementedError("RLlibTrainer samples inside Algorithm.train(); call train()")
