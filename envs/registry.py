@@ -24,6 +24,11 @@ ENVS: dict[str, str] = {
     "diag:delayed_chain": "envs.diagnostic:delayed_chain",
 }
 
+# Registered envs whose ``state()`` only concatenates every agent's observation (mpe2 recomputes them
+# all for it). ``TeamEnv`` builds that state from the observations it already holds instead.
+STATE_IS_OBSERVATIONS = frozenset({"mpe2:simple_spread_v3", "mpe2:simple_speaker_listener_v4",
+                                   "mpe2:simple_reference_v3"})
+
 
 def resolve_factory(env_id: str) -> Callable[..., Any]:
     """The callable behind ``env_id`` (a registered name or ``package.module:factory``)."""

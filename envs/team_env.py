@@ -2,7 +2,9 @@
 
 Agents with smaller observations are zero-padded to the largest; agents with fewer actions get
 the extra actions masked out in ``action_mask``. The global state is ``env.state()`` where the
-env implements it, else the concatenation of the agents' (unpadded) observations.
+env implements it, else the concatenation of the agents' (unpadded) observations; for the envs in
+``envs.registry.STATE_IS_OBSERVATIONS`` that concatenation is what ``state()`` computes anyway, so
+it is built directly.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.errors import EnvError
-from envs.registry import make_parallel_env
+from envs.registry import STATE_IS_OBSERVATIONS, make_parallel_env
 
 
 class TeamEnv:
@@ -47,7 +49,7 @@ class TeamEnv:
         self.n_actions = max(act_sizes)
         self.action_mask = np.arange(self.n_actions)[None, :] < np.array(act_sizes)[:, None]
         self._uniform_obs = len(set(obs_sizes)) == 1
-        self._has_state = True
+        self._has_state = env_id not in STATE_IS_OBSERVATIONS
         obs, state = self.reset(seed=0)
         self.state_dim = state.shape[0]
 

@@ -45,17 +45,33 @@ class StepBatch:
     episodes: list           # finished episodes: dicts with raw_return [N], return [N], length
 
 
-class EnvSlice:
-    """A list of envs stepped in sequence, writing into preallocated arrays."""
+def _step_layout(n: int, n_agents: int, obs_dim: int, state_dim: int) -> dict[str, tuple[tuple, type]]:
+    """Shapes and dtypes of the arrays a vectorised step fills, for ``n`` envs (plus ``actions``)."""
+    agents = (n, n_agents)
+    return {"obs": (agents + (obs_dim,), np.float32), "state": ((n, state_dim), np.float32),
+            "next_obs": (agents + (obs_dim,), np.float32), "next_state": ((n, state_dim), np.float32),
+            "raw_reward": (agents, np.float32), "reward": (agents, np.float32), "terminated": (agents, bool),
+            "truncated": (agents, bool), "done": ((n,), bool), "actions": (agents, np.int64)}
 
-    def __init__(self, env_id: str, kwargs: dict, n: int, reward: RewardSpec):
+
+STEP_FIELDS = ("obs", "state", "next_obs", "next_state", "raw_reward", "reward", "terminated", "truncated", "done")
+
+
+class EnvSlice:
+    """A list of envs stepped in sequence, writing their results into the arrays of ``out``
+    (private arrays by default, or views of shared memory in a worker process)."""
+
+    def __init__(self, env_id: str, kwargs: dict, n: int, reward: RewardSpec,
+                 out: dict[str, np.ndarray] | None = None):
         self.envs = [TeamEnv(env_id, kwargs) for _ in range(n)]
         e = self.envs[0]
         self.reward = reward
         self.n, self.n_agents, self.obs_dim, self.state_dim = n, e.n_agents, e.obs_dim, e.state_dim
+        if out is None:
+            out = {k: np.zeros(shape, dtype) for k, (shape, dtype) in
+                   _step_layout(n, e.n_agents, e.obs_dim, e.state_dim).items()}
+        self.out = out
         shape = (n, self.n_agents)
-        self.obs = np.zeros(shape + (self.obs_dim,), np.float32)
-        self.state = np.zeros((n, self.state_dim), np.float32)
         self._raw_return = np.zeros(shape, np.float64)
         self._return = np.zeros(shape, np.float64)
         self._length = np.zeros(n, np.int64)
@@ -65,47 +81,47 @@ class EnvSlice:
     def _phi_of(self, i: int) -> float:
         return float(self._potential(self.envs[i].env))
 
-    def reset(self, seeds) -> tuple[np.ndarray, np.ndarray]:
+    def reset(self, seeds) -> None:
+        """Reset every env with its seed; the observations land in ``out["obs"]``/``out["state"]``."""
+        o = self.out
         for i, (env, seed) in enumerate(zip(self.envs, seeds)):
-            self.obs[i], self.state[i] = env.reset(seed=int(seed))
+            o["obs"][i], o["state"][i] = env.reset(seed=int(seed))
             if self._potential is not None:
                 self._phi[i] = self._phi_of(i)
         self._raw_return[:] = 0.0
         self._return[:] = 0.0
         self._length[:] = 0
-        return self.obs.copy(), self.state.copy()
 
-    def step(self, actions: np.ndarray) -> StepBatch:
-        n, shape = self.n, (self.n, self.n_agents)
-        next_obs = np.empty_like(self.obs)
-        next_state = np.empty_like(self.state)
-        raw = np.empty(shape, np.float32)
-        term = np.empty(shape, bool)
-        trunc = np.empty(shape, bool)
-        done = np.zeros(n, bool)
+    def step(self, actions: np.ndarray, autoreset: bool = True) -> list[dict]:
+        """Step every env with ``actions [n, N]`` into ``out``; returns the finished episodes. With
+        ``autoreset=False`` finished envs are left as they are (the caller resets them all next)."""
+        o = self.out
         for i, env in enumerate(self.envs):
-            next_obs[i], next_state[i], raw[i], term[i], trunc[i], done[i] = env.step(actions[i])
+            (o["next_obs"][i], o["next_state"][i], o["raw_reward"][i], o["terminated"][i], o["truncated"][i],
+             o["done"][i]) = env.step(actions[i])
+        raw, term = o["raw_reward"], o["terminated"]
         reward = apply_reward_mode(raw, self.reward.mode, self.reward.team, self.reward.alpha)
         if self._potential is not None:
-            phi_next = np.array([[self._phi_of(i)] for i in range(n)], np.float32)
+            phi_next = np.array([[self._phi_of(i)] for i in range(self.n)], np.float32)
             reward = shape_reward(reward, self._phi, phi_next, term, self.reward.gamma)
             self._phi = phi_next
+        o["reward"][:] = reward
         self._raw_return += raw
         self._return += reward
         self._length += 1
         episodes = []
-        self.obs[:], self.state[:] = next_obs, next_state
-        for i in np.flatnonzero(done):
+        o["obs"][:], o["state"][:] = o["next_obs"], o["next_state"]
+        for i in np.flatnonzero(o["done"]):
             episodes.append({"raw_return": self._raw_return[i].copy(), "return": self._return[i].copy(),
                              "length": int(self._length[i])})
             self._raw_return[i] = 0.0
             self._return[i] = 0.0
             self._length[i] = 0
-            self.obs[i], self.state[i] = self.envs[i].reset()
-            if self._potential is not None:
-                self._phi[i] = self._phi_of(i)
-        return StepBatch(self.obs.copy(), self.state.copy(), next_obs, next_state, raw, reward,
-                         term, trunc, done, episodes)
+            if autoreset:
+                o["obs"][i], o["state"][i] = self.envs[i].reset()
+                if self._potential is not None:
+                    self._phi[i] = self._phi_of(i)
+        return episodes
 
     def close(self):
         for env in self.envs:
@@ -128,27 +144,36 @@ class SyncVectorEnv:
         """The envs themselves (e.g. to read a diagnostic env's ``true_credit``)."""
         return self._slice.envs
 
-    def reset(self, seeds):
-        return self._slice.reset(seeds)
+    def reset(self, seeds) -> tuple[np.ndarray, np.ndarray]:
+        """Reset env b with ``seeds[b]``; returns ``obs [B, N, O]`` and ``state [B, S]``."""
+        self._slice.reset(seeds)
+        return self._slice.out["obs"].copy(), self._slice.out["state"].copy()
 
-    def step(self, actions: np.ndarray) -> StepBatch:
-        return self._slice.step(actions)
+    def step(self, actions: np.ndarray, autoreset: bool = True) -> StepBatch:
+        """Step with ``actions [B, N]``; see ``EnvSlice.step`` for ``autoreset``."""
+        episodes = self._slice.step(actions, autoreset)
+        return StepBatch(**{k: self._slice.out[k].copy() for k in STEP_FIELDS}, episodes=episodes)
 
     def close(self):
         self._slice.close()
 
 
-def _worker(conn, env_id, kwargs, n, reward):
+def _shared_views(buffers: dict, layout: dict, rows: slice) -> dict[str, np.ndarray]:
+    """Numpy views of rows ``rows`` of each shared buffer."""
+    return {k: np.frombuffer(buffers[k], dtype=dtype).reshape(shape)[rows] for k, (shape, dtype) in layout.items()}
+
+
+def _worker(conn, env_id, kwargs, rows, reward, buffers, layout):
     try:
-        env_slice = EnvSlice(env_id, kwargs, n, reward)
-        e = env_slice.envs[0]
-        conn.send(("ok", (e.agents, e.obs_dim, e.state_dim, e.n_actions, e.action_mask)))
+        env_slice = EnvSlice(env_id, kwargs, rows.stop - rows.start, reward, _shared_views(buffers, layout, rows))
+        conn.send(("ok", None))
         while True:
             cmd, arg = conn.recv()
             if cmd == "step":
-                conn.send(("ok", env_slice.step(arg)))
+                conn.send(("ok", env_slice.step(env_slice.out["actions"], arg)))
             elif cmd == "reset":
-                conn.send(("ok", env_slice.reset(arg)))
+                env_slice.reset(arg)
+                conn.send(("ok", None))
             elif cmd == "close":
                 env_slice.close()
                 conn.send(("ok", None))
@@ -160,50 +185,65 @@ def _worker(conn, env_id, kwargs, n, reward):
 
 
 class ProcessVectorEnv:
-    """B envs split over ``workers`` processes; same interface as ``SyncVectorEnv``."""
+    """B envs split over ``workers`` processes; same interface as ``SyncVectorEnv``.
+
+    Observations, rewards, flags and actions travel through shared memory (each worker owns a block
+    of rows); the pipes carry only commands and finished-episode summaries.
+    """
 
     def __init__(self, env_id: str, kwargs: dict, num_envs: int, reward: RewardSpec, workers: int):
         if not 1 <= workers <= num_envs:
             raise EnvError(f"env.workers must be in [1, env.num_envs={num_envs}], got {workers}")
+        probe = TeamEnv(env_id, kwargs)
+        probe.close()
+        self.agents, self.n_agents, self.num_envs = probe.agents, probe.n_agents, num_envs
+        self.obs_dim, self.state_dim, self.n_actions = probe.obs_dim, probe.state_dim, probe.n_actions
+        self.action_mask = probe.action_mask
         ctx = mp.get_context("spawn")
+        layout = _step_layout(num_envs, probe.n_agents, probe.obs_dim, probe.state_dim)
+        buffers = {k: ctx.RawArray("b", max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize))
+                   for k, (shape, dtype) in layout.items()}
+        self._arrays = _shared_views(buffers, layout, slice(None))
         sizes = [num_envs // workers + (i < num_envs % workers) for i in range(workers)]
-        self._bounds = np.cumsum([0] + sizes)
+        bounds = np.cumsum([0] + sizes)
+        self._rows = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
         self._conns, self._procs = [], []
-        for size in sizes:
+        for rows in self._rows:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, env_id, kwargs, size, reward), daemon=True)
+            proc = ctx.Process(target=_worker, args=(child, env_id, kwargs, rows, reward, buffers, layout),
+                               daemon=True)
             proc.start()
             child.close()
             self._conns.append(parent)
             self._procs.append(proc)
-        info = [self._recv(c) for c in self._conns][0]
-        self.agents, self.obs_dim, self.state_dim, self.n_actions, self.action_mask = info
-        self.n_agents, self.num_envs = len(self.agents), num_envs
+        for conn in self._conns:
+            self._recv(conn)
 
     @staticmethod
     def _recv(conn):
-        status, payload = conn.recv()
+        try:
+            status, payload = conn.recv()
+        except EOFError:
+            raise EnvError("an env worker process exited unexpectedly (when starting workers from a script, "
+                           "guard its entry point with `if __name__ == '__main__':`)") from None
         if status == "error":
             raise EnvError(f"env worker failed: {payload}")
         return payload
 
-    def _chunks(self, array):
-        return [array[a:b] for a, b in zip(self._bounds[:-1], self._bounds[1:])]
+    def reset(self, seeds) -> tuple[np.ndarray, np.ndarray]:
+        seeds = np.asarray(seeds)
+        for conn, rows in zip(self._conns, self._rows):
+            conn.send(("reset", seeds[rows]))
+        for conn in self._conns:
+            self._recv(conn)
+        return self._arrays["obs"].copy(), self._arrays["state"].copy()
 
-    def reset(self, seeds):
-        for conn, chunk in zip(self._conns, self._chunks(np.asarray(seeds))):
-            conn.send(("reset", chunk))
-        parts = [self._recv(c) for c in self._conns]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-    def step(self, actions: np.ndarray) -> StepBatch:
-        for conn, chunk in zip(self._conns, self._chunks(actions)):
-            conn.send(("step", chunk))
-        parts = [self._recv(c) for c in self._conns]
-        fields = {name: np.concatenate([getattr(p, name) for p in parts])
-                  for name in ("obs", "state", "next_obs", "next_state", "raw_reward", "reward",
-                               "terminated", "truncated", "done")}
-        return StepBatch(**fields, episodes=[ep for p in parts for ep in p.episodes])
+    def step(self, actions: np.ndarray, autoreset: bool = True) -> StepBatch:
+        self._arrays["actions"][:] = actions
+        for conn in self._conns:
+            conn.send(("step", autoreset))
+        episodes = [ep for conn in self._conns for ep in self._recv(conn)]
+        return StepBatch(**{k: self._arrays[k].copy() for k in STEP_FIELDS}, episodes=episodes)
 
     def close(self):
         for conn in self._conns:

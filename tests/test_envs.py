@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from envs import EnvError, RewardSpec, apply_reward_mode, make_env, make_vector_env
+from envs import EnvError, RewardSpec, apply_reward_mode, make_env, make_parallel_env, make_vector_env
+from envs.registry import STATE_IS_OBSERVATIONS
 
 
 def test_registered_short_name_and_sorted_agents():
@@ -18,6 +19,22 @@ def test_module_factory_string_and_unsorted_ids_are_sorted():
     obs, state = env.reset(seed=3)
     # No state() implemented: the state is the concatenation of the observations in sorted order.
     np.testing.assert_array_equal(state, obs.reshape(-1))
+
+
+@pytest.mark.parametrize("env_id", sorted(STATE_IS_OBSERVATIONS))
+def test_envs_whose_state_is_their_observations(env_id):
+    """The claim behind STATE_IS_OBSERVATIONS: env.state() is the concatenation of every agent's
+    observation, so TeamEnv may build it from the observations instead of calling state()."""
+    raw = make_parallel_env(env_id, {})
+    obs, _ = raw.reset(seed=4)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        joined = np.concatenate([obs[a] for a in raw.possible_agents])
+        np.testing.assert_allclose(raw.state(), joined, rtol=1e-6)
+        obs, *_ = raw.step({a: int(rng.integers(raw.action_space(a).n)) for a in raw.agents})
+    team = make_env(env_id, {})
+    obs, state = team.reset(seed=4)
+    assert state.shape == (sum(raw.observation_space(a).shape[0] for a in raw.possible_agents),)
 
 
 def test_aec_env_is_converted():
@@ -116,5 +133,29 @@ def test_process_vector_env_matches_in_process():
 
 
 def test_worker_errors_surface_with_the_env_name():
-    with pytest.raises(EnvError, match="env worker failed: .*only Discrete actions"):
+    with pytest.raises(EnvError, match="make_continuous.*only Discrete actions"):
         make_vector_env("tests.custom_env:make_continuous", {}, 2, RewardSpec(), workers=1)
+    venv = make_vector_env("tests.custom_env:make_leaving_agents", {}, 2, RewardSpec(), workers=1)
+    try:
+        venv.reset([0, 1])
+        with pytest.raises(EnvError, match="env worker failed: .*make_leaving_agents.*left mid-episode"):
+            venv.step(np.zeros((2, 2), np.int64))
+    finally:
+        venv.close()
+
+
+def test_rollout_end_skips_the_reset_but_keeps_the_successor():
+    venv = make_vector_env("mpe2:simple_spread_v3", {"N": 3, "max_cycles": 2}, 2, RewardSpec())
+    try:
+        venv.reset([0, 1])
+        venv.step(np.zeros((2, 3), np.int64))
+        kept = venv.step(np.zeros((2, 3), np.int64), autoreset=False)
+        assert kept.done.all() and len(kept.episodes) == 2
+        np.testing.assert_array_equal(kept.obs, kept.next_obs)     # not reset: still the final observation
+        venv.reset([0, 1])
+        venv.step(np.zeros((2, 3), np.int64))
+        reset = venv.step(np.zeros((2, 3), np.int64))
+        np.testing.assert_array_equal(reset.next_obs, kept.next_obs)
+        assert not np.array_equal(reset.obs, reset.next_obs)
+    finally:
+        venv.close()

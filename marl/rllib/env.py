@@ -82,26 +82,28 @@ class TeamMultiAgentEnv(MultiAgentEnv):
                 self._rng = np.random.default_rng(seed)
             else:
                 seed = int(self._rng.integers(2**31 - 1))
-            obs, state = self._slice.reset([seed])
+            self._slice.reset([seed])
         except Exception as exc:
             self._record_fault(exc, "reset")
             raise
+        out = self._slice.out
         infos = {a: {} for a in self.agents}
-        infos[self.agents[0]][STATE] = state[0]
-        return self._obs(obs[0]), infos
+        infos[self.agents[0]][STATE] = out["state"][0].copy()
+        return self._obs(out["obs"][0].copy()), infos
 
     def step(self, action_dict: dict):
         try:
             self._steps += 1
             actions = np.array([[action_dict[a] for a in self.agents]], dtype=np.int64)
-            step = self._slice.step(actions)
+            episodes = self._slice.step(actions, autoreset=False)   # RLlib calls reset() itself
         except Exception as exc:
             self._record_fault(exc, "step")
             raise
-        term, trunc, done = step.terminated[0], step.truncated[0], bool(step.done[0])
-        info = {STATE: step.next_state[0], TERMINATED: term, TRUNCATED: trunc}
-        if step.episodes:
-            ep = step.episodes[0]
+        out = self._slice.out
+        term, trunc, done = out["terminated"][0].copy(), out["truncated"][0].copy(), bool(out["done"][0])
+        info = {STATE: out["next_state"][0].copy(), TERMINATED: term, TRUNCATED: trunc}
+        if episodes:
+            ep = episodes[0]
             info[EPISODE] = {"raw_return": ep["raw_return"].tolist(), "return": ep["return"].tolist(),
                              "length": ep["length"]}
         infos = {a: {} for a in self.agents}
@@ -111,9 +113,8 @@ class TeamMultiAgentEnv(MultiAgentEnv):
         truncateds = {a: bool(trunc[i] or (done and not term[i])) for i, a in enumerate(self.agents)}
         terminateds["__all__"] = done and everyone_terminated
         truncateds["__all__"] = done and not everyone_terminated
-        rewards = {a: float(r) for a, r in zip(self.agents, step.reward[0])}
-        # The true successor observation (EnvSlice keeps it from before its auto-reset).
-        return self._obs(step.next_obs[0]), rewards, terminateds, truncateds, infos
+        rewards = {a: float(r) for a, r in zip(self.agents, out["reward"][0])}
+        return self._obs(out["next_obs"][0].copy()), rewards, terminateds, truncateds, infos
 
     def _record_fault(self, exc: BaseException, where: str) -> None:
         record = {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
