@@ -125,7 +125,8 @@ class Trainer:
                 logits = self.actor(torch.from_numpy(obs))
                 actions = sample_actions(logits, self.generator)
                 logp = torch.log_softmax(logits, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-            step = self.venv.step(actions.numpy())
+            # Every iteration starts with fresh episodes, so envs that end at the last step need no reset.
+            step = self.venv.step(actions.numpy(), autoreset=t < T - 1)
             buf.actions[t], buf.logp[t] = actions.numpy(), logp.numpy()
             buf.next_obs[t], buf.next_state[t] = step.next_obs, step.next_state
             buf.raw_reward[t], buf.reward[t] = step.raw_reward, step.reward
