@@ -7,6 +7,9 @@ others' actions stay fixed. The counterfactual baseline marginalises a's own act
 
     A^a(s, u) = Q(s, u) − Σ_{u'_a} π^a(u'_a | τ^a) Q(s, (u^{-a}, u'_a)).
 
+``coma_lambda_advantage`` keeps that counterfactual baseline but takes the taken joint action's
+value from its TD(λ) return instead of from Q(s, u).
+
 Shapes follow the package layout ``[T, B, N, ...]``; any leading dims in place of ``T, B`` work.
 """
 from __future__ import annotations
@@ -77,6 +80,31 @@ def coma_advantage(q_all: Tensor, logits: Tensor, actions: Tensor, avail: Tensor
                          f"(q_all is {tuple(q_all.shape)})")
     q_taken = q_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
     return q_taken - coma_baseline(q_all, logits, avail)
+
+
+def coma_lambda_advantage(returns: Tensor, q_all: Tensor, logits: Tensor, avail: Tensor | None = None) -> Tensor:
+    """COMA's counterfactual baseline subtracted from the λ-return of the taken joint action:
+    ``G^λ − Σ_{u'} π(u' | τ^a) Q(s, (u^{-a}, u'))``.
+
+    Intuition: the return measures what the joint action actually led to; the baseline, which holds
+    the other agents' actions fixed and averages over agent a's own, removes what a's action did not
+    cause. The baseline does not depend on a's own action, so the policy gradient stays unbiased
+    (exactly so for λ = 1), and unlike ``coma_advantage`` the taken action's value does not rest on
+    the critic having learned Q for that particular joint action.
+
+    Args:
+        returns: ``[T, B, N]`` λ-returns of the taken joint action (e.g. the critic's TD(λ) targets).
+        q_all: ``[T, B, N, A]`` Q(s, (u^{-a}, u'_a)) for each action u'_a of agent a.
+        logits: ``[T, B, N, A]`` actor logits.
+        avail: optional bool, broadcastable to ``[T, B, N, A]``; see ``coma_baseline``.
+
+    Returns:
+        ``[T, B, N]`` advantage. Detach it before using it in the actor loss.
+    """
+    if returns.shape != q_all.shape[:-1]:
+        raise ValueError(f"returns has shape {tuple(returns.shape)}, expected {tuple(q_all.shape[:-1])} "
+                         f"(q_all is {tuple(q_all.shape)})")
+    return returns - coma_baseline(q_all, logits, avail)
 
 
 def coma_critic_inputs(state: Tensor, actions_onehot: Tensor, obs: Tensor | None = None) -> Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from algorithms.coma import coma_advantage
+from algorithms.coma import coma_advantage, coma_lambda_advantage
 from algorithms.returns import gae, mc, n_step, td_lambda
 
 
@@ -20,18 +20,22 @@ class AdvantageSpec:
     Attributes:
         fn: for ``critic="v"``, the pure function
             ``fn(reward, value, next_value, terminated, truncated, **kw) -> (advantage, value_target)``;
-            for ``critic="q"``, ``fn(q_all, logits, actions, avail=None) -> advantage`` (COMA).
+            for ``critic="q"``, ``fn(q_all, logits, actions, avail=None) -> advantage`` (COMA), or
+            with ``uses_returns``, ``fn(returns, q_all, logits, avail=None) -> advantage``, where
+            ``returns`` are the TD(λ) targets the critic learns.
         critic: ``"v"`` (V(s) or V(o_i)) or ``"q"`` (Q(s, u^{-a}, ·), see COMA).
         params: ``(kwarg, config_field)`` pairs: ``fn``'s keyword ``kwarg`` is read from the ``algo``
             config field ``config_field`` (e.g. ``("n", "n_step")``). For ``critic="q"`` they are
             the keywords of ``td_lambda`` that builds the critic's targets.
         description: one line shown by ``marl list``.
+        uses_returns: for ``critic="q"``: ``fn`` takes the λ-returns first (see ``fn``).
     """
 
     fn: Callable
     critic: str
     params: tuple[tuple[str, str], ...]
     description: str
+    uses_returns: bool = False
 
     def kwargs(self, algo_config) -> dict:
         """``{kwarg: algo_config.<config_field>}`` for every pair in ``params``."""
@@ -60,6 +64,9 @@ ADVANTAGES: dict[str, AdvantageSpec] = {
                         "Monte Carlo returns, bootstrapped only at truncation/rollout end"),
     "coma": AdvantageSpec(coma_advantage, "q", _same("gamma", "lam"),
                           "COMA counterfactual baseline from a Q(s, u^-a, ·) critic with TD(λ) targets"),
+    "coma_lambda": AdvantageSpec(coma_lambda_advantage, "q", _same("gamma", "lam"),
+                                 "COMA's counterfactual baseline subtracted from the TD(λ) return of the "
+                                 "taken joint action", uses_returns=True),
 }
 
 

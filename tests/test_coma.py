@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from algorithms import coma_advantage, coma_baseline, coma_critic_inputs
+from algorithms import coma_advantage, coma_baseline, coma_critic_inputs, coma_lambda_advantage
 from tests.reference import coma_critic_input_loop, coma_loop
 
 
@@ -36,6 +36,39 @@ def test_hand_worked_two_agents():
     np.testing.assert_allclose(baseline.flatten(), [0.25 * 1 + 0.25 * 2 + 0.5 * 3, 0.75 * 4], rtol=1e-6)
     adv = coma_advantage(q, logits, actions, avail)
     np.testing.assert_allclose(adv.flatten(), [3 - 2.25, 0 - 3.0], rtol=1e-6)
+
+
+def test_lambda_variant_hand_worked_two_agents():
+    # The same policies and Q as above (baselines 2.25 and 3.0), with λ-returns 5 and 1.
+    q = torch.tensor([[1.0, 2.0, 3.0], [4.0, -math.inf, 0.0]]).reshape(1, 1, 2, 3)
+    logits = torch.tensor([[0.0, 0.0, math.log(2)], [math.log(3), math.nan, 0.0]]).reshape(1, 1, 2, 3)
+    avail = torch.tensor([[True, True, True], [True, False, True]])
+    returns = torch.tensor([5.0, 1.0]).reshape(1, 1, 2)
+    adv = coma_lambda_advantage(returns, q, logits, avail)
+    np.testing.assert_allclose(adv.flatten(), [5 - 2.25, 1 - 3.0], rtol=1e-6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 5), st.integers(0, 2**31 - 1))
+def test_lambda_variant_equals_coma_when_the_return_is_q_of_the_taken_action(N, A, seed):
+    q, logits, avail, actions = random_case(seed, N=N, A=A)
+    q_taken = q.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(coma_lambda_advantage(q_taken, q, logits, avail),
+                               coma_advantage(q, logits, actions, avail))
+
+
+def test_lambda_variant_with_q_independent_of_own_action_is_return_minus_q():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 2, 4, 1, generator=g).expand(3, 2, 4, 5)
+    returns = torch.randn(3, 2, 4, generator=g)
+    adv = coma_lambda_advantage(returns, q, torch.randn(3, 2, 4, 5, generator=g))
+    torch.testing.assert_close(adv, returns - q[..., 0])
+
+
+def test_lambda_variant_rejects_mismatched_returns():
+    q, logits, avail, _ = random_case(0)
+    with pytest.raises(ValueError, match=r"returns has shape \(2, 2\), expected \(2, 2, 3\)"):
+        coma_lambda_advantage(torch.zeros(2, 2), q, logits, avail)
 
 
 def test_q_independent_of_own_action_gives_zero_advantage():
@@ -208,6 +241,18 @@ def test_permuting_agents_permutes_advantages(N, A, seed, rnd):
     rnd.shuffle(perm)
     adv = coma_advantage(q, logits, actions, avail)
     p_adv = coma_advantage(q[..., perm, :], logits[..., perm, :], actions[..., perm], avail[..., perm, :])
+    torch.testing.assert_close(p_adv, adv[..., perm])
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 4), st.integers(0, 2**31 - 1), st.randoms(use_true_random=False))
+def test_permuting_agents_permutes_lambda_advantages(N, A, seed, rnd):
+    q, logits, avail, _ = random_case(seed, N=N, A=A)
+    returns = torch.randn(q.shape[:-1], generator=torch.Generator().manual_seed(seed), dtype=q.dtype)
+    perm = list(range(N))
+    rnd.shuffle(perm)
+    adv = coma_lambda_advantage(returns, q, logits, avail)
+    p_adv = coma_lambda_advantage(returns[..., perm], q[..., perm, :], logits[..., perm, :], avail[..., perm, :])
     torch.testing.assert_close(p_adv, adv[..., perm])
 
 

@@ -272,6 +272,8 @@ def test_registry_maps_n_to_the_n_step_field():
     with pytest.raises(AttributeError, match="'n_step'"):
         spec.kwargs(SimpleNamespace(gamma=0.9, lam=0.8))
     assert get_advantage("coma").fn.__name__ == "coma_advantage"
+    assert get_advantage("coma_lambda").fn.__name__ == "coma_lambda_advantage"
+    assert get_advantage("coma_lambda").uses_returns and not get_advantage("coma").uses_returns
 
 
 # -- properties ---------------------------------------------------------------------------------------
