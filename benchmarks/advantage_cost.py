@@ -34,7 +34,7 @@ def update_share(repeats: int) -> None:
 
     print("| module | N agents | advantage + targets (ms) | full update (ms) | advantage share |")
     print("|---|---|---|---|---|")
-    cases = [(m, 3) for m in ("gae", "td_lambda", "n_step", "mc", "coma")] + [("coma", 8)]
+    cases = [(m, 3) for m in ("gae", "td_lambda", "n_step", "mc", "coma", "coma_lambda")] + [("coma", 8)]
     for module, n in cases:
         cfg = load_config("configs/spread_mappo.yaml", [f"algo.advantage={module}", f"env.kwargs.N={n}",
                                                         "train.progress=false"])

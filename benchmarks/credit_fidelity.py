@@ -29,6 +29,7 @@ METHODS = {
     "MC, central V, shared": ["algo.advantage=mc"],
     "GAE, local V (IPPO), shared": ["algo.critic=local"],
     "COMA (PPO actor)": ["algo.advantage=coma", "algo.lam=0.8"],
+    "COMA-λ (PPO actor)": ["algo.advantage=coma_lambda", "algo.lam=0.8"],
     "GAE, central V, mixed α=0.5": ["env.reward=mixed", "env.alpha=0.5"],
 }
 # Only the lazy-agent env has per-agent reward terms; elsewhere every agent's own reward is the team's.

@@ -69,6 +69,9 @@ class AlgoConfig:
     """Adam learning rate of the actor."""
     critic_lr: float = 5e-4
     """Adam learning rate of the critic."""
+    lr_schedule: str = "constant"
+    """``constant``, or ``linear``: both learning rates fall linearly to 0 over
+    ``train.total_env_steps`` (as in many PPO implementations)."""
     clip: float = 0.2
     """PPO ratio clip ε."""
     entropy_coef: float = 0.01
@@ -93,6 +96,8 @@ class ModelConfig:
     """One actor for all agents (with a one-hot agent id) or one per agent."""
     activation: str = "relu"
     """``relu`` or ``tanh``."""
+    input_norm: bool = False
+    """A LayerNorm on the input features of every network (MAPPO's feature normalisation)."""
 
 
 @dataclass
@@ -246,6 +251,7 @@ def validate(cfg: Config) -> Config:
     _check(a.advantage in ADVANTAGES, "algo.advantage", a.advantage, f"one of {sorted(ADVANTAGES)}")
     _check(a.critic in ("central", "local"), "algo.critic", a.critic, "'central' or 'local'")
     _check(a.loss in ("ppo", "a2c"), "algo.loss", a.loss, "'ppo' or 'a2c'")
+    _check(a.lr_schedule in ("constant", "linear"), "algo.lr_schedule", a.lr_schedule, "'constant' or 'linear'")
     _check(0.0 < a.gamma <= 1.0, "algo.gamma", a.gamma, "a float in (0, 1]")
     _check(0.0 <= a.lam <= 1.0, "algo.lam", a.lam, "a float in [0, 1]")
     _check(a.n_step >= 1, "algo.n_step", a.n_step, "an int >= 1")

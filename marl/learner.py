@@ -4,6 +4,7 @@ code, so their credit is identical by construction."""
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
@@ -83,15 +84,16 @@ class CreditLearner:
         N = len(agents)
         self.advantage = get_advantage(a.advantage)
         self.uses_q = self.advantage.critic == "q"
-        self.actor = Actor(N, obs_dim, n_actions, action_mask, m.hidden, m.layers, m.activation, m.share_actor)
+        self.actor = Actor(N, obs_dim, n_actions, action_mask, m.hidden, m.layers, m.activation, m.share_actor,
+                           m.input_norm)
         if self.uses_q:
             in_dim = state_dim + N * n_actions + N + (obs_dim if a.critic_obs else 0)
-            self.critic = QCritic(in_dim, n_actions, m.hidden, m.layers, m.activation)
+            self.critic = QCritic(in_dim, n_actions, m.hidden, m.layers, m.activation, m.input_norm)
         elif a.critic == "central":
             self.critic = CentralCritic(N, state_dim, m.hidden, m.layers, m.activation,
-                                        team_value=e.reward == "shared")
+                                        team_value=e.reward == "shared", input_norm=m.input_norm)
         else:
-            self.critic = LocalCritic(N, obs_dim, m.hidden, m.layers, m.activation)
+            self.critic = LocalCritic(N, obs_dim, m.hidden, m.layers, m.activation, m.input_norm)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False) if a.target_update_every else None
         self.value_norm = ValueNorm(N)
         self.optimizer = torch.optim.Adam([
@@ -99,6 +101,7 @@ class CreditLearner:
             {"params": self.critic.parameters(), "lr": a.critic_lr},
         ], eps=1e-5, fused=True)
         self.updates = 0
+        self.total_updates = math.ceil(cfg.train.total_env_steps / (a.rollout_steps * e.num_envs))
         self.last_advantage: torch.Tensor | None = None
 
     def state_dict(self) -> dict:
@@ -117,6 +120,15 @@ class CreditLearner:
         self.value_norm.load_state_dict(state["value_norm"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.updates = int(state["updates"])
+        self.apply_lr_schedule()
+
+    def apply_lr_schedule(self) -> None:
+        """Set the optimiser's learning rates for update number ``updates + 1``: the configured rates,
+        or with ``algo.lr_schedule: linear`` those rates times ``1 - updates / total_updates``."""
+        a = self.cfg.algo
+        scale = 1.0 if a.lr_schedule == "constant" else max(0.0, 1.0 - self.updates / self.total_updates)
+        for group, base in zip(self.optimizer.param_groups, (a.lr, a.critic_lr)):
+            group["lr"] = base * scale
 
     # -- update -----------------------------------------------------------------------------------
     def _to_return_space(self, x: torch.Tensor) -> torch.Tensor:
@@ -176,7 +188,10 @@ class CreditLearner:
                               gamma=a.gamma, lam=a.lam)
         logits = self.actor(b["obs"])
         baseline = coma_baseline(q_all, logits, self.actor.action_mask)
-        adv = self.advantage.fn(q_all, logits, actions, self.actor.action_mask)
+        if self.advantage.uses_returns:
+            adv = self.advantage.fn(target, q_all, logits, self.actor.action_mask)
+        else:
+            adv = self.advantage.fn(q_all, logits, actions, self.actor.action_mask)
         return {"adv": adv, "target": target, "value": q_taken, "critic_in": critic_in,
                 "coma_baseline": baseline}
 
@@ -188,9 +203,11 @@ class CreditLearner:
         """Advantages from the configured module, then ``algo.epochs`` passes of ``algo.minibatches``
         PPO/A2C steps over the batch. Returns metrics (per-agent credit statistics included)."""
         a = self.cfg.algo
+        self.apply_lr_schedule()
         prep = self.prepare(b, generator)
         adv, target = prep["adv"], prep["target"]
         metrics = self._credit_metrics(adv)
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         if "coma_baseline" in prep:
             for i, ag in enumerate(self.agents):
                 metrics[f"coma/gap/{ag}"] = float(adv[..., i].mean())

@@ -18,7 +18,7 @@ PER_AGENT_CHARTS = [
     ("advantage std", "credit/adv_std"),
     ("mean |advantage|", "credit/abs_adv"),
     ("credit share mean|A_i| / sum_j mean|A_j|", "credit/share"),
-    ("COMA counterfactual gap Q_taken - baseline", "coma/gap"),
+    ("COMA counterfactual gap: taken action's value (Q or lambda-return) - baseline", "coma/gap"),
     ("COMA baseline sum_u pi(u) Q(s, u^-a, u)", "coma/baseline"),
     ("policy entropy", "entropy"),
     ("value / Q error (squared, return units)", "value_error"),

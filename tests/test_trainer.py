@@ -71,8 +71,10 @@ def test_same_seed_gives_identical_metrics(tmp_path):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, workers):
     cfg = tiny_config(train={"total_env_steps": 800, "checkpoint_every": 100, "eval_episodes": 0},
-                      env={"workers": workers})
+                      env={"workers": workers}, algo={"lr_schedule": "linear"})
     full = _train(cfg, tmp_path / "full")
+    # The learning rate falls linearly to 0 over the 8 iterations, and resumes where it was.
+    assert [r["lr"] for r in full] == pytest.approx([5e-4 * (1 - k / 8) for k in range(8)])
 
     trainer = new_run(config_from_dict(cfg), tmp_path / "cut")
     original_update = trainer.update
@@ -150,11 +152,13 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     assert {"actor", "critic", "optimizer", "generator", "iteration"} <= state.keys()
 
 
-@pytest.mark.parametrize("share_actor, critic", [(False, "central"), (True, "local")])
-def test_actor_and_critic_variants_train(tmp_path, share_actor, critic):
-    records = _train(tiny_config(model={"share_actor": share_actor}, algo={"critic": critic, "loss": "a2c"}),
-                     tmp_path / "run")
+@pytest.mark.parametrize("share_actor, critic, input_norm", [(False, "central", True), (True, "local", False)])
+def test_actor_and_critic_variants_train(tmp_path, share_actor, critic, input_norm):
+    records = _train(tiny_config(model={"share_actor": share_actor, "input_norm": input_norm},
+                                 algo={"critic": critic, "loss": "a2c"}), tmp_path / "run")
     assert len(records) == 4 and all(math.isfinite(r["losses/value"]) for r in records)
+    first = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)["actor"]["net.body.0.weight"]
+    assert (first.dim() == 1) == input_norm      # a LayerNorm's weight is a vector, a linear layer's is not
 
 
 def test_refuses_to_overwrite_a_run_dir(tmp_path):

@@ -59,7 +59,7 @@ class CreditPPOLearner(PPOTorchLearner):
     def configure_optimizers_for_module(self, module_id, config=None) -> None:
         credit = self._module[module_id].credit
         params = list(credit.actor.parameters()) + list(credit.critic.parameters())
-        # No lr schedule: the param groups keep algo.lr and algo.critic_lr.
+        # The param groups hold algo.lr and algo.critic_lr; CreditLearner.apply_lr_schedule scales them.
         self.register_optimizer(module_id=module_id, optimizer=credit.optimizer, params=params)
 
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
@@ -102,6 +102,7 @@ class CreditPPOLearner(PPOTorchLearner):
             module = self._credit_module(module_id)
             credit = module.credit
             credit.updates += 1
+            credit.apply_lr_schedule()
             every = credit.cfg.algo.target_update_every
             if credit.target_critic is not None and credit.updates % every == 0:
                 credit.target_critic.load_state_dict(credit.critic.state_dict())
