@@ -1,8 +1,9 @@
-"""RLlib scaling: env steps/s of ``backend: rllib`` with 0, 1 and 2 EnvRunners, and the local
-backend on the same config for reference.
+"""RLlib scaling: env steps/s of ``backend: rllib`` with 0, 1 and 2 EnvRunners, next to stock RLlib
+PPO on the same env and batch, and the local backend on the same config for reference.
 
     python benchmarks/rllib_scaling.py                          # configs/spread_mappo.yaml
     python benchmarks/rllib_scaling.py --runners 0 2 --iterations 10 --set rllib.num_envs_per_env_runner=4
+    python benchmarks/rllib_scaling.py --runners 0 1 --iterations 2 --no-stock   # our backend only
 
 Each measurement runs in a fresh process with its own local Ray instance (``rllib.num_cpus``
 CPUs, 2 by default), times ``--iterations`` training iterations after one warm-up iteration and
@@ -13,6 +14,18 @@ reports:
   sync; the local backend: collection);
 - update s/iteration: the Learner's share (connector pipeline, advantages, PPO epochs);
 - startup s: ``ray.init`` plus building the Algorithm (EnvRunner actors, Learner).
+
+Stock RLlib PPO is RLlib with none of the project's pieces: the raw PettingZoo env of ``env.id``
+and ``env.kwargs`` in RLlib's own ``ParallelPettingZooEnv``, one module shared by all agents,
+RLlib's default PPO RLModule (``model.layers`` x ``model.hidden`` layers of ``model.activation``,
+separate value network), and RLlib's default PPO Learner and connectors. Its batch settings
+(agent-step train batch, minibatch, epochs, fragment length, EnvRunners, envs per EnvRunner, CPUs)
+and PPO settings (lr, gamma, lambda, clip, entropy and value coefficients, no KL loss, global-norm
+gradient clip at ``algo.max_grad_norm``) are read off ``build_config``'s ``PPOConfig`` for the
+same config, so both sample and learn on the same numbers of rows. "× stock" is ours / stock env
+steps/s with the same EnvRunners. What stays different is ours by design: the global state and
+team reward, the padded observation plus agent id, the joint-action columns, the centralised
+critic on the state and the project's advantages.
 
 With 0 EnvRunners the driver samples and learns in turn; with K > 0 the K EnvRunners sample in
 parallel while the driver waits, then the driver learns while they wait (PPO is synchronous).
@@ -28,6 +41,19 @@ import time
 DEFAULT_CONFIG = "configs/spread_mappo.yaml"
 
 
+def _time_training(train, update_time, iterations: int) -> dict:
+    """Times ``iterations`` calls of ``train`` (one ``Algorithm.train()``) after one warm-up call;
+    ``update_time()`` gives the seconds spent in the Learner update so far."""
+    train()  # warm-up, not timed
+    steps, update_start, start = 0, update_time(), time.perf_counter()
+    for _ in range(iterations):
+        steps += train()["env_runners"]["num_env_steps_sampled"]
+    wall = time.perf_counter() - start
+    update_s = update_time() - update_start
+    return {"env_steps_per_s": steps / wall, "sampling_env_steps_per_s": steps / (wall - update_s),
+            "update_s": update_s / iterations, "steps_per_iteration": steps / iterations}
+
+
 def measure_rllib(config: str, runners: int, iterations: int, overrides: list[str]) -> dict:
     import torch
 
@@ -40,22 +66,88 @@ def measure_rllib(config: str, runners: int, iterations: int, overrides: list[st
     start = time.perf_counter()
     trainer = RLlibTrainer(cfg, None)
     startup = time.perf_counter() - start
-    try:
-        trainer._train_once()  # warm-up, not timed
-        steps = sample_s = update_s = 0.0
-        start = time.perf_counter()
-        for _ in range(iterations):
-            t0 = time.perf_counter()
-            trainer._update_s = 0.0
-            result = trainer._train_once()
-            steps += result["env_runners"]["num_env_steps_sampled"]
-            update_s += trainer._update_s  # the Learner update, timed by the trainer
-            sample_s += time.perf_counter() - t0 - trainer._update_s
-        wall = time.perf_counter() - start
+    try:  # the trainer times the Learner update itself
+        return {**_time_training(trainer._train_once, lambda: trainer._update_s, iterations), "startup_s": startup}
     finally:
         trainer.close()
-    return {"env_steps_per_s": steps / wall, "sampling_env_steps_per_s": steps / sample_s,
-            "update_s": update_s / iterations, "startup_s": startup, "steps_per_iteration": steps / iterations}
+
+
+STOCK_ENV = "stock_pettingzoo_env"
+
+
+def stock_config(cfg):
+    """Stock RLlib PPO (see the module docstring) with the batch and PPO settings of ``build_config(cfg)``."""
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from marl.rllib.algorithm import build_config, env_spec
+
+    ours = build_config(cfg, **env_spec(cfg))
+
+    def same(*keys):
+        return {k: getattr(ours, k) for k in keys}
+
+    m = cfg.model
+    return (
+        PPOConfig()
+        .environment(STOCK_ENV, env_config={"id": cfg.env.id, "kwargs": dict(cfg.env.kwargs)})
+        .env_runners(**same("num_env_runners", "num_envs_per_env_runner", "num_cpus_per_env_runner",
+                            "rollout_fragment_length", "batch_mode"))
+        .learners(**same("num_learners", "num_cpus_per_learner"))
+        .multi_agent(policies={"shared"}, policy_mapping_fn=lambda agent_id, *args, **kwargs: "shared",
+                     count_steps_by=ours.count_steps_by)
+        .rl_module(rl_module_spec=RLModuleSpec(model_config=DefaultModelConfig(
+            fcnet_hiddens=[m.hidden] * m.layers, fcnet_activation=m.activation, vf_share_layers=False)))
+        .training(**same("train_batch_size", "minibatch_size", "num_epochs", "shuffle_batch_per_epoch", "lr",
+                         "gamma", "lambda_", "clip_param", "entropy_coeff", "vf_loss_coeff", "use_kl_loss",
+                         "kl_coeff", "vf_clip_param"),
+                  grad_clip=cfg.algo.max_grad_norm or None, grad_clip_by="global_norm")
+        .debugging(seed=cfg.seed, log_level="WARN")
+    )
+
+
+def measure_stock(config: str, runners: int, iterations: int, overrides: list[str]) -> dict:
+    import shutil
+
+    import ray
+    import torch
+    from ray.rllib.env.wrappers.pettingzoo_env import ParallelPettingZooEnv
+    from ray.tune.registry import register_env
+
+    from envs.registry import make_parallel_env
+    from marl.config import load_config
+    from marl.rllib.trainer import start_ray
+
+    torch.set_num_threads(1)
+    cfg = load_config(config, ["backend=rllib", f"rllib.num_env_runners={runners}", "train.progress=false",
+                               *overrides])
+    start = time.perf_counter()
+    start_ray(cfg)  # the same local Ray instance as our trainer's
+    algo = None
+    try:
+        # A lambda: Ray pickles it by value (its workers cannot import this script).
+        register_env(STOCK_ENV, lambda c: ParallelPettingZooEnv(make_parallel_env(c["id"], c["kwargs"])))
+        algo = stock_config(cfg).build_algo()
+        startup = time.perf_counter() - start
+        update_s = 0.0
+        update = algo.learner_group.update
+
+        def timed_update(*args, **kwargs):
+            nonlocal update_s
+            t0 = time.perf_counter()
+            try:
+                return update(*args, **kwargs)
+            finally:
+                update_s += time.perf_counter() - t0
+
+        algo.learner_group.update = timed_update
+        return {**_time_training(algo.train, lambda: update_s, iterations), "startup_s": startup}
+    finally:
+        if algo is not None:
+            algo.stop()
+            shutil.rmtree(algo.logdir, ignore_errors=True)
+        ray.shutdown()
 
 
 def measure_local(config: str, iterations: int, overrides: list[str]) -> dict:
@@ -89,9 +181,12 @@ def measure_local(config: str, iterations: int, overrides: list[str]) -> dict:
             "update_s": update_s / iterations, "startup_s": startup, "steps_per_iteration": trainer.steps_per_iteration}
 
 
+MEASURES = {"local": measure_local, "rllib": measure_rllib, "stock": measure_stock}
+
+
 def _child(kind, args, queue) -> None:
     try:
-        queue.put(measure_local(*args) if kind == "local" else measure_rllib(*args))
+        queue.put(MEASURES[kind](*args))
     except BaseException as exc:  # report, do not hang the parent
         queue.put({"error": f"{type(exc).__name__}: {exc}"})
         raise
@@ -115,25 +210,32 @@ def main(argv=None) -> None:
     parser.add_argument("--runners", type=int, nargs="+", default=[0, 1, 2], help="EnvRunner counts to measure")
     parser.add_argument("--iterations", type=int, default=8, help="timed iterations per measurement")
     parser.add_argument("--no-local", action="store_true", help="skip the local-backend reference row")
+    parser.add_argument("--no-stock", action="store_true", help="skip the stock RLlib PPO baseline rows")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = parser.parse_args(argv)
 
-    rows = []
+    rows = []  # (label, result, ours / stock env steps/s)
     if not args.no_local:
-        rows.append(("local backend (1 process)", run_isolated("local", args.config, args.iterations, args.set)))
+        rows.append(("local backend (1 process)", run_isolated("local", args.config, args.iterations, args.set), ""))
         print(f"  local: {rows[-1][1]['env_steps_per_s']:.0f} env steps/s", file=sys.stderr, flush=True)
     for k in args.runners:
-        rows.append((f"rllib, {k} EnvRunner{'s' if k != 1 else ''}",
-                     run_isolated("rllib", args.config, k, args.iterations, args.set)))
-        print(f"  rllib {k}: {rows[-1][1]['env_steps_per_s']:.0f} env steps/s", file=sys.stderr, flush=True)
+        runners = f"{k} EnvRunner{'s' if k != 1 else ''}"
+        ours = run_isolated("rllib", args.config, k, args.iterations, args.set)
+        print(f"  rllib {k}: {ours['env_steps_per_s']:.0f} env steps/s", file=sys.stderr, flush=True)
+        stock = None if args.no_stock else run_isolated("stock", args.config, k, args.iterations, args.set)
+        rows.append((f"rllib, {runners}", ours,
+                     f"{ours['env_steps_per_s'] / stock['env_steps_per_s']:.2f}" if stock else ""))
+        if stock:
+            rows.append((f"stock RLlib PPO, {runners}", stock, ""))
+            print(f"  stock {k}: {stock['env_steps_per_s']:.0f} env steps/s", file=sys.stderr, flush=True)
     steps = int(rows[-1][1]["steps_per_iteration"])
     print(f"{args.config}, {steps} env steps per iteration, {args.iterations} timed iterations"
           + (f", overrides {' '.join(args.set)}" if args.set else ""))
     print()
-    print("| backend | env steps/s | sampling env steps/s | update s/iteration | startup s |")
-    print("|---|---|---|---|---|")
-    for label, r in rows:
-        print(f"| {label} | {r['env_steps_per_s']:,.0f} | {r['sampling_env_steps_per_s']:,.0f} | "
+    print("| backend | env steps/s | × stock | sampling env steps/s | update s/iteration | startup s |")
+    print("|---|---|---|---|---|---|")
+    for label, r, ratio in rows:
+        print(f"| {label} | {r['env_steps_per_s']:,.0f} | {ratio} | {r['sampling_env_steps_per_s']:,.0f} | "
               f"{r['update_s']:.2f} | {r['startup_s']:.1f} |")
 
 
