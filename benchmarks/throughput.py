@@ -1,30 +1,63 @@
-"""Throughput benchmark: env steps/s of the raw env and of training, side by side.
+"""Throughput benchmark: env steps/s of the raw env and of training, side by side: the local
+backend in one process and with env worker processes, and the RLlib backend next to stock RLlib
+PPO with 0, 1 and 2 EnvRunners.
 
     python benchmarks/throughput.py                   # all configurations, 3 repeats each
-    python benchmarks/throughput.py --only raw local   # a subset
+    python benchmarks/throughput.py --only raw local local_workers2
 
-Each measurement runs in a fresh process (so peak RSS is its own), after a warm-up, and is
-repeated; the table shows medians and the ratio to the raw env measured in the same run. The
-machine is shared, so compare ratios, not absolute numbers. Writes a PNG bar chart with --plot.
+Each measurement runs in a fresh process (so peak RSS is its own, summed over the processes it
+starts), after a warm-up, and is repeated; the table shows medians, the ratio to the raw env
+measured in the same run and, for workers and RLlib, the ratio to their baseline (one process;
+stock RLlib). The machine may be shared, so compare ratios, not absolute numbers. Writes a PNG bar
+chart with --plot.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import multiprocessing as mp
-import resource
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
 ENV_KWARGS = {"N": 3, "max_cycles": 25, "local_ratio": 0.5, "continuous_actions": False}
 
 
-def _peak_rss_mb() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return (own + children) / 1024.0
+class PeakRSS:
+    """Peak resident memory of this process and all its descendants together (env workers, and
+    for the RLlib rows the local Ray instance: GCS, raylet, EnvRunner and Learner workers),
+    sampled every 0.2 s in a background thread."""
+
+    def __init__(self):
+        import psutil
+        self._me, self._psutil = psutil.Process(), psutil
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _total_mb(self) -> float:
+        total = 0
+        for proc in [self._me, *self._me.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+            except self._psutil.Error:   # exited between listing and reading
+                pass
+        return total / 2**20
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2):
+            self.peak_mb = max(self.peak_mb, self._total_mb())
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, self._total_mb())
 
 
 def raw_env(steps: int) -> dict:
@@ -49,7 +82,7 @@ def raw_env(steps: int) -> dict:
     return {"env_steps_per_s": (count - timed_from) / (time.perf_counter() - start)}
 
 
-def train(config: str, steps: int, overrides: list[str]) -> dict:
+def train(steps: int, config: str, overrides: list[str] = ()) -> dict:
     """Env steps/s of the local trainer (collection + updates) after one warm-up iteration."""
     import torch
 
@@ -81,19 +114,39 @@ def train(config: str, steps: int, overrides: list[str]) -> dict:
             "collect_share": collect_s / wall}
 
 
+def rllib(steps: int, runners: int, stock: bool = False) -> dict:
+    """``backend: rllib`` (or stock RLlib PPO) on spread_mappo with ``runners`` EnvRunners; see
+    ``rllib_scaling.py`` for what is timed."""
+    from rllib_scaling import measure_rllib, measure_stock
+
+    measure_fn = measure_stock if stock else measure_rllib
+    r = measure_fn(MAPPO, runners, max(2, steps // 400), [])     # 400 env steps per iteration
+    r["update_share"] = r["update_s"] * r["env_steps_per_s"] / r["steps_per_iteration"]
+    return r
+
+
+MAPPO, COMA = "configs/spread_mappo.yaml", "configs/spread_coma.yaml"
 CONFIGS = {
-    "raw": ("raw mpe2 simple_spread_v3, random actions, 1 process", raw_env, ()),
-    "local": ("local spread_mappo, 1 process", train, ("configs/spread_mappo.yaml", [])),
-    "local_coma": ("local spread_coma, 1 process", train, ("configs/spread_coma.yaml", [])),
+    "raw": ("raw mpe2 simple_spread_v3, random actions, 1 process", raw_env, {}),
+    "local": ("local spread_mappo, 1 process", train, {"config": MAPPO}),
+    "local_coma": ("local spread_coma, 1 process", train, {"config": COMA}),
     "local_workers2": ("local spread_mappo, envs in 2 worker processes", train,
-                       ("configs/spread_mappo.yaml", ["env.workers=2"])),
+                       {"config": MAPPO, "overrides": ["env.workers=2"]}),
+    **{f"rllib{k}": (f"rllib spread_mappo, {k} EnvRunner{'s' * (k != 1)}", rllib, {"runners": k}) for k in (0, 1, 2)},
+    **{f"stock{k}": (f"stock RLlib PPO, {k} EnvRunner{'s' * (k != 1)}", rllib, {"runners": k, "stock": True})
+       for k in (0, 1, 2)},
 }
+
+# What each row is compared with besides the raw env: workers against one process, our RLlib
+# backend against stock RLlib PPO with the same EnvRunners.
+BASELINE = {"local_workers2": "local", **{f"rllib{k}": f"stock{k}" for k in (0, 1, 2)}}
 
 
 def _measure(name: str, steps: int, queue) -> None:
-    _, fn, args = CONFIGS[name]
-    result = fn(steps, *args[1:]) if fn is raw_env else fn(args[0], steps, *args[1:])
-    result["peak_rss_mb"] = _peak_rss_mb()
+    _, fn, kwargs = CONFIGS[name]
+    with PeakRSS() as rss:
+        result = fn(steps, **kwargs)
+    result["peak_rss_mb"] = rss.peak_mb
     queue.put(result)
 
 
@@ -131,12 +184,16 @@ def main(argv=None) -> None:
                      "peak_rss_mb": max(x["peak_rss_mb"] for x in runs),
                      "update_share": statistics.median(x.get("update_share", 0.0) for x in runs),
                      "all": [x["env_steps_per_s"] for x in runs]})
-    print(f"| configuration | env steps/s (median of {args.repeats}) | × raw env | update share | peak RSS (MB) |")
-    print("|---|---|---|---|---|")
+    speed = {row["name"]: row["env_steps_per_s"] for row in rows}
+    print(f"| configuration | env steps/s (median of {args.repeats}) | × raw env | × its baseline | update share | "
+          f"peak RSS, all processes (MB) |")
+    print("|---|---|---|---|---|---|")
     for row in rows:
         ratio = f"{row['ratio_to_raw']:.2f}" if row["ratio_to_raw"] is not None else "n/a"
+        base = BASELINE.get(row["name"])
+        vs = f"{row['env_steps_per_s'] / speed[base]:.2f} (vs {base})" if base in speed else "-"
         share = f"{row['update_share']:.0%}" if row["name"] != "raw" else "-"
-        print(f"| {row['label']} | {row['env_steps_per_s']:,.0f} | {ratio} | {share} | {row['peak_rss_mb']:.0f} |")
+        print(f"| {row['label']} | {row['env_steps_per_s']:,.0f} | {ratio} | {vs} | {share} | {row['peak_rss_mb']:.0f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     if args.plot:
