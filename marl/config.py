@@ -96,8 +96,6 @@ class ModelConfig:
     """One actor for all agents (with a one-hot agent id) or one per agent."""
     activation: str = "relu"
     """``relu`` or ``tanh``."""
-    input_norm: bool = False
-    """A LayerNorm on the input features of every network (MAPPO's feature normalisation)."""
 
 
 @dataclass

@@ -84,16 +84,15 @@ class CreditLearner:
         N = len(agents)
         self.advantage = get_advantage(a.advantage)
         self.uses_q = self.advantage.critic == "q"
-        self.actor = Actor(N, obs_dim, n_actions, action_mask, m.hidden, m.layers, m.activation, m.share_actor,
-                           m.input_norm)
+        self.actor = Actor(N, obs_dim, n_actions, action_mask, m.hidden, m.layers, m.activation, m.share_actor)
         if self.uses_q:
             in_dim = state_dim + N * n_actions + N + (obs_dim if a.critic_obs else 0)
-            self.critic = QCritic(in_dim, n_actions, m.hidden, m.layers, m.activation, m.input_norm)
+            self.critic = QCritic(in_dim, n_actions, m.hidden, m.layers, m.activation)
         elif a.critic == "central":
             self.critic = CentralCritic(N, state_dim, m.hidden, m.layers, m.activation,
-                                        team_value=e.reward == "shared", input_norm=m.input_norm)
+                                        team_value=e.reward == "shared")
         else:
-            self.critic = LocalCritic(N, obs_dim, m.hidden, m.layers, m.activation, m.input_norm)
+            self.critic = LocalCritic(N, obs_dim, m.hidden, m.layers, m.activation)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False) if a.target_update_every else None
         self.value_norm = ValueNorm(N)
         self.optimizer = torch.optim.Adam([

@@ -30,14 +30,13 @@ class AgentLinear(nn.Module):
 
 
 class AgentMLP(nn.Module):
-    """MLP over ``[..., N, in] -> [..., N, out]``, shared across agents or one per agent; with
-    ``input_norm`` the input features first pass through a LayerNorm (as in MAPPO, Yu et al., 2022)."""
+    """MLP over ``[..., N, in] -> [..., N, out]``, shared across agents or one per agent."""
 
     def __init__(self, n_agents: int, in_dim: int, out_dim: int, hidden: int, layers: int,
-                 activation: str = "relu", shared: bool = True, out_gain: float = 1.0, input_norm: bool = False):
+                 activation: str = "relu", shared: bool = True, out_gain: float = 1.0):
         super().__init__()
         dims = [in_dim] + [hidden] * layers
-        body = [nn.LayerNorm(in_dim)] if input_norm else []
+        body = []
         for d_in, d_out in zip(dims[:-1], dims[1:]):
             body += [AgentLinear(n_agents, d_in, d_out, shared, math.sqrt(2)), ACTIVATIONS[activation]()]
         self.body = nn.Sequential(*body)
@@ -58,12 +57,11 @@ class Actor(nn.Module):
     """Decentralised policy π(u_i | o_i): logits ``[..., N, A]`` with unavailable actions masked."""
 
     def __init__(self, n_agents: int, obs_dim: int, n_actions: int, action_mask: torch.Tensor,
-                 hidden: int, layers: int, activation: str, shared: bool, input_norm: bool = False):
+                 hidden: int, layers: int, activation: str, shared: bool):
         super().__init__()
         self.shared = shared
         in_dim = obs_dim + (n_agents if shared else 0)
-        self.net = AgentMLP(n_agents, in_dim, n_actions, hidden, layers, activation, shared, out_gain=0.01,
-                            input_norm=input_norm)
+        self.net = AgentMLP(n_agents, in_dim, n_actions, hidden, layers, activation, shared, out_gain=0.01)
         self.register_buffer("action_mask", action_mask.bool())
         self._all_available = bool(action_mask.all())
 
@@ -81,11 +79,10 @@ class CentralCritic(nn.Module):
     """
 
     def __init__(self, n_agents: int, state_dim: int, hidden: int, layers: int, activation: str,
-                 team_value: bool = False, input_norm: bool = False):
+                 team_value: bool = False):
         super().__init__()
         self.n_agents = n_agents
-        self.net = AgentMLP(1, state_dim, 1 if team_value else n_agents, hidden, layers, activation, shared=True,
-                            input_norm=input_norm)
+        self.net = AgentMLP(1, state_dim, 1 if team_value else n_agents, hidden, layers, activation, shared=True)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         return self.net(state.unsqueeze(-2)).squeeze(-2).expand(*state.shape[:-1], self.n_agents)
@@ -94,11 +91,9 @@ class CentralCritic(nn.Module):
 class LocalCritic(nn.Module):
     """Decentralised V(o_i) (IPPO/IA2C), shared with a one-hot agent id: ``obs [..., N, O] -> [..., N]``."""
 
-    def __init__(self, n_agents: int, obs_dim: int, hidden: int, layers: int, activation: str,
-                 input_norm: bool = False):
+    def __init__(self, n_agents: int, obs_dim: int, hidden: int, layers: int, activation: str):
         super().__init__()
-        self.net = AgentMLP(n_agents, obs_dim + n_agents, 1, hidden, layers, activation, shared=True,
-                            input_norm=input_norm)
+        self.net = AgentMLP(n_agents, obs_dim + n_agents, 1, hidden, layers, activation, shared=True)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(with_agent_id(obs)).squeeze(-1)
@@ -109,10 +104,9 @@ class QCritic(nn.Module):
     the other agents' actions, the agent's id; see ``algorithms.coma_critic_inputs``) to
     Q(s, u^{-a}, ·) for all of the agent's actions, ``[..., N, A]``, in one forward pass."""
 
-    def __init__(self, in_dim: int, n_actions: int, hidden: int, layers: int, activation: str,
-                 input_norm: bool = False):
+    def __init__(self, in_dim: int, n_actions: int, hidden: int, layers: int, activation: str):
         super().__init__()
-        self.net = AgentMLP(1, in_dim, n_actions, hidden, layers, activation, shared=True, input_norm=input_norm)
+        self.net = AgentMLP(1, in_dim, n_actions, hidden, layers, activation, shared=True)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.net(inputs)

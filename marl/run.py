@@ -81,7 +81,7 @@ def load_actor(run_dir: str | Path):
     probe = TeamEnv(cfg.env.id, cfg.env.kwargs)
     m = cfg.model
     actor = Actor(probe.n_agents, probe.obs_dim, probe.n_actions, torch.from_numpy(probe.action_mask),
-                  m.hidden, m.layers, m.activation, m.share_actor, m.input_norm)
+                  m.hidden, m.layers, m.activation, m.share_actor)
     probe.close()
     actor.load_state_dict(state["actor"])
     actor.eval()

@@ -152,13 +152,11 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     assert {"actor", "critic", "optimizer", "generator", "iteration"} <= state.keys()
 
 
-@pytest.mark.parametrize("share_actor, critic, input_norm", [(False, "central", True), (True, "local", False)])
-def test_actor_and_critic_variants_train(tmp_path, share_actor, critic, input_norm):
-    records = _train(tiny_config(model={"share_actor": share_actor, "input_norm": input_norm},
-                                 algo={"critic": critic, "loss": "a2c"}), tmp_path / "run")
+@pytest.mark.parametrize("share_actor, critic", [(False, "central"), (True, "local")])
+def test_actor_and_critic_variants_train(tmp_path, share_actor, critic):
+    records = _train(tiny_config(model={"share_actor": share_actor}, algo={"critic": critic, "loss": "a2c"}),
+                     tmp_path / "run")
     assert len(records) == 4 and all(math.isfinite(r["losses/value"]) for r in records)
-    first = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)["actor"]["net.body.0.weight"]
-    assert (first.dim() == 1) == input_norm      # a LayerNorm's weight is a vector, a linear layer's is not
 
 
 def test_refuses_to_overwrite_a_run_dir(tmp_path):

@@ -50,7 +50,7 @@ class CreditRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             m = self.cfg.model
             self.credit = None
             self.actor = Actor(self.n_agents, self.obs_dim, int(mc["n_actions"]), mask, m.hidden, m.layers,
-                               m.activation, m.share_actor, m.input_norm)
+                               m.activation, m.share_actor)
             return
         self.credit = CreditLearner(self.cfg, self.agents, self.obs_dim, int(mc["state_dim"]), int(mc["n_actions"]),
                                     mask)
