@@ -119,8 +119,11 @@ def rllib(steps: int, runners: int, stock: bool = False) -> dict:
     ``rllib_scaling.py`` for what is timed."""
     from rllib_scaling import measure_rllib, measure_stock
 
+    from marl.config import load_config
+
+    cfg = load_config(MAPPO)
     measure_fn = measure_stock if stock else measure_rllib
-    r = measure_fn(MAPPO, runners, max(2, steps // 400), [])     # 400 env steps per iteration
+    r = measure_fn(MAPPO, runners, max(2, steps // (cfg.algo.rollout_steps * cfg.env.num_envs)), [])
     r["update_share"] = r["update_s"] * r["env_steps_per_s"] / r["steps_per_iteration"]
     return r
 
