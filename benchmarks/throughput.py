@@ -149,7 +149,7 @@ def rllib(steps: int, runners: int, stock: bool = False) -> dict:
 MAPPO, COMA = "configs/spread_mappo.yaml", "configs/spread_coma.yaml"
 CONFIGS = {
     "raw": ("raw mpe2 simple_spread_v3, random actions, 1 process", raw_env, {}),
-    "raw2": ("raw env in 2 independent processes, summed (the machine's ceiling for workers)", raw_env_parallel, {}),
+    "raw2": ("raw env in 2 independent processes, summed (ceiling for workers)", raw_env_parallel, {}),
     "local": ("local spread_mappo, 1 process", train, {"config": MAPPO}),
     "local_coma": ("local spread_coma, 1 process", train, {"config": COMA}),
     "local_workers2": ("local spread_mappo, envs in 2 worker processes", train,
@@ -219,14 +219,25 @@ def main(argv=None) -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     if args.plot:
-        from matplotlib.figure import Figure
-        fig = Figure(figsize=(8, 0.6 * len(rows) + 1.2))
-        ax = fig.subplots()
-        ax.barh([r["label"] for r in rows][::-1], [r["env_steps_per_s"] for r in rows][::-1], color="tab:blue")
-        ax.set_xlabel("env steps/s (median)")
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
+        plot(rows, args.plot)
 
+
+def plot(rows: list[dict], path: str) -> None:
+    """Horizontal bars of the median env steps/s per configuration, each repeat as a dot."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 0.5 * len(rows) + 1.2))
+    ax = fig.subplots()
+    y = range(len(rows))[::-1]
+    ax.barh(list(y), [r["env_steps_per_s"] for r in rows], color="tab:blue", alpha=0.8)
+    for yi, r in zip(y, rows):
+        ax.plot(r["all"], [yi] * len(r["all"]), "k.", markersize=4)
+        ax.text(max(r["all"]) * 1.01, yi, f" {r['env_steps_per_s']:,.0f}", va="center", fontsize=8)
+    ax.set_yticks(list(y), [r["label"] for r in rows], fontsize=8)
+    ax.set_xlabel("env steps/s (bars: median; dots: repeats)")
+    ax.set_xlim(0, max(max(r["all"]) for r in rows) * 1.15)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 if __name__ == "__main__":
     main()
