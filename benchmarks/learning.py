@@ -18,7 +18,14 @@ import time
 from pathlib import Path
 
 
+def _overrides(job: dict) -> list[str]:
+    return [f"seed={job['seed']}", f"train.total_env_steps={job['steps']}", "train.progress=false",
+            "train.eval_episodes=0"] + job["set"]
+
+
 def _run_one(job: dict) -> dict:
+    """Train and evaluate one job; a failure is returned as ``{"error": ...}``, not raised, so
+    that the other runs go on."""
     import torch
 
     from marl.config import load_config
@@ -26,15 +33,16 @@ def _run_one(job: dict) -> dict:
     from marl.run import new_run
 
     torch.set_num_threads(1)
-    overrides = [f"seed={job['seed']}", f"train.total_env_steps={job['steps']}", "train.progress=false",
-                 "train.eval_episodes=0"] + job["set"]
-    cfg = load_config(job["config"], overrides)
-    trainer = new_run(cfg, job["run_dir"])
     try:
-        summary = trainer.train(progress=False)
-        result = evaluate(trainer.actor, cfg.env.id, cfg.env.kwargs, job["eval_episodes"], seed=job["seed"])
-    finally:
-        trainer.close()
+        cfg = load_config(job["config"], _overrides(job))
+        trainer = new_run(cfg, job["run_dir"])
+        try:
+            summary = trainer.train(progress=False)
+            result = evaluate(trainer.actor, cfg.env.id, cfg.env.kwargs, job["eval_episodes"], seed=job["seed"])
+        finally:
+            trainer.close()
+    except Exception as exc:  # reported in the summary; the run directory keeps what was written
+        return {"label": job["label"], "seed": job["seed"], "error": f"{type(exc).__name__}: {exc}"}
     return {"config": job["config"], "label": job["label"], "seed": job["seed"],
             "eval_return": result["team_return_mean"], "train_env_steps_per_s": summary["env_steps_per_s"],
             "wall_s": summary["wall_s"], "env_steps": summary["env_steps"], "run_dir": job["run_dir"]}
@@ -86,10 +94,20 @@ def main(argv=None) -> None:
             jobs.append({"config": path, "label": label, "seed": seed, "steps": args.steps,
                          "eval_episodes": args.eval_episodes, "set": args.set + extra_set,
                          "run_dir": str(run_dir).replace("=", "_")})
+    from marl.config import ConfigError, load_config
+    for job in jobs:   # bad configs or overrides stop here, in one line, before anything trains
+        try:
+            load_config(job["config"], _overrides(job))
+        except ConfigError as exc:
+            sys.exit(f"{job['label']}: {exc}")
     start = time.time()
     with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
-        results = []
+        results, failed = [], []
         for r in pool.imap_unordered(_run_one, jobs):
+            if "error" in r:
+                failed.append(r)
+                print(f"  {r['label']} seed {r['seed']}: FAILED: {r['error']}", file=sys.stderr, flush=True)
+                continue
             results.append(r)
             print(f"  {r['label']} seed {r['seed']}: {r['eval_return']:.2f} "
                   f"({r['train_env_steps_per_s']:.0f} steps/s)", file=sys.stderr, flush=True)
@@ -97,7 +115,10 @@ def main(argv=None) -> None:
     print_table(table, args.steps)
     print(f"\n{len(jobs)} runs, {args.jobs} at a time, {time.time() - start:.0f} s wall; runs in {out_dir}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "table": table}, indent=2))
+        Path(args.json).write_text(json.dumps({"results": results, "failed": failed, "table": table}, indent=2))
+    if failed:
+        sys.exit(f"{len(failed)} of {len(jobs)} runs failed: " + "; ".join(
+            f"{r['label']} seed {r['seed']}: {r['error']}" for r in failed))
 
 
 if __name__ == "__main__":
