@@ -212,7 +212,7 @@ def build_learner(cfg):
 # parity needs the same layout: rollouts of exactly one episode.
 PARITY = [("gae", 25, "central", True, {}), ("gae", 25, "central", False, {}), ("td_lambda", 25, "central", True, {}),
           ("coma", 10, "central", True, {}), ("coma", 10, "central", False, {}), ("gae", 25, "local", True, {}),
-          ("n_step", 25, "central", True, {}), ("mc", 25, "central", True, {}),
+          ("n_step", 25, "central", True, {}), ("mc", 25, "central", True, {}), ("coma_lambda", 10, "central", True, {}),
           ("td_lambda", 25, "central", True, SPEAKER_LISTENER), ("coma", 10, "central", True, SPEAKER_LISTENER)]
 
 
