@@ -2,7 +2,8 @@
 
 ``EnvSlice`` does the per-env work (stepping, auto-reset, reward mode, episode bookkeeping).
 ``SyncVectorEnv`` runs one slice in this process; ``ProcessVectorEnv`` splits the B envs into
-slices that run in worker processes, so the learner batches inference while workers step.
+slices that run in worker processes and write their results into shared memory, while the
+learner process batches inference over all of them.
 """
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ class RewardSpec:
 @dataclass
 class StepBatch:
     """One vectorised step. ``obs``/``state`` are the observations to act on next (already reset
-    where an episode ended); ``next_obs``/``next_state`` are the true successors of the step,
-    kept from before the auto-reset so that a truncation can bootstrap correctly."""
+    where an episode ended, unless the step was taken with ``autoreset=False``);
+    ``next_obs``/``next_state`` are the true successors of the step, kept from before the
+    auto-reset so that a truncation can bootstrap correctly."""
 
     obs: np.ndarray          # [B, N, O]
     state: np.ndarray        # [B, S]
