@@ -139,9 +139,8 @@ def rllib(steps: int, runners: int, stock: bool = False) -> dict:
 
     from marl.config import load_config
 
-    cfg = load_config(MAPPO)
     measure_fn = measure_stock if stock else measure_rllib
-    r = measure_fn(MAPPO, runners, max(2, steps // (cfg.algo.rollout_steps * cfg.env.num_envs)), [])
+    r = measure_fn(MAPPO, runners, max(2, steps // load_config(MAPPO).steps_per_iteration), [])
     r["update_share"] = r["update_s"] * r["env_steps_per_s"] / r["steps_per_iteration"]
     return r
 
@@ -238,6 +237,7 @@ def plot(rows: list[dict], path: str) -> None:
     ax.set_xlim(0, max(max(r["all"]) for r in rows) * 1.15)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
 
 if __name__ == "__main__":
     main()

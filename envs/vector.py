@@ -130,16 +130,20 @@ class EnvSlice:
             env.close()
 
 
+def _describe(venv, probe: TeamEnv, num_envs: int) -> None:
+    """Give a vector env the sizes it exposes (agents, dims, actions, action mask), from ``probe``."""
+    venv.num_envs = num_envs
+    venv.agents, venv.n_agents = probe.agents, probe.n_agents
+    venv.obs_dim, venv.state_dim, venv.n_actions = probe.obs_dim, probe.state_dim, probe.n_actions
+    venv.action_mask = probe.action_mask
+
+
 class SyncVectorEnv:
     """All B envs in this process."""
 
     def __init__(self, env_id: str, kwargs: dict, num_envs: int, reward: RewardSpec):
         self._slice = EnvSlice(env_id, kwargs, num_envs, reward)
-        probe = self._slice.envs[0]
-        self.num_envs = num_envs
-        self.agents, self.n_agents = probe.agents, probe.n_agents
-        self.obs_dim, self.state_dim, self.n_actions = probe.obs_dim, probe.state_dim, probe.n_actions
-        self.action_mask = probe.action_mask
+        _describe(self, self._slice.envs[0], num_envs)
 
     @property
     def team_envs(self) -> list[TeamEnv]:
@@ -196,11 +200,9 @@ class ProcessVectorEnv:
     def __init__(self, env_id: str, kwargs: dict, num_envs: int, reward: RewardSpec, workers: int):
         if not 1 <= workers <= num_envs:
             raise EnvError(f"env.workers must be in [1, env.num_envs={num_envs}], got {workers}")
-        probe = TeamEnv(env_id, kwargs)
+        probe = TeamEnv(env_id, kwargs)   # sizes the shared arrays before any worker starts
         probe.close()
-        self.agents, self.n_agents, self.num_envs = probe.agents, probe.n_agents, num_envs
-        self.obs_dim, self.state_dim, self.n_actions = probe.obs_dim, probe.state_dim, probe.n_actions
-        self.action_mask = probe.action_mask
+        _describe(self, probe, num_envs)
         ctx = mp.get_context("spawn")
         layout = _step_layout(num_envs, probe.n_agents, probe.obs_dim, probe.state_dim)
         buffers = {k: ctx.RawArray("b", max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,6 +155,16 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
     rllib: RLlibConfig = field(default_factory=RLlibConfig)
+
+    @property
+    def steps_per_iteration(self) -> int:
+        """Env steps collected per iteration: ``algo.rollout_steps * env.num_envs``."""
+        return self.algo.rollout_steps * self.env.num_envs
+
+    @property
+    def total_iterations(self) -> int:
+        """Iterations (one update each) that cover ``train.total_env_steps``."""
+        return math.ceil(self.train.total_env_steps / self.steps_per_iteration)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -4,7 +4,6 @@ code, so their credit is identical by construction."""
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.nn.functional as F
@@ -100,7 +99,6 @@ class CreditLearner:
             {"params": self.critic.parameters(), "lr": a.critic_lr},
         ], eps=1e-5, fused=True)
         self.updates = 0
-        self.total_updates = math.ceil(cfg.train.total_env_steps / (a.rollout_steps * e.num_envs))
         self.last_advantage: torch.Tensor | None = None
 
     def state_dict(self) -> dict:
@@ -123,9 +121,9 @@ class CreditLearner:
 
     def apply_lr_schedule(self) -> None:
         """Set the optimiser's learning rates for update number ``updates + 1``: the configured rates,
-        or with ``algo.lr_schedule: linear`` those rates times ``1 - updates / total_updates``."""
+        or with ``algo.lr_schedule: linear`` those rates times ``1 - updates / cfg.total_iterations`` (one update per iteration)."""
         a = self.cfg.algo
-        scale = 1.0 if a.lr_schedule == "constant" else max(0.0, 1.0 - self.updates / self.total_updates)
+        scale = 1.0 if a.lr_schedule == "constant" else max(0.0, 1.0 - self.updates / self.cfg.total_iterations)
         for group, base in zip(self.optimizer.param_groups, (a.lr, a.critic_lr)):
             group["lr"] = base * scale
 

@@ -10,7 +10,6 @@ an uninterrupted run exactly. An episode longer than the rollout is cut there an
 """
 from __future__ import annotations
 
-import math
 import signal
 import time
 from dataclasses import dataclass
@@ -85,11 +84,11 @@ class Trainer:
     # -- persistence ------------------------------------------------------------------------------
     @property
     def steps_per_iteration(self) -> int:
-        return self.cfg.algo.rollout_steps * self.cfg.env.num_envs
+        return self.cfg.steps_per_iteration
 
     @property
     def total_iterations(self) -> int:
-        return math.ceil(self.cfg.train.total_env_steps / self.steps_per_iteration)
+        return self.cfg.total_iterations
 
     def state_dict(self) -> dict:
         return {**self.learner.state_dict(), "iteration": self.iteration, "env_steps": self.env_steps,

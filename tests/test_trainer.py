@@ -218,7 +218,7 @@ def test_every_shipped_config_trains_end_to_end(tmp_path, path):
     cut to two small iterations so that the whole set runs in seconds."""
     cfg = load_config(path, ["env.num_envs=4", "algo.epochs=1", "train.total_env_steps=2", "train.eval_episodes=1",
                              "train.progress=false", "log.fidelity_episodes=1"])
-    cfg.train.total_env_steps = 2 * cfg.algo.rollout_steps * cfg.env.num_envs
+    cfg.train.total_env_steps = 2 * cfg.steps_per_iteration
     records = _train(dataclasses.asdict(cfg), tmp_path / "run")
     assert len(records) == 2
     assert all(math.isfinite(r["losses/value"]) and math.isfinite(r["team_return"]) for r in records)

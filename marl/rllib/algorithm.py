@@ -91,7 +91,7 @@ def build_config(cfg, agents, obs_dim: int, state_dim: int, n_actions: int, acti
 
     a, r = cfg.algo, cfg.rllib
     n = len(agents)
-    batch = a.rollout_steps * cfg.env.num_envs  # env steps
+    batch = cfg.steps_per_iteration  # env steps
     fragment = n * math.ceil(batch / (max(r.num_env_runners, 1) * r.num_envs_per_env_runner))
     cpus = actor_cpus(cfg)
     config = (
