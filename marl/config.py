@@ -46,7 +46,8 @@ class AlgoConfig:
     advantage: str = "gae"
     """Advantage module from the registry (``marl list``)."""
     critic: str = "central"
-    """``central``: V(state) (MAPPO/MAA2C); ``local``: V(o_i) (IPPO/IA2C)."""
+    """``central``: V(state) (MAPPO/MAA2C); ``agent_state``: V(state, o_i, i), MAPPO's agent-specific
+    global state (Yu et al., 2022); ``local``: V(o_i) (IPPO/IA2C)."""
     loss: str = "ppo"
     """Actor loss: ``ppo`` (clipped surrogate) or ``a2c`` (policy gradient)."""
     gamma: float = 0.99
@@ -258,7 +259,8 @@ def validate(cfg: Config) -> Config:
     _check(e.num_envs >= 1, "env.num_envs", e.num_envs, "an int >= 1")
     _check(0 <= e.workers <= e.num_envs, "env.workers", e.workers, f"an int in [0, env.num_envs={e.num_envs}]")
     _check(a.advantage in ADVANTAGES, "algo.advantage", a.advantage, f"one of {sorted(ADVANTAGES)}")
-    _check(a.critic in ("central", "local"), "algo.critic", a.critic, "'central' or 'local'")
+    _check(a.critic in ("central", "agent_state", "local"), "algo.critic", a.critic,
+           "'central', 'agent_state' or 'local'")
     _check(a.loss in ("ppo", "a2c"), "algo.loss", a.loss, "'ppo' or 'a2c'")
     _check(a.lr_schedule in ("constant", "linear"), "algo.lr_schedule", a.lr_schedule, "'constant' or 'linear'")
     _check(0.0 < a.gamma <= 1.0, "algo.gamma", a.gamma, "a float in (0, 1]")

@@ -90,8 +90,9 @@ class CreditLearner:
         elif a.critic == "central":
             self.critic = CentralCritic(N, state_dim, m.hidden, m.layers, m.activation,
                                         team_value=e.reward == "shared")
-        else:
-            self.critic = LocalCritic(N, obs_dim, m.hidden, m.layers, m.activation)
+        else:   # local V(o_i), or V(s, o_i) with the agent-specific state
+            in_dim = obs_dim + (state_dim if a.critic == "agent_state" else 0)
+            self.critic = LocalCritic(N, in_dim, m.hidden, m.layers, m.activation)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False) if a.target_update_every else None
         self.value_norm = ValueNorm(N)
         self.optimizer = torch.optim.Adam([
@@ -137,11 +138,14 @@ class CreditLearner:
             else self.value_norm.denormalize(x)
 
     def critic_input(self, state: torch.Tensor, obs: torch.Tensor, actions: torch.Tensor | None = None):
-        """What the critic reads: the state (central V), the observations (local V) or, for a Q
-        critic, the per-agent counterfactual inputs built from state and joint actions."""
+        """What the critic reads: the state ``[..., S]`` (central V), the observations ``[..., N, O]``
+        (local V), both per agent ``[..., N, S + O]`` (agent-specific state) or, for a Q critic, the
+        per-agent counterfactual inputs built from state and joint actions."""
         if self.uses_q:
             onehot = F.one_hot(actions, self.n_actions).to(state.dtype)
             return coma_critic_inputs(state, onehot, obs if self.cfg.algo.critic_obs else None)
+        if self.cfg.algo.critic == "agent_state":
+            return torch.cat([state.unsqueeze(-2).expand(*obs.shape[:-1], state.shape[-1]), obs], -1)
         return state if self.cfg.algo.critic == "central" else obs
 
     def prepare(self, b: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:

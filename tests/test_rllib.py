@@ -116,7 +116,8 @@ SPEAKER_LISTENER = {"id": "mpe2:simple_speaker_listener_v4", "kwargs": {"max_cyc
 
 
 @pytest.mark.parametrize("env, share_actor, advantage, critic", [
-    ({}, True, "gae", "central"), ({}, False, "gae", "local"), ({}, True, "coma", "central"),
+    ({}, True, "gae", "central"), ({}, False, "gae", "local"), ({}, True, "gae", "agent_state"),
+    ({}, True, "coma", "central"),
     (SPEAKER_LISTENER, True, "gae", "central"), (SPEAKER_LISTENER, False, "coma", "central")])
 def test_module_rows_equal_the_networks_agent_slots(env, share_actor, advantage, critic):
     """Each RLlib row (agent i's padded observation and one-hot id) gets exactly agent i's slot of
@@ -141,7 +142,7 @@ def test_module_rows_equal_the_networks_agent_slots(env, share_actor, advantage,
             per_row = critic_in.reshape(B * N, -1)
         else:
             expected = full
-            per_row = state.repeat_interleave(N, 0) if critic == "central" else obs.reshape(B * N, -1)
+            per_row = state.repeat_interleave(N, 0) if critic == "central" else critic_in.reshape(B * N, -1)
         assert torch.allclose(module.critic_prediction(per_row, idx, actions.reshape(-1)), expected.reshape(-1),
                               atol=1e-6)
 
@@ -211,7 +212,7 @@ def build_learner(cfg):
 # the bootstrap joint action at cuts from the generator over the whole [T, B, N] batch, so its
 # parity needs the same layout: rollouts of exactly one episode.
 PARITY = [("gae", 25, "central", True, {}), ("gae", 25, "central", False, {}), ("td_lambda", 25, "central", True, {}),
-          ("coma", 10, "central", True, {}), ("coma", 10, "central", False, {}), ("gae", 25, "local", True, {}),
+          ("coma", 10, "central", True, {}), ("coma", 10, "central", False, {}), ("gae", 25, "local", True, {}), ("gae", 25, "agent_state", True, {}),
           ("n_step", 25, "central", True, {}), ("mc", 25, "central", True, {}), ("coma_lambda", 10, "central", True, {}),
           ("td_lambda", 25, "central", True, SPEAKER_LISTENER), ("coma", 10, "central", True, SPEAKER_LISTENER)]
 

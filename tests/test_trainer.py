@@ -154,7 +154,7 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     assert {"actor", "critic", "optimizer", "generator", "iteration"} <= state.keys()
 
 
-@pytest.mark.parametrize("share_actor, critic", [(False, "central"), (True, "local")])
+@pytest.mark.parametrize("share_actor, critic", [(False, "central"), (True, "local"), (True, "agent_state")])
 def test_actor_and_critic_variants_train(tmp_path, share_actor, critic):
     records = _train(tiny_config(model={"share_actor": share_actor}, algo={"critic": critic, "loss": "a2c"}),
                      tmp_path / "run")

@@ -91,8 +91,8 @@ class CreditRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
     def critic_prediction(self, critic_in: torch.Tensor, idx: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """What the critic predicts for each row ``[R]`` (normalised space, as trained): V of the
         row's agent, or for a Q critic Q of the taken action. ``critic_in`` is the row's part of
-        ``CreditLearner.critic_input``: the state (central V), the own observation (local V) or the
-        agent's counterfactual input (Q)."""
+        ``CreditLearner.critic_input``: the state (central V), the own observation (local V), both
+        (agent-specific state) or the agent's counterfactual input (Q)."""
         if self.credit.uses_q:
             q = self.critic(critic_in.unsqueeze(-2)).squeeze(-2)
             return q.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
@@ -125,5 +125,5 @@ class CreditRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
                 q_all = self._own_slot(credit._to_return_space(self.critic(critic_in)), idx)
                 pi = torch.softmax(self.actor_logits(obs), -1)
                 return (pi * q_all).sum(-1)
-            values = self.critic(batch[STATE] if self.cfg.algo.critic == "central" else own)
+            values = self.critic(credit.critic_input(batch[STATE], own))
             return self._own_slot(credit._to_return_space(values), idx)
