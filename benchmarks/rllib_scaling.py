@@ -75,15 +75,18 @@ def measure_rllib(config: str, runners: int, iterations: int, overrides: list[st
 STOCK_ENV = "stock_pettingzoo_env"
 
 
-def stock_config(cfg):
-    """Stock RLlib PPO (see the module docstring) with the batch and PPO settings of ``build_config(cfg)``."""
+def stock_config(cfg, project_env: bool = False):
+    """Stock RLlib PPO (see the module docstring) with the batch and PPO settings of ``build_config(cfg)``.
+    With ``project_env`` it samples the project's own RLlib env instead of RLlib's PettingZoo wrapper."""
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-    from marl.rllib.algorithm import build_config, env_spec
+    from marl.rllib.algorithm import ENV_NAME, build_config, env_spec
+    from marl.rllib.env import env_config
 
     ours = build_config(cfg, **env_spec(cfg))
+    env = (ENV_NAME, env_config(cfg)) if project_env else (STOCK_ENV, {"id": cfg.env.id, "kwargs": dict(cfg.env.kwargs)})
 
     def same(*keys):
         return {k: getattr(ours, k) for k in keys}
@@ -91,7 +94,7 @@ def stock_config(cfg):
     m = cfg.model
     return (
         PPOConfig()
-        .environment(STOCK_ENV, env_config={"id": cfg.env.id, "kwargs": dict(cfg.env.kwargs)})
+        .environment(env[0], env_config=env[1], disable_env_checking=project_env)
         .env_runners(**same("num_env_runners", "num_envs_per_env_runner", "num_cpus_per_env_runner",
                             "rollout_fragment_length", "batch_mode"))
         .learners(**same("num_learners", "num_cpus_per_learner"))
@@ -107,7 +110,7 @@ def stock_config(cfg):
     )
 
 
-def measure_stock(config: str, runners: int, iterations: int, overrides: list[str]) -> dict:
+def measure_stock(config: str, runners: int, iterations: int, overrides: list[str], project_env: bool = False) -> dict:
     import shutil
 
     import ray
@@ -117,6 +120,7 @@ def measure_stock(config: str, runners: int, iterations: int, overrides: list[st
 
     from envs.registry import make_parallel_env
     from marl.config import load_config
+    from marl.rllib.algorithm import register_env as register_project_env
     from marl.rllib.trainer import start_ray
 
     torch.set_num_threads(1)
@@ -128,7 +132,8 @@ def measure_stock(config: str, runners: int, iterations: int, overrides: list[st
     try:
         # A lambda: Ray pickles it by value (its workers cannot import this script).
         register_env(STOCK_ENV, lambda c: ParallelPettingZooEnv(make_parallel_env(c["id"], c["kwargs"])))
-        algo = stock_config(cfg).build_algo()
+        register_project_env()
+        algo = stock_config(cfg, project_env).build_algo()
         startup = time.perf_counter() - start
         update_s = 0.0
         update = algo.learner_group.update

@@ -132,15 +132,18 @@ def train(steps: int, config: str, overrides: list[str] = ()) -> dict:
             "collect_share": collect_s / wall}
 
 
-def rllib(steps: int, runners: int, stock: bool = False) -> dict:
-    """``backend: rllib`` (or stock RLlib PPO) on spread_mappo with ``runners`` EnvRunners; see
-    ``rllib_scaling.py`` for what is timed."""
+def rllib(steps: int, runners: int, stock: bool = False, project_env: bool = False) -> dict:
+    """``backend: rllib`` (or stock RLlib PPO, on RLlib's PettingZoo wrapper or on the project's
+    env) on spread_mappo with ``runners`` EnvRunners; see ``rllib_scaling.py`` for what is timed."""
     from rllib_scaling import measure_rllib, measure_stock
 
     from marl.config import load_config
 
-    measure_fn = measure_stock if stock else measure_rllib
-    r = measure_fn(MAPPO, runners, max(2, steps // load_config(MAPPO).steps_per_iteration), [])
+    iterations = max(2, steps // load_config(MAPPO).steps_per_iteration)
+    if stock:
+        r = measure_stock(MAPPO, runners, iterations, [], project_env)
+    else:
+        r = measure_rllib(MAPPO, runners, iterations, [])
     r["update_share"] = r["update_s"] * r["env_steps_per_s"] / r["steps_per_iteration"]
     return r
 
@@ -156,11 +159,16 @@ CONFIGS = {
     **{f"rllib{k}": (f"rllib spread_mappo, {k} EnvRunner{'s' * (k != 1)}", rllib, {"runners": k}) for k in (0, 1, 2)},
     **{f"stock{k}": (f"stock RLlib PPO, {k} EnvRunner{'s' * (k != 1)}", rllib, {"runners": k, "stock": True})
        for k in (0, 1, 2)},
+    **{f"stock_env{k}": (f"stock RLlib PPO on the project's env, {k} EnvRunner{'s' * (k != 1)}", rllib,
+                         {"runners": k, "stock": True, "project_env": True}) for k in (0, 1, 2)},
 }
 
 # What each row is compared with besides the raw env: workers against one process, our RLlib
-# backend against stock RLlib PPO with the same EnvRunners.
-BASELINE = {"raw2": "raw", "local_workers2": "local", **{f"rllib{k}": f"stock{k}" for k in (0, 1, 2)}}
+# backend against stock RLlib PPO with the same EnvRunners, on RLlib's PettingZoo wrapper (end to
+# end) and on the project's env (only the learner, connector and module pieces differ).
+BASELINE = {"raw2": ["raw"], "local_workers2": ["local"],
+            **{f"rllib{k}": [f"stock{k}", f"stock_env{k}"] for k in (0, 1, 2)},
+            **{f"stock_env{k}": [f"stock{k}"] for k in (0, 1, 2)}}
 
 
 def _measure(name: str, steps: int, queue) -> None:
@@ -211,8 +219,8 @@ def main(argv=None) -> None:
     print("|---|---|---|---|---|---|")
     for row in rows:
         ratio = f"{row['ratio_to_raw']:.2f}" if row["ratio_to_raw"] is not None else "n/a"
-        base = BASELINE.get(row["name"])
-        vs = f"{row['env_steps_per_s'] / speed[base]:.2f} (vs {base})" if base in speed else "-"
+        vs = ", ".join(f"{row['env_steps_per_s'] / speed[base]:.2f} (vs {base})"
+                       for base in BASELINE.get(row["name"], []) if base in speed) or "-"
         share = f"{row['update_share']:.0%}" if not row["name"].startswith("raw") else "-"
         print(f"| {row['label']} | {row['env_steps_per_s']:,.0f} | {ratio} | {vs} | {share} | {row['peak_rss_mb']:.0f} |")
     if args.json:

@@ -62,12 +62,14 @@ class TeamEnv:
             out[i, : self._obs_sizes[i]] = np.asarray(obs[agent], dtype=np.float32).reshape(-1)
         return out
 
-    def _state(self, obs: dict) -> np.ndarray:
+    def _state(self, obs: dict, obs_array: np.ndarray) -> np.ndarray:
         if self._has_state:
             try:
                 return np.asarray(self.env.state(), dtype=np.float32).reshape(-1)
             except (NotImplementedError, AttributeError):
                 self._has_state = False
+        if self._uniform_obs:   # the unpadded observations, concatenated: the rows of obs_array
+            return obs_array.reshape(-1)
         return np.concatenate([np.asarray(obs[a], dtype=np.float32).reshape(-1) for a in self.agents])
 
     # -- API -----------------------------------------------------------------------------------
@@ -78,7 +80,8 @@ class TeamEnv:
             raise EnvError(
                 f"env {self.env_id!r}: reset returned observations for {sorted(obs)}, expected all of "
                 f"possible_agents {self.agents}; envs whose agents come and go are not supported")
-        return self._obs_array(obs), self._state(obs)
+        obs_array = self._obs_array(obs)
+        return obs_array, self._state(obs, obs_array)
 
     def step(self, actions: np.ndarray):
         """Step with ``actions [N]``.
@@ -100,7 +103,8 @@ class TeamEnv:
         if done and not (terminated | truncated).all():
             # The env removed every agent without flags: treat the cut as a truncation.
             truncated |= ~terminated
-        return self._obs_array(obs), self._state(obs), reward, terminated, truncated, done
+        obs_array = self._obs_array(obs)
+        return obs_array, self._state(obs, obs_array), reward, terminated, truncated, done
 
     def render(self):
         return self.env.render()

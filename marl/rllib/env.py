@@ -72,7 +72,11 @@ class TeamMultiAgentEnv(MultiAgentEnv):
         self._steps = 0
 
     def _obs(self, obs: np.ndarray) -> dict:
-        return {a: np.concatenate([obs[i], self._ids[i]]) for i, a in enumerate(self.agents)}
+        """``obs [N, O]`` as fresh per-agent rows ``[O + N]`` (observation, one-hot id)."""
+        rows = np.empty((self.n_agents, self.obs_dim + self.n_agents), np.float32)
+        rows[:, :self.obs_dim] = obs
+        rows[:, self.obs_dim:] = self._ids
+        return dict(zip(self.agents, rows))
 
     def reset(self, *, seed=None, options=None):
         """A new episode. ``seed`` seeds it and the seeds of the episodes after it (RLlib seeds only
@@ -89,7 +93,7 @@ class TeamMultiAgentEnv(MultiAgentEnv):
         out = self._slice.out
         infos = {a: {} for a in self.agents}
         infos[self.agents[0]][STATE] = out["state"][0].copy()
-        return self._obs(out["obs"][0].copy()), infos
+        return self._obs(out["obs"][0]), infos
 
     def step(self, action_dict: dict):
         try:
@@ -114,7 +118,7 @@ class TeamMultiAgentEnv(MultiAgentEnv):
         terminateds["__all__"] = done and everyone_terminated
         truncateds["__all__"] = done and not everyone_terminated
         rewards = {a: float(r) for a, r in zip(self.agents, out["reward"][0])}
-        return self._obs(out["next_obs"][0].copy()), rewards, terminateds, truncateds, infos
+        return self._obs(out["next_obs"][0]), rewards, terminateds, truncateds, infos
 
     def _record_fault(self, exc: BaseException, where: str) -> None:
         record = {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
