@@ -6,10 +6,12 @@ PPO with 0, 1 and 2 EnvRunners.
     python benchmarks/throughput.py --only raw local local_workers2
 
 Each measurement runs in a fresh process (so peak RSS is its own, summed over the processes it
-starts), after a warm-up, and is repeated; the table shows medians, the ratio to the raw env
-measured in the same run and, for workers and RLlib, the ratio to their baseline (one process;
-stock RLlib). The machine may be shared, so compare ratios, not absolute numbers. Writes a PNG bar
-chart with --plot.
+starts), after a warm-up, and the configurations are interleaved over the repeats. The table
+shows the median env steps/s, the ratio to the raw env and, for workers and RLlib, the ratio to
+their baselines (one process; stock RLlib PPO on RLlib's PettingZoo wrapper and on the project's
+env). Ratios are paired: the median over repeats of the ratio within one repeat, since the host's
+speed drifts. The machine may be shared, so compare ratios, not absolute numbers. Writes a PNG
+bar chart with --plot.
 """
 from __future__ import annotations
 
@@ -60,14 +62,17 @@ class PeakRSS:
         self.peak_mb = max(self.peak_mb, self._total_mb())
 
 
-def raw_env(steps: int) -> dict:
-    """mpe2 simple_spread_v3 (its parallel API) with uniformly random actions, one process."""
+def raw_env(steps: int, start_barrier=None) -> dict:
+    """mpe2 simple_spread_v3 (its parallel API) with uniformly random actions, one process. Returns
+    the rate and the timed window (``time.perf_counter``, one clock for all processes on Linux)."""
     import numpy as np
     from mpe2 import simple_spread_v3
 
     env = simple_spread_v3.parallel_env(**ENV_KWARGS)
     rng = np.random.default_rng(0)
     done, seed, count = True, 0, 0
+    if start_barrier is not None:
+        start_barrier.wait()
     start = None
     while count < steps:
         if done:
@@ -79,25 +84,30 @@ def raw_env(steps: int) -> dict:
         count += 1
         if count == steps // 10:            # warm-up: the first 10% is not timed
             start, timed_from = time.perf_counter(), count
-    return {"env_steps_per_s": (count - timed_from) / (time.perf_counter() - start)}
+    end = time.perf_counter()
+    return {"env_steps_per_s": (count - timed_from) / (end - start), "timed_steps": count - timed_from,
+            "window": (start, end)}
 
 
-def _raw_env_child(steps: int, queue) -> None:
-    queue.put(raw_env(steps))
+def _raw_env_child(steps: int, barrier, queue) -> None:
+    queue.put(raw_env(steps, barrier))
 
 
 def raw_env_parallel(steps: int, processes: int = 2) -> dict:
-    """``processes`` independent raw-env loops at once, ``steps`` each: the summed env steps/s is
-    what the machine's cores can give to env stepping at best, the ceiling for env workers."""
+    """``processes`` independent raw-env loops started together, ``steps`` each: all their timed
+    steps over the wall time from the first start to the last end. That is what the machine's cores
+    give to env stepping at best, the ceiling for env workers. (Summing each process's own rate
+    would overstate it: a process that finishes early leaves the other one a free core.)"""
     ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_raw_env_child, args=(steps, queue)) for _ in range(processes)]
+    queue, barrier = ctx.Queue(), ctx.Barrier(processes)
+    procs = [ctx.Process(target=_raw_env_child, args=(steps, barrier, queue)) for _ in range(processes)]
     for proc in procs:
         proc.start()
-    rates = [queue.get()["env_steps_per_s"] for _ in procs]
+    results = [queue.get() for _ in procs]
     for proc in procs:
         proc.join()
-    return {"env_steps_per_s": sum(rates)}
+    span = max(r["window"][1] for r in results) - min(r["window"][0] for r in results)
+    return {"env_steps_per_s": sum(r["timed_steps"] for r in results) / span}
 
 
 def train(steps: int, config: str, overrides: list[str] = ()) -> dict:
@@ -151,7 +161,7 @@ def rllib(steps: int, runners: int, stock: bool = False, project_env: bool = Fal
 MAPPO, COMA = "configs/spread_mappo.yaml", "configs/spread_coma.yaml"
 CONFIGS = {
     "raw": ("raw mpe2 simple_spread_v3, random actions, 1 process", raw_env, {}),
-    "raw2": ("raw env in 2 independent processes, summed (ceiling for workers)", raw_env_parallel, {}),
+    "raw2": ("raw env in 2 processes at once (ceiling for workers)", raw_env_parallel, {}),
     "local": ("local spread_mappo, 1 process", train, {"config": MAPPO}),
     "local_coma": ("local spread_coma, 1 process", train, {"config": COMA}),
     "local_workers2": ("local spread_mappo, envs in 2 worker processes", train,
@@ -204,23 +214,28 @@ def main(argv=None) -> None:
             results[name].append(measure(name, args.steps))
             print(f"  repeat {r + 1}: {name}: {results[name][-1]['env_steps_per_s']:.0f} env steps/s",
                   file=sys.stderr, flush=True)
+    def paired_ratio(name: str, base: str) -> float:
+        """Median over repeats of ``name / base`` within the same repeat (the host's speed drifts
+        between repeats more than between neighbouring measurements)."""
+        return statistics.median(x["env_steps_per_s"] / y["env_steps_per_s"] for x, y in zip(results[name], results[base]))
+
     rows = []
-    raw = statistics.median(x["env_steps_per_s"] for x in results["raw"]) if "raw" in results else None
     for name, runs in results.items():
-        sps = statistics.median(x["env_steps_per_s"] for x in runs)
-        rows.append({"name": name, "label": CONFIGS[name][0], "env_steps_per_s": sps,
-                     "ratio_to_raw": sps / raw if raw else None,
+        rows.append({"name": name, "label": CONFIGS[name][0],
+                     "env_steps_per_s": statistics.median(x["env_steps_per_s"] for x in runs),
+                     "ratio_to_raw": paired_ratio(name, "raw") if "raw" in results else None,
+                     "ratio_to_baseline": {base: paired_ratio(name, base) for base in BASELINE.get(name, [])
+                                           if base in results},
                      "peak_rss_mb": max(x["peak_rss_mb"] for x in runs),
                      "update_share": statistics.median(x.get("update_share", 0.0) for x in runs),
                      "all": [x["env_steps_per_s"] for x in runs]})
-    speed = {row["name"]: row["env_steps_per_s"] for row in rows}
+    print(f"Ratios are medians over the {args.repeats} repeats of the ratio within a repeat.")
     print(f"| configuration | env steps/s (median of {args.repeats}) | × raw env | × its baseline | update share | "
           f"peak RSS, all processes (MB) |")
     print("|---|---|---|---|---|---|")
     for row in rows:
         ratio = f"{row['ratio_to_raw']:.2f}" if row["ratio_to_raw"] is not None else "n/a"
-        vs = ", ".join(f"{row['env_steps_per_s'] / speed[base]:.2f} (vs {base})"
-                       for base in BASELINE.get(row["name"], []) if base in speed) or "-"
+        vs = ", ".join(f"{r:.2f} (vs {base})" for base, r in row["ratio_to_baseline"].items()) or "-"
         share = f"{row['update_share']:.0%}" if not row["name"].startswith("raw") else "-"
         print(f"| {row['label']} | {row['env_steps_per_s']:,.0f} | {ratio} | {vs} | {share} | {row['peak_rss_mb']:.0f} |")
     if args.json:
