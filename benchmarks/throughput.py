@@ -110,6 +110,37 @@ def raw_env_parallel(steps: int, processes: int = 2) -> dict:
     return {"env_steps_per_s": sum(r["timed_steps"] for r in results) / span}
 
 
+def vector_env(steps: int, workers: int) -> dict:
+    """The trainer's vector env for spread_mappo (32 envs) with uniformly random actions and no
+    policy: in this process (``workers=0``) or in worker processes, where the learner process waits
+    on every worker at every step."""
+    import numpy as np
+
+    from envs import RewardSpec
+    from envs.vector import make_vector_env
+    from marl.config import load_config
+
+    cfg = load_config(MAPPO)
+    e, T = cfg.env, cfg.algo.rollout_steps
+    venv = make_vector_env(e.id, e.kwargs, e.num_envs, RewardSpec(e.reward, e.team_reward, e.alpha, e.shaping,
+                                                                  cfg.algo.gamma), workers)
+    try:
+        rng = np.random.default_rng(0)
+        actions = rng.integers(0, venv.n_actions, (T, e.num_envs, venv.n_agents))
+        count, it, start = 0, 0, None
+        while count < steps:
+            venv.reset(np.arange(e.num_envs) + it * e.num_envs)
+            for t in range(T):
+                venv.step(actions[t], autoreset=t < T - 1)
+            count += T * e.num_envs
+            it += 1
+            if start is None:                   # the first rollout is the warm-up
+                start, count = time.perf_counter(), 0
+        return {"env_steps_per_s": count / (time.perf_counter() - start)}
+    finally:
+        venv.close()
+
+
 def train(steps: int, config: str, overrides: list[str] = ()) -> dict:
     """Env steps/s of the local trainer (collection + updates) after one warm-up iteration."""
     import torch
@@ -162,6 +193,8 @@ MAPPO, COMA = "configs/spread_mappo.yaml", "configs/spread_coma.yaml"
 CONFIGS = {
     "raw": ("raw mpe2 simple_spread_v3, random actions, 1 process", raw_env, {}),
     "raw2": ("raw env in 2 processes at once (ceiling for workers)", raw_env_parallel, {}),
+    "vec": ("spread_mappo's 32 envs, random actions, 1 process", vector_env, {"workers": 0}),
+    "vec_workers2": ("spread_mappo's 32 envs, random actions, 2 worker processes", vector_env, {"workers": 2}),
     "local": ("local spread_mappo, 1 process", train, {"config": MAPPO}),
     "local_coma": ("local spread_coma, 1 process", train, {"config": COMA}),
     "local_workers2": ("local spread_mappo, envs in 2 worker processes", train,
@@ -176,7 +209,7 @@ CONFIGS = {
 # What each row is compared with besides the raw env: workers against one process, our RLlib
 # backend against stock RLlib PPO with the same EnvRunners, on RLlib's PettingZoo wrapper (end to
 # end) and on the project's env (only the learner, connector and module pieces differ).
-BASELINE = {"raw2": ["raw"], "local_workers2": ["local"],
+BASELINE = {"raw2": ["raw"], "vec_workers2": ["vec"], "local_workers2": ["local"],
             **{f"rllib{k}": [f"stock{k}", f"stock_env{k}"] for k in (0, 1, 2)},
             **{f"stock_env{k}": [f"stock{k}"] for k in (0, 1, 2)}}
 
@@ -227,7 +260,8 @@ def main(argv=None) -> None:
                      "ratio_to_baseline": {base: paired_ratio(name, base) for base in BASELINE.get(name, [])
                                            if base in results},
                      "peak_rss_mb": max(x["peak_rss_mb"] for x in runs),
-                     "update_share": statistics.median(x.get("update_share", 0.0) for x in runs),
+                     "update_share": (statistics.median(x["update_share"] for x in runs)
+                                      if "update_share" in runs[0] else None),
                      "all": [x["env_steps_per_s"] for x in runs]})
     print(f"Ratios are medians over the {args.repeats} repeats of the ratio within a repeat.")
     print(f"| configuration | env steps/s (median of {args.repeats}) | × raw env | × its baseline | update share | "
@@ -236,7 +270,7 @@ def main(argv=None) -> None:
     for row in rows:
         ratio = f"{row['ratio_to_raw']:.2f}" if row["ratio_to_raw"] is not None else "n/a"
         vs = ", ".join(f"{r:.2f} (vs {base})" for base, r in row["ratio_to_baseline"].items()) or "-"
-        share = f"{row['update_share']:.0%}" if not row["name"].startswith("raw") else "-"
+        share = f"{row['update_share']:.0%}" if row["update_share"] is not None else "-"
         print(f"| {row['label']} | {row['env_steps_per_s']:,.0f} | {ratio} | {vs} | {share} | {row['peak_rss_mb']:.0f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
