@@ -89,7 +89,9 @@ class CentralCritic(nn.Module):
 
 
 class LocalCritic(nn.Module):
-    """Decentralised V(o_i) (IPPO/IA2C), shared with a one-hot agent id: ``obs [..., N, O] -> [..., N]``."""
+    """A value per agent from per-agent inputs, shared with a one-hot agent id: ``x [..., N, D] -> [..., N]``.
+    With ``x = o_i`` it is the decentralised V(o_i) (IPPO/IA2C); with ``x = [s, o_i]`` MAPPO's
+    agent-specific V(s, o_i, i)."""
 
     def __init__(self, n_agents: int, obs_dim: int, hidden: int, layers: int, activation: str):
         super().__init__()
