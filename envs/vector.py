@@ -8,7 +8,7 @@ learner process batches inference over all of them.
 from __future__ import annotations
 
 import multiprocessing as mp
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -46,6 +46,12 @@ class StepBatch:
     done: np.ndarray         # [B] bool: the episode ended at this step
     episodes: list           # finished episodes: dicts with raw_return [N], return [N], length
 
+    @classmethod
+    def copied_from(cls, arrays: dict[str, np.ndarray], episodes: list) -> StepBatch:
+        """A batch holding copies of the step arrays in ``arrays`` (which the next step overwrites)."""
+        return cls(**{f.name: arrays[f.name].copy() for f in fields(cls) if f.name != "episodes"},
+                   episodes=episodes)
+
 
 def _step_layout(n: int, n_agents: int, obs_dim: int, state_dim: int) -> dict[str, tuple[tuple, type]]:
     """Shapes and dtypes of the arrays a vectorised step fills, for ``n`` envs (plus ``actions``)."""
@@ -55,8 +61,6 @@ def _step_layout(n: int, n_agents: int, obs_dim: int, state_dim: int) -> dict[st
             "raw_reward": (agents, np.float32), "reward": (agents, np.float32), "terminated": (agents, bool),
             "truncated": (agents, bool), "done": ((n,), bool), "actions": (agents, np.int64)}
 
-
-STEP_FIELDS = ("obs", "state", "next_obs", "next_state", "raw_reward", "reward", "terminated", "truncated", "done")
 
 
 class EnvSlice:
@@ -158,7 +162,7 @@ class SyncVectorEnv:
     def step(self, actions: np.ndarray, autoreset: bool = True) -> StepBatch:
         """Step with ``actions [B, N]``; see ``EnvSlice.step`` for ``autoreset``."""
         episodes = self._slice.step(actions, autoreset)
-        return StepBatch(**{k: self._slice.out[k].copy() for k in STEP_FIELDS}, episodes=episodes)
+        return StepBatch.copied_from(self._slice.out, episodes)
 
     def close(self):
         self._slice.close()
@@ -247,7 +251,7 @@ class ProcessVectorEnv:
         for conn in self._conns:
             conn.send(("step", autoreset))
         episodes = [ep for conn in self._conns for ep in self._recv(conn)]
-        return StepBatch(**{k: self._arrays[k].copy() for k in STEP_FIELDS}, episodes=episodes)
+        return StepBatch.copied_from(self._arrays, episodes)
 
     def close(self):
         for conn in self._conns:

@@ -164,7 +164,8 @@ class CreditLearner:
 
     def _prepare_q(self, b: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         """COMA: Q of every action of each agent in one critic pass; the critic learns TD(λ) targets
-        of the taken joint action; the advantage is Q_taken minus the policy-weighted baseline."""
+        of the taken joint action; the advantage is Q_taken (``coma``) or that λ-target
+        (``coma_lambda``) minus the policy-weighted counterfactual baseline."""
         a = self.cfg.algo
         actions = b["actions"]
         critic = self.target_critic if self.target_critic is not None else self.critic
