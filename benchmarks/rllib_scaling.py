@@ -178,6 +178,7 @@ def measure_local(config: str, iterations: int, overrides: list[str]) -> dict:
             trainer.update()
             collect_s += t1 - t0
             update_s += time.perf_counter() - t1
+            trainer.iteration += 1   # the next rollout starts from new env seeds, as in training
         wall = time.perf_counter() - start
     finally:
         trainer.close()

@@ -141,36 +141,21 @@ def vector_env(steps: int, workers: int) -> dict:
         venv.close()
 
 
+def _update_share(r: dict) -> float:
+    """The Learner update's share of wall time, from a ``rllib_scaling`` measurement."""
+    return r["update_s"] * r["env_steps_per_s"] / r["steps_per_iteration"]
+
+
 def train(steps: int, config: str, overrides: list[str] = ()) -> dict:
-    """Env steps/s of the local trainer (collection + updates) after one warm-up iteration."""
-    import torch
+    """Env steps/s of the local trainer (collection + updates) over the iterations that cover
+    ``steps``, after one warm-up iteration; see ``rllib_scaling.measure_local``."""
+    from rllib_scaling import measure_local
 
     from marl.config import load_config
-    from marl.trainer import Trainer
 
-    torch.set_num_threads(1)
-    cfg = load_config(config, [f"train.total_env_steps={steps}", "train.progress=false", *overrides])
-    trainer = Trainer(cfg, None)
-    try:
-        trainer.collect()
-        trainer.update()                       # warm-up iteration, not timed
-        trainer.iteration, trainer.env_steps = 0, 0
-        collect_s = update_s = 0.0
-        start = time.perf_counter()
-        while trainer.env_steps < steps:
-            t0 = time.perf_counter()
-            trainer.collect()
-            t1 = time.perf_counter()
-            trainer.update()
-            update_s += time.perf_counter() - t1
-            collect_s += t1 - t0
-            trainer.iteration += 1
-            trainer.env_steps += trainer.steps_per_iteration
-        wall = time.perf_counter() - start
-    finally:
-        trainer.close()
-    return {"env_steps_per_s": trainer.env_steps / wall, "update_share": update_s / wall,
-            "collect_share": collect_s / wall}
+    overrides = [f"train.total_env_steps={steps}", *overrides]
+    r = measure_local(config, load_config(config, overrides).total_iterations, overrides)
+    return {"env_steps_per_s": r["env_steps_per_s"], "update_share": _update_share(r)}
 
 
 def rllib(steps: int, runners: int, stock: bool = False, project_env: bool = False) -> dict:
@@ -185,7 +170,7 @@ def rllib(steps: int, runners: int, stock: bool = False, project_env: bool = Fal
         r = measure_stock(MAPPO, runners, iterations, [], project_env)
     else:
         r = measure_rllib(MAPPO, runners, iterations, [])
-    r["update_share"] = r["update_s"] * r["env_steps_per_s"] / r["steps_per_iteration"]
+    r["update_share"] = _update_share(r)
     return r
 
 
