@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import threading
@@ -175,15 +176,18 @@ def rllib(steps: int, runners: int, stock: bool = False, project_env: bool = Fal
 
 
 MAPPO, COMA = "configs/spread_mappo.yaml", "configs/spread_coma.yaml"
+WORKER_COUNTS = (2, 4, 8)
 CONFIGS = {
     "raw": ("raw mpe2 simple_spread_v3, random actions, 1 process", raw_env, {}),
-    "raw2": ("raw env in 2 processes at once (ceiling for workers)", raw_env_parallel, {}),
+    **{f"raw{k}": (f"raw env in {k} processes at once (ceiling for {k} workers)", raw_env_parallel,
+                   {"processes": k}) for k in WORKER_COUNTS},
     "vec": ("spread_mappo's 32 envs, random actions, 1 process", vector_env, {"workers": 0}),
-    "vec_workers2": ("spread_mappo's 32 envs, random actions, 2 worker processes", vector_env, {"workers": 2}),
+    **{f"vec_workers{k}": (f"spread_mappo's 32 envs, random actions, {k} worker processes", vector_env,
+                           {"workers": k}) for k in WORKER_COUNTS},
     "local": ("local spread_mappo, 1 process", train, {"config": MAPPO}),
     "local_coma": ("local spread_coma, 1 process", train, {"config": COMA}),
-    "local_workers2": ("local spread_mappo, envs in 2 worker processes", train,
-                       {"config": MAPPO, "overrides": ["env.workers=2"]}),
+    **{f"local_workers{k}": (f"local spread_mappo, envs in {k} worker processes", train,
+                             {"config": MAPPO, "overrides": [f"env.workers={k}"]}) for k in WORKER_COUNTS},
     **{f"rllib{k}": (f"rllib spread_mappo, {k} EnvRunner{'s' * (k != 1)}", rllib, {"runners": k}) for k in (0, 1, 2)},
     **{f"stock{k}": (f"stock RLlib PPO, {k} EnvRunner{'s' * (k != 1)}", rllib, {"runners": k, "stock": True})
        for k in (0, 1, 2)},
@@ -191,10 +195,14 @@ CONFIGS = {
                          {"runners": k, "stock": True, "project_env": True}) for k in (0, 1, 2)},
 }
 
+# Rows that run several env processes at once: how many.
+PROCESSES = {f"{kind}{k}": k for kind in ("raw", "vec_workers", "local_workers") for k in WORKER_COUNTS}
+
 # What each row is compared with besides the raw env: workers against one process, our RLlib
 # backend against stock RLlib PPO with the same EnvRunners, on RLlib's PettingZoo wrapper (end to
 # end) and on the project's env (only the learner, connector and module pieces differ).
-BASELINE = {"raw2": ["raw"], "vec_workers2": ["vec"], "local_workers2": ["local"],
+BASELINE = {**{f"raw{k}": ["raw"] for k in WORKER_COUNTS}, **{f"vec_workers{k}": ["vec"] for k in WORKER_COUNTS},
+            **{f"local_workers{k}": ["local"] for k in WORKER_COUNTS},
             **{f"rllib{k}": [f"stock{k}", f"stock_env{k}"] for k in (0, 1, 2)},
             **{f"stock_env{k}": [f"stock{k}"] for k in (0, 1, 2)}}
 
@@ -217,9 +225,18 @@ def measure(name: str, steps: int) -> dict:
     return result
 
 
+def default_configs() -> list[str]:
+    """Every configuration, except rows that would run more env processes than this process may use
+    cores (``taskset`` limits count): they would only measure contention."""
+    cores = len(os.sched_getaffinity(0))
+    return [name for name in CONFIGS if PROCESSES.get(name, 0) <= cores]
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--only", nargs="+", choices=list(CONFIGS), default=default_configs(),
+                        help="configurations to run (default: all, except worker counts above the cores "
+                             "this process may use)")
     parser.add_argument("--steps", type=int, default=20_000, help="env steps per measurement")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--plot", help="write a PNG bar chart here")
