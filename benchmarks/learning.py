@@ -15,6 +15,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 
@@ -101,9 +102,11 @@ def main(argv=None) -> None:
         except ConfigError as exc:
             sys.exit(f"{job['label']}: {exc}")
     start = time.time()
-    with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
+    # Not a multiprocessing.Pool: its daemonic workers may not start env worker processes (env.workers).
+    with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), max_tasks_per_child=1) as pool:
         results, failed = [], []
-        for r in pool.imap_unordered(_run_one, jobs):
+        for future in as_completed([pool.submit(_run_one, job) for job in jobs]):
+            r = future.result()
             if "error" in r:
                 failed.append(r)
                 print(f"  {r['label']} seed {r['seed']}: FAILED: {r['error']}", file=sys.stderr, flush=True)
