@@ -167,23 +167,20 @@ def measure_local(config: str, iterations: int, overrides: list[str]) -> dict:
     trainer = Trainer(cfg, None)
     startup = time.perf_counter() - start
     try:
-        trainer.collect()
-        trainer.update()  # warm-up, not timed
-        collect_s = update_s = 0.0
+        trainer.run_iteration()   # warm-up, not timed
+        trainer.iteration += 1
+        update_s = 0.0
         start = time.perf_counter()
         for _ in range(iterations):
-            t0 = time.perf_counter()
-            trainer.collect()
-            t1 = time.perf_counter()
-            trainer.update()
-            collect_s += t1 - t0
-            update_s += time.perf_counter() - t1
+            update_s += trainer.run_iteration()[3]
             trainer.iteration += 1   # the next rollout starts from new env seeds, as in training
         wall = time.perf_counter() - start
     finally:
         trainer.close()
     steps = iterations * trainer.steps_per_iteration
-    return {"env_steps_per_s": steps / wall, "sampling_env_steps_per_s": steps / collect_s,
+    # With train.async_collection the collection overlaps the update, and wall - update_s is only
+    # the part of it that the update did not hide.
+    return {"env_steps_per_s": steps / wall, "sampling_env_steps_per_s": steps / (wall - update_s),
             "update_s": update_s / iterations, "startup_s": startup, "steps_per_iteration": trainer.steps_per_iteration}
 
 

@@ -112,6 +112,11 @@ class TrainConfig:
     """Greedy episodes of the final evaluation (0 skips it)."""
     progress: bool = True
     """Show a progress bar."""
+    async_collection: bool = False
+    """Local backend with ``env.workers >= 1``: collect the next rollout in a background thread while
+    the learner updates on the last one. Each rollout is then collected by the policy from before
+    the previous update (one update of policy lag, as in asynchronous PPO variants); PPO's ratio
+    uses the logged behaviour log-probabilities, so it stays a correct importance ratio."""
 
 
 @dataclass
@@ -289,6 +294,12 @@ def validate(cfg: Config) -> Config:
         _check(value >= 0, f"log.{key}", value, "an int >= 0")
     _check(cfg.log.fidelity_episodes >= 1, "log.fidelity_episodes", cfg.log.fidelity_episodes, "an int >= 1")
     _check(t.eval_episodes >= 0, "train.eval_episodes", t.eval_episodes, "an int >= 0")
+    if t.async_collection:
+        _check(cfg.backend == "local", "train.async_collection", t.async_collection,
+               "false with backend 'rllib' (RLlib schedules its own EnvRunners)")
+        _check(e.workers >= 1, "train.async_collection", t.async_collection,
+               "false unless env.workers >= 1 (envs stepped in the learner process would hold the "
+               "interpreter lock the update needs)")
     return cfg
 
 

@@ -7,10 +7,17 @@ from ``algorithms/``, then update actor and critic with PPO-clip or A2C.
 Every iteration starts fresh episodes, reset with seeds derived from ``(seed, iteration)``, so a
 checkpoint taken between iterations captures the whole state of a run and resuming reproduces
 an uninterrupted run exactly. An episode longer than the rollout is cut there and bootstrapped.
+
+With ``train.async_collection`` (env workers only) the rollout of iteration k+1 is collected in a
+background thread, by a copy of the actor taken before update k, while update k runs; its action
+draws come from a generator seeded by ``(seed, iteration)``, so a checkpoint holds that copy and
+resuming collects the same rollout again.
 """
 from __future__ import annotations
 
+import copy
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +82,12 @@ class Trainer:
                                      torch.from_numpy(v.action_mask))
         self.actor = self.learner.actor
         self.rollout = Rollout.allocate(a.rollout_steps, e.num_envs, N, v.obs_dim, v.state_dim)
+        if cfg.train.async_collection:
+            # The actor that collects the next rollout (the policy before the last update), and the
+            # buffer it fills while the learner reads ``self.rollout``.
+            self.behaviour_actor = copy.deepcopy(self.actor).requires_grad_(False)
+            self._spare_rollout = Rollout.allocate(a.rollout_steps, e.num_envs, N, v.obs_dim, v.state_dim)
+            self._prefetched: list[dict] | None = None   # episodes of the rollout already in self.rollout
         self.iteration = 0
         self.env_steps = 0
         self.logger: RunLogger | None = None
@@ -91,15 +104,21 @@ class Trainer:
         return self.cfg.total_iterations
 
     def state_dict(self) -> dict:
-        return {**self.learner.state_dict(), "iteration": self.iteration, "env_steps": self.env_steps,
-                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "agents": self.agents}
+        state = {**self.learner.state_dict(), "iteration": self.iteration, "env_steps": self.env_steps,
+                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                 "agents": self.agents}
+        if self.cfg.train.async_collection:
+            state["behaviour_actor"] = self.behaviour_actor.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.learner.load_state_dict(state)
         self.iteration, self.env_steps = int(state["iteration"]), int(state["env_steps"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+        if self.cfg.train.async_collection:
+            self.behaviour_actor.load_state_dict(state["behaviour_actor"])
+            self._prefetched = None   # the next rollout is collected again, by the saved behaviour actor
 
     def save(self) -> Path | None:
         if self.run_dir is None:
@@ -114,15 +133,20 @@ class Trainer:
     # -- collection -------------------------------------------------------------------------------
     def collect(self) -> list[dict]:
         """Fill ``self.rollout`` with T steps from each env; returns the finished episodes."""
-        buf, T = self.rollout, self.cfg.algo.rollout_steps
-        seeds = np.random.SeedSequence([self.cfg.seed, self.iteration]).generate_state(self.cfg.env.num_envs)
+        return self._collect(self.rollout, self.actor, self.generator, self.iteration)
+
+    def _collect(self, buf: Rollout, actor, generator: torch.Generator, iteration: int) -> list[dict]:
+        """T steps from each env into ``buf``, acting with ``actor``; the envs are reset with the
+        seeds of ``iteration``."""
+        T = self.cfg.algo.rollout_steps
+        seeds = np.random.SeedSequence([self.cfg.seed, iteration]).generate_state(self.cfg.env.num_envs)
         obs, state = self.venv.reset(seeds)
         episodes = []
         for t in range(T):
             buf.obs[t], buf.state[t] = obs, state
             with torch.no_grad():
-                logits = self.actor(torch.from_numpy(obs))
-                actions = sample_actions(logits, self.generator)
+                logits = actor(torch.from_numpy(obs))
+                actions = sample_actions(logits, generator)
                 logp = torch.log_softmax(logits, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
             # Every iteration starts with fresh episodes, so envs that end at the last step need no reset.
             step = self.venv.step(actions.numpy(), autoreset=t < T - 1)
@@ -140,10 +164,43 @@ class Trainer:
     def run_iteration(self) -> tuple[int, list[dict], dict, float] | None:
         """One iteration: ``(env steps, finished episodes, metrics, update seconds)``, or None when
         nothing was learned and the iteration should be retried (a backend hook)."""
+        if self.cfg.train.async_collection:
+            return self._run_iteration_async()
         episodes = self.collect()
         t0 = time.perf_counter()
         metrics = self.update()
         return self.steps_per_iteration, episodes, metrics, time.perf_counter() - t0
+
+    def _collection_generator(self, iteration: int) -> torch.Generator:
+        """The action-sampling generator of an asynchronously collected rollout."""
+        seed = np.random.SeedSequence([self.cfg.seed, iteration, 1]).generate_state(1, np.uint64)[0]
+        return torch.Generator().manual_seed(int(seed))
+
+    def _run_iteration_async(self) -> tuple[int, list[dict], dict, float]:
+        """Update on this iteration's rollout while a background thread collects the next one with
+        the actor as it is before this update (see the module docstring)."""
+        if self._prefetched is None:   # the first iteration, or just resumed
+            self._prefetched = self._collect(self.rollout, self.behaviour_actor,
+                                             self._collection_generator(self.iteration), self.iteration)
+        episodes, self._prefetched = self._prefetched, None
+        self.behaviour_actor.load_state_dict(self.actor.state_dict())
+        following = self.iteration + 1
+        collector = None
+        if following < self.total_iterations:
+            collector = _Collector(self._collect, self._spare_rollout, self.behaviour_actor,
+                                   self._collection_generator(following), following)
+            collector.start()
+        t0 = time.perf_counter()
+        try:
+            metrics = self.update()
+        finally:
+            if collector is not None:   # never leave the thread running, not even on an error
+                collector.join()
+        update_s = time.perf_counter() - t0
+        if collector is not None:
+            self._prefetched = collector.result()
+            self.rollout, self._spare_rollout = self._spare_rollout, self.rollout
+        return self.steps_per_iteration, episodes, metrics, update_s
 
     def prepare(self, b: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict:
         return self.learner.prepare(b, generator or self.generator)
@@ -269,6 +326,25 @@ class Trainer:
             self.logger = None
 
 
+class _Collector(threading.Thread):
+    """Runs ``collect(*args)`` in a thread; ``result()`` returns its value or raises its error."""
+
+    def __init__(self, collect, *args):
+        super().__init__(name="rollout-collector", daemon=True)
+        self._collect, self._args = collect, args
+        self._result, self._error = None, None
+
+    def run(self) -> None:
+        try:
+            self._result = self._collect(*self._args)
+        except BaseException as exc:   # re-raised in the learner's thread by result()
+            self._error = exc
+
+    def result(self):
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
 def _main_thread() -> bool:
-    import threading
     return threading.current_thread() is threading.main_thread()

@@ -61,6 +61,14 @@ def test_bad_choices_name_the_options():
         config_from_dict({"algo": {"advantage": "magic"}})
 
 
+def test_async_collection_needs_env_workers_and_the_local_backend():
+    with pytest.raises(ConfigError, match=r"'train.async_collection': expected false unless env.workers >= 1"):
+        config_from_dict({"train": {"async_collection": True}})
+    with pytest.raises(ConfigError, match=r"'train.async_collection': expected false with backend 'rllib'"):
+        config_from_dict({"backend": "rllib", "env": {"workers": 1}, "train": {"async_collection": True}})
+    assert config_from_dict({"env": {"workers": 1}, "train": {"async_collection": True}}).train.async_collection
+
+
 def test_overrides_parse_yaml_values_and_are_validated():
     cfg = config_from_dict({}, ["algo.lr=3e-4", "model.share_actor=false", "env.kwargs={N: 4}"])
     assert cfg.algo.lr == pytest.approx(3e-4) and cfg.model.share_actor is False and cfg.env.kwargs == {"N": 4}

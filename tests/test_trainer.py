@@ -1,4 +1,5 @@
 """The local trainer end to end: files, determinism, resume, custom envs, failures, every shipped config."""
+import copy
 import dataclasses
 import json
 import math
@@ -8,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -17,7 +19,7 @@ from marl.config import config_from_dict, load_config
 from marl.logger import read_metrics
 from marl.run import final_evaluation, new_run, resume_run
 from marl.learner import TrainingDiverged
-from marl.trainer import TrainingInterrupted
+from marl.trainer import Trainer, TrainingInterrupted
 from tests.conftest import tiny_config
 
 COMPARED = ("team_return", "losses/policy", "losses/value", "explained_variance", "credit/abs_adv/agent_0")
@@ -70,9 +72,10 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     assert _strip(a) != _strip(c)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, workers):
-    cfg = tiny_config(train={"total_env_steps": 800, "checkpoint_every": 100, "eval_episodes": 0},
+@pytest.mark.parametrize("workers, async_collection", [(0, False), (2, False), (2, True)])
+def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, workers, async_collection):
+    cfg = tiny_config(train={"total_env_steps": 800, "checkpoint_every": 100, "eval_episodes": 0,
+                             "async_collection": async_collection},
                       env={"workers": workers}, algo={"lr_schedule": "linear"})
     full = _train(cfg, tmp_path / "full")
     # The learning rate falls linearly to 0 over the 8 iterations, and resumes where it was.
@@ -96,6 +99,28 @@ def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, workers):
     resumed.train()
     resumed.close()
     assert _strip(read_metrics(tmp_path / "cut")) == _strip(full)
+
+
+def test_async_collection_acts_with_the_policy_from_before_the_last_update():
+    cfg = config_from_dict(tiny_config(env={"workers": 2}, train={"async_collection": True}))
+    trainer = Trainer(cfg, None)
+    try:
+        initial = copy.deepcopy(trainer.actor)
+        trainer.run_iteration()   # update 0 on rollout 0, while rollout 1 is collected
+        trainer.iteration += 1
+        b = trainer.rollout       # rollout 1, ready for update 1
+        obs, actions = torch.from_numpy(b.obs), torch.from_numpy(b.actions).unsqueeze(-1)
+        with torch.no_grad():
+            by_initial = torch.log_softmax(initial(obs), -1).gather(-1, actions).squeeze(-1)
+            by_updated = torch.log_softmax(trainer.actor(obs), -1).gather(-1, actions).squeeze(-1)
+        logged = torch.from_numpy(b.logp)
+        assert torch.allclose(logged, by_initial, atol=1e-6)
+        assert (logged - by_updated).abs().max() > 1e-4   # update 0 changed the policy; rollout 1 lags it
+        # rollout 1 starts from iteration 1's env seeds, as a synchronous run's would
+        sync_obs, _ = trainer.venv.reset(np.random.SeedSequence([cfg.seed, 1]).generate_state(cfg.env.num_envs))
+        assert np.array_equal(b.obs[0], sync_obs)
+    finally:
+        trainer.close()
 
 
 def test_custom_env_from_a_test_module_learns(tmp_path):
