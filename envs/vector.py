@@ -8,6 +8,7 @@ learner process batches inference over all of them.
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -174,6 +175,9 @@ def _shared_views(buffers: dict, layout: dict, rows: slice) -> dict[str, np.ndar
 
 
 def _worker(conn, env_id, kwargs, rows, reward, buffers, layout):
+    # A terminal's Ctrl-C reaches the whole process group: the learner decides when to stop (it
+    # finishes the iteration and saves a checkpoint) and then closes its workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         env_slice = EnvSlice(env_id, kwargs, rows.stop - rows.start, reward, _shared_views(buffers, layout, rows))
         conn.send(("ok", None))
@@ -188,8 +192,6 @@ def _worker(conn, env_id, kwargs, rows, reward, buffers, layout):
                 env_slice.close()
                 conn.send(("ok", None))
                 return
-    except KeyboardInterrupt:
-        return
     except Exception as exc:  # report to the learner, which raises it with context
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
 

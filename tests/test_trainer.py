@@ -3,6 +3,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -216,16 +217,19 @@ def test_cli_train_eval_list_and_gif(tmp_path):
     assert proc.returncode == 0 and "mpe2:simple_spread_v3" in proc.stdout and "gae" in proc.stdout
 
 
-def test_cli_ctrl_c_saves_and_resume_continues(tmp_path):
+@pytest.mark.parametrize("workers, async_collection", [(0, False), (2, True)])
+def test_cli_ctrl_c_saves_and_resume_continues(tmp_path, workers, async_collection):
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(tiny_config(train={"total_env_steps": 200_000, "checkpoint_every": 1000})))
+    cfg.write_text(yaml.safe_dump(tiny_config(train={"total_env_steps": 200_000, "checkpoint_every": 1000,
+                                                     "async_collection": async_collection},
+                                              env={"workers": workers})))
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "marl.cli", "train", str(cfg), "--run-dir", str(run)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and len(read_metrics(run)) < 2:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)   # as a terminal's Ctrl-C: to the env workers too
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Continue with: marl train --resume" in err and "Traceback" not in err
