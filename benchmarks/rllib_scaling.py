@@ -163,6 +163,10 @@ def measure_local(config: str, iterations: int, overrides: list[str]) -> dict:
 
     torch.set_num_threads(1)
     cfg = load_config(config, ["train.progress=false", *overrides])
+    # Room for the warm-up iteration and, with train.async_collection, for the rollout collected
+    # during the last timed update: every timed iteration then overlaps as in a long run.
+    cfg = load_config(config, ["train.progress=false", *overrides,
+                               f"train.total_env_steps={(iterations + 2) * cfg.steps_per_iteration}"])
     start = time.perf_counter()
     trainer = Trainer(cfg, None)
     startup = time.perf_counter() - start

@@ -116,7 +116,8 @@ class TrainConfig:
     """Local backend with ``env.workers >= 1``: collect the next rollout in a background thread while
     the learner updates on the last one. Each rollout is then collected by the policy from before
     the previous update (one update of policy lag, as in asynchronous PPO variants); PPO's ratio
-    uses the logged behaviour log-probabilities, so it stays a correct importance ratio."""
+    uses the logged behaviour log-probabilities, so it stays a correct importance ratio. The logged
+    ``perf/collect_s`` is then the part of the collection that the update did not hide."""
 
 
 @dataclass
