@@ -62,6 +62,19 @@ class LeavingAgents(MatchTarget):
         return out
 
 
+class FailsOnSeed(MatchTarget):
+    """Broken on purpose: a reset with ``fail_on_seed`` raises."""
+
+    def __init__(self, fail_on_seed: int, **kwargs):
+        super().__init__(**kwargs)
+        self.fail_on_seed = fail_on_seed
+
+    def reset(self, seed=None, options=None):
+        if seed == self.fail_on_seed:
+            raise RuntimeError(f"reset with seed {seed} failed")
+        return super().reset(seed, options)
+
+
 class ContinuousActions(MatchTarget):
     def action_space(self, agent):
         return spaces.Box(-1.0, 1.0, (2,), np.float32)
@@ -73,6 +86,10 @@ def make_match_target(**kwargs):
 
 def make_leaving_agents(**kwargs):
     return LeavingAgents(**kwargs)
+
+
+def make_fails_on_seed(**kwargs):
+    return FailsOnSeed(**kwargs)
 
 
 def make_continuous(**kwargs):

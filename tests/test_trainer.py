@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from envs import EnvError
 from marl.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from marl.config import config_from_dict, load_config
 from marl.logger import read_metrics
@@ -120,6 +121,21 @@ def test_async_collection_acts_with_the_policy_from_before_the_last_update():
         # rollout 1 starts from iteration 1's env seeds, as a synchronous run's would
         sync_obs, _ = trainer.venv.reset(np.random.SeedSequence([cfg.seed, 1]).generate_state(cfg.env.num_envs))
         assert np.array_equal(b.obs[0], sync_obs)
+    finally:
+        trainer.close()
+
+
+def test_an_env_error_during_background_collection_surfaces_in_the_learner():
+    # The env fails when reset for iteration 1, i.e. in the thread that collects during update 0.
+    bad_seed = int(np.random.SeedSequence([0, 1]).generate_state(2)[0])
+    env = {"id": "tests.custom_env:make_fails_on_seed", "kwargs": {"fail_on_seed": bad_seed}, "num_envs": 2,
+           "workers": 1}
+    cfg = config_from_dict(tiny_config(env=env, train={"async_collection": True}))
+    trainer = Trainer(cfg, None)
+    try:
+        with pytest.raises(EnvError, match=f"env worker failed: RuntimeError: reset with seed {bad_seed} failed"):
+            trainer.run_iteration()
+        assert trainer.learner.updates == 1   # update 0 itself completed
     finally:
         trainer.close()
 
