@@ -55,6 +55,7 @@ def summarise(results: list[dict]) -> list[dict]:
         rows.setdefault(r["label"], []).append(r)
     table = []
     for label, rs in rows.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
         returns = [r["eval_return"] for r in rs]
         table.append({"label": label, "seeds": len(rs), "mean": statistics.mean(returns),
                       "std": statistics.pstdev(returns), "per_seed": returns,
@@ -77,7 +78,8 @@ def main(argv=None) -> None:
     parser.add_argument("configs", nargs="+", help="YAML configs; 'path.yaml@key=v,key=v' adds overrides")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=200_000)
-    parser.add_argument("--eval-episodes", type=int, default=100)
+    parser.add_argument("--eval-episodes", type=int, default=1000,
+                        help="greedy episodes per run (a trained policy's team return varies by ~15 between episodes)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], help="override for every config")
     parser.add_argument("--out-dir", help="keep the run directories here")
