@@ -193,10 +193,10 @@ class Trainer:
         t0 = time.perf_counter()
         try:
             metrics = self.update()
+            update_s = time.perf_counter() - t0   # the update alone, not the wait for the collector
         finally:
             if collector is not None:   # never leave the thread running, not even on an error
                 collector.join()
-        update_s = time.perf_counter() - t0
         if collector is not None:
             self._prefetched = collector.result()
             self.rollout, self._spare_rollout = self._spare_rollout, self.rollout
