@@ -19,6 +19,7 @@ import copy
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +89,7 @@ class Trainer:
             self.behaviour_actor = copy.deepcopy(self.actor).requires_grad_(False)
             self._spare_rollout = Rollout.allocate(a.rollout_steps, e.num_envs, N, v.obs_dim, v.state_dim)
             self._prefetched: list[dict] | None = None   # episodes of the rollout already in self.rollout
+            self._collector = ThreadPoolExecutor(1, thread_name_prefix="rollout-collector")
         self.iteration = 0
         self.env_steps = 0
         self.logger: RunLogger | None = None
@@ -185,20 +187,19 @@ class Trainer:
         episodes, self._prefetched = self._prefetched, None
         self.behaviour_actor.load_state_dict(self.actor.state_dict())
         following = self.iteration + 1
-        collector = None
+        collecting = None
         if following < self.total_iterations:
-            collector = _Collector(self._collect, self._spare_rollout, self.behaviour_actor,
-                                   self._collection_generator(following), following)
-            collector.start()
+            collecting = self._collector.submit(self._collect, self._spare_rollout, self.behaviour_actor,
+                                                self._collection_generator(following), following)
         t0 = time.perf_counter()
         try:
             metrics = self.update()
             update_s = time.perf_counter() - t0   # the update alone, not the wait for the collector
         finally:
-            if collector is not None:   # never leave the thread running, not even on an error
-                collector.join()
-        if collector is not None:
-            self._prefetched = collector.result()
+            if collecting is not None:   # never leave the collection running, not even on an error
+                wait([collecting])
+        if collecting is not None:
+            self._prefetched = collecting.result()   # re-raises an error of the collection
             self.rollout, self._spare_rollout = self._spare_rollout, self.rollout
         return self.steps_per_iteration, episodes, metrics, update_s
 
@@ -320,30 +321,12 @@ class Trainer:
                 "team_return": last.get("team_return"), "run_dir": str(self.run_dir) if self.run_dir else None}
 
     def close(self) -> None:
+        if self.cfg.train.async_collection:
+            self._collector.shutdown()
         self.venv.close()
         if self.logger is not None:
             self.logger.close()
             self.logger = None
-
-
-class _Collector(threading.Thread):
-    """Runs ``collect(*args)`` in a thread; ``result()`` returns its value or raises its error."""
-
-    def __init__(self, collect, *args):
-        super().__init__(name="rollout-collector", daemon=True)
-        self._collect, self._args = collect, args
-        self._result, self._error = None, None
-
-    def run(self) -> None:
-        try:
-            self._result = self._collect(*self._args)
-        except BaseException as exc:   # re-raised in the learner's thread by result()
-            self._error = exc
-
-    def result(self):
-        if self._error is not None:
-            raise self._error
-        return self._result
 
 
 def _main_thread() -> bool:
