@@ -191,6 +191,13 @@ CONFIGS = {
     **{f"local_async{k}": (f"local spread_mappo, {k} worker processes, collection overlapping the update", train,
                            {"config": MAPPO, "overrides": [f"env.workers={k}", "train.async_collection=true"]})
        for k in WORKER_COUNTS},
+    **{f"local_acting{k}": (f"local spread_mappo, {k} worker processes acting for their own envs", train,
+                            {"config": MAPPO, "overrides": [f"env.workers={k}", "train.act_in_workers=true"]})
+       for k in WORKER_COUNTS},
+    **{f"local_acting_async{k}": (f"local spread_mappo, {k} worker processes acting, overlapping the update",
+                                  train, {"config": MAPPO, "overrides": [f"env.workers={k}", "train.act_in_workers=true",
+                                                                         "train.async_collection=true"]})
+       for k in WORKER_COUNTS},
     **{f"rllib{k}": (f"rllib spread_mappo, {k} EnvRunner{'s' * (k != 1)}", rllib, {"runners": k}) for k in (0, 1, 2)},
     **{f"stock{k}": (f"stock RLlib PPO, {k} EnvRunner{'s' * (k != 1)}", rllib, {"runners": k, "stock": True})
        for k in (0, 1, 2)},
@@ -199,7 +206,8 @@ CONFIGS = {
 }
 
 # Rows that run several env processes at once: how many.
-PROCESSES = {f"{kind}{k}": k for kind in ("raw", "vec_workers", "local_workers", "local_async") for k in WORKER_COUNTS}
+PROCESSES = {f"{kind}{k}": k for kind in ("raw", "vec_workers", "local_workers", "local_async", "local_acting",
+                                                  "local_acting_async") for k in WORKER_COUNTS}
 
 # What each row is compared with besides the raw env: workers against one process, our RLlib
 # backend against stock RLlib PPO with the same EnvRunners, on RLlib's PettingZoo wrapper (end to
@@ -207,6 +215,8 @@ PROCESSES = {f"{kind}{k}": k for kind in ("raw", "vec_workers", "local_workers",
 BASELINE = {**{f"raw{k}": ["raw"] for k in WORKER_COUNTS}, **{f"vec_workers{k}": ["vec"] for k in WORKER_COUNTS},
             **{f"local_workers{k}": ["local"] for k in WORKER_COUNTS},
             **{f"local_async{k}": ["local", f"local_workers{k}"] for k in WORKER_COUNTS},
+            **{f"local_acting{k}": ["local", f"local_workers{k}"] for k in WORKER_COUNTS},
+            **{f"local_acting_async{k}": ["local", f"local_async{k}"] for k in WORKER_COUNTS},
             **{f"rllib{k}": [f"stock{k}", f"stock_env{k}"] for k in (0, 1, 2)},
             **{f"stock_env{k}": [f"stock{k}"] for k in (0, 1, 2)}}
 

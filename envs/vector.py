@@ -150,6 +150,14 @@ class SyncVectorEnv:
         self._slice = EnvSlice(env_id, kwargs, num_envs, reward)
         _describe(self, self._slice.envs[0], num_envs)
 
+    @classmethod
+    def over(cls, env_slice: EnvSlice) -> SyncVectorEnv:
+        """A vector env over an existing slice (a worker process's own envs)."""
+        venv = cls.__new__(cls)
+        venv._slice = env_slice
+        _describe(venv, env_slice.envs[0], env_slice.n)
+        return venv
+
     @property
     def team_envs(self) -> list[TeamEnv]:
         """The envs themselves (e.g. to read a diagnostic env's ``true_credit``)."""
@@ -188,6 +196,9 @@ def _worker(conn, env_id, kwargs, rows, reward, buffers, layout):
             elif cmd == "reset":
                 env_slice.reset(arg)
                 conn.send(("ok", None))
+            elif cmd == "call":
+                fn, args = arg
+                conn.send(("ok", fn(env_slice, *args)))
             elif cmd == "close":
                 env_slice.close()
                 conn.send(("ok", None))
@@ -247,6 +258,19 @@ class ProcessVectorEnv:
         for conn in self._conns:
             self._recv(conn)
         return self._arrays["obs"].copy(), self._arrays["state"].copy()
+
+    @property
+    def worker_rows(self) -> list[slice]:
+        """Which envs (rows of the ``[B, ...]`` arrays) each worker steps."""
+        return list(self._rows)
+
+    def call(self, fn, args_per_worker: list[tuple]) -> list:
+        """Run ``fn(env_slice, *args)`` in every worker on its own envs (an ``EnvSlice``), with that
+        worker's ``args``, and return the results in worker order. ``fn`` must be a module-level
+        function, since it travels to the workers by name."""
+        for conn, args in zip(self._conns, args_per_worker):
+            conn.send(("call", (fn, args)))
+        return [self._recv(conn) for conn in self._conns]
 
     def step(self, actions: np.ndarray, autoreset: bool = True) -> StepBatch:
         self._arrays["actions"][:] = actions

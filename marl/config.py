@@ -118,6 +118,11 @@ class TrainConfig:
     the previous update (one update of policy lag, as in asynchronous PPO variants); PPO's ratio
     uses the logged behaviour log-probabilities, so it stays a correct importance ratio. The logged
     ``perf/collect_s`` is then the part of the collection that the update did not hide."""
+    act_in_workers: bool = False
+    """Local backend with ``env.workers >= 1``: each env worker acts for its own envs with a copy of
+    the actor sent every iteration and collects its part of the rollout on its own, instead of
+    waiting for the learner's batched inference at every step. Action draws are seeded per worker,
+    so results depend on ``env.workers``."""
 
 
 @dataclass
@@ -301,6 +306,10 @@ def validate(cfg: Config) -> Config:
         _check(e.workers >= 1, "train.async_collection", t.async_collection,
                "false unless env.workers >= 1 (envs stepped in the learner process would hold the "
                "interpreter lock the update needs)")
+    if t.act_in_workers:
+        _check(cfg.backend == "local", "train.act_in_workers", t.act_in_workers,
+               "false with backend 'rllib' (RLlib's EnvRunners act for themselves)")
+        _check(e.workers >= 1, "train.act_in_workers", t.act_in_workers, "false unless env.workers >= 1")
     return cfg
 
 

@@ -12,15 +12,18 @@ With ``train.async_collection`` (env workers only) the rollout of iteration k+1 
 background thread, by a copy of the actor taken before update k, while update k runs; its action
 draws come from a generator seeded by ``(seed, iteration)``, so a checkpoint holds that copy and
 resuming collects the same rollout again.
+
+With ``train.act_in_workers`` each env worker collects its own envs' part of the rollout with a
+copy of the actor, so the workers need not meet the learner at every step.
 """
 from __future__ import annotations
 
 import copy
+import pickle
 import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,39 +33,12 @@ from envs import RewardSpec, make_vector_env
 from marl.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from marl.config import Config
 from marl.logger import RunLogger, truncate_metrics
-from marl.learner import CreditLearner, sample_actions
+from marl.learner import CreditLearner
+from marl.rollout import Rollout, act_in_worker, collect_rollout, worker_seed
 
 
 class TrainingInterrupted(RuntimeError):
     """Ctrl-C: a checkpoint was written at the last iteration boundary."""
-
-
-@dataclass
-class Rollout:
-    """Time-major rollout storage, ``[T, B, N, ...]``, as numpy arrays preallocated once."""
-
-    obs: np.ndarray
-    state: np.ndarray
-    next_obs: np.ndarray
-    next_state: np.ndarray
-    actions: np.ndarray
-    logp: np.ndarray
-    raw_reward: np.ndarray
-    reward: np.ndarray
-    terminated: np.ndarray
-    truncated: np.ndarray
-
-    @classmethod
-    def allocate(cls, T, B, N, obs_dim, state_dim):
-        f32 = np.float32
-        return cls(obs=np.zeros((T, B, N, obs_dim), f32), state=np.zeros((T, B, state_dim), f32),
-                   next_obs=np.zeros((T, B, N, obs_dim), f32), next_state=np.zeros((T, B, state_dim), f32),
-                   actions=np.zeros((T, B, N), np.int64), logp=np.zeros((T, B, N), f32),
-                   raw_reward=np.zeros((T, B, N), f32), reward=np.zeros((T, B, N), f32),
-                   terminated=np.zeros((T, B, N), bool), truncated=np.zeros((T, B, N), bool))
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(v) for k, v in vars(self).items()}
 
 
 class Trainer:
@@ -139,25 +115,20 @@ class Trainer:
 
     def _collect(self, buf: Rollout, actor, generator: torch.Generator, iteration: int) -> list[dict]:
         """T steps from each env into ``buf``, acting with ``actor``; the envs are reset with the
-        seeds of ``iteration``."""
-        T = self.cfg.algo.rollout_steps
+        seeds of ``iteration``. With ``train.act_in_workers`` each env worker collects its own envs'
+        part with a copy of ``actor`` and its own action draws (``generator`` is then unused)."""
         seeds = np.random.SeedSequence([self.cfg.seed, iteration]).generate_state(self.cfg.env.num_envs)
-        obs, state = self.venv.reset(seeds)
+        if not self.cfg.train.act_in_workers:
+            return collect_rollout(self.venv, buf, actor, generator, seeds)
+        pickled, T = pickle.dumps(actor), self.cfg.algo.rollout_steps
+        rows = self.venv.worker_rows
+        parts = self.venv.call(act_in_worker, [(pickled, T, seeds[r], worker_seed(self.cfg.seed, iteration, w))
+                                               for w, r in enumerate(rows)])
         episodes = []
-        for t in range(T):
-            buf.obs[t], buf.state[t] = obs, state
-            with torch.no_grad():
-                logits = actor(torch.from_numpy(obs))
-                actions = sample_actions(logits, generator)
-                logp = torch.log_softmax(logits, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-            # Every iteration starts with fresh episodes, so envs that end at the last step need no reset.
-            step = self.venv.step(actions.numpy(), autoreset=t < T - 1)
-            buf.actions[t], buf.logp[t] = actions.numpy(), logp.numpy()
-            buf.next_obs[t], buf.next_state[t] = step.next_obs, step.next_state
-            buf.raw_reward[t], buf.reward[t] = step.raw_reward, step.reward
-            buf.terminated[t], buf.truncated[t] = step.terminated, step.truncated
-            episodes.extend(step.episodes)
-            obs, state = step.obs, step.state
+        for r, (arrays, worker_episodes) in zip(rows, parts):
+            for name, part in arrays.items():
+                getattr(buf, name)[:, r] = part
+            episodes.extend(worker_episodes)
         return episodes
 
     def update(self) -> dict:

@@ -69,6 +69,14 @@ def test_async_collection_needs_env_workers_and_the_local_backend():
     assert config_from_dict({"env": {"workers": 1}, "train": {"async_collection": True}}).train.async_collection
 
 
+def test_acting_in_workers_needs_env_workers_and_the_local_backend():
+    with pytest.raises(ConfigError, match=r"'train.act_in_workers': expected false unless env.workers >= 1"):
+        config_from_dict({"train": {"act_in_workers": True}})
+    with pytest.raises(ConfigError, match=r"'train.act_in_workers': expected false with backend 'rllib'"):
+        config_from_dict({"backend": "rllib", "env": {"workers": 1}, "train": {"act_in_workers": True}})
+    assert config_from_dict({"env": {"workers": 2}, "train": {"act_in_workers": True}}).train.act_in_workers
+
+
 def test_overrides_parse_yaml_values_and_are_validated():
     cfg = config_from_dict({}, ["algo.lr=3e-4", "model.share_actor=false", "env.kwargs={N: 4}"])
     assert cfg.algo.lr == pytest.approx(3e-4) and cfg.model.share_actor is False and cfg.env.kwargs == {"N": 4}

@@ -74,10 +74,11 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     assert _strip(a) != _strip(c)
 
 
-@pytest.mark.parametrize("workers, async_collection", [(0, False), (2, False), (2, True)])
-def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, workers, async_collection):
+@pytest.mark.parametrize("workers, async_collection, act_in_workers",
+                         [(0, False, False), (2, False, False), (2, True, False), (2, True, True)])
+def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, workers, async_collection, act_in_workers):
     cfg = tiny_config(train={"total_env_steps": 800, "checkpoint_every": 100, "eval_episodes": 0,
-                             "async_collection": async_collection},
+                             "async_collection": async_collection, "act_in_workers": act_in_workers},
                       env={"workers": workers}, algo={"lr_schedule": "linear"})
     full = _train(cfg, tmp_path / "full")
     # The learning rate falls linearly to 0 over the 8 iterations, and resumes where it was.
@@ -125,12 +126,41 @@ def test_async_collection_acts_with_the_policy_from_before_the_last_update():
         trainer.close()
 
 
-def test_an_env_error_during_background_collection_surfaces_in_the_learner():
+def test_workers_acting_for_their_own_envs_collect_with_the_learners_policy():
+    env = {"num_envs": 5, "workers": 2}   # uneven split: 3 and 2 envs
+    cfg = config_from_dict(tiny_config(env=env, algo={"minibatches": 1}, train={"act_in_workers": True}))
+    trainer = Trainer(cfg, None)
+    try:
+        trainer.run_iteration()   # the actor is no longer the initial one
+        trainer.iteration += 1
+        episodes = trainer.collect()
+        b = trainer.rollout
+        obs, actions = torch.from_numpy(b.obs), torch.from_numpy(b.actions).unsqueeze(-1)
+        with torch.no_grad():
+            expected = torch.log_softmax(trainer.actor(obs), -1).gather(-1, actions).squeeze(-1)
+        assert torch.allclose(torch.from_numpy(b.logp), expected, atol=1e-6)
+        # every env's rows were filled, from the iteration's env seeds, and the transitions chain up
+        seeds = np.random.SeedSequence([cfg.seed, 1]).generate_state(cfg.env.num_envs)
+        reference = Trainer(config_from_dict(tiny_config(env={"num_envs": 5}, algo={"minibatches": 1})), None)
+        try:
+            first_obs, first_state = reference.venv.reset(seeds)
+        finally:
+            reference.close()
+        assert np.array_equal(b.obs[0], first_obs) and np.array_equal(b.state[0], first_state)
+        ended = b.terminated | b.truncated
+        assert np.array_equal(b.obs[1:][~ended[:-1]], b.next_obs[:-1][~ended[:-1]])
+        assert len(episodes) == int(ended.all(-1).sum())
+    finally:
+        trainer.close()
+
+
+@pytest.mark.parametrize("act_in_workers", [False, True])
+def test_an_env_error_during_background_collection_surfaces_in_the_learner(act_in_workers):
     # The env fails when reset for iteration 1, i.e. in the thread that collects during update 0.
     bad_seed = int(np.random.SeedSequence([0, 1]).generate_state(2)[0])
     env = {"id": "tests.custom_env:make_fails_on_seed", "kwargs": {"fail_on_seed": bad_seed}, "num_envs": 2,
            "workers": 1}
-    cfg = config_from_dict(tiny_config(env=env, train={"async_collection": True}))
+    cfg = config_from_dict(tiny_config(env=env, train={"async_collection": True, "act_in_workers": act_in_workers}))
     trainer = Trainer(cfg, None)
     try:
         with pytest.raises(EnvError, match=f"env worker failed: RuntimeError: reset with seed {bad_seed} failed"):
