@@ -224,8 +224,8 @@ class CreditLearner:
         if a.normalize_advantage:
             adv = (adv - adv.mean((0, 1))) / (adv.std((0, 1)) + 1e-8)
         TB = adv.shape[0] * adv.shape[1]
-        flat = {"obs": b["obs"], "critic_in": prep["critic_in"], "actions": b["actions"], "logp": b["logp"],
-                "adv": adv, "target": target}
+        flat = {"actor_in": self.actor.inputs(b["obs"]), "critic_in": prep["critic_in"], "actions": b["actions"],
+                "logp": b["logp"], "adv": adv, "target": target}
         flat = {k: v.reshape(TB, *v.shape[2:]) for k, v in flat.items()}
         mb_size = TB // a.minibatches
         params = list(self.actor.parameters()) + list(self.critic.parameters())
@@ -235,9 +235,10 @@ class CreditLearner:
             # critic keeps fitting its targets for all epochs (like COMA's repeated critic training).
             train_actor = a.loss == "ppo" or epoch == 0
             perm = torch.randperm(TB, generator=generator)
+            shuffled = {k: v[perm] for k, v in flat.items()}   # so that minibatches are contiguous views
             for start in range(0, TB, mb_size):
-                idx = perm[start:start + mb_size]
-                stats.append(self._minibatch_step({k: v[idx] for k, v in flat.items()}, params, train_actor))
+                mb = {k: v[start:start + mb_size] for k, v in shuffled.items()}
+                stats.append(self._minibatch_step(mb, params, train_actor))
         mean_stats = torch.stack(stats).mean(0).tolist()
         names = MINIBATCH_STATS + [f"entropy/{ag}" for ag in self.agents]
         self.updates += 1
@@ -248,7 +249,7 @@ class CreditLearner:
 
     def _minibatch_step(self, mb: dict, params: list, train_actor: bool = True) -> torch.Tensor:
         a = self.cfg.algo
-        out = actor_critic_loss(self.actor(mb["obs"]), mb["actions"], mb["logp"], mb["adv"],
+        out = actor_critic_loss(self.actor.logits(mb["actor_in"]), mb["actions"], mb["logp"], mb["adv"],
                                 self._critic_prediction(mb["critic_in"], mb["actions"]), mb["target"], a,
                                 train_actor, self.updates + 1)
         loss, entropy, ratio, log_ratio = out["loss"], out["entropy"], out["ratio"], out["log_ratio"]

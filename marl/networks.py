@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
@@ -20,12 +21,16 @@ class AgentLinear(nn.Module):
         weight = torch.empty(copies, out_dim, in_dim)
         for w in weight:
             nn.init.orthogonal_(w, gain=gain)
-        self.weight = nn.Parameter(weight.transpose(1, 2).contiguous())  # [copies, in, out]
-        self.bias = nn.Parameter(torch.zeros(copies, out_dim))
+        if shared:   # nn.Linear's [out, in] layout, for one fused F.linear (8% of an update's time)
+            self.weight = nn.Parameter(weight[0])
+            self.bias = nn.Parameter(torch.zeros(out_dim))
+        else:        # [N, in, out], for one batched product over agents
+            self.weight = nn.Parameter(weight.transpose(1, 2).contiguous())
+            self.bias = nn.Parameter(torch.zeros(copies, out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.shared:
-            return x @ self.weight[0] + self.bias[0]
+            return F.linear(x, self.weight, self.bias)
         return torch.einsum("...ni,nio->...no", x, self.weight) + self.bias
 
 
@@ -65,10 +70,17 @@ class Actor(nn.Module):
         self.register_buffer("action_mask", action_mask.bool())
         self._all_available = bool(action_mask.all())
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        x = with_agent_id(obs) if self.shared else obs
-        logits = self.net(x)
+    def inputs(self, obs: torch.Tensor) -> torch.Tensor:
+        """What the network reads: ``obs [..., N, O]``, with the one-hot agent id when shared."""
+        return with_agent_id(obs) if self.shared else obs
+
+    def logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits ``[..., N, A]`` from ``inputs(obs)`` (the update builds the inputs once per batch)."""
+        logits = self.net(inputs)
         return logits if self._all_available else logits.masked_fill(~self.action_mask, -1e9)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.inputs(obs))
 
 
 class CentralCritic(nn.Module):
