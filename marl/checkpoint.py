@@ -10,6 +10,10 @@ import torch
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the networks built from its run's config."""
+
+
 def save_checkpoint(path: str | Path, state: dict) -> Path:
     """Write ``state`` to ``path`` atomically: a temp file in the same folder, fsync, then rename.
 
@@ -34,3 +38,20 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
 def load_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint with the safe unpickler (tensors, numbers, strings, containers only)."""
     return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
+def load_checkpoint_into(load_state_dict, path: str | Path) -> None:
+    """Load the checkpoint at ``path`` and pass it to ``load_state_dict``.
+
+    Raises:
+        CheckpointError: when its tensors or keys do not fit (for instance a checkpoint written by
+            an older version whose networks stored their weights differently).
+    """
+    state = load_checkpoint(path)
+    try:
+        load_state_dict(state)
+    except (RuntimeError, KeyError) as exc:
+        detail = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else repr(exc)
+        raise CheckpointError(f"{path} does not fit the networks built from its config ({detail}); it was "
+                              f"probably written by another version of marl: retrain, or use that "
+                              f"version") from None

@@ -149,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from envs import EnvError
+    from marl.checkpoint import CheckpointError
     from marl.config import ConfigError
     from marl.learner import TrainingDiverged
 
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, EnvError, _UsageError) as exc:
+    except (CheckpointError, ConfigError, EnvError, _UsageError) as exc:
         print(f"marl {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except TrainingDiverged as exc:

@@ -5,7 +5,7 @@ import json
 import time
 from pathlib import Path
 
-from marl.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from marl.checkpoint import CHECKPOINT_NAME, load_checkpoint_into
 from marl.config import Config, ConfigError, load_config
 from marl.evaluate import evaluate
 from marl.trainer import Trainer
@@ -77,13 +77,12 @@ def load_actor(run_dir: str | Path):
     import torch
 
     cfg = load_run_config(run_dir)
-    state = load_checkpoint(Path(run_dir) / CHECKPOINT_NAME)
     probe = TeamEnv(cfg.env.id, cfg.env.kwargs)
     m = cfg.model
     actor = Actor(probe.n_agents, probe.obs_dim, probe.n_actions, torch.from_numpy(probe.action_mask),
                   m.hidden, m.layers, m.activation, m.share_actor)
     probe.close()
-    actor.load_state_dict(state["actor"])
+    load_checkpoint_into(lambda state: actor.load_state_dict(state["actor"]), Path(run_dir) / CHECKPOINT_NAME)
     actor.eval()
     return actor, cfg
 
@@ -95,5 +94,5 @@ def load_trainer(run_dir: str | Path) -> Trainer:
     if not (run_dir / CHECKPOINT_NAME).is_file():
         raise ConfigError(f"{str(run_dir)!r} has no {CHECKPOINT_NAME}")
     trainer = Trainer(cfg, None)
-    trainer.load_state_dict(load_checkpoint(run_dir / CHECKPOINT_NAME))
+    load_checkpoint_into(trainer.load_state_dict, run_dir / CHECKPOINT_NAME)
     return trainer

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from envs import RewardSpec, make_vector_env
-from marl.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from marl.checkpoint import CHECKPOINT_NAME, load_checkpoint_into, save_checkpoint
 from marl.config import Config
 from marl.logger import RunLogger, truncate_metrics
 from marl.learner import CreditLearner
@@ -105,7 +105,7 @@ class Trainer:
 
     def restore(self) -> None:
         """Load the run directory's checkpoint and trim logs written after it."""
-        self.load_state_dict(load_checkpoint(self.run_dir / CHECKPOINT_NAME))
+        load_checkpoint_into(self.load_state_dict, self.run_dir / CHECKPOINT_NAME)
         truncate_metrics(self.run_dir, self.iteration)
 
     # -- collection -------------------------------------------------------------------------------

@@ -226,6 +226,22 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     assert {"actor", "critic", "optimizer", "generator", "iteration"} <= state.keys()
 
 
+def test_a_checkpoint_that_does_not_fit_the_networks_is_a_clear_error(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config()))
+    run = tmp_path / "run"
+    assert _cli("train", str(cfg), "--run-dir", str(run), "--set", "train.total_env_steps=100").returncode == 0
+    # An older version stored a shared layer's weight as [1, in, out] instead of [out, in].
+    state = load_checkpoint(run / CHECKPOINT_NAME)
+    state["actor"]["net.head.weight"] = state["actor"]["net.head.weight"].t().unsqueeze(0).contiguous()
+    save_checkpoint(run / CHECKPOINT_NAME, state)
+    for command in (["eval", str(run)], ["train", "--resume", str(run)]):
+        proc = _cli(*command)
+        assert proc.returncode == 2, proc.stderr
+        assert f"marl {command[0]}: error: {run / CHECKPOINT_NAME} does not fit the networks" in proc.stderr
+        assert "size mismatch for net.head.weight" in proc.stderr and "Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize("share_actor, critic", [(False, "central"), (True, "local"), (True, "agent_state")])
 def test_actor_and_critic_variants_train(tmp_path, share_actor, critic):
     records = _train(tiny_config(model={"share_actor": share_actor}, algo={"critic": critic, "loss": "a2c"}),
