@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import signal
+import traceback
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -204,7 +205,8 @@ def _worker(conn, env_id, kwargs, rows, reward, buffers, layout):
                 conn.send(("ok", None))
                 return
     except Exception as exc:  # report to the learner, which raises it with context
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        where = traceback.extract_tb(exc.__traceback__)[-1]   # the line that raised (env or learner code)
+        conn.send(("error", f"{type(exc).__name__}: {exc} (at {where.filename}:{where.lineno} in {where.name})"))
 
 
 class ProcessVectorEnv:
@@ -237,8 +239,20 @@ class ProcessVectorEnv:
             child.close()
             self._conns.append(parent)
             self._procs.append(proc)
+        self._recv_all()
+
+    def _recv_all(self) -> list:
+        """One reply from every worker, in worker order; all are read before an error is raised, so
+        no reply is left behind in a pipe."""
+        replies, error = [], None
         for conn in self._conns:
-            self._recv(conn)
+            try:
+                replies.append(self._recv(conn))
+            except EnvError as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+        return replies
 
     @staticmethod
     def _recv(conn):
@@ -255,8 +269,7 @@ class ProcessVectorEnv:
         seeds = np.asarray(seeds)
         for conn, rows in zip(self._conns, self._rows):
             conn.send(("reset", seeds[rows]))
-        for conn in self._conns:
-            self._recv(conn)
+        self._recv_all()
         return self._arrays["obs"].copy(), self._arrays["state"].copy()
 
     @property
@@ -268,15 +281,17 @@ class ProcessVectorEnv:
         """Run ``fn(env_slice, *args)`` in every worker on its own envs (an ``EnvSlice``), with that
         worker's ``args``, and return the results in worker order. ``fn`` must be a module-level
         function, since it travels to the workers by name."""
+        if len(args_per_worker) != len(self._conns):
+            raise ValueError(f"{len(self._conns)} workers, but arguments for {len(args_per_worker)}")
         for conn, args in zip(self._conns, args_per_worker):
             conn.send(("call", (fn, args)))
-        return [self._recv(conn) for conn in self._conns]
+        return self._recv_all()
 
     def step(self, actions: np.ndarray, autoreset: bool = True) -> StepBatch:
         self._arrays["actions"][:] = actions
         for conn in self._conns:
             conn.send(("step", autoreset))
-        episodes = [ep for conn in self._conns for ep in self._recv(conn)]
+        episodes = [ep for worker_episodes in self._recv_all() for ep in worker_episodes]
         return StepBatch.copied_from(self._arrays, episodes)
 
     def close(self):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -44,14 +45,21 @@ def load_checkpoint_into(load_state_dict, path: str | Path) -> None:
     """Load the checkpoint at ``path`` and pass it to ``load_state_dict``.
 
     Raises:
-        CheckpointError: when its tensors or keys do not fit (for instance a checkpoint written by
-            an older version whose networks stored their weights differently).
+        CheckpointError: when it cannot be read, or its tensors or keys do not fit (for instance a
+            checkpoint written by an older version whose networks stored their weights differently).
     """
-    state = load_checkpoint(path)
+    try:
+        state = load_checkpoint(path)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise CheckpointError(f"{path} could not be read ({_last_line(exc)})") from None
     try:
         load_state_dict(state)
     except (RuntimeError, KeyError) as exc:
-        detail = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else repr(exc)
-        raise CheckpointError(f"{path} does not fit the networks built from its config ({detail}); it was "
-                              f"probably written by another version of marl: retrain, or use that "
-                              f"version") from None
+        raise CheckpointError(f"{path} does not fit the networks built from the run's config ({_last_line(exc)}): "
+                              f"a --set that changes the networks or the collection mode, or a checkpoint "
+                              f"written by another version of marl") from None
+
+
+def _last_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1].strip() if text else type(exc).__name__

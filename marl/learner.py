@@ -71,7 +71,7 @@ class CreditLearner:
 
     Batches are dicts of tensors shaped ``[T, B, N, ...]`` with keys ``obs``, ``state``, ``next_obs``,
     ``next_state``, ``actions``, ``logp`` (behaviour log-probabilities), ``reward``, ``terminated``,
-    ``truncated`` (see ``marl.trainer.Rollout``).
+    ``truncated`` (see ``marl.rollout.Rollout``).
     """
 
     def __init__(self, cfg: Config, agents: list[str], obs_dim: int, state_dim: int, n_actions: int,

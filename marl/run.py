@@ -51,10 +51,14 @@ def resume_run(run_dir: str | Path, overrides: list[str] = ()) -> Trainer:
     cfg = load_run_config(run_dir, overrides)
     if not (run_dir / CHECKPOINT_NAME).is_file():
         raise ConfigError(f"{str(run_dir)!r} has no {CHECKPOINT_NAME} to resume from")
-    if overrides:
-        (run_dir / CONFIG_NAME).write_text(cfg.to_yaml())
     trainer = make_trainer(cfg, run_dir)
-    trainer.restore()
+    try:
+        trainer.restore()
+    except BaseException:
+        trainer.close()
+        raise
+    if overrides:   # only once the checkpoint fits the overridden config
+        (run_dir / CONFIG_NAME).write_text(cfg.to_yaml())
     return trainer
 
 

@@ -1,4 +1,5 @@
-"""The local backend: centralised training with decentralised execution in one process.
+"""The local backend: centralised training with decentralised execution in one process (plus
+optional env worker processes).
 
 One iteration = collect ``T = algo.rollout_steps`` steps from each of ``B = env.num_envs`` envs
 (batched policy inference over envs and agents), compute advantages with the configured module
@@ -14,7 +15,8 @@ draws come from a generator seeded by ``(seed, iteration)``, so a checkpoint hol
 resuming collects the same rollout again.
 
 With ``train.act_in_workers`` each env worker collects its own envs' part of the rollout with a
-copy of the actor, so the workers need not meet the learner at every step.
+copy of the actor (inference batched over its own envs and agents, action draws seeded by
+``(seed, iteration, worker)``), so the workers need not meet the learner at every step.
 """
 from __future__ import annotations
 

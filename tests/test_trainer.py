@@ -75,7 +75,7 @@ def test_same_seed_gives_identical_metrics(tmp_path):
 
 
 @pytest.mark.parametrize("workers, async_collection, act_in_workers",
-                         [(0, False, False), (2, False, False), (2, True, False), (2, True, True)])
+                         [(0, False, False), (2, False, False), (2, True, False), (2, False, True), (2, True, True)])
 def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, workers, async_collection, act_in_workers):
     cfg = tiny_config(train={"total_env_steps": 800, "checkpoint_every": 100, "eval_episodes": 0,
                              "async_collection": async_collection, "act_in_workers": act_in_workers},
@@ -133,7 +133,9 @@ def test_workers_acting_for_their_own_envs_collect_with_the_learners_policy():
     try:
         trainer.run_iteration()   # the actor is no longer the initial one
         trainer.iteration += 1
+        learner_draws = trainer.generator.get_state()
         episodes = trainer.collect()
+        assert torch.equal(trainer.generator.get_state(), learner_draws)   # the workers drew the actions
         b = trainer.rollout
         obs, actions = torch.from_numpy(b.obs), torch.from_numpy(b.actions).unsqueeze(-1)
         with torch.no_grad():
@@ -240,6 +242,14 @@ def test_a_checkpoint_that_does_not_fit_the_networks_is_a_clear_error(tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert f"marl {command[0]}: error: {run / CHECKPOINT_NAME} does not fit the networks" in proc.stderr
         assert "size mismatch for net.head.weight" in proc.stderr and "Traceback" not in proc.stderr
+    assert load_config(run / "config.yaml") == load_config(cfg, ["train.total_env_steps=100"])
+    # a --set that changes the networks is refused the same way, and leaves the run's config as it was
+    proc = _cli("train", "--resume", str(run), "--set", "model.hidden=16")
+    assert proc.returncode == 2 and "does not fit the networks" in proc.stderr
+    assert load_config(run / "config.yaml").model.hidden == 32
+    (run / CHECKPOINT_NAME).write_bytes(b"not a checkpoint")
+    proc = _cli("eval", str(run))
+    assert proc.returncode == 2 and "could not be read" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("share_actor, critic", [(False, "central"), (True, "local"), (True, "agent_state")])
