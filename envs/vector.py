@@ -145,19 +145,11 @@ def _describe(venv, probe: TeamEnv, num_envs: int) -> None:
 
 
 class SyncVectorEnv:
-    """All B envs in this process."""
+    """The envs of one slice, stepped in this process (all B envs, or a worker process's own)."""
 
-    def __init__(self, env_id: str, kwargs: dict, num_envs: int, reward: RewardSpec):
-        self._slice = EnvSlice(env_id, kwargs, num_envs, reward)
-        _describe(self, self._slice.envs[0], num_envs)
-
-    @classmethod
-    def over(cls, env_slice: EnvSlice) -> SyncVectorEnv:
-        """A vector env over an existing slice (a worker process's own envs)."""
-        venv = cls.__new__(cls)
-        venv._slice = env_slice
-        _describe(venv, env_slice.envs[0], env_slice.n)
-        return venv
+    def __init__(self, env_slice: EnvSlice):
+        self._slice = env_slice
+        _describe(self, env_slice.envs[0], env_slice.n)
 
     @property
     def team_envs(self) -> list[TeamEnv]:
@@ -311,4 +303,4 @@ def make_vector_env(env_id: str, kwargs: dict, num_envs: int, reward: RewardSpec
     """``workers == 0`` steps envs in this process; otherwise in that many worker processes."""
     if workers:
         return ProcessVectorEnv(env_id, kwargs, num_envs, reward, workers)
-    return SyncVectorEnv(env_id, kwargs, num_envs, reward)
+    return SyncVectorEnv(EnvSlice(env_id, kwargs, num_envs, reward))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from envs import RewardSpec
+from envs import RewardSpec, make_vector_env
 from envs.vector import SyncVectorEnv
 
 EPISODE_FIELDS = ("obs", "state", "next_obs", "next_state", "actions", "logp", "raw_reward", "reward",
@@ -45,8 +45,8 @@ def play_episode(trainer, venv: SyncVectorEnv, seed: int, generator: torch.Gener
 
 def episode_venv(trainer) -> SyncVectorEnv:
     e = trainer.cfg.env
-    return SyncVectorEnv(e.id, e.kwargs, 1, RewardSpec(e.reward, e.team_reward, e.alpha, e.shaping,
-                                                       trainer.cfg.algo.gamma))
+    return make_vector_env(e.id, e.kwargs, 1, RewardSpec(e.reward, e.team_reward, e.alpha, e.shaping,
+                                                         trainer.cfg.algo.gamma))
 
 
 def episode_credit(trainer, seed: int, venv: SyncVectorEnv | None = None,

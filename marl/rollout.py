@@ -77,6 +77,6 @@ def act_in_worker(env_slice, pickled_actor: bytes, T: int, seeds, action_seed: i
     torch.set_num_threads(1)
     actor = pickle.loads(pickled_actor)
     buf = Rollout.allocate(T, env_slice.n, env_slice.n_agents, env_slice.obs_dim, env_slice.state_dim)
-    episodes = collect_rollout(SyncVectorEnv.over(env_slice), buf, actor,
+    episodes = collect_rollout(SyncVectorEnv(env_slice), buf, actor,
                                torch.Generator().manual_seed(action_seed), seeds)
     return vars(buf), episodes

@@ -61,20 +61,13 @@ def test_bad_choices_name_the_options():
         config_from_dict({"algo": {"advantage": "magic"}})
 
 
-def test_async_collection_needs_env_workers_and_the_local_backend():
-    with pytest.raises(ConfigError, match=r"'train.async_collection': expected false unless env.workers >= 1"):
-        config_from_dict({"train": {"async_collection": True}})
-    with pytest.raises(ConfigError, match=r"'train.async_collection': expected false with backend 'rllib'"):
-        config_from_dict({"backend": "rllib", "env": {"workers": 1}, "train": {"async_collection": True}})
-    assert config_from_dict({"env": {"workers": 1}, "train": {"async_collection": True}}).train.async_collection
-
-
-def test_acting_in_workers_needs_env_workers_and_the_local_backend():
-    with pytest.raises(ConfigError, match=r"'train.act_in_workers': expected false unless env.workers >= 1"):
-        config_from_dict({"train": {"act_in_workers": True}})
-    with pytest.raises(ConfigError, match=r"'train.act_in_workers': expected false with backend 'rllib'"):
-        config_from_dict({"backend": "rllib", "env": {"workers": 1}, "train": {"act_in_workers": True}})
-    assert config_from_dict({"env": {"workers": 2}, "train": {"act_in_workers": True}}).train.act_in_workers
+@pytest.mark.parametrize("option", ["async_collection", "act_in_workers"])
+def test_worker_collection_options_need_env_workers_and_the_local_backend(option):
+    with pytest.raises(ConfigError, match=rf"'train.{option}': expected false unless env.workers >= 1"):
+        config_from_dict({"train": {option: True}})
+    with pytest.raises(ConfigError, match=rf"'train.{option}': expected false with backend 'rllib'"):
+        config_from_dict({"backend": "rllib", "env": {"workers": 1}, "train": {option: True}})
+    assert getattr(config_from_dict({"env": {"workers": 1}, "train": {option: True}}).train, option)
 
 
 def test_overrides_parse_yaml_values_and_are_validated():
