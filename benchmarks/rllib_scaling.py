@@ -174,19 +174,17 @@ def measure_local(config: str, iterations: int, overrides: list[str]) -> dict:
         trainer.run_iteration()   # warm-up, not timed
         trainer.iteration += 1
         update_s = 0.0
-        start, cpu_start = time.perf_counter(), time.process_time()
+        start = time.perf_counter()
         for _ in range(iterations):
             update_s += trainer.run_iteration()[3]
             trainer.iteration += 1   # the next rollout starts from new env seeds, as in training
-        wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        wall = time.perf_counter() - start
     finally:
         trainer.close()
     steps = iterations * trainer.steps_per_iteration
     # With train.async_collection the collection overlaps the update, and wall - update_s is only
     # the part of it that the update did not hide.
-    # CPU time of this process only: env worker processes are not in it.
-    return {"env_steps_per_s": steps / wall, "env_steps_per_cpu_s": steps / cpu,
-            "sampling_env_steps_per_s": steps / (wall - update_s),
+    return {"env_steps_per_s": steps / wall, "sampling_env_steps_per_s": steps / (wall - update_s),
             "update_s": update_s / iterations, "startup_s": startup, "steps_per_iteration": trainer.steps_per_iteration}
 
 

@@ -13,12 +13,6 @@ their baselines (one process; stock RLlib PPO on RLlib's PettingZoo wrapper and 
 env). Ratios are paired: the median over repeats of the ratio within one repeat, since the host's
 speed drifts. The machine may be shared, so compare ratios, not absolute numbers. Writes a PNG
 bar chart with --plot.
-
-For the rows that run in one process (raw env, vector env, local trainer in one process) the
-table also gives the ratio to the raw env in CPU time: env steps per CPU-second of the process
-(``time.process_time``) against the raw env's. Time the process spends waiting for a busy host
-does not count there, so that ratio shows the framework's own cost and moves much less with
-the host's load than the wall-clock one.
 """
 from __future__ import annotations
 
@@ -91,10 +85,9 @@ def raw_env(steps: int, start_barrier=None) -> dict:
         done = not env.agents
         count += 1
         if count == steps // 10:            # warm-up: the first 10% is not timed
-            start, cpu_start, timed_from = time.perf_counter(), time.process_time(), count
-    end, cpu = time.perf_counter(), time.process_time() - cpu_start
-    return {"env_steps_per_s": (count - timed_from) / (end - start),
-            "env_steps_per_cpu_s": (count - timed_from) / cpu, "timed_steps": count - timed_from,
+            start, timed_from = time.perf_counter(), count
+    end = time.perf_counter()
+    return {"env_steps_per_s": (count - timed_from) / (end - start), "timed_steps": count - timed_from,
             "window": (start, end)}
 
 
@@ -116,7 +109,7 @@ def raw_env_parallel(steps: int, processes: int = 2) -> dict:
     for proc in procs:
         proc.join()
     span = max(r["window"][1] for r in results) - min(r["window"][0] for r in results)
-    return {"env_steps_per_s": sum(r["timed_steps"] for r in results) / span}   # no CPU rate: several processes
+    return {"env_steps_per_s": sum(r["timed_steps"] for r in results) / span}
 
 
 def vector_env(steps: int, workers: int) -> dict:
@@ -144,11 +137,8 @@ def vector_env(steps: int, workers: int) -> dict:
             count += T * e.num_envs
             it += 1
             if start is None:                   # the first rollout is the warm-up
-                start, cpu_start, count = time.perf_counter(), time.process_time(), 0
-        result = {"env_steps_per_s": count / (time.perf_counter() - start)}
-        if workers == 0:   # the workers' CPU time is not this process's
-            result["env_steps_per_cpu_s"] = count / (time.process_time() - cpu_start)
-        return result
+                start, count = time.perf_counter(), 0
+        return {"env_steps_per_s": count / (time.perf_counter() - start)}
     finally:
         venv.close()
 
@@ -166,12 +156,8 @@ def train(steps: int, config: str, overrides: list[str] = ()) -> dict:
     from marl.config import load_config
 
     overrides = [f"train.total_env_steps={steps}", *overrides]
-    cfg = load_config(config, overrides)
-    r = measure_local(config, cfg.total_iterations, overrides)
-    result = {"env_steps_per_s": r["env_steps_per_s"], "update_share": _update_share(r)}
-    if cfg.env.workers == 0:   # the workers' CPU time is not this process's
-        result["env_steps_per_cpu_s"] = r["env_steps_per_cpu_s"]
-    return result
+    r = measure_local(config, load_config(config, overrides).total_iterations, overrides)
+    return {"env_steps_per_s": r["env_steps_per_s"], "update_share": _update_share(r)}
 
 
 def rllib(steps: int, runners: int, stock: bool = False, project_env: bool = False) -> dict:
@@ -293,19 +279,16 @@ def main(argv=None) -> None:
             results[name].append(measure(name, args.steps, args.set))
             print(f"  repeat {r + 1}: {name}: {results[name][-1]['env_steps_per_s']:.0f} env steps/s",
                   file=sys.stderr, flush=True)
-    def paired_ratio(name: str, base: str, key: str = "env_steps_per_s") -> float | None:
+    def paired_ratio(name: str, base: str) -> float:
         """Median over repeats of ``name / base`` within the same repeat (the host's speed drifts
-        between repeats more than between neighbouring measurements); None where a row lacks ``key``."""
-        if base not in results or key not in results[name][0] or key not in results[base][0]:
-            return None
-        return statistics.median(x[key] / y[key] for x, y in zip(results[name], results[base]))
+        between repeats more than between neighbouring measurements)."""
+        return statistics.median(x["env_steps_per_s"] / y["env_steps_per_s"] for x, y in zip(results[name], results[base]))
 
     rows = []
     for name, runs in results.items():
         rows.append({"name": name, "label": CONFIGS[name][0],
                      "env_steps_per_s": statistics.median(x["env_steps_per_s"] for x in runs),
-                     "ratio_to_raw": paired_ratio(name, "raw"),
-                     "cpu_ratio_to_raw": paired_ratio(name, "raw", "env_steps_per_cpu_s"),
+                     "ratio_to_raw": paired_ratio(name, "raw") if "raw" in results else None,
                      "ratio_to_baseline": {base: paired_ratio(name, base) for base in BASELINE.get(name, [])
                                            if base in results},
                      "peak_rss_mb": max(x["peak_rss_mb"] for x in runs),
@@ -313,16 +296,14 @@ def main(argv=None) -> None:
                                       if "update_share" in runs[0] else None),
                      "all": [x["env_steps_per_s"] for x in runs]})
     print(f"Ratios are medians over the {args.repeats} repeats of the ratio within a repeat.")
-    print(f"| configuration | env steps/s (median of {args.repeats}) | × raw env | × raw env, CPU time | "
-          f"× its baseline | update share | peak RSS, all processes (MB) |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| configuration | env steps/s (median of {args.repeats}) | × raw env | × its baseline | update share | "
+          f"peak RSS, all processes (MB) |")
+    print("|---|---|---|---|---|---|")
     for row in rows:
         ratio = f"{row['ratio_to_raw']:.2f}" if row["ratio_to_raw"] is not None else "n/a"
-        cpu_ratio = f"{row['cpu_ratio_to_raw']:.2f}" if row["cpu_ratio_to_raw"] is not None else "-"
         vs = ", ".join(f"{r:.2f} (vs {base})" for base, r in row["ratio_to_baseline"].items()) or "-"
         share = f"{row['update_share']:.0%}" if row["update_share"] is not None else "-"
-        print(f"| {row['label']} | {row['env_steps_per_s']:,.0f} | {ratio} | {cpu_ratio} | {vs} | {share} | "
-              f"{row['peak_rss_mb']:.0f} |")
+        print(f"| {row['label']} | {row['env_steps_per_s']:,.0f} | {ratio} | {vs} | {share} | {row['peak_rss_mb']:.0f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     if args.plot:
