@@ -55,6 +55,12 @@ def actor_critic_loss(logits: torch.Tensor, actions: torch.Tensor, behaviour_log
             "log_ratio": log_ratio}
 
 
+def ppo_diagnostics(ratio: torch.Tensor, log_ratio: torch.Tensor, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Approximate KL(behaviour ‖ current), estimated as ``(r - 1) - log r`` (Schulman's low-variance
+    estimator), and the fraction of rows whose ratio ``r`` lies outside ``[1 - clip, 1 + clip]``."""
+    return ((ratio - 1) - log_ratio).mean(), ((ratio - 1).abs() > clip).float().mean()
+
+
 def sample_actions(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Draw one action per row of ``logits [..., A]`` (Gumbel-max, with an explicit generator)."""
     u = torch.rand(logits.shape, generator=generator).clamp_(1e-20, 1.0)
@@ -270,8 +276,7 @@ class CreditLearner:
         with torch.no_grad():
             scalars = torch.stack([torch.stack([s[k] for s in steps]).mean() for k in ("policy", "value", "grad_norm")])
             entropy, ratio, log_ratio = (torch.cat([s[k] for s in steps]) for k in ("entropy", "ratio", "log_ratio"))
-            approx_kl = ((ratio - 1) - log_ratio).mean()
-            clip_frac = ((ratio - 1).abs() > self.cfg.algo.clip).float().mean()
+            approx_kl, clip_frac = ppo_diagnostics(ratio, log_ratio, self.cfg.algo.clip)
             values = torch.cat([scalars, torch.stack([entropy.mean(), approx_kl, clip_frac]), entropy.mean(0)])
         names = (["losses/policy", "losses/value", "losses/grad_norm", "losses/entropy", "losses/approx_kl",
                   "losses/clip_fraction"] + [f"entropy/{ag}" for ag in self.agents])

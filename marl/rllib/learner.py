@@ -21,7 +21,7 @@ from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.core.columns import Columns
 from ray.rllib.evaluation.postprocessing import Postprocessing
 
-from marl.learner import actor_critic_loss
+from marl.learner import actor_critic_loss, ppo_diagnostics
 from marl.rllib.connectors import CreditAdvantages
 from marl.rllib.module import CRITIC_PRED
 
@@ -79,8 +79,7 @@ class CreditPPOLearner(PPOTorchLearner):
             idx = module.agent_index(batch[Columns.OBS])
             counts = torch.bincount(idx, minlength=module.n_agents).clamp_min(1)
             per_agent = torch.zeros(module.n_agents).index_add_(0, idx, entropy.detach().float()) / counts
-            approx_kl = ((ratio - 1) - log_ratio).mean()
-            clip_frac = ((ratio - 1).abs() > a.clip).float().mean()
+            approx_kl, clip_frac = ppo_diagnostics(ratio, log_ratio, a.clip)
             self._stats.append(torch.cat([torch.stack([out["policy"], out["value"], entropy.mean(), approx_kl,
                                                        clip_frac]).detach(), per_agent]))
         return loss
