@@ -1,4 +1,7 @@
 """Errors raised for environments that cannot be used as given."""
+from __future__ import annotations
+
+import traceback
 
 
 class EnvError(ValueError):
@@ -6,3 +9,12 @@ class EnvError(ValueError):
 
     The message names the env and says what to do.
     """
+
+
+def error_summary(exc: BaseException) -> str:
+    """``Type: first line of the message (at file:line in function)``, the innermost frame that raised:
+    an env's own exception in one line."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
+    message = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {message[0] if message else ''}{where}"

@@ -1,17 +1,18 @@
-"""Environment lookup: registered short names, or any ``package.module:factory`` string.
+"""Environment lookup: registered short names, registered prefixes, or any ``package.module:factory``.
 
 Every factory must return a PettingZoo ``ParallelEnv`` or ``AECEnv``; AEC envs are converted with
 PettingZoo's own ``aec_to_parallel``.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any, Callable
 
 from pettingzoo.utils.conversions import aec_to_parallel
 from pettingzoo.utils.env import AECEnv, ParallelEnv
 
-from envs.errors import EnvError
+from envs.errors import EnvError, error_summary
 
 # Short name -> "module:factory". Kept as strings so that listing them imports nothing.
 ENVS: dict[str, str] = {
@@ -24,6 +25,14 @@ ENVS: dict[str, str] = {
     "diag:delayed_chain": "envs.diagnostic:delayed_chain",
 }
 
+# Prefix -> "module:factory" taking the rest of the id first: ``lbf:Foraging-8x8-2p-2f-coop-v3`` calls
+# ``lbf_env("Foraging-8x8-2p-2f-coop-v3", **env.kwargs)``. Any id the package registers works.
+PREFIXES: dict[str, str] = {
+    "lbf": "envs.gym_multiagent:lbf_env",
+    "rware": "envs.gym_multiagent:rware_env",
+    "gym": "envs.gym_multiagent:gym_env",
+}
+
 # Registered envs whose ``state()`` only concatenates every agent's observation (mpe2 recomputes them
 # all for it). ``TeamEnv`` builds that state from the observations it already holds instead.
 STATE_IS_OBSERVATIONS = frozenset({"mpe2:simple_spread_v3", "mpe2:simple_speaker_listener_v4",
@@ -31,13 +40,19 @@ STATE_IS_OBSERVATIONS = frozenset({"mpe2:simple_spread_v3", "mpe2:simple_speaker
 
 
 def resolve_factory(env_id: str) -> Callable[..., Any]:
-    """The callable behind ``env_id`` (a registered name or ``package.module:factory``)."""
+    """The callable behind ``env_id`` (a registered name, a registered prefix or
+    ``package.module:factory``)."""
+    prefix, sep, rest = env_id.partition(":")
+    if env_id not in ENVS and sep and prefix in PREFIXES:
+        if not rest:
+            raise EnvError(f"env.id {env_id!r}: give the {prefix} env's name after '{prefix}:'")
+        return functools.partial(resolve_factory(PREFIXES[prefix]), rest)
     target = ENVS.get(env_id, env_id)
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
         raise EnvError(
-            f"env.id {env_id!r} is neither a registered env ({', '.join(sorted(ENVS))}) nor of the "
-            f"form 'package.module:factory'")
+            f"env.id {env_id!r} is neither a registered env ({', '.join(sorted(ENVS))}), nor a registered "
+            f"prefix ({', '.join(p + ':<name>' for p in PREFIXES)}), nor of the form 'package.module:factory'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -57,12 +72,17 @@ def make_parallel_env(env_id: str, kwargs: dict | None = None, render_mode: str 
         kwargs["render_mode"] = render_mode
     try:
         env = factory(**kwargs)
+    except EnvError:
+        raise
     except TypeError as exc:
         raise EnvError(f"env.id {env_id!r}: factory rejected env.kwargs {kwargs}: {exc}") from None
+    except Exception as exc:
+        raise EnvError(f"env.id {env_id!r}: the factory raised {error_summary(exc)}") from exc
     if isinstance(env, AECEnv):
         env = aec_to_parallel(env)
     if not isinstance(env, ParallelEnv):
         raise EnvError(
             f"env.id {env_id!r}: the factory returned {type(env).__name__}, not a PettingZoo "
-            f"ParallelEnv or AECEnv; return one (wrap Gymnasium multi-agent envs in an adapter)")
+            f"ParallelEnv or AECEnv; return one (a Gymnasium multi-agent env with Tuple spaces can be "
+            f"wrapped in envs.gym_multiagent.GymMultiAgentEnv, or named as 'gym:<id>')")
     return env

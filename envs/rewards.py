@@ -10,25 +10,33 @@ REWARD_MODES = ("shared", "individual", "mixed")
 TEAM_REDUCTIONS = ("sum", "mean")
 
 
-def team_reward(raw: np.ndarray, team: str) -> np.ndarray:
-    """The team reward ``[..., 1]``: the sum or mean of the agents' raw rewards."""
+def team_reward(raw: np.ndarray, team: str, present: np.ndarray | None = None) -> np.ndarray:
+    """The team reward ``[..., 1]``: the sum or mean of the agents' raw rewards ``[..., N]``; with
+    ``present`` (bool ``[..., N]``) the mean is over the agents present (absent ones have reward 0)."""
     if team == "sum":
         return raw.sum(axis=-1, keepdims=True)
     if team == "mean":
-        return raw.mean(axis=-1, keepdims=True)
+        if present is None:
+            return raw.mean(axis=-1, keepdims=True)
+        count = np.maximum(present.sum(axis=-1, keepdims=True), 1)
+        return np.where(present, raw, 0.0).sum(axis=-1, keepdims=True) / count
     raise ValueError(f"env.team_reward must be one of {TEAM_REDUCTIONS}, got {team!r}")
 
 
-def apply_reward_mode(raw: np.ndarray, mode: str, team: str = "mean", alpha: float = 0.5) -> np.ndarray:
+def apply_reward_mode(raw: np.ndarray, mode: str, team: str = "mean", alpha: float = 0.5,
+                      present: np.ndarray | None = None) -> np.ndarray:
     """Map raw per-agent rewards ``[..., N]`` to the rewards the learner sees, ``[..., N]``.
 
     - ``shared``: every agent gets the team reward (``team``: sum or mean of the raw rewards);
     - ``individual``: each agent gets its own raw reward;
     - ``mixed``: ``alpha * own + (1 - alpha) * team``.
+
+    ``present`` (bool ``[..., N]``, default all) marks the agents that acted; the team mean is over
+    them. Rewards of absent agents are the caller's to zero.
     """
     if mode == "individual":
         return raw.astype(np.float32, copy=True)
-    shared = np.broadcast_to(team_reward(raw, team), raw.shape)
+    shared = np.broadcast_to(team_reward(raw, team, present), raw.shape)
     if mode == "shared":
         return shared.astype(np.float32)
     if mode == "mixed":

@@ -1,18 +1,83 @@
 """Adapter from one PettingZoo ParallelEnv to fixed-shape numpy arrays over N sorted agents.
 
-Agents with smaller observations are zero-padded to the largest; agents with fewer actions get
-the extra actions masked out in ``action_mask``. The global state is ``env.state()`` where the
-env implements it, else the concatenation of the agents' (unpadded) observations; for the envs in
-``envs.registry.STATE_IS_OBSERVATIONS`` that concatenation is what ``state()`` computes anyway, so
-it is built directly.
+- **Observations** of any Gymnasium space are flattened with ``gymnasium.spaces.flatten``; agents
+  with smaller observations are zero-padded to the largest.
+- **Action masks.** Agents with fewer actions get the extra ones masked out (the static
+  ``action_mask``). Per-step masks follow PettingZoo's conventions: an observation ``Dict`` with
+  keys ``observation`` and ``action_mask`` (the mask is not part of what the network sees), or
+  ``infos[agent]["action_mask"]``. Every step returns ``avail [N, A]``, the static mask and the
+  step's mask combined.
+- **Agents that come and go.** ``alive [N]`` marks the agents in ``env.agents``: the ones that act
+  next. An agent that is absent (it terminated or truncated on its own, or has not arrived yet) has
+  zero observations and reward and gets no action; the episode ends when no agent is left.
+- **Global state:** ``env.state()`` where the env implements it, else the concatenation of the
+  agents' (unpadded) observations; for the envs in ``envs.registry.STATE_IS_OBSERVATIONS`` that
+  concatenation is what ``state()`` computes anyway, so it is built directly.
+- **Bad env output is an error** (``EnvError``) naming the env, agent, step and key: a NaN or
+  infinite observation or reward, no legal action for a live agent, an exception raised by the env
+  (summarised in one line).
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 from gymnasium import spaces
 
-from envs.errors import EnvError
+from envs.errors import EnvError, error_summary
 from envs.registry import STATE_IS_OBSERVATIONS, make_parallel_env
+
+MASK_KEY = "action_mask"
+
+
+class TeamObs(NamedTuple):
+    """What the agents see: ``obs [N, O]``, ``state [S]``, ``avail [N, A]`` (bool, legal actions)
+    and ``alive [N]`` (bool, the agent is in ``env.agents`` and acts next)."""
+
+    obs: np.ndarray
+    state: np.ndarray
+    avail: np.ndarray
+    alive: np.ndarray
+
+
+class TeamStep(NamedTuple):
+    """One step: the true next ``obs``/``state``/``avail``/``alive`` (also at the episode's end),
+    ``reward [N]``, ``terminated [N]``, ``truncated [N]`` and ``done`` (no agent is left)."""
+
+    obs: np.ndarray
+    state: np.ndarray
+    avail: np.ndarray
+    alive: np.ndarray
+    reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    done: bool
+
+
+def _network_space(env_id: str, agent: str, space: spaces.Space) -> tuple[spaces.Space, str | None]:
+    """The part of an observation space the network sees, and how to take it out of an observation
+    that carries an action mask: ``None`` (no mask), ``"observation"`` (the value under that key) or
+    ``"dict"`` (every key but the mask)."""
+    if isinstance(space, spaces.Dict) and MASK_KEY in space.spaces:
+        rest = {k: s for k, s in space.spaces.items() if k != MASK_KEY}
+        if not rest:
+            raise EnvError(f"env {env_id!r}: agent {agent!r} observes only an action_mask")
+        if list(rest) == ["observation"]:
+            return rest["observation"], "observation"
+        return spaces.Dict(rest), "dict"
+    return space, None
+
+
+def _flat_size(env_id: str, agent: str, space: spaces.Space) -> int:
+    try:
+        flat = spaces.flatten_space(space)
+    except (NotImplementedError, TypeError, AttributeError, ValueError) as exc:
+        flat = exc
+    if not isinstance(flat, spaces.Box):
+        raise EnvError(f"env {env_id!r}: agent {agent!r} has observation space {space}, which gymnasium cannot "
+                       f"flatten to a fixed-size vector; wrap the env to give a Box, Dict, Tuple, Discrete, "
+                       f"MultiBinary or MultiDiscrete observation")
+    return int(np.prod(flat.shape))
 
 
 class TeamEnv:
@@ -22,6 +87,8 @@ class TeamEnv:
         agents: sorted agent ids (length N).
         obs_dim, state_dim, n_actions: padded sizes.
         action_mask: bool ``[N, A]``, True where the action exists for that agent.
+        dynamic_mask: the env gives per-step action masks (in a Dict observation, or in the infos of
+            its first reset), so the policy must read ``avail`` at every step.
     """
 
     def __init__(self, env_id: str, kwargs: dict | None = None, render_mode: str | None = None):
@@ -30,39 +97,57 @@ class TeamEnv:
         self.agents = sorted(self.env.possible_agents)
         if not self.agents:
             raise EnvError(f"env {env_id!r} has no agents in possible_agents")
-        obs_sizes, act_sizes = [], []
+        self.n_agents = len(self.agents)
+        self._index = {agent: i for i, agent in enumerate(self.agents)}
+        obs_sizes, act_sizes, self._obs_spaces, self._mask_in_obs, self._action_start = [], [], [], [], []
         for agent in self.agents:
             obs_space, act_space = self.env.observation_space(agent), self.env.action_space(agent)
             if not isinstance(act_space, spaces.Discrete):
                 raise EnvError(
                     f"env {env_id!r}: agent {agent!r} has action space {act_space}; only Discrete "
                     f"actions are supported (for mpe2 envs pass env.kwargs.continuous_actions: false)")
-            if not isinstance(obs_space, spaces.Box):
-                raise EnvError(
-                    f"env {env_id!r}: agent {agent!r} has observation space {type(obs_space).__name__}; "
-                    f"only Box observations are supported (flatten them in a wrapper)")
-            obs_sizes.append(int(np.prod(obs_space.shape)))
+            space, in_obs = _network_space(env_id, agent, obs_space)
+            obs_sizes.append(_flat_size(env_id, agent, space))
+            self._obs_spaces.append(space)
+            self._mask_in_obs.append(in_obs)
             act_sizes.append(int(act_space.n))
+            self._action_start.append(int(act_space.start))
         self._obs_sizes = obs_sizes
-        self.n_agents = len(self.agents)
         self.obs_dim = max(obs_sizes)
         self.n_actions = max(act_sizes)
+        self._act_sizes = act_sizes
         self.action_mask = np.arange(self.n_actions)[None, :] < np.array(act_sizes)[:, None]
         self._uniform_obs = len(set(obs_sizes)) == 1
+        self._box_obs = all(isinstance(s, spaces.Box) for s in self._obs_spaces)
+        self._any_mask_in_obs = any(self._mask_in_obs)
+        self._offsets = any(self._action_start)
         self._has_state = env_id not in STATE_IS_OBSERVATIONS
-        obs, state = self.reset(seed=0)
-        self.state_dim = state.shape[0]
+        self._t = 0
+        self._info_masks = False
+        first = self.reset(seed=0)
+        self.state_dim = first.state.shape[0]
+        self.dynamic_mask = self._any_mask_in_obs or self._info_masks
 
     # -- conversion helpers ------------------------------------------------------------------
-    def _obs_array(self, obs: dict) -> np.ndarray:
-        if self._uniform_obs:
+    def _flatten(self, i: int, value) -> np.ndarray:
+        if self._mask_in_obs[i] == "observation":
+            value = value["observation"]
+        elif self._mask_in_obs[i] == "dict":
+            value = {k: v for k, v in value.items() if k != MASK_KEY}
+        if self._box_obs:
+            return np.asarray(value, dtype=np.float32).reshape(-1)
+        return np.asarray(spaces.flatten(self._obs_spaces[i], value), dtype=np.float32)
+
+    def _obs_array(self, obs: dict, alive: np.ndarray) -> np.ndarray:
+        if self._uniform_obs and alive.all() and not self._any_mask_in_obs and self._box_obs:
             return np.stack([np.asarray(obs[a], dtype=np.float32).reshape(-1) for a in self.agents])
         out = np.zeros((self.n_agents, self.obs_dim), dtype=np.float32)
-        for i, agent in enumerate(self.agents):
-            out[i, : self._obs_sizes[i]] = np.asarray(obs[agent], dtype=np.float32).reshape(-1)
+        for agent, value in obs.items():
+            i = self._index[agent]
+            out[i, : self._obs_sizes[i]] = self._flatten(i, value)
         return out
 
-    def _state(self, obs: dict, obs_array: np.ndarray) -> np.ndarray:
+    def _state(self, obs_array: np.ndarray) -> np.ndarray:
         if self._has_state:
             try:
                 return np.asarray(self.env.state(), dtype=np.float32).reshape(-1)
@@ -70,41 +155,91 @@ class TeamEnv:
                 self._has_state = False
         if self._uniform_obs:   # the unpadded observations, concatenated: the rows of obs_array
             return obs_array.reshape(-1)
-        return np.concatenate([np.asarray(obs[a], dtype=np.float32).reshape(-1) for a in self.agents])
+        return np.concatenate([obs_array[i, :size] for i, size in enumerate(self._obs_sizes)])
+
+    def _avail(self, obs: dict, infos: dict, alive: np.ndarray) -> np.ndarray:
+        avail = self.action_mask.copy()
+        for agent in obs if self._any_mask_in_obs else ():
+            i = self._index[agent]
+            if self._mask_in_obs[i]:
+                avail[i, : self._act_sizes[i]] &= np.asarray(obs[agent][MASK_KEY], dtype=bool).reshape(-1)
+        for agent, info in infos.items():
+            mask = info.get(MASK_KEY) if isinstance(info, dict) else None
+            if mask is not None and agent in self._index:
+                i = self._index[agent]
+                avail[i, : self._act_sizes[i]] &= np.asarray(mask, dtype=bool).reshape(-1)
+                self._info_masks = True
+        stuck = alive & ~avail.any(-1)
+        if stuck.any():
+            agent = self.agents[int(np.flatnonzero(stuck)[0])]
+            raise EnvError(f"env {self.env_id!r}: agent {agent!r} is live at step {self._t} of its episode but "
+                           f"its action_mask marks no action legal")
+        avail[~alive] = self.action_mask[~alive]   # absent agents: any action, it is never sent
+        return avail
+
+    def _check_finite(self, obs: dict, obs_array: np.ndarray, reward: np.ndarray) -> None:
+        if np.isfinite(obs_array).all() and np.isfinite(reward).all():
+            return
+        for key, values in (("observation", np.isfinite(obs_array).all(-1)), ("reward", np.isfinite(reward))):
+            bad = np.flatnonzero(~values)
+            if len(bad):
+                agent = self.agents[int(bad[0])]
+                if key == "observation" and isinstance(obs.get(agent), dict):
+                    key = next((f"observation[{k!r}]" for k, v in obs[agent].items()
+                                if k != MASK_KEY and not np.isfinite(np.asarray(v, dtype=np.float64)).all()), key)
+                raise EnvError(f"env {self.env_id!r}: agent {agent!r} got a non-finite {key} (NaN or inf) at step "
+                               f"{self._t} of its episode")
+
+    def _alive(self, keys) -> np.ndarray:
+        alive = np.zeros(self.n_agents, dtype=bool)
+        for agent in keys:
+            alive[self._index[agent]] = True
+        return alive
 
     # -- API -----------------------------------------------------------------------------------
-    def reset(self, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Returns ``obs [N, O]`` and ``state [S]``."""
-        obs, _ = self.env.reset(seed=seed)
-        if sorted(obs) != self.agents:
-            raise EnvError(
-                f"env {self.env_id!r}: reset returned observations for {sorted(obs)}, expected all of "
-                f"possible_agents {self.agents}; envs whose agents come and go are not supported")
-        obs_array = self._obs_array(obs)
-        return obs_array, self._state(obs, obs_array)
+    def reset(self, seed: int | None = None) -> TeamObs:
+        """A new episode (seeded with ``seed``); see ``TeamObs``."""
+        try:
+            obs, infos = self.env.reset(seed=seed)
+        except Exception as exc:
+            raise EnvError(f"env {self.env_id!r} raised in reset(seed={seed}): {error_summary(exc)}") from exc
+        unknown = set(obs) - set(self._index)
+        if unknown:
+            raise EnvError(f"env {self.env_id!r}: reset returned observations for {sorted(unknown)}, which are not "
+                           f"in possible_agents {self.agents}")
+        self._t = 0
+        alive = self._alive(obs)
+        obs_array = self._obs_array(obs, alive)
+        self._check_finite(obs, obs_array, np.zeros(1, np.float32))
+        return TeamObs(obs_array, self._state(obs_array), self._avail(obs, infos or {}, alive), alive)
 
-    def step(self, actions: np.ndarray):
-        """Step with ``actions [N]``.
-
-        Returns ``(obs [N, O], state [S], reward [N], terminated [N], truncated [N], done)``, where
-        ``obs``/``state`` are the true next observation, also at the end of an episode.
-        """
-        obs, rew, term, trunc, _ = self.env.step(dict(zip(self.agents, actions.tolist())))
+    def step(self, actions: np.ndarray) -> TeamStep:
+        """Step with ``actions [N]`` (only the agents in ``env.agents`` are sent theirs); see ``TeamStep``."""
+        acting = list(self.env.agents)
+        if self._offsets:
+            actions = np.asarray(actions) + np.asarray(self._action_start)
+        values = actions.tolist()
+        if len(acting) == self.n_agents:
+            action_dict = dict(zip(self.agents, values))
+        else:
+            action_dict = {agent: values[self._index[agent]] for agent in acting}
+        self._t += 1
+        try:
+            obs, rew, term, trunc, infos = self.env.step(action_dict)
+        except Exception as exc:
+            raise EnvError(f"env {self.env_id!r} raised in step {self._t} of its episode: "
+                           f"{error_summary(exc)}") from exc
         remaining = self.env.agents
-        if remaining and len(remaining) != self.n_agents:
-            gone = sorted(set(self.agents) - set(remaining))
-            raise EnvError(
-                f"env {self.env_id!r}: agents {gone} left mid-episode while others continue; envs "
-                f"whose agents come and go are not supported")
         reward = np.array([rew.get(a, 0.0) for a in self.agents], dtype=np.float32)
         terminated = np.array([bool(term.get(a, False)) for a in self.agents])
         truncated = np.array([bool(trunc.get(a, False)) for a in self.agents])
-        done = not remaining
-        if done and not (terminated | truncated).all():
-            # The env removed every agent without flags: treat the cut as a truncation.
-            truncated |= ~terminated
-        obs_array = self._obs_array(obs)
-        return obs_array, self._state(obs, obs_array), reward, terminated, truncated, done
+        alive = self._alive(remaining)
+        left = self._alive(acting) & ~alive & ~(terminated | truncated)
+        truncated |= left   # an agent removed without flags was cut: treat it as a truncation
+        obs_array = self._obs_array(obs, self._alive(obs))
+        self._check_finite(obs, obs_array, reward)
+        return TeamStep(obs_array, self._state(obs_array), self._avail(obs, infos or {}, alive), alive,
+                        reward, terminated, truncated, not remaining)
 
     def render(self):
         return self.env.render()

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import signal
-import traceback
 from dataclasses import dataclass, fields
 
 import numpy as np
 
-from envs.errors import EnvError
+from envs.errors import EnvError, error_summary
 from envs.rewards import apply_reward_mode, resolve_potential, shape_reward
+from envs.snapshot import restore, snapshot
 from envs.team_env import TeamEnv
 
 
@@ -32,21 +32,26 @@ class RewardSpec:
 
 @dataclass
 class StepBatch:
-    """One vectorised step. ``obs``/``state`` are the observations to act on next (already reset
-    where an episode ended, unless the step was taken with ``autoreset=False``);
-    ``next_obs``/``next_state`` are the true successors of the step, kept from before the
-    auto-reset so that a truncation can bootstrap correctly."""
+    """One vectorised step. ``obs``/``state``/``avail``/``alive`` are what the agents act on next
+    (already reset where an episode ended, unless the step was taken with ``autoreset=False``);
+    ``next_obs``/``next_state``/``next_avail`` are the true successors of the step, kept from before
+    the auto-reset so that a truncation can bootstrap correctly. ``acted`` marks the agents that took
+    this step (those alive before it)."""
 
     obs: np.ndarray          # [B, N, O]
     state: np.ndarray        # [B, S]
+    avail: np.ndarray        # [B, N, A] bool: legal actions at obs
+    alive: np.ndarray        # [B, N] bool: agents that act at obs
     next_obs: np.ndarray     # [B, N, O]
     next_state: np.ndarray   # [B, S]
+    next_avail: np.ndarray   # [B, N, A] bool
+    acted: np.ndarray        # [B, N] bool
     raw_reward: np.ndarray   # [B, N] as the env gave it
-    reward: np.ndarray       # [B, N] after the reward mode
+    reward: np.ndarray       # [B, N] after the reward mode (0 for agents that did not act)
     terminated: np.ndarray   # [B, N] bool
     truncated: np.ndarray    # [B, N] bool
     done: np.ndarray         # [B] bool: the episode ended at this step
-    episodes: list           # finished episodes: dicts with raw_return [N], return [N], length
+    episodes: list           # finished episodes: dicts with raw_return [N], return [N], length, env (row b)
 
     @classmethod
     def copied_from(cls, arrays: dict[str, np.ndarray], episodes: list) -> StepBatch:
@@ -55,81 +60,131 @@ class StepBatch:
                    episodes=episodes)
 
 
-def _step_layout(n: int, n_agents: int, obs_dim: int, state_dim: int) -> dict[str, tuple[tuple, type]]:
+CURRENT = ("obs", "state", "avail", "alive")   # the arrays agents act on; see ``current()``
+
+
+def _step_layout(n: int, n_agents: int, obs_dim: int, state_dim: int, n_actions: int) -> dict[str, tuple[tuple, type]]:
     """Shapes and dtypes of the arrays a vectorised step fills, for ``n`` envs (plus ``actions``)."""
     agents = (n, n_agents)
     return {"obs": (agents + (obs_dim,), np.float32), "state": ((n, state_dim), np.float32),
+            "avail": (agents + (n_actions,), bool), "alive": (agents, bool),
             "next_obs": (agents + (obs_dim,), np.float32), "next_state": ((n, state_dim), np.float32),
+            "next_avail": (agents + (n_actions,), bool), "acted": (agents, bool),
             "raw_reward": (agents, np.float32), "reward": (agents, np.float32), "terminated": (agents, bool),
             "truncated": (agents, bool), "done": ((n,), bool), "actions": (agents, np.int64)}
 
 
+def episode_seed(base: int, episode: int) -> int:
+    """Reset seed of the ``episode``-th episode (counting from 0) of an env first reset with ``base``."""
+    if episode == 0:
+        return int(base)
+    return int(np.random.SeedSequence([int(base), episode]).generate_state(1)[0])
+
 
 class EnvSlice:
     """A list of envs stepped in sequence, writing their results into the arrays of ``out``
-    (private arrays by default, or views of shared memory in a worker process)."""
+    (private arrays by default, or views of shared memory in a worker process).
+
+    Episodes run on across calls: an env that ends is reset at once (auto-reset) with the next seed
+    of its own sequence (``episode_seed``), so ``step`` can be called for as long as needed and a
+    rollout may end in the middle of an episode. ``snapshot``/``load_snapshot`` save and restore all
+    of it (the envs' live state included, see ``envs.snapshot``) for exact resume.
+    """
 
     def __init__(self, env_id: str, kwargs: dict, n: int, reward: RewardSpec,
-                 out: dict[str, np.ndarray] | None = None):
-        self.envs = [TeamEnv(env_id, kwargs) for _ in range(n)]
+                 out: dict[str, np.ndarray] | None = None, render_mode: str | None = None):
+        self.envs = [TeamEnv(env_id, kwargs, render_mode) for _ in range(n)]
         e = self.envs[0]
+        self.env_id = env_id
         self.reward = reward
         self.n, self.n_agents, self.obs_dim, self.state_dim = n, e.n_agents, e.obs_dim, e.state_dim
+        self.n_actions = e.n_actions
         if out is None:
             out = {k: np.zeros(shape, dtype) for k, (shape, dtype) in
-                   _step_layout(n, e.n_agents, e.obs_dim, e.state_dim).items()}
+                   _step_layout(n, e.n_agents, e.obs_dim, e.state_dim, e.n_actions).items()}
         self.out = out
         shape = (n, self.n_agents)
         self._raw_return = np.zeros(shape, np.float64)
         self._return = np.zeros(shape, np.float64)
         self._length = np.zeros(n, np.int64)
+        self._seeds = np.zeros(n, np.int64)      # each env's first reset seed
+        self._episode = np.zeros(n, np.int64)    # episodes each env has started since then
         self._potential = resolve_potential(reward.shaping) if reward.shaping else None
         self._phi = np.zeros((n, 1), np.float32)
 
     def _phi_of(self, i: int) -> float:
         return float(self._potential(self.envs[i].env))
 
-    def reset(self, seeds) -> None:
-        """Reset every env with its seed; the observations land in ``out["obs"]``/``out["state"]``."""
+    def _reset_env(self, i: int) -> None:
         o = self.out
-        for i, (env, seed) in enumerate(zip(self.envs, seeds)):
-            o["obs"][i], o["state"][i] = env.reset(seed=int(seed))
-            if self._potential is not None:
-                self._phi[i] = self._phi_of(i)
+        o["obs"][i], o["state"][i], o["avail"][i], o["alive"][i] = \
+            self.envs[i].reset(seed=episode_seed(self._seeds[i], int(self._episode[i])))
+        if self._potential is not None:
+            self._phi[i] = self._phi_of(i)
+
+    def reset(self, seeds) -> None:
+        """Start a fresh episode in every env, env i with ``seeds[i]`` (and its later episodes with
+        seeds derived from it); the observations land in ``out["obs"]`` etc."""
+        self._seeds[:] = np.asarray(seeds, dtype=np.int64)
+        self._episode[:] = 0
+        for i in range(self.n):
+            self._reset_env(i)
         self._raw_return[:] = 0.0
         self._return[:] = 0.0
         self._length[:] = 0
 
     def step(self, actions: np.ndarray, autoreset: bool = True) -> list[dict]:
         """Step every env with ``actions [n, N]`` into ``out``; returns the finished episodes. With
-        ``autoreset=False`` finished envs are left as they are (the caller resets them all next)."""
+        ``autoreset=False`` finished envs are left as they are (the caller resets them)."""
         o = self.out
+        o["acted"][:] = o["alive"]
         for i, env in enumerate(self.envs):
-            (o["next_obs"][i], o["next_state"][i], o["raw_reward"][i], o["terminated"][i], o["truncated"][i],
-             o["done"][i]) = env.step(actions[i])
-        raw, term = o["raw_reward"], o["terminated"]
-        reward = apply_reward_mode(raw, self.reward.mode, self.reward.team, self.reward.alpha)
+            (o["next_obs"][i], o["next_state"][i], o["next_avail"][i], o["alive"][i], o["raw_reward"][i],
+             o["terminated"][i], o["truncated"][i], o["done"][i]) = env.step(actions[i])
+        raw, term, acted = o["raw_reward"], o["terminated"], o["acted"]
+        everyone = acted.all()
+        reward = apply_reward_mode(raw, self.reward.mode, self.reward.team, self.reward.alpha,
+                                   present=None if everyone else acted)
         if self._potential is not None:
             phi_next = np.array([[self._phi_of(i)] for i in range(self.n)], np.float32)
             reward = shape_reward(reward, self._phi, phi_next, term, self.reward.gamma)
             self._phi = phi_next
+        if not everyone:
+            reward = np.where(acted, reward, 0.0)
         o["reward"][:] = reward
         self._raw_return += raw
         self._return += reward
         self._length += 1
         episodes = []
-        o["obs"][:], o["state"][:] = o["next_obs"], o["next_state"]
+        o["obs"][:], o["state"][:], o["avail"][:] = o["next_obs"], o["next_state"], o["next_avail"]
         for i in np.flatnonzero(o["done"]):
             episodes.append({"raw_return": self._raw_return[i].copy(), "return": self._return[i].copy(),
-                             "length": int(self._length[i])})
+                             "length": int(self._length[i]), "env": int(i)})
             self._raw_return[i] = 0.0
             self._return[i] = 0.0
             self._length[i] = 0
+            self._episode[i] += 1
             if autoreset:
-                o["obs"][i], o["state"][i] = self.envs[i].reset()
-                if self._potential is not None:
-                    self._phi[i] = self._phi_of(i)
+                self._reset_env(i)
         return episodes
+
+    def snapshot(self) -> bytes:
+        """Everything ``load_snapshot`` needs to continue exactly: the envs' live state, the episode
+        bookkeeping and the current observations (``EnvError`` if an env cannot be snapshot)."""
+        current = {k: self.out[k].copy() for k in CURRENT}
+        return snapshot({"envs": self.envs, "raw_return": self._raw_return, "return": self._return,
+                         "length": self._length, "seeds": self._seeds, "episode": self._episode, "phi": self._phi,
+                         "current": current})
+
+    def load_snapshot(self, data: bytes) -> None:
+        state = restore(data)
+        for env in self.envs:
+            env.close()
+        self.envs = state["envs"]
+        self._raw_return, self._return, self._length = state["raw_return"], state["return"], state["length"]
+        self._seeds, self._episode, self._phi = state["seeds"], state["episode"], state["phi"]
+        for k, value in state["current"].items():
+            self.out[k][:] = value
 
     def close(self):
         for env in self.envs:
@@ -142,6 +197,7 @@ def _describe(venv, probe: TeamEnv, num_envs: int) -> None:
     venv.agents, venv.n_agents = probe.agents, probe.n_agents
     venv.obs_dim, venv.state_dim, venv.n_actions = probe.obs_dim, probe.state_dim, probe.n_actions
     venv.action_mask = probe.action_mask
+    venv.dynamic_mask = probe.dynamic_mask
 
 
 class SyncVectorEnv:
@@ -156,18 +212,41 @@ class SyncVectorEnv:
         """The envs themselves (e.g. to read a diagnostic env's ``true_credit``)."""
         return self._slice.envs
 
-    def reset(self, seeds) -> tuple[np.ndarray, np.ndarray]:
-        """Reset env b with ``seeds[b]``; returns ``obs [B, N, O]`` and ``state [B, S]``."""
+    def reset(self, seeds) -> dict[str, np.ndarray]:
+        """Fresh episodes, env b seeded with ``seeds[b]``; returns ``current()``."""
         self._slice.reset(seeds)
-        return self._slice.out["obs"].copy(), self._slice.out["state"].copy()
+        return self.current()
+
+    def current(self) -> dict[str, np.ndarray]:
+        """Copies of what the agents act on next: ``obs [B, N, O]``, ``state [B, S]``, ``avail
+        [B, N, A]`` and ``alive [B, N]``."""
+        return {k: self._slice.out[k].copy() for k in CURRENT}
 
     def step(self, actions: np.ndarray, autoreset: bool = True) -> StepBatch:
         """Step with ``actions [B, N]``; see ``EnvSlice.step`` for ``autoreset``."""
         episodes = self._slice.step(actions, autoreset)
         return StepBatch.copied_from(self._slice.out, episodes)
 
+    def snapshot(self) -> list[bytes]:
+        """The envs' state, one entry per slice (here one); see ``EnvSlice.snapshot``."""
+        return [self._slice.snapshot()]
+
+    def load_snapshot(self, parts: list[bytes]) -> None:
+        if len(parts) != 1:
+            raise EnvError(f"the env snapshot has {len(parts)} parts, from {len(parts)} env workers; this run "
+                           f"steps its envs in-process")
+        self._slice.load_snapshot(parts[0])
+
     def close(self):
         self._slice.close()
+
+
+def _snapshot_slice(env_slice: EnvSlice) -> bytes:
+    return env_slice.snapshot()
+
+
+def _load_slice(env_slice: EnvSlice, data: bytes) -> None:
+    env_slice.load_snapshot(data)
 
 
 def _shared_views(buffers: dict, layout: dict, rows: slice) -> dict[str, np.ndarray]:
@@ -197,8 +276,7 @@ def _worker(conn, env_id, kwargs, rows, reward, buffers, layout):
                 conn.send(("ok", None))
                 return
     except Exception as exc:  # report to the learner, which raises it with context
-        where = traceback.extract_tb(exc.__traceback__)[-1]   # the line that raised (env or learner code)
-        conn.send(("error", f"{type(exc).__name__}: {exc} (at {where.filename}:{where.lineno} in {where.name})"))
+        conn.send(("error", str(exc) if isinstance(exc, EnvError) else error_summary(exc)))
 
 
 class ProcessVectorEnv:
@@ -215,7 +293,7 @@ class ProcessVectorEnv:
         probe.close()
         _describe(self, probe, num_envs)
         ctx = mp.get_context("spawn")
-        layout = _step_layout(num_envs, probe.n_agents, probe.obs_dim, probe.state_dim)
+        layout = _step_layout(num_envs, probe.n_agents, probe.obs_dim, probe.state_dim, probe.n_actions)
         buffers = {k: ctx.RawArray("b", max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize))
                    for k, (shape, dtype) in layout.items()}
         self._arrays = _shared_views(buffers, layout, slice(None))
@@ -257,12 +335,25 @@ class ProcessVectorEnv:
             raise EnvError(f"env worker failed: {payload}")
         return payload
 
-    def reset(self, seeds) -> tuple[np.ndarray, np.ndarray]:
+    def reset(self, seeds) -> dict[str, np.ndarray]:
         seeds = np.asarray(seeds)
         for conn, rows in zip(self._conns, self._rows):
             conn.send(("reset", seeds[rows]))
         self._recv_all()
-        return self._arrays["obs"].copy(), self._arrays["state"].copy()
+        return self.current()
+
+    def current(self) -> dict[str, np.ndarray]:
+        return {k: self._arrays[k].copy() for k in CURRENT}
+
+    def snapshot(self) -> list[bytes]:
+        """The envs' state, one entry per worker; see ``EnvSlice.snapshot``."""
+        return self.call(_snapshot_slice, [()] * len(self._conns))
+
+    def load_snapshot(self, parts: list[bytes]) -> None:
+        if len(parts) != len(self._conns):
+            raise EnvError(f"the env snapshot has {len(parts)} parts, but this run has {len(self._conns)} env "
+                           f"workers")
+        self.call(_load_slice, [(part,) for part in parts])
 
     @property
     def worker_rows(self) -> list[slice]:

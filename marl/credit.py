@@ -7,40 +7,44 @@ import torch
 
 from envs import RewardSpec, make_vector_env
 from envs.vector import SyncVectorEnv
+from marl.networks import MASKED_LOGIT
+from marl.rollout import policy_steps
 
-EPISODE_FIELDS = ("obs", "state", "next_obs", "next_state", "actions", "logp", "raw_reward", "reward",
-                  "terminated", "truncated")
+EPISODE_FIELDS = ("obs", "state", "avail", "alive", "next_obs", "next_state", "next_avail", "actions", "logp",
+                  "raw_reward", "reward", "terminated", "truncated")
+
+
+class UniformPolicy(torch.nn.Module):
+    """Logits of the uniform distribution over the legal actions (an actor's interface)."""
+
+    def __init__(self, actor):
+        super().__init__()
+        self.actor = actor
+
+    def forward(self, obs: torch.Tensor, avail: torch.Tensor | None = None) -> torch.Tensor:
+        logits = torch.zeros(*obs.shape[:-1], self.actor.action_mask.shape[-1])
+        return logits.masked_fill(~(self.actor.action_mask if avail is None else avail), MASKED_LOGIT)
 
 
 def play_episode(trainer, venv: SyncVectorEnv, seed: int, generator: torch.Generator,
                  behaviour: str = "policy") -> dict[str, torch.Tensor]:
     """One episode as a ``[T, 1, N, ...]`` rollout batch, acting with the trainer's sampling policy
-    (``behaviour="policy"``) or uniformly at random over the available actions (``"uniform"``)."""
-    from marl.learner import sample_actions
-
+    (``behaviour="policy"``) or uniformly at random over the legal actions (``"uniform"``)."""
     if behaviour not in ("policy", "uniform"):
         raise ValueError(f"behaviour must be 'policy' or 'uniform', got {behaviour!r}")
-
-    obs, state = venv.reset([seed])
-    steps = {k: [] for k in EPISODE_FIELDS}
-    done = False
-    while not done:
-        with torch.no_grad():
-            logits = trainer.actor(torch.from_numpy(obs))
-            if behaviour == "uniform":
-                actions = sample_actions(torch.zeros_like(logits).masked_fill(~trainer.actor.action_mask, -1e9),
-                                         generator)
-            else:
-                actions = sample_actions(logits, generator)
-            logp = torch.log_softmax(logits, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-        step = venv.step(actions.numpy())
-        for key, value in (("obs", obs), ("state", state), ("actions", actions.numpy()), ("logp", logp.numpy()),
-                           ("next_obs", step.next_obs), ("next_state", step.next_state),
-                           ("raw_reward", step.raw_reward), ("reward", step.reward),
-                           ("terminated", step.terminated), ("truncated", step.truncated)):
-            steps[key].append(value)
-        obs, state, done = step.obs, step.state, bool(step.done[0])
-    return {k: torch.from_numpy(np.stack(v)) for k, v in steps.items()}
+    policy = trainer.actor if behaviour == "policy" else UniformPolicy(trainer.actor)
+    venv.reset([seed])
+    buf = {k: [] for k in EPISODE_FIELDS}
+    for current, actions, logp, step in policy_steps(venv, policy, generator):
+        for key in ("obs", "state", "avail", "alive"):
+            buf[key].append(current[key])
+        buf["actions"].append(actions)
+        buf["logp"].append(logp)
+        for key in ("next_obs", "next_state", "next_avail", "raw_reward", "reward", "terminated", "truncated"):
+            buf[key].append(getattr(step, key))
+        if step.done[0]:
+            break
+    return {k: torch.from_numpy(np.stack(v)) for k, v in buf.items()}
 
 
 def episode_venv(trainer) -> SyncVectorEnv:

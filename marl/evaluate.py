@@ -1,4 +1,4 @@
-"""Greedy evaluation of a trained actor, and GIF rendering of one episode."""
+"""Evaluation of a trained actor (greedy or sampled), and GIF rendering of one episode."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,51 +6,46 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from envs import TeamEnv
+from envs import EnvError, RewardSpec
+from envs.vector import EnvSlice, SyncVectorEnv
 from marl.networks import Actor
+from marl.rollout import policy_steps
 
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes never reuse training reset seeds
 
 
-def _policy_actions(actor: Actor, obs: np.ndarray, greedy: bool, generator: torch.Generator) -> np.ndarray:
-    from marl.learner import sample_actions
-    with torch.no_grad():
-        logits = actor(torch.from_numpy(obs))
-        actions = logits.argmax(-1) if greedy else sample_actions(logits, generator)
-    return actions.numpy()
-
-
 def evaluate(actor: Actor, env_id: str, env_kwargs: dict, episodes: int, seed: int = 0,
              greedy: bool = True, max_parallel: int = 32) -> dict:
-    """Run ``episodes`` episodes (batched over up to ``max_parallel`` envs).
+    """Run ``episodes`` episodes (batched over up to ``max_parallel`` envs), acting greedily or,
+    with ``greedy=False``, by sampling from the policy.
 
     Returns a dict with ``team_return_mean``, ``team_return_std`` (the raw reward summed over agents
-    and steps), ``episodes``, and per agent ``return/<agent>`` (mean raw return).
+    and steps), ``episodes``, ``greedy`` and per agent ``return/<agent>`` (mean raw return).
     """
     torch.set_num_threads(1)
-    envs = [TeamEnv(env_id, env_kwargs) for _ in range(min(episodes, max_parallel))]
-    agents = envs[0].agents
+    venv = SyncVectorEnv(EnvSlice(env_id, env_kwargs, min(episodes, max_parallel), RewardSpec()))
     generator = torch.Generator().manual_seed(seed)
     returns = []
-    while len(returns) < episodes:
-        k = min(len(envs), episodes - len(returns))
-        base = EVAL_SEED_OFFSET + seed * 100_003 + len(returns)
-        obs = np.stack([envs[i].reset(seed=base + i)[0] for i in range(k)])
-        ep_return = np.zeros((k, len(agents)))
-        active = np.ones(k, bool)
-        while active.any():
-            actions = _policy_actions(actor, obs, greedy, generator)
-            for i in np.flatnonzero(active):
-                obs[i], _, reward, _, _, done = envs[i].step(actions[i])
-                ep_return[i] += reward
-                active[i] = not done
-        returns.extend(ep_return)
-    for env in envs:
-        env.close()
+    try:
+        while len(returns) < episodes:
+            k = min(venv.num_envs, episodes - len(returns))
+            base = EVAL_SEED_OFFSET + seed * 100_003 + len(returns)
+            venv.reset(base + np.arange(venv.num_envs))
+            first = {}   # env row -> raw return of its first episode
+            for _, _, _, step in policy_steps(venv, actor, generator, greedy):
+                for ep in step.episodes:
+                    if ep["env"] < k:
+                        first.setdefault(ep["env"], ep["raw_return"])
+                if len(first) == k:
+                    break
+            returns.extend(first[i] for i in range(k))
+        agents = venv.agents
+    finally:
+        venv.close()
     returns = np.asarray(returns)
     team = returns.sum(1)
     out = {"team_return_mean": float(team.mean()), "team_return_std": float(team.std()),
-           "episodes": int(episodes)}
+           "episodes": int(episodes), "greedy": bool(greedy)}
     out.update({f"return/{ag}": float(returns[:, i].mean()) for i, ag in enumerate(agents)})
     return out
 
@@ -59,19 +54,27 @@ def render_gif(actor: Actor, env_id: str, env_kwargs: dict, path: str | Path, se
     """Render one greedy episode to an animated GIF. The env must support ``render_mode='rgb_array'``."""
     from PIL import Image
 
-    from envs import EnvError
-    env = TeamEnv(env_id, env_kwargs, render_mode="rgb_array")
-    obs, _ = env.reset(seed=EVAL_SEED_OFFSET + seed)
-    frames = [env.render()]
-    if frames[0] is None:
-        raise EnvError(f"env {env_id!r} returned no frame from render(); it does not support rgb_array")
-    done = False
-    generator = torch.Generator().manual_seed(seed)
-    while not done:
-        actions = _policy_actions(actor, obs[None], True, generator)[0]
-        obs, _, _, _, _, done = env.step(actions)
-        frames.append(env.render())
-    env.close()
+    venv = SyncVectorEnv(EnvSlice(env_id, env_kwargs, 1, RewardSpec(), render_mode="rgb_array"))
+    env = venv.team_envs[0]
+
+    def frame():
+        try:
+            return env.render()
+        except Exception as exc:
+            raise EnvError(f"env {env_id!r} could not render an rgb_array frame ({type(exc).__name__}: {exc})") from None
+
+    try:
+        venv.reset([EVAL_SEED_OFFSET + seed])
+        frames = [frame()]
+        if frames[0] is None:
+            raise EnvError(f"env {env_id!r} returned no frame from render(); it does not support rgb_array")
+        generator = torch.Generator().manual_seed(seed)
+        for _, _, _, step in policy_steps(venv, actor, generator, greedy=True, autoreset=False):
+            frames.append(frame())
+            if step.done[0]:
+                break
+    finally:
+        venv.close()
     images = [Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in frames if f is not None]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

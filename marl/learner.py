@@ -1,6 +1,20 @@
 """The learner: actor, critic and optimiser, and how a ``[T, B, N]`` rollout batch becomes
 advantages, critic targets and one PPO/A2C update. Both backends (local and RLlib) call this same
-code, so their credit is identical by construction."""
+code, so their credit is identical by construction.
+
+An update is four phases, each a method that both backends call:
+
+1. ``prepare``: advantages and critic targets from the configured module (no gradients);
+2. ``finalise``: credit statistics, the value normaliser's update and the target and advantage
+   normalisation, over the valid entries only;
+3. ``optimise``: ``algo.epochs`` passes of ``algo.minibatches`` steps of ``minibatch_loss`` (the
+   local backend; RLlib runs its own minibatch loop around the same loss);
+4. ``after_update``: the update counter, the target critic's sync and the next learning rate.
+
+Validity. A ``valid`` mask (bool ``[T, B, N]``) marks the entries that are real agent steps: an
+agent that has left the episode (or not yet arrived) is padded, and RLlib's batches are padded to
+the longest episode chunk. Padded entries take no part in any loss, statistic or normaliser.
+"""
 from __future__ import annotations
 
 import copy
@@ -21,14 +35,22 @@ class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+def weighted_mean(x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """The mean of ``x`` over all entries, or over the entries ``weight`` (0/1, ``x``'s shape) marks."""
+    if weight is None:
+        return x.mean()
+    return (x * weight).sum() / weight.sum().clamp_min(1.0)
+
+
 def actor_critic_loss(logits: torch.Tensor, actions: torch.Tensor, behaviour_logp: torch.Tensor,
                       adv: torch.Tensor, value_pred: torch.Tensor, target: torch.Tensor, algo,
-                      train_actor: bool, update: int) -> dict[str, torch.Tensor]:
+                      train_actor: bool, update: int, weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The minibatch loss of both backends: PPO-clip (Schulman et al., 2017) or A2C policy loss,
     MSE critic loss and entropy bonus; the actor terms only when ``train_actor``.
 
-    Rows are any leading shape: ``logits [..., A]``, the rest ``[...]``. Returns the loss and its
-    parts (``policy``, ``value``, ``entropy`` per row, ``ratio``, ``log_ratio``).
+    Rows are any leading shape: ``logits [..., A]``, the rest ``[...]``. ``weight`` (0/1, ``[...]``)
+    leaves padded rows out of every mean. Returns the loss and its parts (``policy``, ``value``,
+    ``entropy`` per row, ``ratio``, ``log_ratio``).
 
     Raises:
         TrainingDiverged: when the loss is not finite (``update`` is named in the message).
@@ -39,13 +61,13 @@ def actor_critic_loss(logits: torch.Tensor, actions: torch.Tensor, behaviour_log
     log_ratio = logp - behaviour_logp
     ratio = log_ratio.exp()
     if algo.loss == "ppo":
-        policy_loss = -torch.min(ratio * adv, ratio.clamp(1 - algo.clip, 1 + algo.clip) * adv).mean()
+        policy_loss = -weighted_mean(torch.min(ratio * adv, ratio.clamp(1 - algo.clip, 1 + algo.clip) * adv), weight)
     else:
-        policy_loss = -(logp * adv).mean()
-    value_loss = F.mse_loss(value_pred, target)
+        policy_loss = -weighted_mean(logp * adv, weight)
+    value_loss = F.mse_loss(value_pred, target) if weight is None else weighted_mean((value_pred - target) ** 2, weight)
     loss = algo.value_coef * value_loss
     if train_actor:
-        loss = loss + policy_loss - algo.entropy_coef * entropy.mean()
+        loss = loss + policy_loss - algo.entropy_coef * weighted_mean(entropy, weight)
     if not torch.isfinite(loss):
         raise TrainingDiverged(
             f"loss became {loss.item()} at update {update} (policy {policy_loss.item():.4g}, "
@@ -55,10 +77,13 @@ def actor_critic_loss(logits: torch.Tensor, actions: torch.Tensor, behaviour_log
             "log_ratio": log_ratio}
 
 
-def ppo_diagnostics(ratio: torch.Tensor, log_ratio: torch.Tensor, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+def ppo_diagnostics(ratio: torch.Tensor, log_ratio: torch.Tensor, clip: float,
+                    weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Approximate KL(behaviour ‖ current), estimated as ``(r - 1) - log r`` (Schulman's low-variance
-    estimator), and the fraction of rows whose ratio ``r`` lies outside ``[1 - clip, 1 + clip]``."""
-    return ((ratio - 1) - log_ratio).mean(), ((ratio - 1).abs() > clip).float().mean()
+    estimator), and the fraction of rows whose ratio ``r`` lies outside ``[1 - clip, 1 + clip]``
+    (over the rows ``weight`` marks, when given)."""
+    return (weighted_mean((ratio - 1) - log_ratio, weight),
+            weighted_mean(((ratio - 1).abs() > clip).to(ratio.dtype), weight))
 
 
 def sample_actions(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -67,9 +92,29 @@ def sample_actions(logits: torch.Tensor, generator: torch.Generator) -> torch.Te
     return (logits - torch.log(-torch.log(u))).argmax(-1)
 
 
-def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
+def explained_variance(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> float:
+    if valid is not None:
+        pred, target = pred[valid], target[valid]
     var = target.var()
-    return float("nan") if var == 0 else float(1.0 - (target - pred).var() / var)
+    return float("nan") if not var > 0 else float(1.0 - (target - pred).var() / var)
+
+
+def per_agent_mean(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``x [T, B, N]`` over time and envs, per agent ``[N]``, over the valid entries."""
+    if valid is None:
+        return x.mean((0, 1))
+    w = valid.to(x.dtype)
+    return (x * w).sum((0, 1)) / w.sum((0, 1)).clamp_min(1.0)
+
+
+def per_agent_std(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Unbiased standard deviation of ``x [T, B, N]`` per agent ``[N]``, over the valid entries."""
+    if valid is None:
+        return x.std((0, 1))
+    w = valid.to(x.dtype)
+    n = w.sum((0, 1))
+    centred = (x - per_agent_mean(x, valid)) * w
+    return ((centred ** 2).sum((0, 1)) / (n - 1).clamp_min(1.0)).sqrt()
 
 
 class CreditLearner:
@@ -77,15 +122,19 @@ class CreditLearner:
 
     Batches are dicts of tensors shaped ``[T, B, N, ...]`` with keys ``obs``, ``state``, ``next_obs``,
     ``next_state``, ``actions``, ``logp`` (behaviour log-probabilities), ``reward``, ``terminated``,
-    ``truncated`` (see ``marl.rollout.Rollout``).
+    ``truncated``, and optionally ``alive`` (bool ``[T, B, N]``: the agent acted at that step; absent
+    means everyone always acts) and, for envs with per-step masks (``dynamic_mask``), ``avail`` and
+    ``next_avail`` (bool ``[T, B, N, A]``: the legal actions at ``obs`` and ``next_obs``). See
+    ``marl.rollout.Rollout``.
     """
 
     def __init__(self, cfg: Config, agents: list[str], obs_dim: int, state_dim: int, n_actions: int,
-                 action_mask: torch.Tensor):
+                 action_mask: torch.Tensor, dynamic_mask: bool = False):
         e, a, m = cfg.env, cfg.algo, cfg.model
         self.cfg = cfg
         self.agents = list(agents)
         self.n_actions = n_actions
+        self.dynamic_mask = dynamic_mask
         N = len(agents)
         self.advantage = get_advantage(a.advantage)
         self.uses_q = self.advantage.critic == "q"
@@ -106,7 +155,7 @@ class CreditLearner:
             {"params": self.critic.parameters(), "lr": a.critic_lr},
         ], eps=1e-5, fused=True)
         self.updates = 0
-        self.last_advantage: torch.Tensor | None = None
+        self.last_advantage: list[torch.Tensor] | None = None   # per agent, the valid advantages of the last update
 
     def state_dict(self) -> dict:
         state = {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
@@ -134,7 +183,7 @@ class CreditLearner:
         for group, base in zip(self.optimizer.param_groups, (a.lr, a.critic_lr)):
             group["lr"] = base * scale
 
-    # -- update -----------------------------------------------------------------------------------
+    # -- inputs -----------------------------------------------------------------------------------
     def _to_return_space(self, x: torch.Tensor) -> torch.Tensor:
         """Critic output (normalised when ``algo.normalize_value``) in return units; values are
         ``[..., N]`` and Q values ``[..., N, A]``."""
@@ -143,95 +192,156 @@ class CreditLearner:
         return self.value_norm.denormalize(x.transpose(-1, -2)).transpose(-1, -2) if self.uses_q \
             else self.value_norm.denormalize(x)
 
-    def critic_input(self, state: torch.Tensor, obs: torch.Tensor, actions: torch.Tensor | None = None):
+    def critic_input(self, state: torch.Tensor, obs: torch.Tensor, actions: torch.Tensor | None = None,
+                     alive: torch.Tensor | None = None):
         """What the critic reads: the state ``[..., S]`` (central V), the observations ``[..., N, O]``
         (local V), both per agent ``[..., N, S + O]`` (agent-specific state) or, for a Q critic, the
-        per-agent counterfactual inputs built from state and joint actions."""
+        per-agent counterfactual inputs built from state and joint actions; an absent agent
+        (``alive`` False) contributes no action (a zero one-hot)."""
         if self.uses_q:
             onehot = F.one_hot(actions, self.n_actions).to(state.dtype)
+            if alive is not None:
+                onehot = onehot * alive.unsqueeze(-1).to(state.dtype)
             return coma_critic_inputs(state, onehot, obs if self.cfg.algo.critic_obs else None)
         if self.cfg.algo.critic == "agent_state":
             return torch.cat([state.unsqueeze(-2).expand(*obs.shape[:-1], state.shape[-1]), obs], -1)
         return state if self.cfg.algo.critic == "central" else obs
 
+    def _avail(self, b: dict, key: str = "avail") -> torch.Tensor | None:
+        return b[key] if self.dynamic_mask else None
+
+    @staticmethod
+    def valid_mask(b: dict) -> torch.Tensor | None:
+        """The batch's ``alive`` mask, or None when every agent acts at every step (the fast path)."""
+        alive = b.get("alive")
+        return None if alive is None or bool(alive.all()) else alive
+
+    # -- phase 1: advantages and targets -----------------------------------------------------------
     def prepare(self, b: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Advantages, critic targets and credit diagnostics for a rollout, all ``[T, B, N]``, from
-        the current networks (no gradients). ``generator`` draws COMA's bootstrap actions."""
+        the current networks (no gradients). ``generator`` draws COMA's bootstrap actions.
+
+        A padded entry (``alive`` False) is treated as a terminated step of its own, so that no
+        advantage or target of a real step reads it."""
         a = self.cfg.algo
+        valid = self.valid_mask(b)
+        terminated = b["terminated"] if valid is None else b["terminated"] | ~valid
         with torch.no_grad():
             if not self.uses_q:
                 critic_in = self.critic_input(b["state"], b["obs"])
                 value = self._to_return_space(self.critic(critic_in))
                 next_value = self._to_return_space(self.critic(self.critic_input(b["next_state"], b["next_obs"])))
-                adv, target = self.advantage.fn(b["reward"], value, next_value, b["terminated"], b["truncated"],
+                adv, target = self.advantage.fn(b["reward"], value, next_value, terminated, b["truncated"],
                                                 **self.advantage.kwargs(a))
                 return {"adv": adv, "target": target, "value": value, "critic_in": critic_in}
-            return self._prepare_q(b, generator)
+            return self._prepare_q(b, generator, valid, terminated)
 
-    def _prepare_q(self, b: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def _prepare_q(self, b: dict[str, torch.Tensor], generator: torch.Generator, valid: torch.Tensor | None,
+                   terminated: torch.Tensor) -> dict[str, torch.Tensor]:
         """COMA: Q of every action of each agent in one critic pass; the critic learns TD(λ) targets
         of the taken joint action; the advantage is Q_taken (``coma``) or that λ-target
         (``coma_lambda``) minus the policy-weighted counterfactual baseline."""
         a = self.cfg.algo
         actions = b["actions"]
         critic = self.target_critic if self.target_critic is not None else self.critic
-        critic_in = self.critic_input(b["state"], b["obs"], actions)
+        critic_in = self.critic_input(b["state"], b["obs"], actions, valid)
         q_all = self._to_return_space(self.critic(critic_in))
         q_taken = q_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
         # The next joint action: the one taken at t+1 inside an episode; drawn from the policy where
-        # the rollout was cut (truncation or rollout end), since no action was taken there.
-        ended = (b["terminated"] | b["truncated"]).any(-1, keepdim=True)
+        # the rollout was cut (truncation or rollout end), since no action was taken there. The
+        # episode goes on while some agent neither ended nor is absent.
+        ended = b["terminated"] | b["truncated"]
+        ended = (ended if valid is None else ended | ~valid).all(-1, keepdim=True)
         continues = torch.zeros_like(ended)
         continues[:-1] = ~ended[:-1]
-        drawn = sample_actions(self.actor(b["next_obs"]), generator)
+        # An agent that left at t (or has not arrived at t+1) took no action at t+1 either: its
+        # own bootstrap uses a drawn action, and it is absent from the others' next inputs.
+        drawn = sample_actions(self.actor(b["next_obs"], self._avail(b, "next_avail")), generator)
         following = torch.cat([actions[1:], actions[-1:]])
-        next_actions = torch.where(continues, following, drawn)
-        next_in = self.critic_input(b["next_state"], b["next_obs"], next_actions)
+        if valid is None:
+            next_actions, next_alive = torch.where(continues, following, drawn), None
+        else:
+            arrives = torch.cat([valid[1:], valid[-1:]])
+            next_actions = torch.where(continues & arrives, following, drawn)
+            next_alive = torch.where(continues, arrives, valid)
+        next_in = self.critic_input(b["next_state"], b["next_obs"], next_actions, next_alive)
         next_q = self._to_return_space(critic(next_in)).gather(-1, next_actions.unsqueeze(-1)).squeeze(-1)
         if critic is not self.critic:
             q_taken_target = self._to_return_space(critic(critic_in)).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
         else:
             q_taken_target = q_taken
-        _, target = td_lambda(b["reward"], q_taken_target, next_q, b["terminated"], b["truncated"],
+        _, target = td_lambda(b["reward"], q_taken_target, next_q, terminated, b["truncated"],
                               gamma=a.gamma, lam=a.lam)
-        logits = self.actor(b["obs"])
-        baseline = coma_baseline(q_all, logits, self.actor.action_mask)
+        avail = self._avail(b)
+        logits = self.actor(b["obs"], avail)
+        avail = self.actor.action_mask if avail is None else avail
+        baseline = coma_baseline(q_all, logits, avail)
         if self.advantage.uses_returns:
-            adv = self.advantage.fn(target, q_all, logits, self.actor.action_mask)
+            adv = self.advantage.fn(target, q_all, logits, avail)
         else:
-            adv = self.advantage.fn(q_all, logits, actions, self.actor.action_mask)
+            adv = self.advantage.fn(q_all, logits, actions, avail)
         return {"adv": adv, "target": target, "value": q_taken, "critic_in": critic_in,
                 "coma_baseline": baseline}
 
+    # -- phase 2: statistics and normalisation -----------------------------------------------------
+    def finalise(self, prep: dict[str, torch.Tensor], valid: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Credit statistics of ``prep`` (from ``prepare``), then the value normaliser's update and
+        the normalised targets and advantages, all over the ``valid`` entries (``[T, B, N]``; None:
+        all). Returns ``(advantage, target, metrics)``, the first two as the loss uses them."""
+        a = self.cfg.algo
+        adv, target = prep["adv"], prep["target"]
+        metrics = self._credit_metrics(adv, valid)
+        if "coma_baseline" in prep:
+            gap, baseline = per_agent_mean(adv, valid), per_agent_mean(prep["coma_baseline"], valid)
+            for i, ag in enumerate(self.agents):
+                metrics[f"coma/gap/{ag}"] = float(gap[i])
+                metrics[f"coma/baseline/{ag}"] = float(baseline[i])
+        metrics["explained_variance"] = explained_variance(prep["value"], target, valid)
+        value_error = per_agent_mean((prep["value"] - target) ** 2, valid)
+        metrics.update({f"value_error/{ag}": float(value_error[i]) for i, ag in enumerate(self.agents)})
+        self.last_advantage = [adv[..., i] if valid is None else adv[..., i][valid[..., i]]
+                               for i in range(len(self.agents))]
+        if a.normalize_value:
+            self.value_norm.update(target, valid)
+            target = self.value_norm.normalize(target)
+        if a.normalize_advantage:
+            if valid is None:
+                adv = (adv - adv.mean((0, 1))) / (adv.std((0, 1)) + 1e-8)
+            else:
+                adv = (adv - per_agent_mean(adv, valid)) / (per_agent_std(adv, valid) + 1e-8)
+        return adv, target, metrics
+
+    def _credit_metrics(self, adv: torch.Tensor, valid: torch.Tensor | None = None) -> dict:
+        """Per-agent advantage statistics before normalisation: who got how much credit."""
+        abs_mean = per_agent_mean(adv.abs(), valid)
+        share = abs_mean / abs_mean.sum().clamp_min(1e-12)
+        mean, std = per_agent_mean(adv, valid), per_agent_std(adv, valid)
+        out = {}
+        for i, ag in enumerate(self.agents):
+            out[f"credit/adv_mean/{ag}"] = float(mean[i])
+            out[f"credit/adv_std/{ag}"] = float(std[i])
+            out[f"credit/abs_adv/{ag}"] = float(abs_mean[i])
+            out[f"credit/share/{ag}"] = float(share[i])
+        return out
+
+    # -- phase 3: optimisation (local backend) -----------------------------------------------------
     def _critic_prediction(self, critic_in: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         out = self.critic(critic_in)
         return out.gather(-1, actions.unsqueeze(-1)).squeeze(-1) if self.uses_q else out
 
-    def update(self, b: dict[str, torch.Tensor], generator: torch.Generator) -> dict:
-        """Advantages from the configured module, then ``algo.epochs`` passes of ``algo.minibatches``
-        PPO/A2C steps over the batch. Returns metrics (per-agent credit statistics included)."""
+    def optimise(self, b: dict[str, torch.Tensor], prep: dict[str, torch.Tensor], adv: torch.Tensor,
+                 target: torch.Tensor, generator: torch.Generator, valid: torch.Tensor | None = None) -> dict:
+        """``algo.epochs`` passes of ``algo.minibatches`` PPO/A2C steps over the batch ``b``, with the
+        advantages and targets from ``finalise``. Returns the loss diagnostics."""
         a = self.cfg.algo
-        self.apply_lr_schedule()
-        prep = self.prepare(b, generator)
-        adv, target = prep["adv"], prep["target"]
-        metrics = self._credit_metrics(adv)
-        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-        if "coma_baseline" in prep:
-            for i, ag in enumerate(self.agents):
-                metrics[f"coma/gap/{ag}"] = float(adv[..., i].mean())
-                metrics[f"coma/baseline/{ag}"] = float(prep["coma_baseline"][..., i].mean())
-        metrics["explained_variance"] = explained_variance(prep["value"], target)
-        value_error = ((prep["value"] - target) ** 2).mean((0, 1))
-        metrics.update({f"value_error/{ag}": float(value_error[i]) for i, ag in enumerate(self.agents)})
-        self.last_advantage = adv
-        if a.normalize_value:
-            self.value_norm.update(target)
-            target = self.value_norm.normalize(target)
-        if a.normalize_advantage:
-            adv = (adv - adv.mean((0, 1))) / (adv.std((0, 1)) + 1e-8)
         TB = adv.shape[0] * adv.shape[1]
         flat = {"actor_in": self.actor.inputs(b["obs"]), "critic_in": prep["critic_in"], "actions": b["actions"],
                 "logp": b["logp"], "adv": adv, "target": target}
+        if self.dynamic_mask:
+            flat["avail"] = b["avail"]
+        if valid is not None:
+            flat["weight"] = valid.to(adv.dtype)
         flat = {k: v.reshape(TB, *v.shape[2:]) for k, v in flat.items()}
         mb_size = TB // a.minibatches
         params = list(self.actor.parameters()) + list(self.critic.parameters())
@@ -246,50 +356,65 @@ class CreditLearner:
             for start in range(0, TB, mb_size):
                 mb = {k: v[start:start + mb_size] for k, v in shuffled.items()}
                 steps.append(self._minibatch_step(mb, params, train_actor))
-        self.updates += 1
-        if self.target_critic is not None and self.updates % a.target_update_every == 0:
-            self.target_critic.load_state_dict(self.critic.state_dict())
-        metrics.update(self._minibatch_metrics(steps))
-        return metrics
+        return self._minibatch_metrics(steps)
 
     def _minibatch_step(self, mb: dict, params: list, train_actor: bool = True) -> dict[str, torch.Tensor]:
         """One optimiser step on minibatch ``mb``; returns the loss parts (detached) and the gradient
         norm for ``_minibatch_metrics``."""
         a = self.cfg.algo
-        out = actor_critic_loss(self.actor.logits(mb["actor_in"]), mb["actions"], mb["logp"], mb["adv"],
-                                self._critic_prediction(mb["critic_in"], mb["actions"]), mb["target"], a,
-                                train_actor, self.updates + 1)
+        weight = mb.get("weight")
+        out = actor_critic_loss(self.actor.logits(mb["actor_in"], mb.get("avail")), mb["actions"], mb["logp"],
+                                mb["adv"], self._critic_prediction(mb["critic_in"], mb["actions"]), mb["target"], a,
+                                train_actor, self.updates + 1, weight)
         self.optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         max_norm = a.max_grad_norm if a.max_grad_norm > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         self.optimizer.step()
-        return {"policy": out["policy"].detach(), "value": out["value"].detach(), "grad_norm": grad_norm,
+        step = {"policy": out["policy"].detach(), "value": out["value"].detach(), "grad_norm": grad_norm,
                 "entropy": out["entropy"].detach(), "ratio": out["ratio"].detach(),
                 "log_ratio": out["log_ratio"].detach()}
+        if weight is not None:
+            step["weight"] = weight
+        return step
 
     def _minibatch_metrics(self, steps: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         """The update's loss diagnostics, reduced once after all minibatch steps (cheaper than per
         step): losses and gradient norms averaged over the steps; entropy, approximate KL and clip
-        fraction averaged over every row the steps saw (the same as averaging over steps when the
-        minibatches are of equal size)."""
+        fraction averaged over every (valid) row the steps saw (the same as averaging over steps
+        when the minibatches are of equal size)."""
         with torch.no_grad():
             scalars = torch.stack([torch.stack([s[k] for s in steps]).mean() for k in ("policy", "value", "grad_norm")])
             entropy, ratio, log_ratio = (torch.cat([s[k] for s in steps]) for k in ("entropy", "ratio", "log_ratio"))
-            approx_kl, clip_frac = ppo_diagnostics(ratio, log_ratio, self.cfg.algo.clip)
-            values = torch.cat([scalars, torch.stack([entropy.mean(), approx_kl, clip_frac]), entropy.mean(0)])
+            weight = torch.cat([s["weight"] for s in steps]) if "weight" in steps[0] else None
+            approx_kl, clip_frac = ppo_diagnostics(ratio, log_ratio, self.cfg.algo.clip, weight)
+            if weight is None:
+                agent_entropy = entropy.mean(0)
+            else:
+                agent_entropy = (entropy * weight).sum(0) / weight.sum(0).clamp_min(1.0)
+            values = torch.cat([scalars, torch.stack([weighted_mean(entropy, weight), approx_kl, clip_frac]),
+                                agent_entropy])
         names = (["losses/policy", "losses/value", "losses/grad_norm", "losses/entropy", "losses/approx_kl",
                   "losses/clip_fraction"] + [f"entropy/{ag}" for ag in self.agents])
         return dict(zip(names, values.tolist()))
 
-    def _credit_metrics(self, adv: torch.Tensor) -> dict:
-        """Per-agent advantage statistics before normalisation: who got how much credit."""
-        abs_mean = adv.abs().mean((0, 1))
-        share = abs_mean / abs_mean.sum().clamp_min(1e-12)
-        out = {}
-        for i, ag in enumerate(self.agents):
-            out[f"credit/adv_mean/{ag}"] = float(adv[..., i].mean())
-            out[f"credit/adv_std/{ag}"] = float(adv[..., i].std())
-            out[f"credit/abs_adv/{ag}"] = float(abs_mean[i])
-            out[f"credit/share/{ag}"] = float(share[i])
-        return out
+    # -- phase 4: bookkeeping ----------------------------------------------------------------------
+    def after_update(self) -> None:
+        """Count the update, sync the target critic every ``algo.target_update_every`` updates, and
+        set the learning rates of the next update."""
+        self.updates += 1
+        every = self.cfg.algo.target_update_every
+        if self.target_critic is not None and self.updates % every == 0:
+            self.target_critic.load_state_dict(self.critic.state_dict())
+        self.apply_lr_schedule()
+
+    def update(self, b: dict[str, torch.Tensor], generator: torch.Generator) -> dict:
+        """One update on rollout ``b``: the four phases (see the module docstring). Returns metrics
+        (per-agent credit statistics included)."""
+        valid = self.valid_mask(b)
+        prep = self.prepare(b, generator)
+        adv, target, metrics = self.finalise(prep, valid)
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        metrics.update(self.optimise(b, prep, adv, target, generator, valid))
+        self.after_update()
+        return metrics

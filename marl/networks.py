@@ -58,8 +58,15 @@ def with_agent_id(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, eye], dim=-1)
 
 
+MASKED_LOGIT = -1e9   # the logit of an illegal action: probability exactly 0, and finite arithmetic
+
+
 class Actor(nn.Module):
-    """Decentralised policy π(u_i | o_i): logits ``[..., N, A]`` with unavailable actions masked."""
+    """Decentralised policy π(u_i | o_i): logits ``[..., N, A]`` with unavailable actions masked.
+
+    ``action_mask [N, A]`` marks the actions each agent has at all; ``avail [..., N, A]`` (bool),
+    when given, marks the legal actions of that step (it already includes ``action_mask``).
+    """
 
     def __init__(self, n_agents: int, obs_dim: int, n_actions: int, action_mask: torch.Tensor,
                  hidden: int, layers: int, activation: str, shared: bool):
@@ -74,13 +81,15 @@ class Actor(nn.Module):
         """What the network reads: ``obs [..., N, O]``, with the one-hot agent id when shared."""
         return with_agent_id(obs) if self.shared else obs
 
-    def logits(self, inputs: torch.Tensor) -> torch.Tensor:
+    def logits(self, inputs: torch.Tensor, avail: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[..., N, A]`` from ``inputs(obs)`` (the update builds the inputs once per batch)."""
         logits = self.net(inputs)
-        return logits if self._all_available else logits.masked_fill(~self.action_mask, -1e9)
+        if avail is not None:
+            return logits.masked_fill(~avail, MASKED_LOGIT)
+        return logits if self._all_available else logits.masked_fill(~self.action_mask, MASKED_LOGIT)
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.logits(self.inputs(obs))
+    def forward(self, obs: torch.Tensor, avail: torch.Tensor | None = None) -> torch.Tensor:
+        return self.logits(self.inputs(obs), avail)
 
 
 class CentralCritic(nn.Module):
@@ -129,7 +138,7 @@ class QCritic(nn.Module):
 class ValueNorm(nn.Module):
     """Running mean and variance of value targets per agent; critics learn in normalised space.
 
-    The statistics live in buffers, so they are saved with the model.
+    The statistics (and each agent's sample count) live in buffers, so they are saved with the model.
     """
 
     def __init__(self, n_agents: int, eps: float = 1e-5):
@@ -137,18 +146,35 @@ class ValueNorm(nn.Module):
         self.eps = eps
         self.register_buffer("mean", torch.zeros(n_agents, dtype=torch.float64))
         self.register_buffer("var", torch.ones(n_agents, dtype=torch.float64))
-        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("count", torch.zeros(n_agents, dtype=torch.float64))
 
-    def update(self, x: torch.Tensor) -> None:
-        """Fold ``x [..., N]`` into the statistics (parallel mean/variance combination)."""
+    def update(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Fold ``x [..., N]`` into the statistics (parallel mean/variance combination); with ``mask``
+        (bool ``[..., N]``) only the marked entries count."""
         x = x.detach().reshape(-1, x.shape[-1]).double()
-        n = x.shape[0]
-        batch_mean, batch_var = x.mean(0), x.var(0, unbiased=False)
+        if mask is None:
+            n = torch.full_like(self.count, x.shape[0])
+            batch_mean, batch_var = x.mean(0), x.var(0, unbiased=False)
+        else:
+            w = mask.reshape(-1, x.shape[-1]).double()
+            n = w.sum(0)
+            batch_mean = (w * x).sum(0) / n.clamp_min(1)
+            batch_var = (w * (x - batch_mean) ** 2).sum(0) / n.clamp_min(1)
         total = self.count + n
+        seen = n > 0
         delta = batch_mean - self.mean
-        self.mean += delta * n / total
-        self.var.copy_((self.var * self.count + batch_var * n + delta ** 2 * self.count * n / total) / total)
-        self.count.fill_(total)
+        safe = total.clamp_min(1)
+        mean = self.mean + delta * n / safe
+        var = (self.var * self.count + batch_var * n + delta ** 2 * self.count * n / safe) / safe
+        self.mean.copy_(torch.where(seen, mean, self.mean))
+        self.var.copy_(torch.where(seen, var, self.var))
+        self.count.copy_(total)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        count = state_dict.get(prefix + "count")
+        if count is not None and count.dim() == 0:   # checkpoints before per-agent counts
+            state_dict[prefix + "count"] = count.expand_as(self.count).clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return ((x - self.mean) / (self.var + self.eps).sqrt()).to(x.dtype)

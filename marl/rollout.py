@@ -1,25 +1,32 @@
-"""Rollout storage and the collection loop, shared by the learner process and by env workers that
-act for their own envs (``train.act_in_workers``)."""
+"""Stepping envs with a policy: the one loop behind training rollouts (in the learner process, or in
+env workers that act for their own envs, ``train.act_in_workers``), evaluation and credit analysis."""
 from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from envs.vector import SyncVectorEnv
+from envs.vector import StepBatch, SyncVectorEnv
 from marl.learner import sample_actions
 
 
 @dataclass
 class Rollout:
-    """Time-major rollout storage, ``[T, B, N, ...]``, as numpy arrays preallocated once."""
+    """Time-major rollout storage, ``[T, B, N, ...]``, as numpy arrays preallocated once.
+
+    ``alive[t]`` marks the agents that acted at step t (see ``envs.team_env``); ``avail[t]`` and
+    ``next_avail[t]`` are the legal actions at ``obs[t]`` and ``next_obs[t]``."""
 
     obs: np.ndarray
     state: np.ndarray
+    avail: np.ndarray
+    alive: np.ndarray
     next_obs: np.ndarray
     next_state: np.ndarray
+    next_avail: np.ndarray
     actions: np.ndarray
     logp: np.ndarray
     raw_reward: np.ndarray
@@ -28,10 +35,12 @@ class Rollout:
     truncated: np.ndarray
 
     @classmethod
-    def allocate(cls, T, B, N, obs_dim, state_dim):
+    def allocate(cls, T, B, N, obs_dim, state_dim, n_actions):
         f32 = np.float32
         return cls(obs=np.zeros((T, B, N, obs_dim), f32), state=np.zeros((T, B, state_dim), f32),
+                   avail=np.ones((T, B, N, n_actions), bool), alive=np.ones((T, B, N), bool),
                    next_obs=np.zeros((T, B, N, obs_dim), f32), next_state=np.zeros((T, B, state_dim), f32),
+                   next_avail=np.ones((T, B, N, n_actions), bool),
                    actions=np.zeros((T, B, N), np.int64), logp=np.zeros((T, B, N), f32),
                    raw_reward=np.zeros((T, B, N), f32), reward=np.zeros((T, B, N), f32),
                    terminated=np.zeros((T, B, N), bool), truncated=np.zeros((T, B, N), bool))
@@ -40,27 +49,46 @@ class Rollout:
         return {k: torch.from_numpy(v) for k, v in vars(self).items()}
 
 
-def collect_rollout(venv, buf: Rollout, actor, generator: torch.Generator, seeds) -> list[dict]:
-    """Reset env b of ``venv`` with ``seeds[b]``, then fill ``buf`` with ``T = len(buf.obs)`` steps,
-    acting with ``actor`` (one batched forward over envs and agents per step) and drawing actions
-    from ``generator``. Returns the finished episodes."""
+def act(actor, current: dict[str, np.ndarray], generator: torch.Generator | None, greedy: bool = False,
+        masked: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Actions ``[B, N]`` and their log-probabilities for ``current`` (``obs``, and ``avail`` when
+    ``masked``) from one batched forward over envs and agents: sampled from ``generator``, or the
+    most likely ones when ``greedy``."""
+    with torch.no_grad():
+        logits = actor(torch.from_numpy(current["obs"]), torch.from_numpy(current["avail"]) if masked else None)
+        actions = logits.argmax(-1) if greedy else sample_actions(logits, generator)
+        logp = torch.log_softmax(logits, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    return actions.numpy(), logp.numpy()
+
+
+def policy_steps(venv, actor, generator: torch.Generator | None, greedy: bool = False,
+                 autoreset: bool = True) -> Iterator[tuple[dict, np.ndarray, np.ndarray, StepBatch]]:
+    """Step ``venv`` with ``actor`` from where its envs are now, one step per iteration, for as long
+    as the caller pulls: yields ``(current, actions, logp, step)`` where ``current`` is what the
+    agents acted on (``venv.current()`` layout) and ``step`` the ``StepBatch`` it led to."""
+    masked = venv.dynamic_mask
+    current = venv.current()
+    while True:
+        actions, logp = act(actor, current, generator, greedy, masked)
+        step = venv.step(actions, autoreset)
+        yield current, actions, logp, step
+        current = {"obs": step.obs, "state": step.state, "avail": step.avail, "alive": step.alive}
+
+
+def collect_rollout(venv, buf: Rollout, actor, generator: torch.Generator) -> list[dict]:
+    """Fill ``buf`` with ``T = len(buf.obs)`` steps of ``venv``, continuing its episodes where they
+    are, acting with ``actor`` and drawing actions from ``generator``. Returns the episodes that
+    finished."""
     T = buf.obs.shape[0]
-    obs, state = venv.reset(seeds)
     episodes = []
-    for t in range(T):
-        buf.obs[t], buf.state[t] = obs, state
-        with torch.no_grad():
-            logits = actor(torch.from_numpy(obs))
-            actions = sample_actions(logits, generator)
-            logp = torch.log_softmax(logits, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-        # Every iteration starts with fresh episodes, so envs that end at the last step need no reset.
-        step = venv.step(actions.numpy(), autoreset=t < T - 1)
-        buf.actions[t], buf.logp[t] = actions.numpy(), logp.numpy()
-        buf.next_obs[t], buf.next_state[t] = step.next_obs, step.next_state
+    for t, (current, actions, logp, step) in zip(range(T), policy_steps(venv, actor, generator)):
+        buf.obs[t], buf.state[t], buf.avail[t], buf.alive[t] = (current["obs"], current["state"], current["avail"],
+                                                                current["alive"])
+        buf.actions[t], buf.logp[t] = actions, logp
+        buf.next_obs[t], buf.next_state[t], buf.next_avail[t] = step.next_obs, step.next_state, step.next_avail
         buf.raw_reward[t], buf.reward[t] = step.raw_reward, step.reward
         buf.terminated[t], buf.truncated[t] = step.terminated, step.truncated
         episodes.extend(step.episodes)
-        obs, state = step.obs, step.state
     return episodes
 
 
@@ -69,14 +97,15 @@ def worker_seed(seed: int, iteration: int, worker: int) -> int:
     return int(np.random.SeedSequence([seed, iteration, 2, worker]).generate_state(1, np.uint64)[0])
 
 
-def act_in_worker(env_slice, pickled_actor: bytes, T: int, seeds, action_seed: int) -> tuple[dict, list]:
+def act_in_worker(env_slice, pickled_actor: bytes, T: int, action_seed: int) -> tuple[dict, list]:
     """Run in an env worker process (see ``envs.vector.ProcessVectorEnv.call``): collect ``T`` steps
-    of the worker's own envs with the actor in ``pickled_actor`` (plain pickle bytes, so its weights
-    travel inline rather than through torch's shared-memory tensor sharing). Returns the rollout's
-    arrays ``[T, n, ...]`` and the finished episodes."""
+    of the worker's own envs, continuing their episodes, with the actor in ``pickled_actor`` (plain
+    pickle bytes, so its weights travel inline rather than through torch's shared-memory tensor
+    sharing). Returns the rollout's arrays ``[T, n, ...]`` and the finished episodes (their ``env``
+    is the row within the worker's slice)."""
     torch.set_num_threads(1)
     actor = pickle.loads(pickled_actor)
-    buf = Rollout.allocate(T, env_slice.n, env_slice.n_agents, env_slice.obs_dim, env_slice.state_dim)
-    episodes = collect_rollout(SyncVectorEnv(env_slice), buf, actor,
-                               torch.Generator().manual_seed(action_seed), seeds)
+    buf = Rollout.allocate(T, env_slice.n, env_slice.n_agents, env_slice.obs_dim, env_slice.state_dim,
+                           env_slice.n_actions)
+    episodes = collect_rollout(SyncVectorEnv(env_slice), buf, actor, torch.Generator().manual_seed(action_seed))
     return vars(buf), episodes

@@ -5,9 +5,12 @@ One iteration = collect ``T = algo.rollout_steps`` steps from each of ``B = env.
 (batched policy inference over envs and agents), compute advantages with the configured module
 from ``algorithms/``, then update actor and critic with PPO-clip or A2C.
 
-Every iteration starts fresh episodes, reset with seeds derived from ``(seed, iteration)``, so a
-checkpoint taken between iterations captures the whole state of a run and resuming reproduces
-an uninterrupted run exactly. An episode longer than the rollout is cut there and bootstrapped.
+Episodes outlive the rollout: the envs keep running across iterations (each resets itself when
+its episode ends), so ``algo.rollout_steps`` only sets how often the learner updates; the last
+step of a rollout bootstraps from V of its successor. The first iteration resets every env with
+seeds derived from ``(seed, iteration)``. A checkpoint holds the envs' live state (see
+``envs.snapshot``), so resuming reproduces an uninterrupted run exactly; for an env that cannot be
+snapshot, the first checkpoint says so and a resumed run starts fresh episodes.
 
 With ``train.async_collection`` (env workers only) the rollout of iteration k+1 is collected in a
 background thread, by a copy of the actor taken before update k, while update k runs; its action
@@ -23,6 +26,7 @@ from __future__ import annotations
 import copy
 import pickle
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -31,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from envs import RewardSpec, make_vector_env
+from envs import EnvError, RewardSpec, make_vector_env
 from marl.checkpoint import CHECKPOINT_NAME, load_checkpoint_into, save_checkpoint
 from marl.config import Config
 from marl.logger import RunLogger, truncate_metrics
@@ -58,14 +62,15 @@ class Trainer:
         v = self.venv
         self.agents, N = list(v.agents), v.n_agents
         self.learner = CreditLearner(cfg, self.agents, v.obs_dim, v.state_dim, v.n_actions,
-                                     torch.from_numpy(v.action_mask))
+                                     torch.from_numpy(v.action_mask), v.dynamic_mask)
         self.actor = self.learner.actor
-        self.rollout = Rollout.allocate(a.rollout_steps, e.num_envs, N, v.obs_dim, v.state_dim)
+        sizes = (a.rollout_steps, e.num_envs, N, v.obs_dim, v.state_dim, v.n_actions)
+        self.rollout = Rollout.allocate(*sizes)
         if cfg.train.async_collection:
             # The actor that collects the next rollout (the policy before the last update), and the
             # buffer it fills while the learner reads ``self.rollout``.
             self.behaviour_actor = copy.deepcopy(self.actor).requires_grad_(False)
-            self._spare_rollout = Rollout.allocate(a.rollout_steps, e.num_envs, N, v.obs_dim, v.state_dim)
+            self._spare_rollout = Rollout.allocate(*sizes)
             self._prefetched: list[dict] | None = None   # episodes of the rollout already in self.rollout
             self._collector = ThreadPoolExecutor(1, thread_name_prefix="rollout-collector")
         self.iteration = 0
@@ -73,6 +78,10 @@ class Trainer:
         self.logger: RunLogger | None = None
         self._stop_requested = False
         self._has_true_credit: bool | None = None
+        self._envs_started = False       # the envs hold live episodes (else the next collection resets them)
+        self._snapshot_warned = False
+        self._pending: list[dict] = []   # finished episodes not yet logged
+        self.last_team_return: float | None = None   # of the last logged episodes
 
     # -- persistence ------------------------------------------------------------------------------
     @property
@@ -86,19 +95,60 @@ class Trainer:
     def state_dict(self) -> dict:
         state = {**self.learner.state_dict(), "iteration": self.iteration, "env_steps": self.env_steps,
                  "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-                 "agents": self.agents}
+                 "agents": self.agents, "pending_episodes": [_plain_episode(ep) for ep in self._pending],
+                 "last_team_return": self.last_team_return}
+        envs = self._env_snapshot()
+        if envs is not None:
+            state["env_state"] = envs
         if self.cfg.train.async_collection:
             state["behaviour_actor"] = self.behaviour_actor.state_dict()
+            if envs is not None and self._prefetched is not None:   # the rollout collected ahead
+                state["prefetched_rollout"] = {k: v.clone() for k, v in self.rollout.tensors().items()}
+                state["prefetched_episodes"] = [_plain_episode(ep) for ep in self._prefetched]
         return state
+
+    def _env_snapshot(self) -> list[torch.Tensor] | None:
+        """The envs' live state as uint8 tensors (one per slice), or None (with a one-time message)
+        when they hold no episode yet or cannot be snapshot."""
+        if not self._envs_started:
+            return None
+        try:
+            parts = self.venv.snapshot()
+        except EnvError as exc:
+            if not self._snapshot_warned:
+                self._snapshot_warned = True
+                message = (f"env {self.cfg.env.id!r}: its live state cannot be saved in checkpoints ({exc}); a run "
+                           f"resumed from a checkpoint starts fresh episodes there, so it will not reproduce an "
+                           f"uninterrupted run exactly")
+                print(f"[marl] {message}", file=sys.stderr)
+                if self.logger is not None:
+                    self.logger.log_text("warnings", message, self.env_steps)
+            return None
+        return [torch.frombuffer(bytearray(part), dtype=torch.uint8) for part in parts]
 
     def load_state_dict(self, state: dict) -> None:
         self.learner.load_state_dict(state)
         self.iteration, self.env_steps = int(state["iteration"]), int(state["env_steps"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+        self._pending = [_array_episode(ep) for ep in state.get("pending_episodes", [])]
+        self.last_team_return = state.get("last_team_return")
+        self._envs_started = False
+        if "env_state" in state:
+            try:
+                self.venv.load_snapshot([part.numpy().tobytes() for part in state["env_state"]])
+                self._envs_started = True
+            except EnvError as exc:
+                print(f"[marl] the checkpoint's env state does not fit this run ({exc}); starting fresh episodes",
+                      file=sys.stderr)
         if self.cfg.train.async_collection:
             self.behaviour_actor.load_state_dict(state["behaviour_actor"])
-            self._prefetched = None   # the next rollout is collected again, by the saved behaviour actor
+            # Without the envs' state the next rollout is collected again, by the saved behaviour actor.
+            self._prefetched = None
+            if self._envs_started and "prefetched_rollout" in state:
+                for name, value in state["prefetched_rollout"].items():
+                    getattr(self.rollout, name)[:] = value.numpy()
+                self._prefetched = [_array_episode(ep) for ep in state["prefetched_episodes"]]
 
     def save(self) -> Path | None:
         if self.run_dir is None:
@@ -116,21 +166,24 @@ class Trainer:
         return self._collect(self.rollout, self.actor, self.generator, self.iteration)
 
     def _collect(self, buf: Rollout, actor, generator: torch.Generator, iteration: int) -> list[dict]:
-        """T steps from each env into ``buf``, acting with ``actor``; the envs are reset with the
-        seeds of ``iteration``. With ``train.act_in_workers`` each env worker collects its own envs'
-        part with a copy of ``actor`` and its own action draws (``generator`` is then unused)."""
-        seeds = np.random.SeedSequence([self.cfg.seed, iteration]).generate_state(self.cfg.env.num_envs)
+        """T steps from each env into ``buf``, acting with ``actor`` and continuing the envs' episodes
+        (reset with the seeds of ``iteration`` if they hold none yet). With ``train.act_in_workers``
+        each env worker collects its own envs' part with a copy of ``actor`` and its own action
+        draws (``generator`` is then unused)."""
+        if not self._envs_started:
+            self.venv.reset(np.random.SeedSequence([self.cfg.seed, iteration]).generate_state(self.cfg.env.num_envs))
+            self._envs_started = True
         if not self.cfg.train.act_in_workers:
-            return collect_rollout(self.venv, buf, actor, generator, seeds)
+            return collect_rollout(self.venv, buf, actor, generator)
         pickled, T = pickle.dumps(actor), self.cfg.algo.rollout_steps
         rows = self.venv.worker_rows
-        parts = self.venv.call(act_in_worker, [(pickled, T, seeds[r], worker_seed(self.cfg.seed, iteration, w))
+        parts = self.venv.call(act_in_worker, [(pickled, T, worker_seed(self.cfg.seed, iteration, w))
                                                for w, r in enumerate(rows)])
         episodes = []
         for r, (arrays, worker_episodes) in zip(rows, parts):
             for name, part in arrays.items():
                 getattr(buf, name)[:, r] = part
-            episodes.extend(worker_episodes)
+            episodes.extend({**ep, "env": ep["env"] + r.start} for ep in worker_episodes)
         return episodes
 
     def update(self) -> dict:
@@ -181,8 +234,9 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
     def _episode_metrics(self, episodes: list[dict]) -> dict:
+        """Means over the episodes that finished since the last log; only ``episodes: 0`` when none did."""
         if not episodes:
-            return {"team_return": float("nan"), "episodes": 0}
+            return {"episodes": 0}
         raw = np.stack([ep["raw_return"] for ep in episodes])
         moded = np.stack([ep["return"] for ep in episodes])
         out = {"team_return": float(raw.sum(1).mean()), "episodes": len(episodes),
@@ -199,9 +253,10 @@ class Trainer:
         from marl.evaluate import EVAL_SEED_OFFSET
 
         log, it, step = self.cfg.log, self.iteration, self.env_steps
-        if log.histogram_every and it % log.histogram_every == 0:
-            for i, agent in enumerate(self.agents):
-                self.logger.log_histogram(f"credit/adv_hist/{agent}", self.learner.last_advantage[..., i], step)
+        if log.histogram_every and it % log.histogram_every == 0 and self.learner.last_advantage is not None:
+            for agent, values in zip(self.agents, self.learner.last_advantage):
+                if values.numel():
+                    self.logger.log_histogram(f"credit/adv_hist/{agent}", values, step)
         if log.credit_image_every and (it % log.credit_image_every == 0 or it == 1):
             ep = episode_credit(self, seed=EVAL_SEED_OFFSET + it)
             title = f"{self.cfg.algo.advantage} credit at {step:,} env steps"
@@ -247,8 +302,6 @@ class Trainer:
                        unit="step", dynamic_ncols=True, desc="train")
         previous = signal.signal(signal.SIGINT, self._request_stop) if _main_thread() else None
         start, start_steps = time.perf_counter(), self.env_steps
-        pending: list[dict] = []
-        last: dict = {}
         try:
             while self.iteration < self.total_iterations:
                 if self._stop_requested:
@@ -262,24 +315,26 @@ class Trainer:
                 wall = time.perf_counter() - t0
                 self.iteration += 1
                 self.env_steps += steps
-                pending.extend(episodes)
+                self._pending.extend(episodes)
                 if self.iteration % cfg.train.log_every == 0 or self.iteration == self.total_iterations:
-                    metrics.update(self._episode_metrics(pending))
-                    pending = []
+                    metrics.update(self._episode_metrics(self._pending))
+                    self._pending = []
+                    if "team_return" in metrics:
+                        self.last_team_return = metrics["team_return"]
                     metrics.update({"iteration": self.iteration, "env_steps": self.env_steps,
                                     "perf/env_steps_per_s": steps / wall, "perf/collect_s": wall - update_s,
                                     "perf/update_s": update_s})
                     if self.logger is not None:
                         metrics.update(self._credit_views())
                         self.logger.log(metrics, self.env_steps)
-                    last = metrics
                 if self.iteration % cfg.train.checkpoint_every == 0:
                     self.save()
                 if bar is not None:
                     bar.update(steps)
-                    if last:
-                        bar.set_postfix(ret=f"{last.get('team_return', float('nan')):.2f}",
-                                        sps=f"{(self.env_steps - start_steps) / (time.perf_counter() - start):.0f}")
+                    postfix = {"sps": f"{(self.env_steps - start_steps) / (time.perf_counter() - start):.0f}"}
+                    if self.last_team_return is not None:
+                        postfix["ret"] = f"{self.last_team_return:.2f}"
+                    bar.set_postfix(postfix)
             self.save()
         finally:
             if previous is not None:
@@ -291,7 +346,7 @@ class Trainer:
         wall = time.perf_counter() - start
         return {"env_steps": self.env_steps, "wall_s": wall,
                 "env_steps_per_s": (self.env_steps - start_steps) / max(wall, 1e-9),
-                "team_return": last.get("team_return"), "run_dir": str(self.run_dir) if self.run_dir else None}
+                "team_return": self.last_team_return, "run_dir": str(self.run_dir) if self.run_dir else None}
 
     def close(self) -> None:
         if self.cfg.train.async_collection:
@@ -300,6 +355,15 @@ class Trainer:
         if self.logger is not None:
             self.logger.close()
             self.logger = None
+
+
+def _plain_episode(ep: dict) -> dict:
+    """A finished-episode record with lists instead of arrays (checkpoints load with weights_only)."""
+    return {**ep, "raw_return": np.asarray(ep["raw_return"]).tolist(), "return": np.asarray(ep["return"]).tolist()}
+
+
+def _array_episode(ep: dict) -> dict:
+    return {**ep, "raw_return": np.asarray(ep["raw_return"]), "return": np.asarray(ep["return"])}
 
 
 def _main_thread() -> bool:

@@ -16,7 +16,8 @@ def test_registered_short_name_and_sorted_agents():
 def test_module_factory_string_and_unsorted_ids_are_sorted():
     env = make_env("tests.custom_env:make_match_target", {"n_agents": 3})
     assert env.agents == ["player_0", "player_1", "player_2"]
-    obs, state = env.reset(seed=3)
+    obs, state, avail, alive = env.reset(seed=3)
+    assert avail.all() and alive.all()
     # No state() implemented: the state is the concatenation of the observations in sorted order.
     np.testing.assert_array_equal(state, obs.reshape(-1))
 
@@ -33,16 +34,16 @@ def test_envs_whose_state_is_their_observations(env_id):
         np.testing.assert_allclose(raw.state(), joined, rtol=1e-6)
         obs, *_ = raw.step({a: int(rng.integers(raw.action_space(a).n)) for a in raw.agents})
     team = make_env(env_id, {})
-    obs, state = team.reset(seed=4)
+    state = team.reset(seed=4).state
     assert state.shape == (sum(raw.observation_space(a).shape[0] for a in raw.possible_agents),)
 
 
 def test_aec_env_is_converted():
     env = make_env("mpe2.simple_spread_v3:env", {"N": 2})
-    obs, state = env.reset(seed=0)
+    obs, state, _, _ = env.reset(seed=0)
     assert obs.shape == (2, env.obs_dim) and state.shape == (env.state_dim,)
-    _, _, reward, term, trunc, done = env.step(np.zeros(2, np.int64))
-    assert reward.shape == (2,) and not done
+    step = env.step(np.zeros(2, np.int64))
+    assert step.reward.shape == (2,) and not step.done
 
 
 def test_heterogeneous_agents_are_padded_and_masked():
@@ -50,7 +51,7 @@ def test_heterogeneous_agents_are_padded_and_masked():
     assert env.agents == ["listener_0", "speaker_0"]
     assert env.obs_dim == 11 and env.n_actions == 5
     np.testing.assert_array_equal(env.action_mask, [[True] * 5, [True] * 3 + [False] * 2])
-    obs, _ = env.reset(seed=0)
+    obs = env.reset(seed=0).obs
     assert np.all(obs[1, 3:] == 0.0)       # the speaker's 3-dim observation is zero-padded
 
 
@@ -72,13 +73,6 @@ def test_continuous_mpe_is_rejected_with_advice():
         make_env("mpe2:simple_spread_v3", {"continuous_actions": True})
 
 
-def test_agents_leaving_mid_episode_are_rejected():
-    env = make_env("tests.custom_env:make_leaving_agents")
-    env.reset(seed=0)
-    with pytest.raises(EnvError, match=r"agents \['player_0'\] left mid-episode"):
-        env.step(np.zeros(2, np.int64))
-
-
 def test_bad_kwargs_name_the_env():
     with pytest.raises(EnvError, match="factory rejected env.kwargs"):
         make_env("tests.custom_env:make_match_target", {"bogus": 1})
@@ -95,7 +89,7 @@ def test_reward_modes():
 
 def test_vector_env_keeps_final_observation_at_truncation():
     venv = make_vector_env("tests.custom_env:make_match_target", {"length": 3}, 2, RewardSpec("individual"))
-    obs, state = venv.reset([1, 2])
+    venv.reset([1, 2])
     for t in range(3):
         step = venv.step(np.zeros((2, 2), np.int64))
     assert step.done.all() and step.truncated.all() and not step.terminated.any()
@@ -119,12 +113,14 @@ def test_process_vector_env_matches_in_process():
     sync, procs = make_vector_env(*spec), make_vector_env(*spec, workers=2)
     rng = np.random.default_rng(0)
     try:
-        for a, b in zip(sync.reset([5, 6, 7]), procs.reset([5, 6, 7])):
-            np.testing.assert_array_equal(a, b)
+        first_sync, first_procs = sync.reset([5, 6, 7]), procs.reset([5, 6, 7])
+        for key, value in first_sync.items():
+            np.testing.assert_array_equal(value, first_procs[key], err_msg=key)
         for _ in range(7):
             actions = rng.integers(0, 5, size=(3, 3))
             s, p = sync.step(actions), procs.step(actions)
-            for name in ("obs", "state", "next_obs", "raw_reward", "reward", "terminated", "truncated", "done"):
+            for name in ("obs", "state", "avail", "alive", "next_obs", "raw_reward", "reward", "terminated",
+                         "truncated", "done"):
                 np.testing.assert_array_equal(getattr(s, name), getattr(p, name), err_msg=name)
             assert len(s.episodes) == len(p.episodes)
     finally:
@@ -135,11 +131,10 @@ def test_process_vector_env_matches_in_process():
 def test_worker_errors_surface_with_the_env_name():
     with pytest.raises(EnvError, match="make_continuous.*only Discrete actions"):
         make_vector_env("tests.custom_env:make_continuous", {}, 2, RewardSpec(), workers=1)
-    venv = make_vector_env("tests.custom_env:make_leaving_agents", {}, 2, RewardSpec(), workers=1)
+    venv = make_vector_env("tests.custom_env:make_fails_on_seed", {"fail_on_seed": 1}, 2, RewardSpec(), workers=1)
     try:
-        venv.reset([0, 1])
-        with pytest.raises(EnvError, match="env worker failed: .*make_leaving_agents.*left mid-episode"):
-            venv.step(np.zeros((2, 2), np.int64))
+        with pytest.raises(EnvError, match="env worker failed: .*make_fails_on_seed.*reset with seed 1 failed"):
+            venv.reset([0, 1])
     finally:
         venv.close()
 

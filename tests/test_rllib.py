@@ -403,9 +403,11 @@ def test_crashed_env_runner_is_restarted_and_no_iteration_is_lost(tmp_path, ray_
     assert [r["env_steps"] for r in records] == [40, 80, 120]
     assert [r["faults/env_failures"] for r in records] == [1, 1, 1]
     (fault,) = [json.loads(line) for line in (run / "env_faults.jsonl").read_text().splitlines()]
-    assert fault["error"] == "RuntimeError: injected crash at step 5" and fault["worker_index"] in (1, 2)
-    assert "Traceback" in fault["traceback"] and "crashing_spread" not in fault["error"]
-    assert "failed in env.step at its step 5: RuntimeError: injected crash at step 5" in capfd.readouterr().err
+    assert fault["error"].startswith("env 'tests.test_rllib:crashing_spread' raised in step 5 of its episode: "
+                                     "RuntimeError: injected crash at step 5 (at ")
+    assert fault["worker_index"] in (1, 2) and "Traceback" in fault["traceback"]
+    assert "failed in env.step at its step 5: env 'tests.test_rllib:crashing_spread' raised in step 5" in \
+        capfd.readouterr().err
     assert load_checkpoint(run / CHECKPOINT_NAME)["iteration"] == 3
 
 

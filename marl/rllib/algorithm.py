@@ -71,13 +71,13 @@ def env_spec(cfg) -> dict:
 
     probe = TeamEnv(cfg.env.id, cfg.env.kwargs)
     spec = {"agents": list(probe.agents), "obs_dim": probe.obs_dim, "state_dim": probe.state_dim,
-            "n_actions": probe.n_actions, "action_mask": probe.action_mask}
+            "n_actions": probe.n_actions, "action_mask": probe.action_mask, "dynamic_mask": probe.dynamic_mask}
     probe.close()
     return spec
 
 
 def build_config(cfg, agents, obs_dim: int, state_dim: int, n_actions: int, action_mask,
-                 fault_log: str | None = None):
+                 dynamic_mask: bool = False, fault_log: str | None = None):
     """The ``PPOConfig`` that trains ``cfg`` with the project's module, learner and pieces
     (``env_spec(cfg)`` gives the other arguments). ``config.build_algo()`` needs ``register_env()``
     first; ``config.build_learner(env=...)`` builds one Learner in this process."""
@@ -107,7 +107,7 @@ def build_config(cfg, agents, obs_dim: int, state_dim: int, n_actions: int, acti
         .multi_agent(policies={MODULE_ID}, policy_mapping_fn=shared_policy, count_steps_by="agent_steps")
         .rl_module(rl_module_spec=RLModuleSpec(
             module_class=CreditRLModule,
-            model_config=model_config(cfg, agents, obs_dim, state_dim, n_actions, action_mask)))
+            model_config=model_config(cfg, agents, obs_dim, state_dim, n_actions, action_mask, dynamic_mask)))
         .training(train_batch_size=n * batch, minibatch_size=n * batch // a.minibatches,
                   num_epochs=a.epochs, shuffle_batch_per_epoch=True, lr=a.lr, gamma=a.gamma, lambda_=a.lam,
                   clip_param=a.clip, entropy_coeff=a.entropy_coef, vf_loss_coeff=a.value_coef,

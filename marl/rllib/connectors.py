@@ -29,19 +29,20 @@ from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core.columns import Columns
 from ray.rllib.evaluation.postprocessing import Postprocessing
 
-from marl.learner import explained_variance
-from marl.rllib.env import STATE as INFO_STATE, TERMINATED as INFO_TERMINATED, TRUNCATED as INFO_TRUNCATED
-from marl.rllib.module import CRITIC_IN, ENV_FLAGS, INDEX, JOINT_ACTIONS, STATE
+from marl.rllib.env import ALIVE as INFO_ALIVE, STATE as INFO_STATE, TERMINATED as INFO_TERMINATED
+from marl.rllib.env import TRUNCATED as INFO_TRUNCATED
+from marl.rllib.module import ALIVE, CRITIC_IN, ENV_FLAGS, INDEX, JOINT_ACTIONS, STATE, WEIGHT
 
 # Columns the loss does not need once the advantages are computed.
-_SPENT = (STATE, JOINT_ACTIONS, ENV_FLAGS, Columns.LOSS_MASK, Columns.TERMINATEDS, Columns.TRUNCATEDS)
+_SPENT = (STATE, JOINT_ACTIONS, ENV_FLAGS, ALIVE, Columns.LOSS_MASK, Columns.TERMINATEDS, Columns.TRUNCATEDS)
 
 
 class AddJointColumns(ConnectorV2):
     """Per row: the global state ``STATE``, the joint action ``JOINT_ACTIONS`` (sorted agent ids),
-    the env's flags of the step ``ENV_FLAGS`` and the row's coordinates ``INDEX`` = (chunk b, step
-    t, agent i). Runs right after ``AddOneTsToEpisodesAndTruncate``, so every chunk already has its
-    bootstrap row (the final observation and state)."""
+    the env's flags of the step ``ENV_FLAGS``, whether the row's agent acts at that step ``ALIVE``,
+    and the row's coordinates ``INDEX`` = (chunk b, step t, agent i). Runs right after
+    ``AddOneTsToEpisodesAndTruncate``, so every chunk already has its bootstrap row (the final
+    observation and state)."""
 
     def __init__(self, input_observation_space=None, input_action_space=None, *, agents, **kwargs):
         super().__init__(input_observation_space, input_action_space, **kwargs)
@@ -57,12 +58,13 @@ class AddJointColumns(ConnectorV2):
         L = lengths.pop()
         infos = chunks[0].get_infos(slice(0, L))
         state = np.stack([np.asarray(info[INFO_STATE], np.float32) for info in infos])
+        alive = np.stack([np.asarray(info.get(INFO_ALIVE, np.ones(len(self.agents), bool)), bool) for info in infos])
         flags = np.zeros((L, len(self.agents), 2), bool)
         for k in range(L - 1):  # the flags of step k come with the observation after it
             flags[k, :, 0] = infos[k + 1][INFO_TERMINATED]
             flags[k, :, 1] = infos[k + 1][INFO_TRUNCATED]
         actions = np.stack([np.asarray(c.get_actions(slice(0, L)), np.int64) for c in chunks], -1)
-        return L, state, actions, flags
+        return L, state, actions, flags, alive
 
     def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None, **kwargs):
         chunk_of = {episode.id_: b for b, episode in enumerate(episodes)}
@@ -72,23 +74,26 @@ class AddJointColumns(ConnectorV2):
             key = sa_episode.multi_agent_episode_id
             if key not in cache:
                 cache[key] = self._joint(episodes[chunk_of[key]])
-            L, state, actions, flags = cache[key]
+            L, state, actions, flags, alive = cache[key]
             i = self.agents.index(sa_episode.agent_id)
             index = np.stack([np.full(L, chunk_of[key]), np.arange(L), np.full(L, i)], -1)
             self.add_n_batch_items(batch, STATE, state, L, sa_episode)
             self.add_n_batch_items(batch, JOINT_ACTIONS, actions, L, sa_episode)
             self.add_n_batch_items(batch, ENV_FLAGS, flags[:, i], L, sa_episode)
+            self.add_n_batch_items(batch, ALIVE, alive[:, i], L, sa_episode)
             self.add_n_batch_items(batch, INDEX, index, L, sa_episode)
         return batch
 
 
-def to_time_major(mb: dict, obs_dim: int, n_agents: int) -> tuple[dict, torch.Tensor]:
+def to_time_major(mb: dict, obs_dim: int, n_agents: int, dynamic_mask: bool = False) -> tuple[dict, torch.Tensor]:
     """A module batch (rows, see ``AddJointColumns``) as the local backend's rollout batch.
 
-    Returns ``(batch, mask)``: ``batch`` has ``obs``, ``next_obs`` ``[T, B, N, O]``, ``state``,
-    ``next_state`` ``[T, B, S]``, ``actions``, ``logp``, ``reward``, ``terminated``, ``truncated``
-    ``[T, B, N]``, one column b per episode chunk; ``mask [T, B]`` is True on real steps. Padding
-    steps are zeros and terminated. A chunk not ended by the env is truncated at its last step.
+    Returns ``(batch, valid)``: ``batch`` has ``obs``, ``next_obs`` ``[T, B, N, O]``, ``state``,
+    ``next_state`` ``[T, B, S]``, ``actions``, ``logp``, ``reward``, ``terminated``, ``truncated``,
+    ``alive`` ``[T, B, N]`` and, with ``dynamic_mask``, ``avail``/``next_avail`` ``[T, B, N, A]``
+    (read from the observations' mask bits), one column b per episode chunk; ``valid [T, B, N]`` is
+    True on real steps of agents that act. Padding steps are zeros and terminated. A chunk not
+    ended by the env is truncated at its last step.
     """
     b, t, i = mb[INDEX].long().unbind(-1)
     real = mb[Columns.LOSS_MASK].bool()
@@ -101,7 +106,8 @@ def to_time_major(mb: dict, obs_dim: int, n_agents: int) -> tuple[dict, torch.Te
         out[t, b, i] = column.to(out.dtype)
         return out
 
-    obs = extended(mb[Columns.OBS][:, :obs_dim])
+    rows = extended(mb[Columns.OBS])
+    obs = rows[..., :obs_dim]
     first = i == 0
     states = mb[STATE].new_zeros((T + 1, B, mb[STATE].shape[-1]))
     states[t[first], b[first]] = mb[STATE][first]
@@ -112,22 +118,28 @@ def to_time_major(mb: dict, obs_dim: int, n_agents: int) -> tuple[dict, torch.Te
     cols = torch.arange(B, device=b.device)
     last = lengths - 1
     truncated[last, cols] = truncated[last, cols] | ~terminated[last, cols]
+    alive = extended(mb[ALIVE].bool())[:T] if ALIVE in mb else mask[..., None].expand(T, B, n_agents)
     batch = {"obs": obs[:T], "next_obs": obs[1:], "state": states[:T], "next_state": states[1:],
              "actions": extended(mb[Columns.ACTIONS].long())[:T], "logp": extended(mb[Columns.ACTION_LOGP].float())[:T],
-             "reward": extended(mb[Columns.REWARDS].float())[:T], "terminated": terminated, "truncated": truncated}
-    return batch, mask
+             "reward": extended(mb[Columns.REWARDS].float())[:T], "terminated": terminated, "truncated": truncated,
+             "alive": alive & mask[..., None]}
+    if dynamic_mask:
+        legal = rows[..., obs_dim + n_agents:] > 0.5
+        legal[~legal.any(-1)] = True   # padding rows: any action (never used)
+        batch["avail"], batch["next_avail"] = legal[:T], legal[1:]
+    return batch, batch["alive"]
 
 
 class CreditAdvantages(ConnectorV2):
     """Replaces RLlib's ``GeneralAdvantageEstimation``: advantages and critic targets from the
-    configured advantage module via ``CreditLearner.prepare`` (see the module docstring).
+    configured advantage module via ``CreditLearner.prepare``, then ``CreditLearner.finalise``
+    (credit statistics, value normalisation, advantage standardisation over the valid entries),
+    exactly the two phases the local update runs (see the module docstring).
 
-    Per module batch it then, as ``CreditLearner.update`` does: records the per-agent credit
-    metrics, folds the targets into the value normaliser and normalises them
-    (``algo.normalize_value``), and standardises advantages per agent (``algo.normalize_advantage``),
-    all over real steps only. It writes ``ADVANTAGES``, ``VALUE_TARGETS`` and ``CRITIC_IN`` per row,
-    drops the bootstrap rows (the loss never uses them, so a minibatch of ``minibatch_size`` rows is
-    all real data) and shuffles the rows with ``generator``.
+    It writes ``ADVANTAGES``, ``VALUE_TARGETS`` and ``CRITIC_IN`` per row (and ``WEIGHT`` when some
+    agent left its episode early, so the loss skips its padded rows), drops the bootstrap rows (the
+    loss never uses them, so a minibatch of ``minibatch_size`` rows is all real data) and shuffles the
+    rows with ``generator``.
     """
 
     def __init__(self, input_observation_space=None, input_action_space=None, *, generator: torch.Generator,
@@ -143,33 +155,19 @@ class CreditAdvantages(ConnectorV2):
         for module_id, mb in batch.items():
             module = rl_module[module_id].unwrapped()
             credit = module.credit
-            tm, mask = to_time_major(mb, module.obs_dim, module.n_agents)
+            tm, valid = to_time_major(mb, module.obs_dim, module.n_agents, module.dynamic_mask)
             prep = credit.prepare(tm, self.generator)
-            self.last_prepared[module_id] = {"batch": tm, "mask": mask, **prep}
-            adv, target = prep["adv"], prep["target"]
-            a = credit.cfg.algo
-            stats = credit._credit_metrics(adv[mask].unsqueeze(1))
-            if "coma_baseline" in prep:
-                for k, agent in enumerate(credit.agents):
-                    stats[f"coma/gap/{agent}"] = float(adv[..., k][mask].mean())
-                    stats[f"coma/baseline/{agent}"] = float(prep["coma_baseline"][..., k][mask].mean())
-            stats["explained_variance"] = explained_variance(prep["value"][mask], target[mask])
-            value_error = ((prep["value"] - target) ** 2)[mask].mean(0)
-            stats.update({f"value_error/{agent}": float(value_error[k]) for k, agent in enumerate(credit.agents)})
+            self.last_prepared[module_id] = {"batch": tm, "mask": valid.any(-1), **prep}
+            adv, target, stats = credit.finalise(prep, valid)
             if self.histogram_every and (credit.updates + 1) % self.histogram_every == 0:
-                stats["credit/adv_hist"] = adv[mask].numpy().astype(np.float32)
+                stats["credit/adv_hist"] = {agent: values.numpy().astype(np.float32)
+                                            for agent, values in zip(credit.agents, credit.last_advantage)}
             self.last_stats[module_id] = stats
-            if a.normalize_value:
-                credit.value_norm.update(target[mask])
-                target = credit.value_norm.normalize(target)
-            if a.normalize_advantage:
-                real_adv = adv[mask]
-                adv = (adv - real_adv.mean(0)) / (real_adv.std(0) + 1e-8)
-            self._write_rows(mb, adv, target, prep["critic_in"], credit)
+            self._write_rows(mb, adv, target, prep["critic_in"], credit, valid)
             self.rows[module_id] = len(mb[Columns.ACTIONS])
         return batch
 
-    def _write_rows(self, mb: dict, adv, target, critic_in, credit) -> None:
+    def _write_rows(self, mb: dict, adv, target, critic_in, credit, valid) -> None:
         keep = mb[Columns.LOSS_MASK].bool()
         b, t, i = mb[INDEX][keep].long().unbind(-1)
         order = torch.randperm(int(keep.sum()), generator=self.generator)
@@ -183,3 +181,6 @@ class CreditAdvantages(ConnectorV2):
         mb[Postprocessing.VALUE_TARGETS] = target[t, b, i]
         per_agent = credit.uses_q or credit.cfg.algo.critic != "central"   # central V reads the state
         mb[CRITIC_IN] = critic_in[t, b, i] if per_agent else critic_in[t, b]
+        row_valid = valid[t, b, i]
+        if not bool(row_valid.all()):
+            mb[WEIGHT] = row_valid.to(adv.dtype)

@@ -8,9 +8,9 @@ advantage piece, optimiser and loss.
   targets, where the prediction is V of the row's agent or, for COMA, Q of the taken action, and
   the entropy bonus; with A2C the actor learns only in the first pass over the batch. Gradients
   are clipped by global norm as in the local backend.
-- After each update: the COMA target critic is refreshed every ``algo.target_update_every``
-  updates, and the iteration's metrics (credit, losses, per-agent entropy) are reported under
-  ``result["learners"]["shared"]["marl"]``.
+- After each update: ``CreditLearner.after_update`` (update counter, target critic sync, the next
+  learning rate), and the iteration's metrics (credit, losses, per-agent entropy) are reported
+  under ``result["learners"]["shared"]["marl"]``.
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.core.columns import Columns
 from ray.rllib.evaluation.postprocessing import Postprocessing
 
-from marl.learner import actor_critic_loss, ppo_diagnostics
+from marl.learner import actor_critic_loss, ppo_diagnostics, weighted_mean
 from marl.rllib.connectors import CreditAdvantages
-from marl.rllib.module import CRITIC_PRED
+from marl.rllib.module import CRITIC_PRED, WEIGHT
 
 STATS_KEY = "marl"
 
@@ -71,16 +71,18 @@ class CreditPPOLearner(PPOTorchLearner):
         seen = self._rows_seen.get(module_id, 0)
         train_actor = a.loss == "ppo" or seen < self.credit_piece.rows.get(module_id, 0)
         self._rows_seen[module_id] = seen + len(batch[Columns.ACTIONS])
+        weight = batch.get(WEIGHT)
         out = actor_critic_loss(fwd_out[Columns.ACTION_DIST_INPUTS], batch[Columns.ACTIONS].long(),
                                 batch[Columns.ACTION_LOGP], batch[Postprocessing.ADVANTAGES], fwd_out[CRITIC_PRED],
-                                batch[Postprocessing.VALUE_TARGETS], a, train_actor, module.credit.updates + 1)
+                                batch[Postprocessing.VALUE_TARGETS], a, train_actor, module.credit.updates + 1, weight)
         loss, entropy, ratio, log_ratio = out["loss"], out["entropy"], out["ratio"], out["log_ratio"]
         with torch.no_grad():
             idx = module.agent_index(batch[Columns.OBS])
-            counts = torch.bincount(idx, minlength=module.n_agents).clamp_min(1)
-            per_agent = torch.zeros(module.n_agents).index_add_(0, idx, entropy.detach().float()) / counts
-            approx_kl, clip_frac = ppo_diagnostics(ratio, log_ratio, a.clip)
-            self._stats.append(torch.cat([torch.stack([out["policy"], out["value"], entropy.mean(), approx_kl,
+            w = torch.ones_like(entropy) if weight is None else weight
+            counts = torch.zeros(module.n_agents).index_add_(0, idx, w.float()).clamp_min(1)
+            per_agent = torch.zeros(module.n_agents).index_add_(0, idx, (entropy * w).detach().float()) / counts
+            approx_kl, clip_frac = ppo_diagnostics(ratio, log_ratio, a.clip, weight)
+            self._stats.append(torch.cat([torch.stack([out["policy"], out["value"], weighted_mean(entropy, weight), approx_kl,
                                                        clip_frac]).detach(), per_agent]))
         return loss
 
@@ -100,11 +102,7 @@ class CreditPPOLearner(PPOTorchLearner):
         for module_id in self.module.keys():
             module = self._credit_module(module_id)
             credit = module.credit
-            credit.updates += 1
-            credit.apply_lr_schedule()
-            every = credit.cfg.algo.target_update_every
-            if credit.target_critic is not None and credit.updates % every == 0:
-                credit.target_critic.load_state_dict(credit.critic.state_dict())
+            credit.after_update()
             stats = dict(self.credit_piece.last_stats.pop(module_id, {}))
             if self._stats:
                 means = torch.stack(self._stats).mean(0).tolist()

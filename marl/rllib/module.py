@@ -3,8 +3,9 @@
 RLlib batches one row per (agent, step) and, with parameter sharing, sends every agent's rows to
 the one module ``"shared"``. Our networks map ``[..., N, in]`` to ``[..., N, out]``, so each row is
 placed in all N agent slots, the network runs once and the row's own agent slot is kept. The
-agent of a row is the one-hot id at the end of its observation (``env.py``). The logits are
-therefore exactly ``Actor(obs [N, O])[i]``, the same numbers the local evaluator computes.
+agent of a row is the one-hot id after its observation (``env.py``), followed, for envs with
+per-step action masks, by the legal actions, which mask the logits. The logits are therefore
+exactly ``Actor(obs [N, O], avail)[i]``, the same numbers the local evaluator computes.
 
 On EnvRunners (``inference_only``) only the ``Actor`` is built. On a Learner the module builds a
 ``marl.learner.CreditLearner`` and adopts its networks (actor, critic, value normaliser, target
@@ -19,7 +20,7 @@ from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 
 from marl.config import config_from_dict
 from marl.learner import CreditLearner
-from marl.networks import Actor
+from marl.networks import MASKED_LOGIT, Actor
 
 MODULE_ID = "shared"
 STATE = "marl_state"                  # [R, S] global state of the row's step
@@ -28,12 +29,16 @@ ENV_FLAGS = "marl_env_flags"          # [R, N, 2] the env's own terminated/trunc
 INDEX = "marl_index"                  # [R, 3] (episode chunk b, step t within the chunk, agent i)
 CRITIC_IN = "marl_critic_in"          # [R, D] the critic's input for the row's agent
 CRITIC_PRED = "marl_critic_pred"      # [R] critic output (normalised space), of the taken action for Q
+ALIVE = "marl_alive"                  # [R] the row's agent acts at the row's step (it has not left)
+WEIGHT = "marl_weight"                # [R] 1 where the row counts in the loss (only when some agent left)
 
 
-def model_config(cfg, agents, obs_dim: int, state_dim: int, n_actions: int, action_mask) -> dict:
+def model_config(cfg, agents, obs_dim: int, state_dim: int, n_actions: int, action_mask,
+                 dynamic_mask: bool = False) -> dict:
     """The ``model_config`` of ``CreditRLModule``: the project config plus the env's sizes."""
     return {"config": cfg.to_dict(), "agents": list(agents), "obs_dim": int(obs_dim), "state_dim": int(state_dim),
-            "n_actions": int(n_actions), "action_mask": [[bool(x) for x in row] for row in action_mask]}
+            "n_actions": int(n_actions), "action_mask": [[bool(x) for x in row] for row in action_mask],
+            "dynamic_mask": bool(dynamic_mask)}
 
 
 class CreditRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
@@ -45,6 +50,7 @@ class CreditRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         self.cfg = config_from_dict(mc["config"])
         self.agents = list(mc["agents"])
         self.n_agents, self.obs_dim = len(self.agents), int(mc["obs_dim"])
+        self.dynamic_mask = bool(mc.get("dynamic_mask", False))
         mask = torch.tensor(mc["action_mask"], dtype=torch.bool)
         if self.inference_only:
             m = self.cfg.model
@@ -53,7 +59,7 @@ class CreditRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
                                m.activation, m.share_actor)
             return
         self.credit = CreditLearner(self.cfg, self.agents, self.obs_dim, int(mc["state_dim"]), int(mc["n_actions"]),
-                                    mask)
+                                    mask, self.dynamic_mask)
         self.actor = self.credit.actor
         self.critic = self.credit.critic
         self.value_norm = self.credit.value_norm
@@ -65,8 +71,12 @@ class CreditRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
 
     # -- rows <-> agent slots ------------------------------------------------------------------------
     def agent_index(self, obs: torch.Tensor) -> torch.Tensor:
-        """The agent of each row ``[R]`` from the one-hot id at the end of ``obs [R, O + N]``."""
-        return obs[..., self.obs_dim:].argmax(-1)
+        """The agent of each row ``[R]`` from the one-hot id after the observation in ``obs [R, O + N (+ A)]``."""
+        return obs[..., self.obs_dim:self.obs_dim + self.n_agents].argmax(-1)
+
+    def legal_actions(self, obs: torch.Tensor) -> torch.Tensor | None:
+        """The legal actions ``[R, A]`` carried by RLlib observations, for envs with per-step masks."""
+        return obs[..., self.obs_dim + self.n_agents:] > 0.5 if self.dynamic_mask else None
 
     def _in_all_slots(self, x: torch.Tensor) -> torch.Tensor:
         return x.unsqueeze(-2).expand(*x.shape[:-1], self.n_agents, x.shape[-1])
@@ -81,12 +91,15 @@ class CreditRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         A shared actor reads ``[o_i, one-hot i]``, which is the RLlib observation itself, so its
         network runs on the rows directly (N times less work than filling every agent slot);
         ``tests/test_rllib.py`` checks both paths against ``Actor.forward``."""
-        idx = self.agent_index(obs)
+        idx, legal = self.agent_index(obs), self.legal_actions(obs)
         if self.actor.shared:
-            logits = self.actor.net(obs)
+            logits = self.actor.net(obs[..., :self.obs_dim + self.n_agents])
+            if legal is not None:
+                return logits.masked_fill(~legal, MASKED_LOGIT)
             mask = self.actor.action_mask
-            return logits if bool(mask.all()) else logits.masked_fill(~mask[idx], -1e9)
-        return self._own_slot(self.actor(self._in_all_slots(obs[..., :self.obs_dim])), idx)
+            return logits if bool(mask.all()) else logits.masked_fill(~mask[idx], MASKED_LOGIT)
+        avail = None if legal is None else self._in_all_slots(legal)
+        return self._own_slot(self.actor(self._in_all_slots(obs[..., :self.obs_dim]), avail), idx)
 
     def critic_prediction(self, critic_in: torch.Tensor, idx: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """What the critic predicts for each row ``[R]`` (normalised space, as trained): V of the

@@ -85,13 +85,17 @@ class RLlibTrainer(Trainer):
         self.agents = self._spec["agents"]
         # Built like the local trainer's, so both backends start from the same weights.
         self.learner = CreditLearner(cfg, self.agents, self._spec["obs_dim"], self._spec["state_dim"],
-                                     self._spec["n_actions"], torch.from_numpy(self._spec["action_mask"]))
+                                     self._spec["n_actions"], torch.from_numpy(self._spec["action_mask"]),
+                                     self._spec["dynamic_mask"])
         self.actor = self.learner.actor
         self.iteration = 0
         self.env_steps = 0
         self.logger: RunLogger | None = None
         self._stop_requested = False
         self._has_true_credit: bool | None = None
+        self._envs_started = False   # RLlib's EnvRunners hold the episodes; checkpoints do not include them
+        self._pending: list[dict] = []
+        self.last_team_return: float | None = None
         self._learner_generator: torch.Tensor | None = None
         self.fault_log = (self.run_dir.resolve() / FAULTS_NAME) if self.run_dir is not None else None
         self._faults_seen = len(self._fault_records())  # a resumed run reports only new ones
@@ -203,7 +207,8 @@ class RLlibTrainer(Trainer):
             return {}, False
         hist = [r.pop("credit/adv_hist") for r in records if "credit/adv_hist" in r]
         metrics = {k: float(np.mean([r[k] for r in records if k in r])) for k in records[0] if k != "updates"}
-        self.learner.last_advantage = torch.from_numpy(np.concatenate(hist))[:, None] if hist else None
+        self.learner.last_advantage = [torch.from_numpy(np.concatenate([h[agent] for h in hist])) for agent in self.agents] \
+            if hist else None
         return metrics, True
 
     @staticmethod
