@@ -1,0 +1,329 @@
+"""Envs of the kinds users bring, each small enough to be *learned* in a test, with a known optimum:
+
+- ``LateReward``: rewards only in the second half of an episode longer than the rollout;
+- ``MaskedChoice``: per-step action masks (in a Dict observation or in the infos), and the env
+  raises on an illegal action;
+- ``Departures``: agents that leave at different times (by termination or truncation), and one that
+  arrives late;
+- ``AnySpaces``: observations of every flattenable Gymnasium space;
+- ``Unpicklable``: holds a lock, so its live state cannot be snapshot.
+
+Every env follows the PettingZoo parallel API (``tests/test_env_features.py`` runs
+``parallel_api_test`` on each).
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from gymnasium import spaces
+from pettingzoo import ParallelEnv
+
+
+class _TargetEnv(ParallelEnv):
+    """Shared machinery: each present agent sees a random target (one-hot) and scores 1 for choosing it."""
+
+    metadata = {"name": "target_env_v0", "render_modes": []}
+
+    def __init__(self, n_agents: int, n_actions: int, render_mode=None):
+        self.possible_agents = [f"agent_{i}" for i in range(n_agents)]
+        self.n_actions = n_actions
+        self.render_mode = render_mode
+        self._rng = np.random.default_rng()
+        self._act_spaces = {a: spaces.Discrete(n_actions) for a in self.possible_agents}
+
+    def action_space(self, agent):
+        return self._act_spaces[agent]
+
+    def _draw_targets(self):
+        self._targets = {a: int(self._rng.integers(self.n_actions)) for a in self.possible_agents}
+
+    def _hits(self, actions) -> dict:
+        return {a: float(int(actions[a]) == self._targets[a]) for a in self.agents}
+
+    def _seed(self, seed):
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+
+
+class LateReward(_TargetEnv):
+    """``length`` steps; an agent's choice scores only from step ``reward_from`` on, where each agent
+    gets the team's mean hit rate. The observation is the target and the episode's progress.
+
+    Optimum: ``n_agents * (length - reward_from)``; uniform random play: that over ``n_actions``;
+    a trainer that cuts episodes at its rollout length (< ``reward_from``) sees no reward at all.
+    """
+
+    def __init__(self, n_agents: int = 2, n_actions: int = 3, length: int = 80, reward_from: int = 40,
+                 render_mode=None):
+        super().__init__(n_agents, n_actions, render_mode)
+        self.length, self.reward_from = length, reward_from
+        self._obs_space = spaces.Box(0.0, 1.0, (n_actions + 1,), np.float32)
+
+    def observation_space(self, agent):
+        return self._obs_space
+
+    def _observe(self):
+        progress = self._t / self.length
+        return {a: np.append(np.eye(self.n_actions, dtype=np.float32)[self._targets[a]], np.float32(progress))
+                for a in self.agents}
+
+    def reset(self, seed=None, options=None):
+        self._seed(seed)
+        self.agents = list(self.possible_agents)
+        self._t = 0
+        self._draw_targets()
+        return self._observe(), {a: {} for a in self.agents}
+
+    def step(self, actions):
+        hits = self._hits(actions)
+        team = float(np.mean(list(hits.values()))) if self._t >= self.reward_from else 0.0
+        self._t += 1
+        self._draw_targets()
+        done = self._t >= self.length
+        out = (self._observe(), {a: team for a in self.agents}, {a: False for a in self.agents},
+               {a: done for a in self.agents}, {a: {} for a in self.agents})
+        if done:
+            self.agents = []
+        return out
+
+
+class MaskedChoice(_TargetEnv):
+    """Every step a random non-empty subset of the actions is legal; the observation marks the
+    target, always a legal one. Choosing it scores 1; choosing an illegal action raises.
+
+    ``mask_in="obs"``: the observation is ``{"observation": ..., "action_mask": ...}``;
+    ``mask_in="info"``: a plain Box observation and ``infos[agent]["action_mask"]``.
+    Optimum ``n_agents * length``; uniform random over the legal actions scores about
+    ``E[1 / |legal|]`` of it.
+    """
+
+    def __init__(self, n_agents: int = 2, n_actions: int = 5, length: int = 10, mask_in: str = "obs",
+                 render_mode=None):
+        super().__init__(n_agents, n_actions, render_mode)
+        if mask_in not in ("obs", "info"):
+            raise ValueError(f"mask_in must be 'obs' or 'info', got {mask_in!r}")
+        self.length, self.mask_in = length, mask_in
+        box = spaces.Box(0.0, 1.0, (n_actions,), np.float32)
+        self._obs_space = box if mask_in == "info" else spaces.Dict(
+            {"observation": box, "action_mask": spaces.MultiBinary(n_actions)})
+
+    def observation_space(self, agent):
+        return self._obs_space
+
+    def _draw(self):
+        self._masks = {}
+        for a in self.possible_agents:
+            mask = self._rng.random(self.n_actions) < 0.5
+            mask[self._rng.integers(self.n_actions)] = True
+            self._masks[a] = mask.astype(np.int8)
+        self._targets = {a: int(self._rng.choice(np.flatnonzero(self._masks[a]))) for a in self.possible_agents}
+
+    def _observe(self):
+        obs, infos = {}, {}
+        for a in self.agents:
+            target = np.eye(self.n_actions, dtype=np.float32)[self._targets[a]]
+            if self.mask_in == "obs":
+                obs[a], infos[a] = {"observation": target, "action_mask": self._masks[a].copy()}, {}
+            else:
+                obs[a], infos[a] = target, {"action_mask": self._masks[a].copy()}
+        return obs, infos
+
+    def reset(self, seed=None, options=None):
+        self._seed(seed)
+        self.agents = list(self.possible_agents)
+        self._t = 0
+        self._draw()
+        return self._observe()
+
+    def step(self, actions):
+        for a in self.agents:
+            if not self._masks[a][int(actions[a])]:
+                raise ValueError(f"illegal action {int(actions[a])} for {a} (mask {self._masks[a].tolist()})")
+        hits = self._hits(actions)
+        self._t += 1
+        self._draw()
+        done = self._t >= self.length
+        obs, infos = self._observe()
+        out = (obs, hits, {a: False for a in self.agents}, {a: done for a in self.agents}, infos)
+        if done:
+            self.agents = []
+        return out
+
+
+class Departures(_TargetEnv):
+    """Agent i is present from step ``arrive[i]`` and leaves after ``stay[i]`` steps: the ones in
+    ``truncate`` by truncation, the others by termination. Each present agent scores its own hit
+    (its raw reward); the episode ends when no agent is left.
+
+    Optimum ``sum(stay)``; uniform random ``sum(stay) / n_actions``.
+    """
+
+    def __init__(self, stay=(3, 6, 9), arrive=(0, 0, 2), truncate=(1,), n_actions: int = 3, render_mode=None):
+        super().__init__(len(stay), n_actions, render_mode)
+        if len(arrive) != len(stay):
+            raise ValueError("arrive and stay need one entry per agent")
+        self.stay, self.arrive, self.truncate = list(stay), list(arrive), set(truncate)
+        self._obs_space = spaces.Box(0.0, 1.0, (n_actions,), np.float32)
+
+    def observation_space(self, agent):
+        return self._obs_space
+
+    def _present(self) -> list:
+        return [a for i, a in enumerate(self.possible_agents)
+                if self.arrive[i] <= self._t < self.arrive[i] + self.stay[i]]
+
+    def _observe(self):
+        return {a: np.eye(self.n_actions, dtype=np.float32)[self._targets[a]] for a in self.agents}
+
+    def reset(self, seed=None, options=None):
+        self._seed(seed)
+        self._t = 0
+        self.agents = self._present()
+        self._draw_targets()
+        return self._observe(), {a: {} for a in self.agents}
+
+    def step(self, actions):
+        hits = self._hits(actions)
+        acting = list(self.agents)
+        self._t += 1
+        self._draw_targets()
+        leaving = {a for i, a in enumerate(self.possible_agents) if self._t == self.arrive[i] + self.stay[i]}
+        terms = {a: a in leaving and self.possible_agents.index(a) not in self.truncate for a in acting}
+        truncs = {a: a in leaving and self.possible_agents.index(a) in self.truncate for a in acting}
+        self.agents = self._present()
+        for a in self.agents:   # an agent that has just arrived starts with no reward
+            hits.setdefault(a, 0.0)
+            terms.setdefault(a, False)
+            truncs.setdefault(a, False)
+        seen = list(hits)
+        obs = {a: np.eye(self.n_actions, dtype=np.float32)[self._targets[a]] for a in seen}
+        return obs, hits, terms, truncs, {a: {} for a in seen}
+
+
+class AnySpaces(ParallelEnv):
+    """One agent per kind of observation space; rewards 1 when agent i's action equals the parity of
+    the first entry of its observation (just enough to be an env)."""
+
+    metadata = {"name": "any_spaces_v0", "render_modes": []}
+    SPACES = {
+        "box": spaces.Box(-1.0, 1.0, (2, 3), np.float32),
+        "dict": spaces.Dict({"pos": spaces.Box(0.0, 1.0, (2,), np.float32), "mode": spaces.Discrete(3)}),
+        "discrete": spaces.Discrete(4),
+        "multibinary": spaces.MultiBinary(3),
+        "multidiscrete": spaces.MultiDiscrete([2, 3]),
+        "tuple": spaces.Tuple((spaces.Discrete(2), spaces.Box(0.0, 1.0, (1,), np.float32))),
+    }
+
+    def __init__(self, render_mode=None, bad: str = ""):
+        self.possible_agents = sorted(self.SPACES)
+        self.render_mode = render_mode
+        self.bad = bad
+        self._spaces = {a: s for a, s in self.SPACES.items()}
+        for s in self._spaces.values():
+            s.seed(0)
+        self._act_spaces = {a: spaces.Discrete(2) for a in self.possible_agents}
+
+    def observation_space(self, agent):
+        return self._spaces[agent]
+
+    def action_space(self, agent):
+        return self._act_spaces[agent]
+
+    def _observe(self):
+        obs = {a: self._spaces[a].sample() for a in self.agents}
+        if self.bad == "nan_obs" and self._t == 2:
+            obs["dict"]["pos"] = np.array([np.nan, 0.0], np.float32)
+        return obs
+
+    def reset(self, seed=None, options=None):
+        if seed is not None:
+            for i, s in enumerate(self._spaces.values()):
+                s.seed(seed + i)
+        self.agents = list(self.possible_agents)
+        self._t = 0
+        return self._observe(), {a: {} for a in self.agents}
+
+    def step(self, actions):
+        self._t += 1
+        if self.bad == "raise" and self._t == 3:
+            raise RuntimeError("the simulator lost its connection")
+        rewards = {a: 1.0 for a in self.agents}
+        if self.bad == "inf_reward" and self._t == 2:
+            rewards["tuple"] = float("inf")
+        done = self._t >= 5
+        out = (self._observe(), rewards, {a: False for a in self.agents}, {a: done for a in self.agents},
+               {a: {} for a in self.agents})
+        if done:
+            self.agents = []
+        return out
+
+
+class Unpicklable(LateReward):
+    """``LateReward`` holding a lock: its live state cannot be snapshot."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._lock = threading.Lock()
+
+
+def late_reward(**kwargs):
+    return LateReward(**kwargs)
+
+
+def masked_choice(**kwargs):
+    return MaskedChoice(**kwargs)
+
+
+def departures(**kwargs):
+    return Departures(**kwargs)
+
+
+def any_spaces(**kwargs):
+    return AnySpaces(**kwargs)
+
+
+def unpicklable(**kwargs):
+    return Unpicklable(**kwargs)
+
+
+class NoLegalAction(MaskedChoice):
+    """Broken on purpose: at step 3 agent_1's mask marks nothing legal."""
+
+    def _draw(self):
+        super()._draw()
+        if getattr(self, "_t", 0) == 2:
+            self._masks["agent_1"][:] = 0
+
+
+def no_legal_action(**kwargs):
+    return NoLegalAction(**kwargs)
+
+
+class SequenceObservation(AnySpaces):
+    """Broken on purpose: a variable-length observation that gymnasium cannot flatten."""
+
+    def observation_space(self, agent):
+        return spaces.Sequence(spaces.Discrete(2))
+
+
+def sequence_observation(**kwargs):
+    return SequenceObservation(**kwargs)
+
+
+class FailsLater(LateReward):
+    """Broken on purpose: raises in the step after ``fail_after`` steps of its life (episodes included)."""
+
+    def __init__(self, fail_after: int, **kwargs):
+        super().__init__(**kwargs)
+        self.fail_after, self._life = fail_after, 0
+
+    def step(self, actions):
+        self._life += 1
+        if self._life > self.fail_after:
+            raise RuntimeError("the simulator lost its connection")
+        return super().step(actions)
+
+
+def fails_later(**kwargs):
+    return FailsLater(**kwargs)
