@@ -149,23 +149,26 @@ def test_module_rows_equal_the_networks_agent_slots(env, share_actor, advantage,
 
 # -- parity with the local backend ----------------------------------------------------------------
 
-def episodes_from_rollout(batch: dict, agents: list, obs_space, act_space):
-    """RLlib ``MultiAgentEpisode`` chunks holding exactly a local ``[T, B, N]`` rollout: each env
-    column is split where an episode ends, and cut at the rollout end. Returns the chunks and, per
-    chunk, its ``(column, first step)``."""
+def episodes_from_rollout(batch: dict, agents: list, obs_space, act_space, dynamic_mask: bool = False):
+    """RLlib ``MultiAgentEpisode`` chunks holding exactly a local ``[T, B, N]`` rollout, as
+    ``marl.rllib.env`` would have produced them: each env column is split where an episode ends,
+    and cut at the rollout end. Returns the chunks and, per chunk, its ``(column, first step)``."""
     from ray.rllib.core.columns import Columns
     from ray.rllib.env.multi_agent_episode import MultiAgentEpisode
 
     from marl.rllib.algorithm import shared_policy
-    from marl.rllib.env import STATE, TERMINATED, TRUNCATED
+    from marl.rllib.env import ALIVE, STATE, TERMINATED, TRUNCATED
 
     T, B, N = batch["actions"].shape
     ids = np.eye(N, dtype=np.float32)
+    alive = batch["alive"]
 
-    def obs(o):
-        return {a: np.concatenate([o[i].numpy(), ids[i]]) for i, a in enumerate(agents)}
+    def obs(o, avail):
+        rows = [np.concatenate([o[i].numpy(), ids[i]] + ([avail[i].numpy().astype(np.float32)] if dynamic_mask else []))
+                for i in range(N)]
+        return dict(zip(agents, rows))
 
-    done = (batch["terminated"] | batch["truncated"]).any(-1)
+    done = ((batch["terminated"] | batch["truncated"]) | ~alive).all(-1)
     chunks, origin = [], []
     for col in range(B):
         start = 0
@@ -175,19 +178,22 @@ def episodes_from_rollout(batch: dict, agents: list, obs_space, act_space):
             ep = MultiAgentEpisode(observation_space={a: obs_space for a in agents},
                                    action_space={a: act_space for a in agents},
                                    agent_to_module_mapping_fn=shared_policy)
-            ep.add_env_reset(observations=obs(batch["obs"][start, col]),
-                             infos={a: ({STATE: batch["state"][start, col].numpy()} if a == agents[0] else {})
-                                    for a in agents})
+            first = {STATE: batch["state"][start, col].numpy(), ALIVE: alive[start, col].numpy()}
+            ep.add_env_reset(observations=obs(batch["obs"][start, col], batch["avail"][start, col]),
+                             infos={a: (first if a == agents[0] else {}) for a in agents})
             for t in range(start, end + 1):
                 term, trunc = batch["terminated"][t, col].numpy(), batch["truncated"][t, col].numpy()
                 ended = bool(done[t, col])
+                gone = term | ~alive[t, col].numpy()
                 infos = {a: {} for a in agents}
-                infos[agents[0]] = {STATE: batch["next_state"][t, col].numpy(), TERMINATED: term, TRUNCATED: trunc}
-                terminateds = {a: bool(term[i]) for i, a in enumerate(agents)}
-                truncateds = {a: bool(trunc[i] or (ended and not term[i])) for i, a in enumerate(agents)}
-                terminateds["__all__"], truncateds["__all__"] = ended and term.all(), ended and not term.all()
+                next_alive = alive[t + 1, col].numpy() if t + 1 < T and not ended else np.zeros(N, bool)
+                infos[agents[0]] = {STATE: batch["next_state"][t, col].numpy(), ALIVE: next_alive,
+                                    TERMINATED: term, TRUNCATED: trunc}
+                terminateds = {a: ended and bool(gone[i]) for i, a in enumerate(agents)}
+                truncateds = {a: ended and not gone[i] for i, a in enumerate(agents)}
+                terminateds["__all__"], truncateds["__all__"] = ended and gone.all(), ended and not gone.all()
                 ep.add_env_step(
-                    observations=obs(batch["next_obs"][t, col]),
+                    observations=obs(batch["next_obs"][t, col], batch["next_avail"][t, col]),
                     actions={a: int(batch["actions"][t, col, i]) for i, a in enumerate(agents)},
                     rewards={a: float(batch["reward"][t, col, i]) for i, a in enumerate(agents)},
                     infos=infos, terminateds=terminateds, truncateds=truncateds,
@@ -254,6 +260,76 @@ def test_rllib_pipeline_matches_local_advantages_and_targets(advantage, rollout,
     assert torch.allclose(rows[Postprocessing.ADVANTAGES], adv[step, col, i], atol=1e-5)
     assert torch.allclose(rows[Postprocessing.VALUE_TARGETS], target[step, col, i], atol=1e-5)
     local.close()
+
+
+DEPARTURES = {"id": "tests.user_envs:departures", "kwargs": {}, "reward": "individual"}
+MASKED = {"id": "tests.user_envs:masked_choice", "kwargs": {"mask_in": "obs", "length": 5}}
+
+
+@pytest.mark.parametrize("env, advantage", [(DEPARTURES, "gae"), (DEPARTURES, "coma"), (MASKED, "gae"),
+                                            (MASKED, "coma")])
+def test_rllib_pipeline_matches_local_with_agents_that_leave_and_per_step_masks(env, advantage):
+    """Agents that leave (padded, and out of every statistic) and per-step masks (carried in the
+    RLlib observation) give the same advantages, targets and credit statistics on both backends."""
+    from ray.rllib.evaluation.postprocessing import Postprocessing
+
+    from marl.rllib.module import INDEX, WEIGHT
+
+    # rollouts of exactly one episode (11 steps for departures, 5 for masked choice), as COMA's parity needs
+    rollout = 11 if env is DEPARTURES else 5
+    cfg = config_from_dict(rllib_config(env=env, algo={"advantage": advantage, "rollout_steps": rollout,
+                                                       "minibatches": 1}))
+    local = Trainer(cfg)
+    local.collect()
+    batch = local.rollout.tensors()
+    valid = local.learner.valid_mask(batch)
+    learner, rllib_env = build_learner(cfg)
+    learner.credit.load_state_dict(local.learner.state_dict())
+    prep = local.learner.prepare(batch, torch.Generator().manual_seed(7))
+    adv, target, stats = local.learner.finalise(prep, valid)
+
+    first = local.agents[0]
+    chunks, origin = episodes_from_rollout(batch, local.agents, rllib_env.observation_spaces[first],
+                                           rllib_env.action_spaces[first], rllib_env.dynamic_mask)
+    learner.marl_generator.manual_seed(7)
+    rows = learner._learner_connector(rl_module=learner.module, batch={}, episodes=chunks, shared_data={})["shared"]
+    chunk, t, i = rows[INDEX].long().unbind(-1)
+    col = torch.tensor([origin[c][0] for c in chunk.tolist()])
+    step = torch.tensor([origin[c][1] for c in chunk.tolist()]) + t
+    real = valid[step, col, i] if valid is not None else torch.ones(len(chunk), dtype=torch.bool)
+    assert torch.allclose(rows[Postprocessing.ADVANTAGES][real], adv[step, col, i][real], atol=1e-5)
+    assert torch.allclose(rows[Postprocessing.VALUE_TARGETS][real], target[step, col, i][real], atol=1e-5)
+    if env is DEPARTURES:
+        assert torch.equal(rows[WEIGHT].bool(), real) and not real.all()
+    rllib_stats = learner.credit_piece.last_stats["shared"]
+    last = local.agents[-1]
+    for key in ("credit/adv_mean/agent_0", f"credit/share/{last}", "explained_variance", f"value_error/{last}"):
+        assert np.isclose(rllib_stats[key], stats[key], rtol=1e-4, atol=1e-5), key
+    # the module masks the logits with the legal actions carried in the observation
+    with torch.no_grad():
+        logits = learner.module["shared"].actor_logits(rows["obs"])
+    if env is MASKED:
+        legal = rows["obs"][:, -5:] > 0.5
+        assert torch.all(logits[~legal] < -1e8) and torch.all(logits[legal] > -1e8)
+    local.close()
+
+
+@pytest.mark.parametrize("env", [DEPARTURES, MASKED, {"id": "lbf:Foraging-8x8-2p-2f-coop-v3", "kwargs": {}}])
+def test_envs_users_bring_train_on_rllib(tmp_path, ray_instance, env):
+    """Agents that leave, masks with an env that raises on an illegal action, and a Gymnasium
+    multi-agent env, through RLlib's EnvRunners."""
+    cfg = config_from_dict(rllib_config(env=env, rllib={"num_env_runners": 1}, train={"total_env_steps": 80},
+                                        log={"histogram_every": 0, "credit_image_every": 0}))
+    trainer = new_run(cfg, tmp_path / "run")
+    try:
+        trainer.train()
+        result = final_evaluation(trainer)
+    finally:
+        trainer.close()
+    records = read_metrics(tmp_path / "run")
+    assert [r["env_steps"] for r in records] == [40, 80]
+    assert all(np.isfinite(r["losses/value"]) and np.isfinite(r["losses/policy"]) for r in records)
+    assert np.isfinite(result["team_return_mean"])
 
 
 @pytest.mark.parametrize("advantage, loss, rollout", [("gae", "ppo", 25), ("coma", "a2c", 10)])
