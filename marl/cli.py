@@ -55,19 +55,23 @@ def _cmd_eval(args) -> int:
 
     actor, cfg = load_actor(args.run_dir)
     result = evaluate(actor, cfg.env.id, cfg.env.kwargs, args.episodes, seed=args.seed)
+    if args.sample:   # the stochastic policy on the same episodes' seeds, beside the greedy one
+        sampled = evaluate(actor, cfg.env.id, cfg.env.kwargs, args.episodes, seed=args.seed, greedy=False)
+        result["sampled"] = sampled
     (Path(args.run_dir) / EVAL_NAME).write_text(json.dumps(result, indent=2) + "\n")
     if args.gif:
         render_gif(actor, cfg.env.id, cfg.env.kwargs, args.gif, seed=args.seed)
     if args.json:
         print(json.dumps(result))
-    else:
-        print(f"team return {result['team_return_mean']:.2f} ± {result['team_return_std']:.2f} "
-              f"over {result['episodes']} greedy episodes")
-        for key, value in result.items():
+        return 0
+    for label, res in [("greedy", result)] + ([("sampled", result["sampled"])] if args.sample else []):
+        print(f"team return {res['team_return_mean']:.2f} ± {res['team_return_std']:.2f} over {res['episodes']} "
+              f"{label} episodes")
+        for key, value in res.items():
             if key.startswith("return/"):
                 print(f"  {key[len('return/'):]}: {value:.2f}")
-        if args.gif:
-            print(f"gif: {args.gif}")
+    if args.gif:
+        print(f"gif: {args.gif}")
     return 0
 
 
@@ -99,11 +103,14 @@ def _cmd_credit(args) -> int:
 def _cmd_list(args) -> int:
     from algorithms import ADVANTAGES
     from envs import ENVS, REWARD_MODES
+    from envs.registry import PREFIXES
     from envs.rewards import POTENTIALS
 
     print("environments (env.id):")
     for name, target in ENVS.items():
         print(f"  {name:34s} {target}")
+    for prefix, target in PREFIXES.items():
+        print(f"  {prefix + ':<id>':34s} {target} (any id the package registers)")
     print("  any 'package.module:factory' returning a PettingZoo ParallelEnv or AECEnv")
     print("advantage modules (algo.advantage):")
     for name, spec in ADVANTAGES.items():
@@ -127,12 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="where to write the run (default runs/<config>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     p.set_defaults(func=_cmd_train)
-    p = sub.add_parser("eval", help="greedy evaluation of a run's checkpoint")
+    p = sub.add_parser("eval", help="greedy (and with --sample, stochastic) evaluation of a run's checkpoint")
     p.add_argument("run_dir")
     p.add_argument("--episodes", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--gif", metavar="PATH", help="render one greedy episode to a GIF")
+    p.add_argument("--sample", action="store_true",
+                   help="also evaluate the stochastic policy (actions sampled), beside the greedy one")
     p.set_defaults(func=_cmd_eval)
     p = sub.add_parser("credit", help="score a run's credit against a diagnostic env's true credit")
     p.add_argument("run_dir")

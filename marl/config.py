@@ -110,6 +110,12 @@ class TrainConfig:
     """Save a checkpoint every this many iterations (and at the end)."""
     eval_episodes: int = 32
     """Greedy episodes of the final evaluation (0 skips it)."""
+    eval_every: int = 0
+    """Every this many iterations, a greedy evaluation during training, logged as
+    ``eval/team_return`` (0: never). It uses the same episode seeds each time, so points on the
+    curve differ by the policy only."""
+    eval_every_episodes: int = 16
+    """Greedy episodes of each periodic evaluation (``train.eval_every``)."""
     progress: bool = True
     """Show a progress bar."""
     async_collection: bool = False
@@ -300,6 +306,8 @@ def validate(cfg: Config) -> Config:
         _check(value >= 0, f"log.{key}", value, "an int >= 0")
     _check(cfg.log.fidelity_episodes >= 1, "log.fidelity_episodes", cfg.log.fidelity_episodes, "an int >= 1")
     _check(t.eval_episodes >= 0, "train.eval_episodes", t.eval_episodes, "an int >= 0")
+    _check(t.eval_every >= 0, "train.eval_every", t.eval_every, "an int >= 0")
+    _check(t.eval_every_episodes >= 1, "train.eval_every_episodes", t.eval_every_episodes, "an int >= 1")
     if t.async_collection:
         _check(cfg.backend == "local", "train.async_collection", t.async_collection,
                "false with backend 'rllib' (RLlib schedules its own EnvRunners)")

@@ -14,6 +14,7 @@ METRICS_NAME = "metrics.jsonl"
 PER_AGENT_CHARTS = [
     ("episode return (raw env reward)", "return"),
     ("episode return (after reward mode and shaping)", "reward_return"),
+    ("greedy evaluation return (train.eval_every)", "eval/return"),
     ("advantage mean", "credit/adv_mean"),
     ("advantage std", "credit/adv_std"),
     ("mean |advantage|", "credit/abs_adv"),

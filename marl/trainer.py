@@ -268,6 +268,19 @@ class Trainer:
             out = {f"credit_fidelity/{k}": v for k, v in score.items() if k not in ("episodes", "behaviour")}
         return out
 
+    def _periodic_evaluation(self) -> dict:
+        """``eval/team_return`` (and its std and per-agent returns) every ``train.eval_every``
+        iterations and at the last, from greedy episodes on the same seeds each time."""
+        t = self.cfg.train
+        if not t.eval_every or (self.iteration % t.eval_every and self.iteration != self.total_iterations):
+            return {}
+        from marl.evaluate import evaluate
+
+        result = evaluate(self.actor, self.cfg.env.id, self.cfg.env.kwargs, t.eval_every_episodes, seed=self.cfg.seed)
+        out = {"eval/team_return": result["team_return_mean"], "eval/team_return_std": result["team_return_std"]}
+        out.update({f"eval/{k}": v for k, v in result.items() if k.startswith("return/")})
+        return out
+
     @property
     def has_true_credit(self) -> bool:
         if self._has_true_credit is None:
@@ -324,6 +337,7 @@ class Trainer:
                     metrics.update({"iteration": self.iteration, "env_steps": self.env_steps,
                                     "perf/env_steps_per_s": steps / wall, "perf/collect_s": wall - update_s,
                                     "perf/update_s": update_s})
+                    metrics.update(self._periodic_evaluation())
                     if self.logger is not None:
                         metrics.update(self._credit_views())
                         self.logger.log(metrics, self.env_steps)

@@ -335,3 +335,22 @@ def test_every_shipped_config_trains_end_to_end(tmp_path, path):
     assert len(records) == 2
     assert all(math.isfinite(r["losses/value"]) and math.isfinite(r.get("team_return", 0.0)) for r in records)
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["episodes"] == 1
+
+
+def test_periodic_greedy_evaluation_is_logged(tmp_path):
+    records = _train(tiny_config(train={"total_env_steps": 500, "eval_every": 2, "eval_every_episodes": 3}),
+                     tmp_path / "run")
+    evaluated = [r["iteration"] for r in records if "eval/team_return" in r]
+    assert evaluated == [2, 4, 5]   # every 2nd iteration and the last
+    assert all(math.isfinite(r["eval/team_return"]) and "eval/return/agent_0" in r for r in records
+               if r["iteration"] in evaluated)
+
+
+def test_eval_sample_reports_the_stochastic_policy_beside_the_greedy_one(tmp_path):
+    _train(tiny_config(), tmp_path / "run")
+    proc = _cli("eval", str(tmp_path / "run"), "--episodes", "4", "--sample", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["greedy"] and not result["sampled"]["greedy"] and result["sampled"]["episodes"] == 4
+    proc = _cli("eval", str(tmp_path / "run"), "--episodes", "4", "--sample")
+    assert "over 4 greedy episodes" in proc.stdout and "over 4 sampled episodes" in proc.stdout
