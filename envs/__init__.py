@@ -1,4 +1,8 @@
 """Environment registry, the PettingZoo adapter, reward modes and vectorised envs."""
+from dataclasses import dataclass
+
+import numpy as np
+
 from envs.errors import EnvError
 from envs.registry import ENVS, make_parallel_env, resolve_factory
 from envs.rewards import REWARD_MODES, TEAM_REDUCTIONS, apply_reward_mode, team_reward
@@ -11,6 +15,34 @@ def make_env(env_id: str, kwargs: dict | None = None, render_mode: str | None = 
     return TeamEnv(env_id, kwargs, render_mode)
 
 
-__all__ = ["ENVS", "EnvError", "REWARD_MODES", "RewardSpec", "StepBatch", "TEAM_REDUCTIONS", "TeamEnv",
-           "apply_reward_mode", "make_env", "make_parallel_env", "make_vector_env", "resolve_factory",
+@dataclass(frozen=True)
+class EnvSpec:
+    """What the networks need to know of an env: its sorted agents and padded sizes."""
+
+    agents: list
+    obs_dim: int
+    state_dim: int
+    n_actions: int
+    action_mask: np.ndarray   # bool [N, A]
+    dynamic_mask: bool
+
+
+def env_spec(env_id: str, kwargs: dict | None = None, batched: bool = False) -> EnvSpec:
+    """Probe one env (``batched``: a batched env of one) for its ``EnvSpec``."""
+    if batched:
+        from envs.batched import make_batched_env
+        env = make_batched_env(env_id, dict(kwargs or {}), 1)
+        spec = EnvSpec(list(env.agents), env.obs_dim, env.state_dim, env.n_actions,
+                       env.action_mask.cpu().numpy().astype(bool), False)
+    else:
+        env = TeamEnv(env_id, kwargs)
+        spec = EnvSpec(list(env.agents), env.obs_dim, env.state_dim, env.n_actions, env.action_mask, env.dynamic_mask)
+    close = getattr(env, "close", None)
+    if close is not None:
+        close()
+    return spec
+
+
+__all__ = ["ENVS", "EnvError", "EnvSpec", "REWARD_MODES", "RewardSpec", "StepBatch", "TEAM_REDUCTIONS", "TeamEnv",
+           "apply_reward_mode", "env_spec", "make_env", "make_parallel_env", "make_vector_env", "resolve_factory",
            "team_reward"]

@@ -44,6 +44,21 @@ def apply_reward_mode(raw: np.ndarray, mode: str, team: str = "mean", alpha: flo
     raise ValueError(f"env.reward must be one of {REWARD_MODES}, got {mode!r}")
 
 
+def apply_reward_mode_tensor(raw, mode: str, team: str = "mean", alpha: float = 0.5):
+    """``apply_reward_mode`` for torch tensors ``[..., N]`` (the batched-env path), every agent
+    present: the same three modes, computed on the tensors' device."""
+    if mode == "individual":
+        return raw.float()
+    if team not in TEAM_REDUCTIONS:
+        raise ValueError(f"env.team_reward must be one of {TEAM_REDUCTIONS}, got {team!r}")
+    shared = (raw.sum(-1, keepdim=True) if team == "sum" else raw.mean(-1, keepdim=True)).expand_as(raw)
+    if mode == "shared":
+        return shared.float()
+    if mode == "mixed":
+        return (alpha * raw + (1.0 - alpha) * shared).float()
+    raise ValueError(f"env.reward must be one of {REWARD_MODES}, got {mode!r}")
+
+
 # -- potential-based shaping (Ng, Harada & Russell, 1999) ------------------------------------------
 
 def shape_reward(reward: np.ndarray, phi: np.ndarray, phi_next: np.ndarray, terminated: np.ndarray,

@@ -50,14 +50,15 @@ def _fmt(x) -> str:
 
 
 def _cmd_eval(args) -> int:
-    from marl.evaluate import evaluate, render_gif
+    from marl.evaluate import evaluate_batched, evaluator, render_gif
     from marl.run import EVAL_NAME, load_actor
 
     actor, cfg = load_actor(args.run_dir)
-    result = evaluate(actor, cfg.env.id, cfg.env.kwargs, args.episodes, seed=args.seed)
+    # The real env by default, whatever the run trained on; --batched: the batched twin (fast).
+    run = evaluator(cfg, args.batched)
+    result = run(actor, cfg.env.id, cfg.env.kwargs, args.episodes, seed=args.seed)
     if args.sample:   # the stochastic policy on the same episodes' seeds, beside the greedy one
-        sampled = evaluate(actor, cfg.env.id, cfg.env.kwargs, args.episodes, seed=args.seed, greedy=False)
-        result["sampled"] = sampled
+        result["sampled"] = run(actor, cfg.env.id, cfg.env.kwargs, args.episodes, seed=args.seed, greedy=False)
     (Path(args.run_dir) / EVAL_NAME).write_text(json.dumps(result, indent=2) + "\n")
     if args.gif:
         render_gif(actor, cfg.env.id, cfg.env.kwargs, args.gif, seed=args.seed)
@@ -65,8 +66,9 @@ def _cmd_eval(args) -> int:
         print(json.dumps(result))
         return 0
     for label, res in [("greedy", result)] + ([("sampled", result["sampled"])] if args.sample else []):
+        where = " (batched env)" if run is evaluate_batched else ""
         print(f"team return {res['team_return_mean']:.2f} ± {res['team_return_std']:.2f} over {res['episodes']} "
-              f"{label} episodes")
+              f"{label} episodes{where}")
         for key, value in res.items():
             if key.startswith("return/"):
                 print(f"  {key[len('return/'):]}: {value:.2f}")
@@ -140,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--gif", metavar="PATH", help="render one greedy episode to a GIF")
+    p.add_argument("--batched", action="store_true",
+                   help="evaluate on the env's batched twin (fast) instead of the PettingZoo env")
     p.add_argument("--sample", action="store_true",
                    help="also evaluate the stochastic policy (actions sampled), beside the greedy one")
     p.set_defaults(func=_cmd_eval)

@@ -39,6 +39,10 @@ class EnvConfig:
     """Parallel envs B; each iteration collects ``algo.rollout_steps`` steps from each."""
     workers: int = 0
     """0 steps envs in the trainer process; K > 0 steps them in K worker processes."""
+    batched: bool = False
+    """Step the envs as one batched simulator on tensors (``docs/batched_envs.md``): the validated
+    twin of a registered mpe2 task, ``vmas:<scenario>``, or a ``package.module:factory`` returning
+    a batched env. ``env.num_envs`` is then the batch size B."""
 
 
 @dataclass
@@ -118,6 +122,9 @@ class TrainConfig:
     """Greedy episodes of each periodic evaluation (``train.eval_every``)."""
     progress: bool = True
     """Show a progress bar."""
+    device: str = "cpu"
+    """Where networks, rollouts and (with ``env.batched``) the envs live: ``cpu``, or ``cuda`` /
+    ``cuda:K`` for a GPU. Never needed: CPU is the default."""
     async_collection: bool = False
     """Local backend with ``env.workers >= 1``: collect the next rollout in a background thread while
     the learner updates on the last one. Each rollout is then collected by the policy from before
@@ -308,6 +315,22 @@ def validate(cfg: Config) -> Config:
     _check(t.eval_episodes >= 0, "train.eval_episodes", t.eval_episodes, "an int >= 0")
     _check(t.eval_every >= 0, "train.eval_every", t.eval_every, "an int >= 0")
     _check(t.eval_every_episodes >= 1, "train.eval_every_episodes", t.eval_every_episodes, "an int >= 1")
+    _check(t.device == "cpu" or t.device == "cuda" or t.device.startswith("cuda:"), "train.device", t.device,
+           "'cpu', 'cuda' or 'cuda:K'")
+    if t.device != "cpu":
+        import torch
+        _check(torch.cuda.is_available(), "train.device", t.device,
+               "'cpu' on this machine (torch.cuda.is_available() is False: no GPU or a CPU build of torch)")
+        _check(cfg.backend == "local", "train.device", t.device, "'cpu' with backend 'rllib' (RLlib places its own "
+               "Learners)")
+        _check(e.workers == 0, "train.device", t.device, "'cpu' with env.workers > 0 (worker processes act on the CPU)")
+    if e.batched:
+        _check(cfg.backend == "local", "env.batched", e.batched, "false with backend 'rllib'")
+        _check(e.workers == 0, "env.batched", e.batched, "false with env.workers > 0 (a batched env steps all its "
+               "envs at once in the trainer process)")
+        _check(not e.shaping, "env.batched", e.batched, "false with env.shaping (a potential reads the PettingZoo env)")
+        _check(not (t.async_collection or t.act_in_workers), "env.batched", e.batched,
+               "false with train.async_collection or train.act_in_workers")
     if t.async_collection:
         _check(cfg.backend == "local", "train.async_collection", t.async_collection,
                "false with backend 'rllib' (RLlib schedules its own EnvRunners)")

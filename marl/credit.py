@@ -22,7 +22,7 @@ class UniformPolicy(torch.nn.Module):
         self.actor = actor
 
     def forward(self, obs: torch.Tensor, avail: torch.Tensor | None = None) -> torch.Tensor:
-        logits = torch.zeros(*obs.shape[:-1], self.actor.action_mask.shape[-1])
+        logits = torch.zeros(*obs.shape[:-1], self.actor.action_mask.shape[-1], device=obs.device)
         return logits.masked_fill(~(self.actor.action_mask if avail is None else avail), MASKED_LOGIT)
 
 
@@ -60,11 +60,12 @@ def episode_credit(trainer, seed: int, venv: SyncVectorEnv | None = None,
     ``behaviour``; the advantages always come from the trained critic and policy."""
     own = venv is None
     venv = venv or episode_venv(trainer)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=trainer.device).manual_seed(seed)
     batch = play_episode(trainer, venv, seed, generator, behaviour)
     prep = trainer.prepare(batch, generator=generator)
     if own:
         venv.close()
+    prep = {k: v.cpu() for k, v in prep.items()}
     out = {"advantage": prep["adv"][:, 0].numpy(), "actions": batch["actions"][:, 0].numpy(),
            "reward": batch["reward"][:, 0].numpy(), "raw_reward": batch["raw_reward"][:, 0].numpy()}
     if "coma_baseline" in prep:

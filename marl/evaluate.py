@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from envs import EnvError, RewardSpec
+from envs.batched import BatchedVectorEnv, make_batched_env
 from envs.vector import EnvSlice, SyncVectorEnv
 from marl.networks import Actor
 from marl.rollout import policy_steps
@@ -24,7 +25,7 @@ def evaluate(actor: Actor, env_id: str, env_kwargs: dict, episodes: int, seed: i
     """
     torch.set_num_threads(1)
     venv = SyncVectorEnv(EnvSlice(env_id, env_kwargs, min(episodes, max_parallel), RewardSpec()))
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=next(actor.parameters()).device).manual_seed(seed)
     returns = []
     try:
         while len(returns) < episodes:
@@ -50,6 +51,41 @@ def evaluate(actor: Actor, env_id: str, env_kwargs: dict, episodes: int, seed: i
     return out
 
 
+def evaluate_batched(actor: Actor, env_id: str, env_kwargs: dict, episodes: int, seed: int = 0,
+                     greedy: bool = True) -> dict:
+    """``evaluate`` on the batched twin of ``env_id`` (``envs.batched``): all ``episodes`` at once
+    in one batched env on the actor's device. Same return dict (``batched: True`` added)."""
+    torch.set_num_threads(1)
+    device = next(actor.parameters()).device
+    venv = BatchedVectorEnv(make_batched_env(env_id, env_kwargs, episodes, str(device), seed), RewardSpec())
+    generator = torch.Generator(device=device).manual_seed(seed)
+    venv.reset(EVAL_SEED_OFFSET + seed)
+    first = {}
+    try:
+        for _, _, _, step in policy_steps(venv, actor, generator, greedy):
+            for ep in step.episodes:
+                first.setdefault(ep["env"], ep["raw_return"])
+            if len(first) == episodes:
+                break
+    finally:
+        venv.close()
+    returns = np.asarray([first[i] for i in range(episodes)])
+    team = returns.sum(1)
+    out = {"team_return_mean": float(team.mean()), "team_return_std": float(team.std()),
+           "episodes": int(episodes), "greedy": bool(greedy), "batched": True}
+    out.update({f"return/{ag}": float(returns[:, i].mean()) for i, ag in enumerate(venv.agents)})
+    return out
+
+
+def evaluator(cfg, batched: bool = False):
+    """``evaluate`` (the PettingZoo env, the default whatever the run trained on) or, when asked or
+    when the run's batched env has no PettingZoo counterpart, ``evaluate_batched``."""
+    from envs.batched import TWINS
+
+    use_batched = batched or (cfg.env.batched and cfg.env.id not in TWINS)
+    return evaluate_batched if use_batched else evaluate
+
+
 def render_gif(actor: Actor, env_id: str, env_kwargs: dict, path: str | Path, seed: int = 0, fps: int = 10) -> Path:
     """Render one greedy episode to an animated GIF. The env must support ``render_mode='rgb_array'``."""
     from PIL import Image
@@ -68,8 +104,7 @@ def render_gif(actor: Actor, env_id: str, env_kwargs: dict, path: str | Path, se
         frames = [frame()]
         if frames[0] is None:
             raise EnvError(f"env {env_id!r} returned no frame from render(); it does not support rgb_array")
-        generator = torch.Generator().manual_seed(seed)
-        for _, _, _, step in policy_steps(venv, actor, generator, greedy=True, autoreset=False):
+        for _, _, _, step in policy_steps(venv, actor, None, greedy=True, autoreset=False):
             frames.append(frame())
             if step.done[0]:
                 break

@@ -88,7 +88,7 @@ def ppo_diagnostics(ratio: torch.Tensor, log_ratio: torch.Tensor, clip: float,
 
 def sample_actions(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Draw one action per row of ``logits [..., A]`` (Gumbel-max, with an explicit generator)."""
-    u = torch.rand(logits.shape, generator=generator).clamp_(1e-20, 1.0)
+    u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-20, 1.0)
     return (logits - torch.log(-torch.log(u))).argmax(-1)
 
 
@@ -129,7 +129,7 @@ class CreditLearner:
     """
 
     def __init__(self, cfg: Config, agents: list[str], obs_dim: int, state_dim: int, n_actions: int,
-                 action_mask: torch.Tensor, dynamic_mask: bool = False):
+                 action_mask: torch.Tensor, dynamic_mask: bool = False, device: torch.device | str = "cpu"):
         e, a, m = cfg.env, cfg.algo, cfg.model
         self.cfg = cfg
         self.agents = list(agents)
@@ -148,8 +148,11 @@ class CreditLearner:
         else:   # local V(o_i), or V(s, o_i) with the agent-specific state
             in_dim = obs_dim + (state_dim if a.critic == "agent_state" else 0)
             self.critic = LocalCritic(N, in_dim, m.hidden, m.layers, m.activation)
+        self.device = torch.device(device)
+        self.actor.to(self.device)
+        self.critic.to(self.device)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False) if a.target_update_every else None
-        self.value_norm = ValueNorm(N)
+        self.value_norm = ValueNorm(N).to(self.device)
         self.optimizer = torch.optim.Adam([
             {"params": self.actor.parameters(), "lr": a.lr},
             {"params": self.critic.parameters(), "lr": a.critic_lr},
@@ -350,7 +353,7 @@ class CreditLearner:
             # A2C's policy gradient is only valid for the behaviour policy: one actor pass, while the
             # critic keeps fitting its targets for all epochs (like COMA's repeated critic training).
             train_actor = a.loss == "ppo" or epoch == 0
-            perm = torch.randperm(TB, generator=generator)
+            perm = torch.randperm(TB, generator=generator, device=adv.device)
             # index_select (4x faster than v[perm] here), so that minibatches are contiguous views
             shuffled = {k: v.index_select(0, perm) for k, v in flat.items()}
             for start in range(0, TB, mb_size):

@@ -35,41 +35,54 @@ class Rollout:
     truncated: np.ndarray
 
     @classmethod
-    def allocate(cls, T, B, N, obs_dim, state_dim, n_actions):
-        f32 = np.float32
-        return cls(obs=np.zeros((T, B, N, obs_dim), f32), state=np.zeros((T, B, state_dim), f32),
-                   avail=np.ones((T, B, N, n_actions), bool), alive=np.ones((T, B, N), bool),
-                   next_obs=np.zeros((T, B, N, obs_dim), f32), next_state=np.zeros((T, B, state_dim), f32),
-                   next_avail=np.ones((T, B, N, n_actions), bool),
-                   actions=np.zeros((T, B, N), np.int64), logp=np.zeros((T, B, N), f32),
-                   raw_reward=np.zeros((T, B, N), f32), reward=np.zeros((T, B, N), f32),
-                   terminated=np.zeros((T, B, N), bool), truncated=np.zeros((T, B, N), bool))
+    def allocate(cls, T, B, N, obs_dim, state_dim, n_actions, device: torch.device | str | None = None):
+        """Zeroed storage: numpy arrays, or with ``device`` torch tensors there (the batched-env path)."""
+        shapes = {"obs": ((T, B, N, obs_dim), np.float32), "state": ((T, B, state_dim), np.float32),
+                  "avail": ((T, B, N, n_actions), bool), "alive": ((T, B, N), bool),
+                  "next_obs": ((T, B, N, obs_dim), np.float32), "next_state": ((T, B, state_dim), np.float32),
+                  "next_avail": ((T, B, N, n_actions), bool), "actions": ((T, B, N), np.int64),
+                  "logp": ((T, B, N), np.float32), "raw_reward": ((T, B, N), np.float32),
+                  "reward": ((T, B, N), np.float32), "terminated": ((T, B, N), bool),
+                  "truncated": ((T, B, N), bool)}
+        if device is None:
+            return cls(**{k: np.zeros(shape, dtype) for k, (shape, dtype) in shapes.items()})
+        return cls(**{k: torch.zeros(shape, dtype=_TORCH_DTYPES[dtype], device=device)
+                      for k, (shape, dtype) in shapes.items()})
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(v) for k, v in vars(self).items()}
+        """The fields as tensors (sharing the numpy arrays' memory)."""
+        return {k: torch.as_tensor(v) for k, v in vars(self).items()}
+
+
+_TORCH_DTYPES = {np.float32: torch.float32, bool: torch.bool, np.int64: torch.long}
 
 
 def act(actor, current: dict[str, np.ndarray], generator: torch.Generator | None, greedy: bool = False,
         masked: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Actions ``[B, N]`` and their log-probabilities for ``current`` (``obs``, and ``avail`` when
-    ``masked``) from one batched forward over envs and agents: sampled from ``generator``, or the
-    most likely ones when ``greedy``."""
+    """Actions ``[B, N]`` and their log-probabilities (tensors) for ``current`` (``obs``, and
+    ``avail`` when ``masked``; numpy arrays or tensors) from one batched forward over envs and
+    agents: sampled from ``generator``, or the most likely ones when ``greedy``."""
+    device = next(actor.parameters()).device
     with torch.no_grad():
-        logits = actor(torch.from_numpy(current["obs"]), torch.from_numpy(current["avail"]) if masked else None)
+        logits = actor(torch.as_tensor(current["obs"], device=device),
+                       torch.as_tensor(current["avail"], device=device) if masked else None)
         actions = logits.argmax(-1) if greedy else sample_actions(logits, generator)
         logp = torch.log_softmax(logits, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    return actions.numpy(), logp.numpy()
+    return actions, logp
 
 
 def policy_steps(venv, actor, generator: torch.Generator | None, greedy: bool = False,
                  autoreset: bool = True) -> Iterator[tuple[dict, np.ndarray, np.ndarray, StepBatch]]:
     """Step ``venv`` with ``actor`` from where its envs are now, one step per iteration, for as long
     as the caller pulls: yields ``(current, actions, logp, step)`` where ``current`` is what the
-    agents acted on (``venv.current()`` layout) and ``step`` the ``StepBatch`` it led to."""
-    masked = venv.dynamic_mask
+    agents acted on (``venv.current()`` layout) and ``step`` the ``StepBatch`` it led to. Arrays
+    are numpy for PettingZoo vector envs and tensors for batched ones (``venv.on_tensors``)."""
+    masked, on_tensors = venv.dynamic_mask, getattr(venv, "on_tensors", False)
     current = venv.current()
     while True:
         actions, logp = act(actor, current, generator, greedy, masked)
+        if not on_tensors:
+            actions, logp = actions.cpu().numpy(), logp.cpu().numpy()
         step = venv.step(actions, autoreset)
         yield current, actions, logp, step
         current = {"obs": step.obs, "state": step.state, "avail": step.avail, "alive": step.alive}
@@ -78,7 +91,8 @@ def policy_steps(venv, actor, generator: torch.Generator | None, greedy: bool = 
 def collect_rollout(venv, buf: Rollout, actor, generator: torch.Generator) -> list[dict]:
     """Fill ``buf`` with ``T = len(buf.obs)`` steps of ``venv``, continuing its episodes where they
     are, acting with ``actor`` and drawing actions from ``generator``. Returns the episodes that
-    finished."""
+    finished. ``buf`` holds numpy arrays for a PettingZoo vector env, tensors on the env's device
+    for a batched one."""
     T = buf.obs.shape[0]
     episodes = []
     for t, (current, actions, logp, step) in zip(range(T), policy_steps(venv, actor, generator)):

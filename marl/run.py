@@ -7,7 +7,7 @@ from pathlib import Path
 
 from marl.checkpoint import CHECKPOINT_NAME, load_checkpoint_into
 from marl.config import Config, ConfigError, load_config
-from marl.evaluate import evaluate
+from marl.evaluate import evaluator
 from marl.trainer import Trainer
 
 CONFIG_NAME = "config.yaml"
@@ -67,7 +67,7 @@ def final_evaluation(trainer: Trainer) -> dict | None:
     cfg = trainer.cfg
     if cfg.train.eval_episodes == 0:
         return None
-    result = evaluate(trainer.actor, cfg.env.id, cfg.env.kwargs, cfg.train.eval_episodes, seed=cfg.seed)
+    result = evaluator(cfg)(trainer.actor, cfg.env.id, cfg.env.kwargs, cfg.train.eval_episodes, seed=cfg.seed)
     result["env_steps"] = trainer.env_steps
     if trainer.run_dir is not None:
         (trainer.run_dir / EVAL_NAME).write_text(json.dumps(result, indent=2) + "\n")
@@ -76,16 +76,18 @@ def final_evaluation(trainer: Trainer) -> dict | None:
 
 def load_actor(run_dir: str | Path):
     """The trained actor of ``run_dir`` and its config (weights loaded with ``weights_only=True``)."""
-    from envs import TeamEnv
-    from marl.networks import Actor
     import torch
 
+    from envs import env_spec
+    from envs.batched import TWINS
+    from marl.networks import Actor
+
     cfg = load_run_config(run_dir)
-    probe = TeamEnv(cfg.env.id, cfg.env.kwargs)
+    # A run on a batched simulator without a PettingZoo twin has only the batched env to probe.
+    spec = env_spec(cfg.env.id, cfg.env.kwargs, batched=cfg.env.batched and cfg.env.id not in TWINS)
     m = cfg.model
-    actor = Actor(probe.n_agents, probe.obs_dim, probe.n_actions, torch.from_numpy(probe.action_mask),
+    actor = Actor(len(spec.agents), spec.obs_dim, spec.n_actions, torch.from_numpy(spec.action_mask),
                   m.hidden, m.layers, m.activation, m.share_actor)
-    probe.close()
     load_checkpoint_into(lambda state: actor.load_state_dict(state["actor"]), Path(run_dir) / CHECKPOINT_NAME)
     actor.eval()
     return actor, cfg

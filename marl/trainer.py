@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from envs import EnvError, RewardSpec, make_vector_env
+from envs.batched import BatchedVectorEnv, make_batched_env
 from marl.checkpoint import CHECKPOINT_NAME, load_checkpoint_into, save_checkpoint
 from marl.config import Config
 from marl.logger import RunLogger, truncate_metrics
@@ -55,16 +56,21 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir is not None else None
         torch.manual_seed(cfg.seed)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.device = torch.device(cfg.train.device)
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         e, a = cfg.env, cfg.algo
-        self.venv = make_vector_env(e.id, e.kwargs, e.num_envs,
-                                    RewardSpec(e.reward, e.team_reward, e.alpha, e.shaping, a.gamma), e.workers)
+        reward = RewardSpec(e.reward, e.team_reward, e.alpha, e.shaping, a.gamma)
+        if e.batched:
+            self.venv = BatchedVectorEnv(make_batched_env(e.id, e.kwargs, e.num_envs, cfg.train.device, cfg.seed), reward)
+        else:
+            self.venv = make_vector_env(e.id, e.kwargs, e.num_envs, reward, e.workers)
         v = self.venv
         self.agents, N = list(v.agents), v.n_agents
         self.learner = CreditLearner(cfg, self.agents, v.obs_dim, v.state_dim, v.n_actions,
-                                     torch.from_numpy(v.action_mask), v.dynamic_mask)
+                                     torch.from_numpy(v.action_mask), v.dynamic_mask, self.device)
         self.actor = self.learner.actor
-        sizes = (a.rollout_steps, e.num_envs, N, v.obs_dim, v.state_dim, v.n_actions)
+        sizes = (a.rollout_steps, e.num_envs, N, v.obs_dim, v.state_dim, v.n_actions,
+                 self.device if e.batched else None)
         self.rollout = Rollout.allocate(*sizes)
         if cfg.train.async_collection:
             # The actor that collects the next rollout (the policy before the last update), and the
@@ -107,11 +113,14 @@ class Trainer:
                 state["prefetched_episodes"] = [_plain_episode(ep) for ep in self._prefetched]
         return state
 
-    def _env_snapshot(self) -> list[torch.Tensor] | None:
-        """The envs' live state as uint8 tensors (one per slice), or None (with a one-time message)
-        when they hold no episode yet or cannot be snapshot."""
+    def _env_snapshot(self) -> list[torch.Tensor] | dict[str, torch.Tensor] | None:
+        """The envs' live state: uint8 tensors (one per slice) of PettingZoo envs, a batched env's
+        own tensors, or None (with a one-time message) when they hold no episode yet or cannot be
+        snapshot."""
         if not self._envs_started:
             return None
+        if self.cfg.env.batched:
+            return self.venv.snapshot()
         try:
             parts = self.venv.snapshot()
         except EnvError as exc:
@@ -135,8 +144,9 @@ class Trainer:
         self.last_team_return = state.get("last_team_return")
         self._envs_started = False
         if "env_state" in state:
+            envs = state["env_state"]
             try:
-                self.venv.load_snapshot([part.numpy().tobytes() for part in state["env_state"]])
+                self.venv.load_snapshot(envs if isinstance(envs, dict) else [part.numpy().tobytes() for part in envs])
                 self._envs_started = True
             except EnvError as exc:
                 print(f"[marl] the checkpoint's env state does not fit this run ({exc}); starting fresh episodes",
@@ -171,7 +181,8 @@ class Trainer:
         each env worker collects its own envs' part with a copy of ``actor`` and its own action
         draws (``generator`` is then unused)."""
         if not self._envs_started:
-            self.venv.reset(np.random.SeedSequence([self.cfg.seed, iteration]).generate_state(self.cfg.env.num_envs))
+            seeds = np.random.SeedSequence([self.cfg.seed, iteration]).generate_state(self.cfg.env.num_envs)
+            self.venv.reset(int(seeds[0]) if self.cfg.env.batched else seeds)
             self._envs_started = True
         if not self.cfg.train.act_in_workers:
             return collect_rollout(self.venv, buf, actor, generator)
@@ -230,6 +241,8 @@ class Trainer:
         return self.steps_per_iteration, episodes, metrics, update_s
 
     def prepare(self, b: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict:
+        """``CreditLearner.prepare`` on ``b`` (moved to the learner's device), e.g. for credit views."""
+        b = {k: v.to(self.device) for k, v in b.items()}
         return self.learner.prepare(b, generator or self.generator)
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -257,7 +270,7 @@ class Trainer:
             for agent, values in zip(self.agents, self.learner.last_advantage):
                 if values.numel():
                     self.logger.log_histogram(f"credit/adv_hist/{agent}", values, step)
-        if log.credit_image_every and (it % log.credit_image_every == 0 or it == 1):
+        if log.credit_image_every and (it % log.credit_image_every == 0 or it == 1) and self.has_pettingzoo_env:
             ep = episode_credit(self, seed=EVAL_SEED_OFFSET + it)
             title = f"{self.cfg.algo.advantage} credit at {step:,} env steps"
             self.logger.writer.add_figure("credit/heatmap", credit_heatmap(ep["advantage"], ep["raw_reward"],
@@ -274,15 +287,26 @@ class Trainer:
         t = self.cfg.train
         if not t.eval_every or (self.iteration % t.eval_every and self.iteration != self.total_iterations):
             return {}
-        from marl.evaluate import evaluate
+        from marl.evaluate import evaluate_batched, evaluator
 
-        result = evaluate(self.actor, self.cfg.env.id, self.cfg.env.kwargs, t.eval_every_episodes, seed=self.cfg.seed)
+        # batched runs evaluate on their batched env (fast), others on the PettingZoo env
+        run = evaluate_batched if self.cfg.env.batched else evaluator(self.cfg)
+        result = run(self.actor, self.cfg.env.id, self.cfg.env.kwargs, t.eval_every_episodes, seed=self.cfg.seed)
         out = {"eval/team_return": result["team_return_mean"], "eval/team_return_std": result["team_return_std"]}
         out.update({f"eval/{k}": v for k, v in result.items() if k.startswith("return/")})
         return out
 
     @property
+    def has_pettingzoo_env(self) -> bool:
+        """The credit views play single episodes on the PettingZoo env: every run has one but a run on
+        a batched simulator without a PettingZoo twin."""
+        from envs.batched import TWINS
+        return not self.cfg.env.batched or self.cfg.env.id in TWINS
+
+    @property
     def has_true_credit(self) -> bool:
+        if not self.has_pettingzoo_env:
+            return False
         if self._has_true_credit is None:
             from envs import make_parallel_env
             env = make_parallel_env(self.cfg.env.id, self.cfg.env.kwargs)

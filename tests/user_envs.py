@@ -327,3 +327,63 @@ class FailsLater(LateReward):
 
 def fails_later(**kwargs):
     return FailsLater(**kwargs)
+
+
+class BatchedMatchTarget:
+    """A batched env of our own (the protocol of ``docs/batched_envs.md``, not an mpe2 twin): each
+    of N agents sees a one-hot target and scores 1 for choosing it; episodes of ``length`` steps.
+    Optimum ``N * length``; uniform random play ``N * length / n_actions``."""
+
+    def __init__(self, num_envs: int, device="cpu", seed: int = 0, n_agents: int = 2, n_actions: int = 3,
+                 length: int = 5):
+        import torch
+
+        self.torch = torch
+        self.num_envs, self.n_agents, self.n_actions, self.length = num_envs, n_agents, n_actions, length
+        self.agents = [f"agent_{i}" for i in range(n_agents)]
+        self.obs_dim, self.state_dim = n_actions, n_agents * n_actions
+        self.action_mask = torch.ones(n_agents, n_actions, dtype=torch.bool)
+        self.continuous = False
+        self.device = torch.device(device)
+        self._generator = torch.Generator().manual_seed(seed)
+        self.reset(seed)
+
+    def _draw(self, rows=None):
+        t = self.torch
+        fresh = t.randint(self.n_actions, (self.num_envs, self.n_agents), generator=self._generator)
+        self._targets = fresh if rows is None else t.where(rows[:, None], fresh, self._targets)
+
+    def observe(self):
+        obs = self.torch.nn.functional.one_hot(self._targets, self.n_actions).float()
+        return obs, obs.reshape(self.num_envs, -1)
+
+    def reset(self, seed=None):
+        if seed is not None:
+            self._generator.manual_seed(int(seed))
+        self._steps = self.torch.zeros(self.num_envs, dtype=self.torch.long)
+        self._draw()
+        return self.observe()
+
+    def step(self, actions):
+        t = self.torch
+        reward = (actions == self._targets).float()
+        self._steps += 1
+        self._draw()
+        next_obs, next_state = self.observe()
+        done = self._steps >= self.length
+        self._steps[done] = 0
+        obs, state = self.observe()   # a fresh target is a fresh episode: nothing else to reset
+        truncated = done[:, None].expand(-1, self.n_agents).clone()
+        return {"obs": obs, "state": state, "next_obs": next_obs, "next_state": next_state, "reward": reward,
+                "terminated": t.zeros_like(truncated), "truncated": truncated, "done": done}
+
+    def get_state(self):
+        return {"targets": self._targets.clone(), "steps": self._steps.clone(), "rng": self._generator.get_state()}
+
+    def set_state(self, state):
+        self._targets, self._steps = state["targets"].clone(), state["steps"].clone()
+        self._generator.set_state(state["rng"])
+
+
+def batched_match_target(num_envs, device="cpu", seed=0, **kwargs):
+    return BatchedMatchTarget(num_envs, device, seed, **kwargs)

@@ -67,13 +67,11 @@ def actor_cpus(cfg) -> float:
 def env_spec(cfg) -> dict:
     """Agents and sizes of ``cfg``'s env, from one ``TeamEnv``: the keyword arguments of
     ``build_config`` after ``cfg``."""
-    from envs import TeamEnv
+    import dataclasses
 
-    probe = TeamEnv(cfg.env.id, cfg.env.kwargs)
-    spec = {"agents": list(probe.agents), "obs_dim": probe.obs_dim, "state_dim": probe.state_dim,
-            "n_actions": probe.n_actions, "action_mask": probe.action_mask, "dynamic_mask": probe.dynamic_mask}
-    probe.close()
-    return spec
+    from envs import env_spec as probe
+
+    return dataclasses.asdict(probe(cfg.env.id, cfg.env.kwargs))
 
 
 def build_config(cfg, agents, obs_dim: int, state_dim: int, n_actions: int, action_mask,

@@ -78,6 +78,7 @@ class RLlibTrainer(Trainer):
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir is not None else None
         torch.manual_seed(cfg.seed)
+        self.device = torch.device("cpu")
         self.generator = torch.Generator().manual_seed(cfg.seed)
         from marl.rllib.algorithm import env_spec
 

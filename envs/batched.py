@@ -1,0 +1,171 @@
+"""Batched environments: simulators that step B envs at once as ``[B, N, ...]`` tensors.
+
+``env.batched: true`` selects this path. A batched env follows the protocol in
+``docs/batched_envs.md`` (the one ``envs.mpe_twin.MPETwin`` implements): attributes ``agents``,
+``num_envs``, ``n_agents``, ``obs_dim``, ``state_dim``, ``n_actions``, ``action_mask``,
+``continuous``, ``device``; ``reset(seed)``, ``step(actions)`` (auto-resetting, with the true
+successors kept), ``observe()``, ``get_state()``/``set_state()``.
+
+``BatchedVectorEnv`` puts one such env behind the interface the trainer's collection loop uses
+(``envs.vector.SyncVectorEnv``'s), with everything on tensors on the env's device: the reward mode
+(``envs.rewards.apply_reward_mode_tensor``), per-episode returns and the finished-episode records.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from envs.errors import EnvError
+from envs.registry import resolve_factory
+from envs.rewards import apply_reward_mode_tensor
+
+# env.id -> the MPETwin scenario of its batched twin
+TWINS = {"mpe2:simple_spread_v3": "simple_spread_v3",
+         "mpe2:simple_speaker_listener_v4": "simple_speaker_listener_v4",
+         "mpe2:simple_reference_v3": "simple_reference_v3"}
+# env.id prefixes whose factory is a batched simulator, taking the rest of the id first
+BATCHED_PREFIXES = {"vmas": "envs.vmas_adapter:vmas_env"}
+
+
+def make_batched_env(env_id: str, kwargs: dict, num_envs: int, device: str = "cpu", seed: int = 0):
+    """The batched env for ``env_id``: the twin of a registered mpe2 task, a registered batched
+    prefix (``vmas:<scenario>``), or a ``package.module:factory`` called with ``num_envs``,
+    ``device``, ``seed`` and ``env.kwargs``.
+
+    Raises:
+        EnvError: for a registered PettingZoo env without a twin (the message lists those with one).
+    """
+    from envs.registry import ENVS, PREFIXES
+
+    if env_id in TWINS:
+        from envs.mpe_twin import MPETwin
+        try:
+            return MPETwin(TWINS[env_id], num_envs, device=device, seed=seed, **kwargs)
+        except ValueError as exc:
+            raise EnvError(f"env {env_id!r} (batched twin): {exc}") from None
+    prefix, _, rest = env_id.partition(":")
+    if prefix in BATCHED_PREFIXES:
+        factory = functools.partial(resolve_factory(BATCHED_PREFIXES[prefix]), rest)
+    elif env_id in ENVS or prefix in PREFIXES:
+        raise EnvError(f"env {env_id!r} has no batched twin; env.batched: true works with {', '.join(TWINS)}, "
+                       f"with {', '.join(p + ':<name>' for p in BATCHED_PREFIXES)}, or with a "
+                       f"'package.module:factory' returning a batched env (docs/batched_envs.md)")
+    else:
+        factory = resolve_factory(env_id)
+    try:
+        env = factory(num_envs=num_envs, device=device, seed=seed, **kwargs)
+    except TypeError as exc:
+        raise EnvError(f"env.id {env_id!r}: the batched factory rejected (num_envs, device, seed, env.kwargs "
+                       f"{kwargs}): {exc}") from None
+    missing = [name for name in ("reset", "step", "observe", "get_state", "set_state", "agents", "obs_dim",
+                                 "state_dim", "n_actions", "action_mask") if not hasattr(env, name)]
+    if missing:
+        raise EnvError(f"env.id {env_id!r}: the factory returned {type(env).__name__}, which lacks {missing} of the "
+                       f"batched-env protocol (docs/batched_envs.md)")
+    return env
+
+
+class BatchedVectorEnv:
+    """A batched env behind the vector-env interface, on tensors (see the module docstring).
+
+    ``reset``/``current``/``step`` return tensors on the env's device. Every agent is always
+    present and there are no per-step masks (``alive`` and ``avail`` are all True where the action
+    exists). Finished episodes are reported like ``envs.vector.EnvSlice``'s records.
+    """
+
+    on_tensors = True
+    dynamic_mask = False
+
+    def __init__(self, env, reward):
+        if reward.shaping:
+            raise EnvError("env.shaping is not supported with env.batched: true (a potential reads the "
+                           "PettingZoo env object)")
+        self.env, self.reward = env, reward
+        self.num_envs, self.agents, self.n_agents = env.num_envs, list(env.agents), env.n_agents
+        self.obs_dim, self.state_dim, self.n_actions = env.obs_dim, env.state_dim, env.n_actions
+        self.device = torch.device(env.device)
+        self.action_mask = env.action_mask.cpu().numpy()
+        self.continuous = bool(getattr(env, "continuous", False))
+        B, N = self.num_envs, self.n_agents
+        self._avail = env.action_mask.to(self.device).bool().expand(B, N, self.n_actions)
+        self._alive = torch.ones(B, N, dtype=torch.bool, device=self.device)
+        self._raw_return = torch.zeros(B, N, dtype=torch.float64, device=self.device)
+        self._return = torch.zeros_like(self._raw_return)
+        self._length = torch.zeros(B, dtype=torch.long, device=self.device)
+        self._current: dict[str, torch.Tensor] = {}
+
+    def _set_current(self, obs: torch.Tensor, state: torch.Tensor) -> dict[str, torch.Tensor]:
+        self._current = {"obs": obs, "state": state, "avail": self._avail, "alive": self._alive}
+        return self._current
+
+    def reset(self, seed: int) -> dict[str, torch.Tensor]:
+        """Fresh episodes in every env, the env's generator seeded with ``seed``."""
+        obs, state = self.env.reset(seed=int(seed))
+        self._raw_return.zero_()
+        self._return.zero_()
+        self._length.zero_()
+        return self._set_current(obs, state)
+
+    def current(self) -> dict[str, torch.Tensor]:
+        """What the agents act on next: ``obs [B, N, O]``, ``state [B, S]``, ``avail [B, N, A]``,
+        ``alive [B, N]``."""
+        return self._current
+
+    def step(self, actions: torch.Tensor, autoreset: bool = True) -> "TensorStep":
+        """Step with ``actions`` (``[B, N]`` long, or ``[B, N, A]`` float for continuous actions).
+        The env always auto-resets; ``autoreset=False`` is not supported here."""
+        if not autoreset:
+            raise ValueError("a batched env always resets the envs whose episode ended")
+        out = self.env.step(actions)
+        raw = out["reward"]
+        reward = apply_reward_mode_tensor(raw, self.reward.mode, self.reward.team, self.reward.alpha)
+        self._raw_return += raw
+        self._return += reward
+        self._length += 1
+        done = out["done"]
+        episodes = []
+        if bool(done.any()):
+            ended = done.nonzero().squeeze(1)
+            raw_returns, returns = self._raw_return[ended].cpu(), self._return[ended].cpu()
+            for k, b in enumerate(ended.tolist()):
+                episodes.append({"raw_return": raw_returns[k].numpy(), "return": returns[k].numpy(),
+                                 "length": int(self._length[b]), "env": b})
+            self._raw_return[ended] = 0.0
+            self._return[ended] = 0.0
+            self._length[ended] = 0
+        self._set_current(out["obs"], out["state"])
+        return TensorStep(obs=out["obs"], state=out["state"], avail=self._avail, alive=self._alive,
+                          next_obs=out["next_obs"], next_state=out["next_state"], next_avail=self._avail,
+                          acted=self._alive, raw_reward=raw, reward=reward, terminated=out["terminated"],
+                          truncated=out["truncated"], done=done, episodes=episodes)
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """Everything needed to continue exactly, as tensors: the env's state and the episode bookkeeping."""
+        return {**{f"env/{k}": v for k, v in self.env.get_state().items()},
+                "raw_return": self._raw_return.clone(), "return": self._return.clone(), "length": self._length.clone()}
+
+    def load_snapshot(self, state: dict[str, torch.Tensor]) -> None:
+        if not isinstance(state, dict):
+            raise EnvError("the checkpoint's env state is from a PettingZoo run, not a batched one")
+        self.env.set_state({k[len("env/"):]: v.to(self.device) if k != "env/rng" else v
+                            for k, v in state.items() if k.startswith("env/")})
+        for name in ("raw_return", "return", "length"):
+            getattr(self, f"_{name}").copy_(state[name])
+        self._set_current(*self.env.observe())
+
+    def close(self) -> None:
+        close = getattr(self.env, "close", None)
+        if close is not None:
+            close()
+
+
+class TensorStep:
+    """One batched step, the fields of ``envs.vector.StepBatch`` as tensors."""
+
+    __slots__ = ("obs", "state", "avail", "alive", "next_obs", "next_state", "next_avail", "acted", "raw_reward",
+                 "reward", "terminated", "truncated", "done", "episodes")
+
+    def __init__(self, **fields):
+        for name, value in fields.items():
+            setattr(self, name, value)

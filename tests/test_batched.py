@@ -1,0 +1,129 @@
+"""The batched-env path (``env.batched: true``): the mpe2 twin and a batched env of our own behind
+one protocol, training on tensors, exact resume, evaluation on the real env or the twin, and the
+config errors."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from envs import EnvError, RewardSpec, apply_reward_mode
+from envs.batched import BatchedVectorEnv, make_batched_env
+from envs.rewards import apply_reward_mode_tensor
+from marl.config import ConfigError, config_from_dict
+from marl.logger import read_metrics
+from marl.run import final_evaluation, new_run, resume_run
+from tests.conftest import tiny_config
+
+OWN = "tests.user_envs:batched_match_target"
+
+
+def _train(cfg_dict, run_dir):
+    trainer = new_run(config_from_dict(cfg_dict), run_dir)
+    try:
+        trainer.train()
+        evaluation = final_evaluation(trainer)
+    finally:
+        trainer.close()
+    return read_metrics(run_dir), evaluation
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(["shared", "individual", "mixed"]), st.sampled_from(["sum", "mean"]),
+       st.floats(0.0, 1.0), st.integers(1, 5), st.integers(0, 10_000))
+def test_reward_modes_on_tensors_equal_the_numpy_ones(mode, team, alpha, n_agents, seed):
+    raw = np.random.default_rng(seed).normal(size=(4, n_agents)).astype(np.float32)
+    expected = apply_reward_mode(raw, mode, team, alpha)
+    got = apply_reward_mode_tensor(torch.from_numpy(raw), mode, team, alpha)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_the_vector_env_keeps_episode_returns_and_applies_the_reward_mode():
+    venv = BatchedVectorEnv(make_batched_env(OWN, {"length": 3}, 4), RewardSpec("shared", "sum"))
+    current = venv.reset(1)
+    total = torch.zeros(4, 2)
+    for t in range(3):
+        step = venv.step(current["obs"].argmax(-1))   # always right: reward 1 per agent and step
+        total += step.raw_reward
+        current = venv.current()
+        assert torch.equal(step.reward, step.raw_reward.sum(-1, keepdim=True).expand(-1, 2))
+    assert step.done.all() and len(step.episodes) == 4
+    assert all(ep["length"] == 3 and ep["raw_return"].tolist() == [3.0, 3.0] for ep in step.episodes)
+    assert sorted(ep["env"] for ep in step.episodes) == [0, 1, 2, 3]
+
+
+def test_a_batched_env_of_our_own_is_learned(tmp_path):
+    """The protocol, not the twin: optimum 10, random 3.3."""
+    cfg = tiny_config(env={"id": OWN, "kwargs": {}, "batched": True, "num_envs": 32},
+                      algo={"rollout_steps": 5, "epochs": 4, "minibatches": 1, "lr": 3e-3},
+                      train={"total_env_steps": 8000, "eval_episodes": 20})
+    records, evaluation = _train(cfg, tmp_path / "run")
+    assert records[0]["team_return"] < 5.0 and evaluation["batched"]
+    assert evaluation["team_return_mean"] >= 9.5
+
+
+@pytest.mark.parametrize("env", [{"batched": True, "num_envs": 8},
+                                 {"id": OWN, "kwargs": {"length": 7}, "batched": True, "num_envs": 8}])
+def test_resume_of_a_batched_run_equals_an_uninterrupted_run(tmp_path, env):
+    cfg = tiny_config(env=env, algo={"rollout_steps": 10},
+                      train={"total_env_steps": 800, "checkpoint_every": 3, "eval_episodes": 0})
+    full, _ = _train(cfg, tmp_path / "full")
+    _train({**cfg, "train": {**cfg["train"], "total_env_steps": 400}}, tmp_path / "cut")
+    resumed = resume_run(tmp_path / "cut", ["train.total_env_steps=800"])
+    try:
+        resumed.train()
+    finally:
+        resumed.close()
+    keys = ("team_return", "episodes", "losses/policy", "losses/value", "explained_variance")
+    strip = lambda records: [{k: r.get(k) for k in keys} for r in records]   # noqa: E731
+    assert strip(read_metrics(tmp_path / "cut")) == strip(full)
+
+
+def test_a_twin_run_evaluates_on_mpe2_by_default_and_on_the_twin_when_asked(tmp_path):
+    from marl.cli import main
+
+    _train(tiny_config(env={"batched": True, "num_envs": 8}, train={"eval_episodes": 0}), tmp_path / "run")
+    for args, batched in (([], False), (["--batched"], True)):
+        assert main(["eval", str(tmp_path / "run"), "--episodes", "6", *args]) == 0
+        result = json.loads((tmp_path / "run" / "eval.json").read_text())
+        assert result.get("batched", False) == batched and math.isfinite(result["team_return_mean"])
+
+
+def test_periodic_evaluation_of_a_batched_run_uses_the_batched_env(tmp_path):
+    records, _ = _train(tiny_config(env={"batched": True, "num_envs": 4},
+                                    train={"total_env_steps": 500, "eval_every": 2, "eval_every_episodes": 5,
+                                           "eval_episodes": 0}),
+                        tmp_path / "run")
+    assert [r["iteration"] for r in records if "eval/team_return" in r] == [2, 4, 5]
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"env": {"id": "diag:lazy_agent", "kwargs": {}, "batched": True}}, r"has no batched twin.*mpe2:simple_spread_v3"),
+    ({"env": {"id": "lbf:Foraging-8x8-2p-2f-coop-v3", "kwargs": {}, "batched": True}}, r"has no batched twin"),
+    ({"env": {"batched": True, "kwargs": {"N": 3, "bogus": 1}}}, r"unsupported keyword argument"),
+    ({"env": {"id": "tests.user_envs:late_reward", "kwargs": {}, "batched": True}}, r"batched factory rejected"),
+])
+def test_envs_without_a_batched_form_are_clear_errors(tmp_path, overrides, match):
+    from marl.trainer import Trainer
+
+    with pytest.raises(EnvError, match=match):
+        Trainer(config_from_dict(tiny_config(**overrides)))
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"env": {"batched": True, "workers": 2}}, "env.batched"),
+    ({"env": {"batched": True, "shaping": "spread_coverage"}}, "env.batched"),
+    ({"env": {"batched": True}, "backend": "rllib"}, "env.batched"),
+    ({"train": {"device": "tpu"}}, "train.device"),
+])
+def test_batched_config_errors_name_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        config_from_dict(tiny_config(**overrides))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_cuda_without_a_gpu_is_a_clear_config_error():
+    with pytest.raises(ConfigError, match=r"'train.device'.*torch.cuda.is_available\(\) is False"):
+        config_from_dict(tiny_config(train={"device": "cuda"}))
