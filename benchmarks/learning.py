@@ -1,10 +1,17 @@
 """Learning benchmark: train configs over several seeds at a fixed env-step budget and report the
 greedy-evaluation team return (the reward summed over agents and steps) and training speed.
 
-    python benchmarks/learning.py configs/spread_mappo.yaml --seeds 0 1 2 --steps 200000
+    python benchmarks/learning.py configs/spread_mappo.yaml --seeds 11 12 13 14 15 --steps 200000
+
+Report on seeds the configs were not tuned on: they were tuned on seeds 0-2 (``--tuning-seeds``),
+and the default seeds are 11-15; a seed set that overlaps the tuning seeds is flagged in the
+output. Each config's row gives the interquartile mean (IQM) of the per-seed returns with a 95%
+stratified-bootstrap confidence interval computed by ``rliable``, the mean ± std, and every seed's
+return.
 
 Runs go to a temporary folder (or --out-dir) and are executed ``--jobs`` at a time in separate
-processes. Prints a markdown table; ``--json PATH`` also writes the raw results.
+processes. Prints a markdown table; the raw results, per seed, go to ``--json PATH`` (default
+``learning.json`` in the run folder) and the table to ``--md PATH`` if given.
 """
 from __future__ import annotations
 
@@ -17,6 +24,9 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+
+TUNING_SEEDS = [0, 1, 2]        # the seeds the configs in configs/ were tuned on
+DEFAULT_SEEDS = [11, 12, 13, 14, 15]
 
 
 def _overrides(job: dict) -> list[str]:
@@ -49,7 +59,15 @@ def _run_one(job: dict) -> dict:
             "wall_s": summary["wall_s"], "env_steps": summary["env_steps"], "run_dir": job["run_dir"]}
 
 
-def summarise(results: list[dict]) -> list[dict]:
+def _seed_list(seeds) -> str:
+    return ", ".join(str(s) for s in seeds) if seeds else "none"
+
+
+def summarise(results: list[dict], reps: int = 10_000) -> list[dict]:
+    """One row per config label: IQM of the per-seed eval returns with its 95% stratified-bootstrap
+    CI (rliable), mean ± std, and the per-seed returns (sorted by seed)."""
+    from marl.compare import iqm_interval
+
     rows = {}
     for r in results:
         rows.setdefault(r["label"], []).append(r)
@@ -57,35 +75,62 @@ def summarise(results: list[dict]) -> list[dict]:
     for label, rs in rows.items():
         rs = sorted(rs, key=lambda r: r["seed"])
         returns = [r["eval_return"] for r in rs]
-        table.append({"label": label, "seeds": len(rs), "mean": statistics.mean(returns),
+        iqm = iqm_interval(returns, reps=reps)
+        table.append({"label": label, "seeds": len(rs), "seed_list": [r["seed"] for r in rs],
+                      "iqm": iqm["iqm"], "ci": iqm["ci"], "mean": statistics.mean(returns),
                       "std": statistics.pstdev(returns), "per_seed": returns,
                       "steps_per_s": statistics.median(r["train_env_steps_per_s"] for r in rs)})
     return table
 
 
-def print_table(table: list[dict], steps: int, file=sys.stdout) -> None:
-    print(f"| config | seeds | greedy team return at {steps:,} env steps (mean ± std over seeds) | per seed | "
-          f"train env steps/s (median) |", file=file)
-    print("|---|---|---|---|---|", file=file)
+def table_markdown(table: list[dict], steps: int, seeds: list[int], reps: int = 10_000) -> str:
+    from marl.compare import format_interval
+
+    lines = [f"| config | seeds | greedy team return at {steps:,} env steps: IQM [95% CI] | mean ± std | "
+             f"per seed ({_seed_list(seeds)}) | train env steps/s (median) |", "|---|---|---|---|---|---|"]
     for row in table:
-        per_seed = ", ".join(f"{x:.1f}" for x in row["per_seed"])
-        print(f"| {row['label']} | {row['seeds']} | {row['mean']:.1f} ± {row['std']:.1f} | {per_seed} | "
-              f"{row['steps_per_s']:.0f} |", file=file)
+        by_seed = dict(zip(row["seed_list"], row["per_seed"]))
+        if row["seed_list"] == list(seeds):
+            per_seed = ", ".join(f"{x:.1f}" for x in row["per_seed"])
+        else:   # some runs failed (or extra seeds): name each seed
+            per_seed = ", ".join(f"s{s}: {by_seed[s]:.1f}" if s in by_seed else f"s{s}: failed"
+                                 for s in sorted(set(seeds) | set(by_seed)))
+        lines.append(f"| {row['label']} | {row['seeds']} | **{format_interval(row['iqm'], row['ci'])}** | "
+                     f"{row['mean']:.1f} ± {row['std']:.1f} | {per_seed} | {row['steps_per_s']:.0f} |")
+    lines.append(f"\nIQM = interquartile mean over seeds; 95% stratified-bootstrap CI from rliable "
+                 f"({reps:,} resamples; no CI for a single seed).")
+    return "\n".join(lines)
+
+
+def print_table(table: list[dict], steps: int, file=sys.stdout, seeds: list[int] | None = None,
+                reps: int = 10_000) -> None:
+    seeds = seeds if seeds is not None else sorted({s for row in table for s in row["seed_list"]})
+    print(table_markdown(table, steps, seeds, reps), file=file)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("configs", nargs="+", help="YAML configs; 'path.yaml@key=v,key=v' adds overrides")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=DEFAULT_SEEDS,
+                        help="seeds to report on, not ones the config was tuned on (default 11-15)")
+    parser.add_argument("--tuning-seeds", type=int, nargs="*", default=TUNING_SEEDS,
+                        help="seeds the configs were tuned on (default 0 1 2); an overlap is flagged")
+    parser.add_argument("--bootstrap-reps", type=int, default=10_000, help="bootstrap resamples of the CIs")
+    parser.add_argument("--md", help="also write the markdown table to this file")
     parser.add_argument("--steps", type=int, default=200_000)
     parser.add_argument("--eval-episodes", type=int, default=1000,
                         help="greedy episodes per run (a trained policy's team return varies by ~15 between episodes)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], help="override for every config")
     parser.add_argument("--out-dir", help="keep the run directories here")
-    parser.add_argument("--json", help="write raw results to this file")
+    parser.add_argument("--json", help="write the raw per-seed results here (default learning.json in the run folder)")
     args = parser.parse_args(argv)
 
+    from marl.compare import seed_report
+
+    seeds = seed_report(args.seeds, args.tuning_seeds)
+    if not seeds["held_out"]:
+        print(seeds["seed_note"], file=sys.stderr, flush=True)
     out_dir = Path(args.out_dir or tempfile.mkdtemp(prefix="marl-bench-"))
     jobs = []
     for spec in args.configs:
@@ -116,11 +161,18 @@ def main(argv=None) -> None:
             results.append(r)
             print(f"  {r['label']} seed {r['seed']}: {r['eval_return']:.2f} "
                   f"({r['train_env_steps_per_s']:.0f} steps/s)", file=sys.stderr, flush=True)
-    table = summarise(results)
-    print_table(table, args.steps)
-    print(f"\n{len(jobs)} runs, {args.jobs} at a time, {time.time() - start:.0f} s wall; runs in {out_dir}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "failed": failed, "table": table}, indent=2))
+    table = summarise(results, args.bootstrap_reps)
+    md = table_markdown(table, args.steps, args.seeds, args.bootstrap_reps) + "\n\n" + seeds["seed_note"]
+    print(md)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = Path(args.json) if args.json else out_dir / "learning.json"
+    json_path.write_text(json.dumps({**seeds, "steps": args.steps, "eval_episodes": args.eval_episodes,
+                                     "bootstrap_reps": args.bootstrap_reps, "results": results, "failed": failed,
+                                     "table": table}, indent=2))
+    if args.md:
+        Path(args.md).write_text(md + "\n")
+    print(f"\n{len(jobs)} runs, {args.jobs} at a time, {time.time() - start:.0f} s wall; runs in {out_dir}; "
+          f"results in {json_path}")
     if failed:
         sys.exit(f"{len(failed)} of {len(jobs)} runs failed: " + "; ".join(
             f"{r['label']} seed {r['seed']}: {r['error']}" for r in failed))

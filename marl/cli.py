@@ -122,6 +122,11 @@ def _cmd_list(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from marl.compare import run_from_args
+    return run_from_args(args)
+
+
 class _UsageError(ValueError):
     pass
 
@@ -155,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--behaviour", choices=["uniform", "policy"], default="uniform",
                    help="act uniformly at random (default) or with the trained policy")
     p.set_defaults(func=_cmd_credit)
+    from marl.compare import add_arguments as add_compare_arguments   # a light import (numpy only)
+    p = sub.add_parser("compare", help="compare run directories grouped by config: return curves against env "
+                                       "steps and wall time with confidence bands, credit shares, an IQM table")
+    add_compare_arguments(p)
+    p.set_defaults(func=_cmd_compare)
     p = sub.add_parser("list", help="registered envs, advantage modules and reward modes")
     p.set_defaults(func=_cmd_list)
     return parser
@@ -163,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from envs import EnvError
     from marl.checkpoint import CheckpointError
+    from marl.compare import CompareError
     from marl.config import ConfigError
     from marl.learner import TrainingDiverged
 
@@ -172,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CheckpointError, ConfigError, EnvError, _UsageError) as exc:
+    except (CheckpointError, CompareError, ConfigError, EnvError, _UsageError) as exc:
         print(f"marl {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except TrainingDiverged as exc:

@@ -87,6 +87,7 @@ class Trainer:
         self._envs_started = False       # the envs hold live episodes (else the next collection resets them)
         self._snapshot_warned = False
         self._pending: list[dict] = []   # finished episodes not yet logged
+        self.wall_s = 0.0                # training wall-clock time so far, across resumes
         self.last_team_return: float | None = None   # of the last logged episodes
 
     # -- persistence ------------------------------------------------------------------------------
@@ -102,7 +103,7 @@ class Trainer:
         state = {**self.learner.state_dict(), "iteration": self.iteration, "env_steps": self.env_steps,
                  "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                  "agents": self.agents, "pending_episodes": [_plain_episode(ep) for ep in self._pending],
-                 "last_team_return": self.last_team_return}
+                 "last_team_return": self.last_team_return, "wall_s": self.wall_s}
         envs = self._env_snapshot()
         if envs is not None:
             state["env_state"] = envs
@@ -142,6 +143,7 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self._pending = [_array_episode(ep) for ep in state.get("pending_episodes", [])]
         self.last_team_return = state.get("last_team_return")
+        self.wall_s = float(state.get("wall_s", 0.0))
         self._envs_started = False
         if "env_state" in state:
             envs = state["env_state"]
@@ -350,6 +352,7 @@ class Trainer:
                     continue
                 steps, episodes, metrics, update_s = outcome
                 wall = time.perf_counter() - t0
+                self.wall_s += wall
                 self.iteration += 1
                 self.env_steps += steps
                 self._pending.extend(episodes)
@@ -360,7 +363,7 @@ class Trainer:
                         self.last_team_return = metrics["team_return"]
                     metrics.update({"iteration": self.iteration, "env_steps": self.env_steps,
                                     "perf/env_steps_per_s": steps / wall, "perf/collect_s": wall - update_s,
-                                    "perf/update_s": update_s})
+                                    "perf/update_s": update_s, "perf/wall_s": self.wall_s})
                     metrics.update(self._periodic_evaluation())
                     if self.logger is not None:
                         metrics.update(self._credit_views())

@@ -97,6 +97,7 @@ class RLlibTrainer(Trainer):
         self._envs_started = False   # RLlib's EnvRunners hold the episodes; checkpoints do not include them
         self._pending: list[dict] = []
         self.last_team_return: float | None = None
+        self.wall_s = 0.0
         self._learner_generator: torch.Tensor | None = None
         self.fault_log = (self.run_dir.resolve() / FAULTS_NAME) if self.run_dir is not None else None
         self._faults_seen = len(self._fault_records())  # a resumed run reports only new ones
