@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from algorithms.coma import coma_advantage, coma_lambda_advantage
-from algorithms.returns import gae, mc, n_step, td_lambda
+from marl.algorithms.coma import coma_advantage, coma_lambda_advantage
+from marl.algorithms.returns import gae, mc, n_step, td_lambda
 
 
 @dataclass(frozen=True)

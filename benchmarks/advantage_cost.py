@@ -48,7 +48,7 @@ def update_share(repeats: int) -> None:
 
 
 def scaling(repeats: int) -> None:
-    from algorithms import coma_advantage, gae, td_lambda
+    from marl.algorithms import coma_advantage, gae, td_lambda
 
     print("\n| function | T | B | N | A | time (ms) | µs per T·B·N(·A) element |")
     print("|---|---|---|---|---|---|---|")

@@ -118,7 +118,7 @@ def measure_stock(config: str, runners: int, iterations: int, overrides: list[st
     from ray.rllib.env.wrappers.pettingzoo_env import ParallelPettingZooEnv
     from ray.tune.registry import register_env
 
-    from envs.registry import make_parallel_env
+    from marl.envs.registry import make_parallel_env
     from marl.config import load_config
     from marl.rllib.algorithm import register_env as register_project_env
     from marl.rllib.trainer import start_ray

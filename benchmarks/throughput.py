@@ -118,8 +118,8 @@ def vector_env(steps: int, workers: int) -> dict:
     on every worker at every step."""
     import numpy as np
 
-    from envs import RewardSpec
-    from envs.vector import make_vector_env
+    from marl.envs import RewardSpec
+    from marl.envs.vector import make_vector_env
     from marl.config import load_config
 
     cfg = load_config(MAPPO)

@@ -3,11 +3,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.errors import EnvError
-from envs.registry import ENVS, make_parallel_env, resolve_factory
-from envs.rewards import REWARD_MODES, TEAM_REDUCTIONS, apply_reward_mode, team_reward
-from envs.team_env import TeamEnv
-from envs.vector import RewardSpec, StepBatch, make_vector_env
+from marl.envs.errors import EnvError
+from marl.envs.registry import ENVS, make_parallel_env, resolve_factory
+from marl.envs.rewards import REWARD_MODES, TEAM_REDUCTIONS, apply_reward_mode, team_reward
+from marl.envs.team_env import TeamEnv
+from marl.envs.vector import RewardSpec, StepBatch, make_vector_env
 
 
 def make_env(env_id: str, kwargs: dict | None = None, render_mode: str | None = None) -> TeamEnv:
@@ -30,7 +30,7 @@ class EnvSpec:
 def env_spec(env_id: str, kwargs: dict | None = None, batched: bool = False) -> EnvSpec:
     """Probe one env (``batched``: a batched env of one) for its ``EnvSpec``."""
     if batched:
-        from envs.batched import make_batched_env
+        from marl.envs.batched import make_batched_env
         env = make_batched_env(env_id, dict(kwargs or {}), 1)
         spec = EnvSpec(list(env.agents), env.obs_dim, env.state_dim, env.n_actions,
                        env.action_mask.cpu().numpy().astype(bool), False)

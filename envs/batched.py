@@ -1,14 +1,14 @@
 """Batched environments: simulators that step B envs at once as ``[B, N, ...]`` tensors.
 
 ``env.batched: true`` selects this path. A batched env follows the protocol in
-``docs/batched_envs.md`` (the one ``envs.mpe_twin.MPETwin`` implements): attributes ``agents``,
+``docs/batched_envs.md`` (the one ``marl.envs.mpe_twin.MPETwin`` implements): attributes ``agents``,
 ``num_envs``, ``n_agents``, ``obs_dim``, ``state_dim``, ``n_actions``, ``action_mask``,
 ``continuous``, ``device``; ``reset(seed)``, ``step(actions)`` (auto-resetting, with the true
 successors kept), ``observe()``, ``get_state()``/``set_state()``.
 
 ``BatchedVectorEnv`` puts one such env behind the interface the trainer's collection loop uses
-(``envs.vector.SyncVectorEnv``'s), with everything on tensors on the env's device: the reward mode
-(``envs.rewards.apply_reward_mode_tensor``), per-episode returns and the finished-episode records.
+(``marl.envs.vector.SyncVectorEnv``'s), with everything on tensors on the env's device: the reward mode
+(``marl.envs.rewards.apply_reward_mode_tensor``), per-episode returns and the finished-episode records.
 """
 from __future__ import annotations
 
@@ -16,16 +16,16 @@ import functools
 
 import torch
 
-from envs.errors import EnvError
-from envs.registry import resolve_factory
-from envs.rewards import apply_reward_mode_tensor
+from marl.envs.errors import EnvError
+from marl.envs.registry import resolve_factory
+from marl.envs.rewards import apply_reward_mode_tensor
 
 # env.id -> the MPETwin scenario of its batched twin
 TWINS = {"mpe2:simple_spread_v3": "simple_spread_v3",
          "mpe2:simple_speaker_listener_v4": "simple_speaker_listener_v4",
          "mpe2:simple_reference_v3": "simple_reference_v3"}
 # env.id prefixes whose factory is a batched simulator, taking the rest of the id first
-BATCHED_PREFIXES = {"vmas": "envs.vmas_adapter:vmas_env"}
+BATCHED_PREFIXES = {"vmas": "marl.envs.vmas_adapter:vmas_env"}
 
 
 def make_batched_env(env_id: str, kwargs: dict, num_envs: int, device: str = "cpu", seed: int = 0):
@@ -36,10 +36,10 @@ def make_batched_env(env_id: str, kwargs: dict, num_envs: int, device: str = "cp
     Raises:
         EnvError: for a registered PettingZoo env without a twin (the message lists those with one).
     """
-    from envs.registry import ENVS, PREFIXES
+    from marl.envs.registry import ENVS, PREFIXES
 
     if env_id in TWINS:
-        from envs.mpe_twin import MPETwin
+        from marl.envs.mpe_twin import MPETwin
         try:
             return MPETwin(TWINS[env_id], num_envs, device=device, seed=seed, **kwargs)
         except ValueError as exc:
@@ -71,7 +71,7 @@ class BatchedVectorEnv:
 
     ``reset``/``current``/``step`` return tensors on the env's device. Every agent is always
     present and there are no per-step masks (``alive`` and ``avail`` are all True where the action
-    exists). Finished episodes are reported like ``envs.vector.EnvSlice``'s records.
+    exists). Finished episodes are reported like ``marl.envs.vector.EnvSlice``'s records.
     """
 
     on_tensors = True
@@ -161,7 +161,7 @@ class BatchedVectorEnv:
 
 
 class TensorStep:
-    """One batched step, the fields of ``envs.vector.StepBatch`` as tensors."""
+    """One batched step, the fields of ``marl.envs.vector.StepBatch`` as tensors."""
 
     __slots__ = ("obs", "state", "avail", "alive", "next_obs", "next_state", "next_avail", "acted", "raw_reward",
                  "reward", "terminated", "truncated", "done", "episodes")

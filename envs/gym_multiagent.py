@@ -20,7 +20,7 @@ import gymnasium
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from envs.errors import EnvError
+from marl.envs.errors import EnvError
 
 
 def agent_names(n: int) -> list[str]:

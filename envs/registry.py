@@ -12,25 +12,25 @@ from typing import Any, Callable
 from pettingzoo.utils.conversions import aec_to_parallel
 from pettingzoo.utils.env import AECEnv, ParallelEnv
 
-from envs.errors import EnvError, error_summary
+from marl.envs.errors import EnvError, error_summary
 
 # Short name -> "module:factory". Kept as strings so that listing them imports nothing.
 ENVS: dict[str, str] = {
     "mpe2:simple_spread_v3": "mpe2.simple_spread_v3:parallel_env",
     "mpe2:simple_speaker_listener_v4": "mpe2.simple_speaker_listener_v4:parallel_env",
     "mpe2:simple_reference_v3": "mpe2.simple_reference_v3:parallel_env",
-    "diag:climbing": "envs.diagnostic:climbing_game",
-    "diag:penalty": "envs.diagnostic:penalty_game",
-    "diag:lazy_agent": "envs.diagnostic:lazy_agent",
-    "diag:delayed_chain": "envs.diagnostic:delayed_chain",
+    "diag:climbing": "marl.envs.diagnostic:climbing_game",
+    "diag:penalty": "marl.envs.diagnostic:penalty_game",
+    "diag:lazy_agent": "marl.envs.diagnostic:lazy_agent",
+    "diag:delayed_chain": "marl.envs.diagnostic:delayed_chain",
 }
 
 # Prefix -> "module:factory" taking the rest of the id first: ``lbf:Foraging-8x8-2p-2f-coop-v3`` calls
 # ``lbf_env("Foraging-8x8-2p-2f-coop-v3", **env.kwargs)``. Any id the package registers works.
 PREFIXES: dict[str, str] = {
-    "lbf": "envs.gym_multiagent:lbf_env",
-    "rware": "envs.gym_multiagent:rware_env",
-    "gym": "envs.gym_multiagent:gym_env",
+    "lbf": "marl.envs.gym_multiagent:lbf_env",
+    "rware": "marl.envs.gym_multiagent:rware_env",
+    "gym": "marl.envs.gym_multiagent:gym_env",
 }
 
 # Registered envs whose ``state()`` only concatenates every agent's observation (mpe2 recomputes them

@@ -79,14 +79,14 @@ def spread_coverage_potential(env) -> float:
     return -float(dists.min(axis=1).sum())
 
 
-POTENTIALS = {"spread_coverage": "envs.rewards:spread_coverage_potential"}
+POTENTIALS = {"spread_coverage": "marl.envs.rewards:spread_coverage_potential"}
 
 
 def resolve_potential(name: str):
     """A potential Φ(env) -> float from a built-in name (``POTENTIALS``) or ``package.module:function``."""
     import importlib
 
-    from envs.errors import EnvError
+    from marl.envs.errors import EnvError
 
     target = POTENTIALS.get(name, name)
     module_name, sep, attr = target.partition(":")

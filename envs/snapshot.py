@@ -16,7 +16,7 @@ import pickle
 
 from gymnasium.utils.ezpickle import EzPickle
 
-from envs.errors import EnvError
+from marl.envs.errors import EnvError
 
 _RENDER_MODULES = frozenset({"pygame", "pyglet"})
 

@@ -11,7 +11,7 @@
   next. An agent that is absent (it terminated or truncated on its own, or has not arrived yet) has
   zero observations and reward and gets no action; the episode ends when no agent is left.
 - **Global state:** ``env.state()`` where the env implements it, else the concatenation of the
-  agents' (unpadded) observations; for the envs in ``envs.registry.STATE_IS_OBSERVATIONS`` that
+  agents' (unpadded) observations; for the envs in ``marl.envs.registry.STATE_IS_OBSERVATIONS`` that
   concatenation is what ``state()`` computes anyway, so it is built directly.
 - **Bad env output is an error** (``EnvError``) naming the env, agent, step and key: a NaN or
   infinite observation or reward, no legal action for a live agent, an exception raised by the env
@@ -24,8 +24,8 @@ from typing import NamedTuple
 import numpy as np
 from gymnasium import spaces
 
-from envs.errors import EnvError, error_summary
-from envs.registry import STATE_IS_OBSERVATIONS, make_parallel_env
+from marl.envs.errors import EnvError, error_summary
+from marl.envs.registry import STATE_IS_OBSERVATIONS, make_parallel_env
 
 MASK_KEY = "action_mask"
 
@@ -81,7 +81,7 @@ def _flat_size(env_id: str, agent: str, space: spaces.Space) -> int:
 
 
 class TeamEnv:
-    """One env, arrays in and out. Not vectorised: see ``envs.vector`` for that.
+    """One env, arrays in and out. Not vectorised: see ``marl.envs.vector`` for that.
 
     Attributes:
         agents: sorted agent ids (length N).

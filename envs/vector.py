@@ -13,15 +13,15 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from envs.errors import EnvError, error_summary
-from envs.rewards import apply_reward_mode, resolve_potential, shape_reward
-from envs.snapshot import restore, snapshot
-from envs.team_env import TeamEnv
+from marl.envs.errors import EnvError, error_summary
+from marl.envs.rewards import apply_reward_mode, resolve_potential, shape_reward
+from marl.envs.snapshot import restore, snapshot
+from marl.envs.team_env import TeamEnv
 
 
 @dataclass(frozen=True)
 class RewardSpec:
-    """How raw env rewards become learner rewards (see ``envs.rewards``)."""
+    """How raw env rewards become learner rewards (see ``marl.envs.rewards``)."""
 
     mode: str = "shared"
     team: str = "mean"
@@ -88,7 +88,7 @@ class EnvSlice:
     Episodes run on across calls: an env that ends is reset at once (auto-reset) with the next seed
     of its own sequence (``episode_seed``), so ``step`` can be called for as long as needed and a
     rollout may end in the middle of an episode. ``snapshot``/``load_snapshot`` save and restore all
-    of it (the envs' live state included, see ``envs.snapshot``) for exact resume.
+    of it (the envs' live state included, see ``marl.envs.snapshot``) for exact resume.
     """
 
     def __init__(self, env_id: str, kwargs: dict, n: int, reward: RewardSpec,

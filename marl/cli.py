@@ -103,10 +103,10 @@ def _cmd_credit(args) -> int:
 
 
 def _cmd_list(args) -> int:
-    from algorithms import ADVANTAGES
-    from envs import ENVS, REWARD_MODES
-    from envs.registry import PREFIXES
-    from envs.rewards import POTENTIALS
+    from marl.algorithms import ADVANTAGES
+    from marl.envs import ENVS, REWARD_MODES
+    from marl.envs.registry import PREFIXES
+    from marl.envs.rewards import POTENTIALS
 
     print("environments (env.id):")
     for name, target in ENVS.items():
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from envs import EnvError
+    from marl.envs import EnvError
     from marl.checkpoint import CheckpointError
     from marl.compare import CompareError
     from marl.config import ConfigError

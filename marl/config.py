@@ -260,8 +260,8 @@ def _check(ok: bool, key: str, value, expected: str):
 
 def validate(cfg: Config) -> Config:
     """Range and consistency checks; returns ``cfg`` unchanged or raises ``ConfigError``."""
-    from algorithms import ADVANTAGES
-    from envs import REWARD_MODES, TEAM_REDUCTIONS
+    from marl.algorithms import ADVANTAGES
+    from marl.envs import REWARD_MODES, TEAM_REDUCTIONS
 
     a, e, m, t = cfg.algo, cfg.env, cfg.model, cfg.train
     _check(cfg.backend in ("local", "rllib"), "backend", cfg.backend, "'local' or 'rllib'")
@@ -274,8 +274,8 @@ def validate(cfg: Config) -> Config:
     _check(e.team_reward in TEAM_REDUCTIONS, "env.team_reward", e.team_reward, f"one of {list(TEAM_REDUCTIONS)}")
     _check(0.0 <= e.alpha <= 1.0, "env.alpha", e.alpha, "a float in [0, 1]")
     if e.shaping:
-        from envs import EnvError
-        from envs.rewards import resolve_potential
+        from marl.envs import EnvError
+        from marl.envs.rewards import resolve_potential
         try:
             resolve_potential(e.shaping)
         except EnvError as exc:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from envs import RewardSpec, make_vector_env
-from envs.vector import SyncVectorEnv
+from marl.envs import RewardSpec, make_vector_env
+from marl.envs.vector import SyncVectorEnv
 from marl.networks import MASKED_LOGIT
 from marl.rollout import policy_steps
 

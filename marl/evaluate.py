@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from envs import EnvError, RewardSpec
-from envs.batched import BatchedVectorEnv, make_batched_env
-from envs.vector import EnvSlice, SyncVectorEnv
+from marl.envs import EnvError, RewardSpec
+from marl.envs.batched import BatchedVectorEnv, make_batched_env
+from marl.envs.vector import EnvSlice, SyncVectorEnv
 from marl.networks import Actor
 from marl.rollout import policy_steps
 
@@ -53,7 +53,7 @@ def evaluate(actor: Actor, env_id: str, env_kwargs: dict, episodes: int, seed: i
 
 def evaluate_batched(actor: Actor, env_id: str, env_kwargs: dict, episodes: int, seed: int = 0,
                      greedy: bool = True) -> dict:
-    """``evaluate`` on the batched twin of ``env_id`` (``envs.batched``): all ``episodes`` at once
+    """``evaluate`` on the batched twin of ``env_id`` (``marl.envs.batched``): all ``episodes`` at once
     in one batched env on the actor's device. Same return dict (``batched: True`` added)."""
     torch.set_num_threads(1)
     device = next(actor.parameters()).device
@@ -80,7 +80,7 @@ def evaluate_batched(actor: Actor, env_id: str, env_kwargs: dict, episodes: int,
 def evaluator(cfg, batched: bool = False):
     """``evaluate`` (the PettingZoo env, the default whatever the run trained on) or, when asked or
     when the run's batched env has no PettingZoo counterpart, ``evaluate_batched``."""
-    from envs.batched import TWINS
+    from marl.envs.batched import TWINS
 
     use_batched = batched or (cfg.env.batched and cfg.env.id not in TWINS)
     return evaluate_batched if use_batched else evaluate

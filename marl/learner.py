@@ -22,7 +22,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from algorithms import coma_baseline, coma_critic_inputs, get_advantage, td_lambda
+from marl.algorithms import coma_baseline, coma_critic_inputs, get_advantage, td_lambda
 from marl.config import Config
 from marl.networks import Actor, CentralCritic, LocalCritic, QCritic, ValueNorm
 

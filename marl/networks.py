@@ -124,7 +124,7 @@ class LocalCritic(nn.Module):
 
 class QCritic(nn.Module):
     """COMA's counterfactual critic (Foerster et al., 2018): per-agent inputs ``[..., N, D]`` (state,
-    the other agents' actions, the agent's id; see ``algorithms.coma_critic_inputs``) to
+    the other agents' actions, the agent's id; see ``marl.algorithms.coma_critic_inputs``) to
     Q(s, u^{-a}, ·) for all of the agent's actions, ``[..., N, A]``, in one forward pass."""
 
     def __init__(self, in_dim: int, n_actions: int, hidden: int, layers: int, activation: str):

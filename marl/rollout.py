@@ -9,7 +9,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from envs.vector import StepBatch, SyncVectorEnv
+from marl.envs.vector import StepBatch, SyncVectorEnv
 from marl.learner import sample_actions
 
 
@@ -17,7 +17,7 @@ from marl.learner import sample_actions
 class Rollout:
     """Time-major rollout storage, ``[T, B, N, ...]``, as numpy arrays preallocated once.
 
-    ``alive[t]`` marks the agents that acted at step t (see ``envs.team_env``); ``avail[t]`` and
+    ``alive[t]`` marks the agents that acted at step t (see ``marl.envs.team_env``); ``avail[t]`` and
     ``next_avail[t]`` are the legal actions at ``obs[t]`` and ``next_obs[t]``."""
 
     obs: np.ndarray
@@ -112,7 +112,7 @@ def worker_seed(seed: int, iteration: int, worker: int) -> int:
 
 
 def act_in_worker(env_slice, pickled_actor: bytes, T: int, action_seed: int) -> tuple[dict, list]:
-    """Run in an env worker process (see ``envs.vector.ProcessVectorEnv.call``): collect ``T`` steps
+    """Run in an env worker process (see ``marl.envs.vector.ProcessVectorEnv.call``): collect ``T`` steps
     of the worker's own envs, continuing their episodes, with the actor in ``pickled_actor`` (plain
     pickle bytes, so its weights travel inline rather than through torch's shared-memory tensor
     sharing). Returns the rollout's arrays ``[T, n, ...]`` and the finished episodes (their ``env``

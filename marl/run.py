@@ -78,8 +78,8 @@ def load_actor(run_dir: str | Path):
     """The trained actor of ``run_dir`` and its config (weights loaded with ``weights_only=True``)."""
     import torch
 
-    from envs import env_spec
-    from envs.batched import TWINS
+    from marl.envs import env_spec
+    from marl.envs.batched import TWINS
     from marl.networks import Actor
 
     cfg = load_run_config(run_dir)

@@ -9,7 +9,7 @@ Episodes outlive the rollout: the envs keep running across iterations (each rese
 its episode ends), so ``algo.rollout_steps`` only sets how often the learner updates; the last
 step of a rollout bootstraps from V of its successor. The first iteration resets every env with
 seeds derived from ``(seed, iteration)``. A checkpoint holds the envs' live state (see
-``envs.snapshot``), so resuming reproduces an uninterrupted run exactly; for an env that cannot be
+``marl.envs.snapshot``), so resuming reproduces an uninterrupted run exactly; for an env that cannot be
 snapshot, the first checkpoint says so and a resumed run starts fresh episodes.
 
 With ``train.async_collection`` (env workers only) the rollout of iteration k+1 is collected in a
@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from envs import EnvError, RewardSpec, make_vector_env
-from envs.batched import BatchedVectorEnv, make_batched_env
+from marl.envs import EnvError, RewardSpec, make_vector_env
+from marl.envs.batched import BatchedVectorEnv, make_batched_env
 from marl.checkpoint import CHECKPOINT_NAME, load_checkpoint_into, save_checkpoint
 from marl.config import Config
 from marl.logger import RunLogger, truncate_metrics
@@ -302,7 +302,7 @@ class Trainer:
     def has_pettingzoo_env(self) -> bool:
         """The credit views play single episodes on the PettingZoo env: every run has one but a run on
         a batched simulator without a PettingZoo twin."""
-        from envs.batched import TWINS
+        from marl.envs.batched import TWINS
         return not self.cfg.env.batched or self.cfg.env.id in TWINS
 
     @property
@@ -310,7 +310,7 @@ class Trainer:
         if not self.has_pettingzoo_env:
             return False
         if self._has_true_credit is None:
-            from envs import make_parallel_env
+            from marl.envs import make_parallel_env
             env = make_parallel_env(self.cfg.env.id, self.cfg.env.kwargs)
             self._has_true_credit = hasattr(env.unwrapped, "true_credit")
             env.close()

@@ -9,9 +9,9 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from envs import EnvError, RewardSpec, apply_reward_mode
-from envs.batched import BatchedVectorEnv, make_batched_env
-from envs.rewards import apply_reward_mode_tensor
+from marl.envs import EnvError, RewardSpec, apply_reward_mode
+from marl.envs.batched import BatchedVectorEnv, make_batched_env
+from marl.envs.rewards import apply_reward_mode_tensor
 from marl.config import ConfigError, config_from_dict
 from marl.logger import read_metrics
 from marl.run import final_evaluation, new_run, resume_run

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from algorithms import coma_advantage, coma_baseline, coma_critic_inputs, coma_lambda_advantage
+from marl.algorithms import coma_advantage, coma_baseline, coma_critic_inputs, coma_lambda_advantage
 from tests.reference import coma_critic_input_loop, coma_loop
 
 

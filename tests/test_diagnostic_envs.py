@@ -24,7 +24,7 @@ with warnings.catch_warnings():
         state_test,
     )
 
-from envs.diagnostic import (
+from marl.envs.diagnostic import (
     CLIMBING_PAYOFF,
     DIAGNOSTIC_ENVS,
     ClimbingGame,

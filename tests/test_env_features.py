@@ -9,8 +9,8 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from envs import EnvError, RewardSpec, make_env, make_vector_env
-from envs.snapshot import copy_env
+from marl.envs import EnvError, RewardSpec, make_env, make_vector_env
+from marl.envs.snapshot import copy_env
 from marl.cli import main
 from marl.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from marl.config import config_from_dict

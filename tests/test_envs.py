@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from envs import EnvError, RewardSpec, apply_reward_mode, make_env, make_parallel_env, make_vector_env
-from envs.registry import STATE_IS_OBSERVATIONS
+from marl.envs import EnvError, RewardSpec, apply_reward_mode, make_env, make_parallel_env, make_vector_env
+from marl.envs.registry import STATE_IS_OBSERVATIONS
 
 
 def test_registered_short_name_and_sorted_agents():

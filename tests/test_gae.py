@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from algorithms import broadcast_agents, gae
+from marl.algorithms import broadcast_agents, gae
 from tests.reference import gae_loop, rollout_batches
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from envs.mpe_twin import SUPPORTED_SCENARIOS, MPETwin
+from marl.envs.mpe_twin import SUPPORTED_SCENARIOS, MPETwin
 
 CYCLES = 25
 TOLERANCE = 1e-4

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from algorithms import ADVANTAGES, gae, get_advantage, mc, n_step, td_lambda
+from marl.algorithms import ADVANTAGES, gae, get_advantage, mc, n_step, td_lambda
 from tests.reference import mc_loop, n_step_loop, rollout_batches, td_lambda_loop
 
 # Every estimator under one calling convention: (r, v, nv, term, trunc, gamma, lam, n) -> (adv, target).

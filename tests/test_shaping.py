@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from envs import RewardSpec, make_vector_env
-from envs.rewards import resolve_potential, shape_reward, spread_coverage_potential
+from marl.envs import RewardSpec, make_vector_env
+from marl.envs.rewards import resolve_potential, shape_reward, spread_coverage_potential
 
 # A small deterministic MDP. States 0..3 are live; from state s:
 #   action 0 ("quit")    -> terminal, reward 0
@@ -89,6 +89,6 @@ def test_builtin_spread_potential_matches_the_coverage_reward():
 
 
 def test_unknown_potential_is_a_clear_error():
-    from envs import EnvError
+    from marl.envs import EnvError
     with pytest.raises(EnvError, match="neither a built-in potential"):
         resolve_potential("magic")

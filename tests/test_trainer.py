@@ -15,8 +15,8 @@ import pytest
 import torch
 import yaml
 
-from envs import EnvError, RewardSpec, make_vector_env
-from envs.vector import episode_seed
+from marl.envs import EnvError, RewardSpec, make_vector_env
+from marl.envs.vector import episode_seed
 from marl.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from marl.config import config_from_dict, load_config
 from marl.logger import read_metrics

@@ -69,7 +69,7 @@ def env_spec(cfg) -> dict:
     ``build_config`` after ``cfg``."""
     import dataclasses
 
-    from envs import env_spec as probe
+    from marl.envs import env_spec as probe
 
     return dataclasses.asdict(probe(cfg.env.id, cfg.env.kwargs))
 

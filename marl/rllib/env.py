@@ -1,6 +1,6 @@
 """The project's env stack as an RLlib ``MultiAgentEnv``.
 
-One ``TeamMultiAgentEnv`` wraps one ``envs.vector.EnvSlice`` of a single ``TeamEnv``, so RLlib sees
+One ``TeamMultiAgentEnv`` wraps one ``marl.envs.vector.EnvSlice`` of a single ``TeamEnv``, so RLlib sees
 exactly what the local backend sees: the same registry and PettingZoo adapter (sorted agent ids,
 flattened and zero-padded observations, masked actions, global state), and the same reward mode
 and shaping, applied by the same code. What RLlib gets per agent:
@@ -39,8 +39,8 @@ import numpy as np
 from gymnasium import spaces
 from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
-from envs import EnvError, RewardSpec
-from envs.vector import EnvSlice
+from marl.envs import EnvError, RewardSpec
+from marl.envs.vector import EnvSlice
 
 STATE = "marl_state"
 ALIVE = "marl_alive"
