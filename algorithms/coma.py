@@ -16,20 +16,9 @@ from __future__ import annotations
 
 import torch
 
+from marl.algorithms.checks import check_avail, check_integer
+
 Tensor = torch.Tensor
-
-
-def _check_avail(avail: Tensor | None, like: Tensor) -> Tensor:
-    """``avail`` as a bool tensor broadcast to ``like``'s ``[..., N, A]`` (all True if None)."""
-    if avail is None:
-        return torch.ones(like.shape, dtype=torch.bool, device=like.device)
-    if avail.dtype != torch.bool:
-        raise TypeError(f"avail must be a bool tensor (True = available), got dtype {avail.dtype}")
-    try:
-        return avail.expand(like.shape)
-    except RuntimeError:
-        raise ValueError(f"avail has shape {tuple(avail.shape)}, which does not broadcast to "
-                         f"{tuple(like.shape)} ([..., N, A])") from None
 
 
 def coma_baseline(q_all: Tensor, logits: Tensor, avail: Tensor | None = None) -> Tensor:
@@ -50,7 +39,7 @@ def coma_baseline(q_all: Tensor, logits: Tensor, avail: Tensor | None = None) ->
     if q_all.shape != logits.shape or q_all.dim() < 2:
         raise ValueError(f"q_all has shape {tuple(q_all.shape)} and logits {tuple(logits.shape)}; "
                          f"expected the same [T, B, N, A]")
-    avail = _check_avail(avail, q_all)
+    avail = check_avail(avail, q_all)
     floor = torch.finfo(logits.dtype).min                # finite, so all-unavailable rows stay finite
     log_pi = torch.log_softmax(torch.where(avail, logits, floor), dim=-1)
     pi = torch.where(avail, log_pi.exp(), 0.0)
@@ -73,8 +62,7 @@ def coma_advantage(q_all: Tensor, logits: Tensor, actions: Tensor, avail: Tensor
     Returns:
         ``[T, B, N]`` advantage. Detach it before using it in the actor loss.
     """
-    if actions.dtype.is_floating_point or actions.dtype == torch.bool or actions.is_complex():
-        raise TypeError(f"actions must be an integer tensor, got dtype {actions.dtype}")
+    check_integer(actions, "actions")
     if actions.shape != q_all.shape[:-1]:
         raise ValueError(f"actions has shape {tuple(actions.shape)}, expected {tuple(q_all.shape[:-1])} "
                          f"(q_all is {tuple(q_all.shape)})")
