@@ -1,0 +1,345 @@
+"""Learned step-level reward models: temporal (and agent) credit from an episodic return.
+
+Two models map per-(step, agent) features to a reward ``r̂_{t,i}`` whose sum over an episode should
+equal the episode's return ``R``:
+
+- ``StepRewardModel``, RRD's per-step MLP (Ren et al., 2022, arXiv:2111.13485), trained with
+  ``marl.algorithms.redistribution.rrd_loss`` on random subsets of steps;
+- ``AgentTemporalTransformer``, AREL's attention over steps and agents (Xiao et al., 2022,
+  arXiv:2201.04612), trained with ``return_decomposition_loss`` on whole episodes.
+
+``RewardRedistributor`` owns one of them, its Adam optimiser and a FIFO buffer of finished episodes,
+and is what the trainer calls. Inputs are built by the caller: per agent i at step t, typically
+``[state_t, obs_{t,i}, one_hot(action_{t,i}), one_hot(i)]``, as ``features [..., N, D]``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from marl.algorithms.redistribution import (episode_segments, normalise_to_outcome, predicted_returns,
+                                       return_decomposition_loss, rrd_loss)
+from marl.networks import AgentMLP
+
+Tensor = torch.Tensor
+METHODS = ("rrd", "arel")
+
+
+class StepRewardModel(nn.Module):
+    """RRD's reward model r̂(x_{t,i}): one MLP shared by agents, ``[..., N, D] -> [..., N]``.
+
+    It scores each (step, agent) alone, so it applies to any slice of a rollout, whole episodes or not.
+    """
+
+    def __init__(self, n_agents: int, feature_dim: int, hidden: int, layers: int):
+        super().__init__()
+        self.net = AgentMLP(n_agents, feature_dim, 1, hidden, layers, "relu", shared=True)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.net(features).squeeze(-1)
+
+
+class ArelOutput(NamedTuple):
+    """``AgentTemporalTransformer``'s output; attention weights are averaged over heads, one row
+    per block, and zero on padded query steps."""
+
+    rewards: Tensor             # [E, T, N], 0 on padded steps
+    temporal_attention: Tensor  # [blocks, E, N, T, T]: agent i's step t (query) over steps (keys)
+    agent_attention: Tensor     # [blocks, E, T, N, N]: at step t, agent i (query) over agents (keys)
+
+
+class _AttentionBlock(nn.Module):
+    """A pre-norm transformer encoder layer that also returns its head-averaged attention weights."""
+
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        self.norm_attn = nn.LayerNorm(hidden)
+        self.attn = nn.MultiheadAttention(hidden, heads, batch_first=True)
+        self.norm_ff = nn.LayerNorm(hidden)
+        self.ff = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.ReLU(), nn.Linear(2 * hidden, hidden))
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        h = self.norm_attn(x)
+        out, weights = self.attn(h, h, h, key_padding_mask=key_padding_mask, need_weights=True)
+        x = x + out
+        return x + self.ff(self.norm_ff(x)), weights
+
+
+def sinusoidal_positions(T: int, hidden: int) -> Tensor:
+    """The transformer's fixed position code (Vaswani et al., 2017): ``[T, hidden]``."""
+    position = torch.arange(T, dtype=torch.float32).unsqueeze(1)
+    freq = torch.exp(torch.arange(0, hidden, 2, dtype=torch.float32) * (-math.log(10000.0) / hidden))
+    code = torch.zeros(T, hidden)
+    code[:, 0::2] = torch.sin(position * freq)
+    code[:, 1::2] = torch.cos(position * freq)[:, : hidden // 2]
+    return code
+
+
+class AgentTemporalTransformer(nn.Module):
+    """AREL's reward model (Xiao et al., 2022, arXiv:2201.04612): ``[E, T, N, D], valid [E, T] ->
+    ArelOutput``.
+
+    Each (t, i) is embedded (a linear map plus a sinusoidal code of t), then ``blocks`` times:
+    temporal self-attention over the whole episode for each agent (not causal; padded steps are
+    masked keys), then agent self-attention over the N agents at each step. A linear head gives the
+    per-(t, i) reward; their sum is the predicted return. Padded features are zeroed first, so junk
+    (even NaN) in padding cannot leak into valid outputs, and appending padded steps changes nothing.
+
+    Pre-norm blocks with no final LayerNorm: the residual stream keeps a linear path from features
+    to reward (a planted linear reward, 1 block of width 32, 400 updates: correlation 0.96, against
+    0.89 with a final norm). Memory grows as ``E · N · heads · T²`` per block, so long episodes
+    need small batches.
+    """
+
+    def __init__(self, n_agents: int, feature_dim: int, hidden: int, heads: int, blocks: int):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
+        self.hidden = hidden
+        self.embed = nn.Linear(feature_dim, hidden)
+        self.temporal = nn.ModuleList(_AttentionBlock(hidden, heads) for _ in range(blocks))
+        self.agent = nn.ModuleList(_AttentionBlock(hidden, heads) for _ in range(blocks))
+        self.head = nn.Linear(hidden, 1)
+
+    def forward(self, features: Tensor, valid: Tensor) -> ArelOutput:
+        E, T, N, _ = features.shape
+        mask = valid[..., None, None]
+        x = self.embed(torch.where(mask, features, 0.0))
+        x = x + sinusoidal_positions(T, self.hidden).to(x)[:, None, :]
+        pad_keys = (~valid)[:, None, :].expand(E, N, T).reshape(E * N, T)
+        temporal, agent = [], []
+        for time_block, agent_block in zip(self.temporal, self.agent):
+            xt, wt = time_block(x.transpose(1, 2).reshape(E * N, T, -1), pad_keys)
+            x = xt.reshape(E, N, T, -1).transpose(1, 2)
+            xa, wa = agent_block(x.reshape(E * T, N, -1), None)   # every agent is present at a step
+            x = xa.reshape(E, T, N, -1)
+            temporal.append(wt.reshape(E, N, T, T) * valid[:, None, :, None])
+            agent.append(wa.reshape(E, T, N, N) * mask)
+        rewards = torch.where(valid[..., None], self.head(x).squeeze(-1), 0.0)
+        return ArelOutput(rewards, torch.stack(temporal), torch.stack(agent))
+
+
+class RewardRedistributor:
+    """Learns a dense reward ``r̂_{t,i}`` from finished episodes' returns, online, beside the policy.
+
+    Usage: ``add_episodes`` after each rollout with its finished episodes, ``train(steps)``, then
+    ``rewards(features, done)`` for the rollout's dense rewards (or ``redistribute`` for whole
+    episodes, normalised to their returns).
+
+    Args:
+        method: ``"rrd"`` (``StepRewardModel`` + ``rrd_loss``) or ``"arel"``
+            (``AgentTemporalTransformer`` + ``return_decomposition_loss``).
+        feature_dim, n_agents: D and N of ``features [..., N, D]``.
+        hidden: MLP width (rrd) or model width (arel).
+        layers: hidden layers (rrd) or attention blocks (arel).
+        heads: attention heads (arel).
+        lr: Adam learning rate.
+        capacity: buffer size in episodes; the oldest are dropped first.
+        batch_size: episodes per update, drawn uniformly with replacement.
+        subset_size: RRD's K, steps drawn per episode (rrd).
+        seed: seeds the model's initialisation (inside ``torch.random.fork_rng``, so the global RNG is
+            left as it was) and the generator that draws batches and RRD subsets.
+    """
+
+    def __init__(self, method: str, feature_dim: int, n_agents: int, *, hidden: int = 64, layers: int = 2,
+                 heads: int = 4, lr: float = 1e-3, capacity: int = 1000, batch_size: int = 32,
+                 subset_size: int = 8, seed: int = 0):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        for name, value in [("feature_dim", feature_dim), ("n_agents", n_agents), ("hidden", hidden),
+                            ("layers", layers), ("heads", heads), ("capacity", capacity),
+                            ("batch_size", batch_size), ("subset_size", subset_size)]:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr!r}")
+        self.method, self.feature_dim, self.n_agents = method, feature_dim, n_agents
+        self.capacity, self.batch_size, self.subset_size = capacity, batch_size, subset_size
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.model = (StepRewardModel(n_agents, feature_dim, hidden, layers) if method == "rrd"
+                          else AgentTemporalTransformer(n_agents, feature_dim, hidden, heads, layers))
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
+        self.generator = torch.Generator().manual_seed(seed)
+        self._features = torch.zeros(capacity, 0, n_agents, feature_dim)
+        self._valid = torch.zeros(capacity, 0, dtype=torch.bool)
+        self._returns = torch.zeros(capacity)
+        self._position = 0      # next slot to write
+        self._size = 0          # episodes held
+
+    def __len__(self) -> int:
+        return self._size
+
+    # -- the buffer -----------------------------------------------------------------------------------
+    def add_episodes(self, features: Tensor, valid: Tensor, returns: Tensor) -> None:
+        """Store finished episodes: ``features [E, T, N, D]``, ``valid [E, T]`` bool, ``returns [E]``.
+
+        Copies are kept (float32, zero on padded steps, trimmed to the longest episode); past
+        ``capacity`` the oldest go.
+        """
+        self._check_features(features)
+        step_shape = features.shape[:3]
+        if valid.dtype != torch.bool or valid.shape != step_shape[:2]:
+            raise ValueError(f"valid must be a bool tensor of shape {tuple(step_shape[:2])}, got "
+                             f"{tuple(valid.shape)} {valid.dtype}")
+        if returns.shape != step_shape[:1]:
+            raise ValueError(f"returns has shape {tuple(returns.shape)}, expected {tuple(step_shape[:1])}")
+        if not valid.any(dim=1).all():
+            raise ValueError("every episode passed to add_episodes needs at least one valid step")
+        used = int(valid.any(dim=0).nonzero().max()) + 1
+        valid = valid[:, :used]
+        features = torch.where(valid[..., None, None], features[:, :used].detach().float(), 0.0)
+        features, valid, returns = features[-self.capacity:], valid[-self.capacity:], returns[-self.capacity:]
+        if used > self._features.shape[1]:
+            grow = used - self._features.shape[1]
+            self._features = nn.functional.pad(self._features, (0, 0, 0, 0, 0, grow))
+            self._valid = nn.functional.pad(self._valid, (0, grow))
+        slots = (self._position + torch.arange(len(returns))) % self.capacity
+        self._features[slots] = 0.0
+        self._features[slots, :used] = features
+        self._valid[slots] = False
+        self._valid[slots, :used] = valid
+        self._returns[slots] = returns.detach().float()
+        self._position = (self._position + len(returns)) % self.capacity
+        self._size = min(self._size + len(returns), self.capacity)
+
+    def _sample(self) -> tuple[Tensor, Tensor, Tensor]:
+        idx = torch.randint(self._size, (self.batch_size,), generator=self.generator)
+        valid = self._valid[idx]
+        used = int(valid.any(dim=0).nonzero().max()) + 1
+        return self._features[idx, :used], valid[:, :used], self._returns[idx]
+
+    # -- training -------------------------------------------------------------------------------------
+    def _raw_rewards(self, features: Tensor, valid: Tensor) -> Tensor:
+        if self.method == "rrd":
+            return torch.where(valid[..., None], self.model(features), 0.0)
+        return self.model(features, valid).rewards
+
+    def train(self, steps: int) -> dict[str, float]:
+        """Take ``steps`` Adam updates on batches from the buffer.
+
+        Returns the means over the updates of ``redistribution/loss`` and
+        ``redistribution/return_error``, the mean ``|Σ_{t,i} r̂ − R|`` over each batch's episodes
+        (before that update; for rrd over whole episodes, not the loss's subsets).
+
+        Raises:
+            ValueError: if the buffer is empty or ``steps`` is not an int ≥ 1.
+        """
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        if not self._size:
+            raise ValueError("RewardRedistributor.train: the buffer is empty; call add_episodes first")
+        self.model.train()
+        loss_sum, error_sum = 0.0, 0.0
+        for _ in range(steps):
+            features, valid, returns = self._sample()
+            rewards = self._raw_rewards(features, valid)
+            if self.method == "rrd":
+                loss = rrd_loss(rewards, valid, returns, self.subset_size, self.generator)
+            else:
+                loss = return_decomposition_loss(rewards, valid, returns)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            loss_sum += loss.item()
+            error_sum += (predicted_returns(rewards.detach(), valid) - returns).abs().mean().item()
+        return {"redistribution/loss": loss_sum / steps, "redistribution/return_error": error_sum / steps}
+
+    # -- dense rewards --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def rewards(self, features: Tensor, done: Tensor | None = None) -> Tensor:
+        """Dense rewards for a time-major rollout: ``features [T, B, N, D] -> [T, B, N]``, unnormalised.
+
+        rrd: ``r̂(x_{t,i})`` per step; ``done`` is not needed.
+
+        arel: the transformer reads whole episodes, so ``done [T, B]`` (bool, step t ends its episode)
+        is required: each env column is cut into episode segments (``episode_segments``) and each
+        segment is scored as its own episode, positions counted from its first step. An episode that
+        finishes inside the rollout gets exactly its ``redistribute`` rewards before normalisation.
+        The trade-off: the segment cut by the rollout end is scored without its future steps, a
+        context the model never saw in training, so its rewards are less reliable; and a segment
+        that began in an earlier rollout would get wrong positions (our rollouts start fresh
+        episodes, so this does not arise). For rewards that add up to R, use ``redistribute`` on
+        finished episodes.
+        """
+        self._check_features(features)
+        self.model.eval()
+        if self.method == "rrd":
+            return self.model(features)
+        if done is None:
+            raise ValueError("rewards: method 'arel' needs done [T, B] to cut the rollout into episodes")
+        T, B = features.shape[:2]
+        if done.shape != (T, B):
+            raise ValueError(f"done has shape {tuple(done.shape)}, expected {(T, B)} ([T, B] of features)")
+        index, valid, _ = episode_segments(done)
+        flat = features.reshape(T * B, self.n_agents, self.feature_dim)
+        scored = self.model(flat[index], valid).rewards
+        out = features.new_zeros(T * B, self.n_agents)
+        out[index[valid]] = scored[valid]
+        return out.reshape(T, B, self.n_agents)
+
+    @torch.no_grad()
+    def redistribute(self, features: Tensor, valid: Tensor, returns: Tensor) -> Tensor:
+        """Rewards for finished episodes that sum exactly to their returns: ``features [E, T, N, D]``,
+        ``valid [E, T]``, ``returns [E]`` -> ``[E, T, N]`` (``normalise_to_outcome``: a shift per
+        episode; 0 on padded steps)."""
+        self._check_features(features)
+        self.model.eval()
+        return normalise_to_outcome(self._raw_rewards(features, valid), valid, returns)
+
+    @torch.no_grad()
+    def attention(self, features: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        """arel only: ``(temporal [blocks, E, N, T, T], agent [blocks, E, T, N, N])`` attention
+        weights of episodes ``features [E, T, N, D]``, for logging as an attribution view."""
+        if self.method != "arel":
+            raise ValueError(f"attention: method {self.method!r} has no attention; use 'arel'")
+        self._check_features(features)
+        self.model.eval()
+        out = self.model(features, valid)
+        return out.temporal_attention, out.agent_attention
+
+    def _check_features(self, features: Tensor) -> None:
+        if features.dim() != 4 or features.shape[-2:] != (self.n_agents, self.feature_dim):
+            raise ValueError(f"features has shape {tuple(features.shape)}, expected 4 dims ending in "
+                             f"[N, D] = [{self.n_agents}, {self.feature_dim}]")
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Model, optimiser, generator and buffer, copied (loads with ``torch.load(weights_only=True)``)."""
+        return {
+            "method": self.method,
+            "model": {k: v.clone() for k, v in self.model.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "generator": self.generator.get_state(),
+            "buffer": {"features": self._features[: self._size].clone(), "valid": self._valid[: self._size].clone(),
+                       "returns": self._returns[: self._size].clone(), "position": self._position,
+                       "size": self._size},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()``'s output, so training continues exactly as if never interrupted.
+
+        Raises:
+            ValueError: if the state was written for another method or holds more than ``capacity``
+                episodes.
+        """
+        if state["method"] != self.method:
+            raise ValueError(f"state is for method {state['method']!r}, this redistributor is {self.method!r}")
+        buffer = state["buffer"]
+        size = int(buffer["size"])
+        if size > self.capacity:
+            raise ValueError(f"state holds {size} episodes, more than capacity {self.capacity}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        self.generator.set_state(state["generator"])
+        t_max = buffer["features"].shape[1]
+        self._features = torch.zeros(self.capacity, t_max, self.n_agents, self.feature_dim)
+        self._valid = torch.zeros(self.capacity, t_max, dtype=torch.bool)
+        self._returns = torch.zeros(self.capacity)
+        self._features[:size], self._valid[:size] = buffer["features"], buffer["valid"]
+        self._returns[:size] = buffer["returns"]
+        self._position, self._size = int(buffer["position"]), size
