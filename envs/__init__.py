@@ -23,8 +23,9 @@ class EnvSpec:
     obs_dim: int
     state_dim: int
     n_actions: int
-    action_mask: np.ndarray   # bool [N, A]
+    action_mask: np.ndarray   # bool [N, A]: the actions (or, continuous, the action dims) each agent has
     dynamic_mask: bool
+    continuous: bool
 
 
 def env_spec(env_id: str, kwargs: dict | None = None, batched: bool = False) -> EnvSpec:
@@ -33,10 +34,11 @@ def env_spec(env_id: str, kwargs: dict | None = None, batched: bool = False) -> 
         from marl.envs.batched import make_batched_env
         env = make_batched_env(env_id, dict(kwargs or {}), 1)
         spec = EnvSpec(list(env.agents), env.obs_dim, env.state_dim, env.n_actions,
-                       env.action_mask.cpu().numpy().astype(bool), False)
+                       env.action_mask.cpu().numpy().astype(bool), False, bool(getattr(env, "continuous", False)))
     else:
         env = TeamEnv(env_id, kwargs)
-        spec = EnvSpec(list(env.agents), env.obs_dim, env.state_dim, env.n_actions, env.action_mask, env.dynamic_mask)
+        spec = EnvSpec(list(env.agents), env.obs_dim, env.state_dim, env.n_actions, env.action_mask, env.dynamic_mask,
+                       env.continuous)
     close = getattr(env, "close", None)
     if close is not None:
         close()

@@ -90,13 +90,14 @@ class BatchedVectorEnv:
         B, N = self.num_envs, self.n_agents
         self._avail = env.action_mask.to(self.device).bool().expand(B, N, self.n_actions)
         self._alive = torch.ones(B, N, dtype=torch.bool, device=self.device)
+        self._first = torch.ones(B, dtype=torch.bool, device=self.device)
         self._raw_return = torch.zeros(B, N, dtype=torch.float64, device=self.device)
         self._return = torch.zeros_like(self._raw_return)
         self._length = torch.zeros(B, dtype=torch.long, device=self.device)
         self._current: dict[str, torch.Tensor] = {}
 
-    def _set_current(self, obs: torch.Tensor, state: torch.Tensor) -> dict[str, torch.Tensor]:
-        self._current = {"obs": obs, "state": state, "avail": self._avail, "alive": self._alive}
+    def _set_current(self, obs: torch.Tensor, state: torch.Tensor, first: torch.Tensor) -> dict[str, torch.Tensor]:
+        self._current = {"obs": obs, "state": state, "avail": self._avail, "alive": self._alive, "first": first}
         return self._current
 
     def reset(self, seed: int) -> dict[str, torch.Tensor]:
@@ -105,11 +106,11 @@ class BatchedVectorEnv:
         self._raw_return.zero_()
         self._return.zero_()
         self._length.zero_()
-        return self._set_current(obs, state)
+        return self._set_current(obs, state, torch.ones_like(self._first))
 
     def current(self) -> dict[str, torch.Tensor]:
         """What the agents act on next: ``obs [B, N, O]``, ``state [B, S]``, ``avail [B, N, A]``,
-        ``alive [B, N]``."""
+        ``alive [B, N]``, ``first [B]`` (obs starts an episode)."""
         return self._current
 
     def step(self, actions: torch.Tensor, autoreset: bool = True) -> "TensorStep":
@@ -134,16 +135,17 @@ class BatchedVectorEnv:
             self._raw_return[ended] = 0.0
             self._return[ended] = 0.0
             self._length[ended] = 0
-        self._set_current(out["obs"], out["state"])
+        self._set_current(out["obs"], out["state"], done)
         return TensorStep(obs=out["obs"], state=out["state"], avail=self._avail, alive=self._alive,
                           next_obs=out["next_obs"], next_state=out["next_state"], next_avail=self._avail,
                           acted=self._alive, raw_reward=raw, reward=reward, terminated=out["terminated"],
-                          truncated=out["truncated"], done=done, episodes=episodes)
+                          truncated=out["truncated"], done=done, first=done, episodes=episodes)
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         """Everything needed to continue exactly, as tensors: the env's state and the episode bookkeeping."""
         return {**{f"env/{k}": v for k, v in self.env.get_state().items()},
-                "raw_return": self._raw_return.clone(), "return": self._return.clone(), "length": self._length.clone()}
+                "raw_return": self._raw_return.clone(), "return": self._return.clone(), "length": self._length.clone(),
+                "first": self._current["first"].clone()}
 
     def load_snapshot(self, state: dict[str, torch.Tensor]) -> None:
         if not isinstance(state, dict):
@@ -152,7 +154,7 @@ class BatchedVectorEnv:
                             for k, v in state.items() if k.startswith("env/")})
         for name in ("raw_return", "return", "length"):
             getattr(self, f"_{name}").copy_(state[name])
-        self._set_current(*self.env.observe())
+        self._set_current(*self.env.observe(), state["first"].to(self.device))
 
     def close(self) -> None:
         close = getattr(self.env, "close", None)
@@ -164,7 +166,7 @@ class TensorStep:
     """One batched step, the fields of ``marl.envs.vector.StepBatch`` as tensors."""
 
     __slots__ = ("obs", "state", "avail", "alive", "next_obs", "next_state", "next_avail", "acted", "raw_reward",
-                 "reward", "terminated", "truncated", "done", "episodes")
+                 "reward", "terminated", "truncated", "done", "first", "episodes")
 
     def __init__(self, **fields):
         for name, value in fields.items():

@@ -2,8 +2,11 @@
 
 - **Observations** of any Gymnasium space are flattened with ``gymnasium.spaces.flatten``; agents
   with smaller observations are zero-padded to the largest.
-- **Action masks.** Agents with fewer actions get the extra ones masked out (the static
-  ``action_mask``). Per-step masks follow PettingZoo's conventions: an observation ``Dict`` with
+- **Actions** are ``Discrete`` (agents with fewer actions get the extra ones masked out: the
+  static ``action_mask``) or ``Box`` for every agent (``continuous``; flattened, padded to the
+  largest, ``action_mask`` marking each agent's dims; actions are clipped to the space's bounds
+  before they reach the env). An env that mixes the two is refused.
+- **Action masks.** Per-step masks follow PettingZoo's conventions: an observation ``Dict`` with
   keys ``observation`` and ``action_mask`` (the mask is not part of what the network sees), or
   ``infos[agent]["action_mask"]``. Every step returns ``avail [N, A]``, the static mask and the
   step's mask combined.
@@ -100,23 +103,39 @@ class TeamEnv:
         self.n_agents = len(self.agents)
         self._index = {agent: i for i, agent in enumerate(self.agents)}
         obs_sizes, act_sizes, self._obs_spaces, self._mask_in_obs, self._action_start = [], [], [], [], []
-        for agent in self.agents:
-            obs_space, act_space = self.env.observation_space(agent), self.env.action_space(agent)
-            if not isinstance(act_space, spaces.Discrete):
-                raise EnvError(
-                    f"env {env_id!r}: agent {agent!r} has action space {act_space}; only Discrete "
-                    f"actions are supported (for mpe2 envs pass env.kwargs.continuous_actions: false)")
+        act_spaces = [self.env.action_space(agent) for agent in self.agents]
+        kinds = {type(space).__name__ for space in act_spaces}
+        for agent, space in zip(self.agents, act_spaces):
+            if not isinstance(space, (spaces.Discrete, spaces.Box)):
+                raise EnvError(f"env {env_id!r}: agent {agent!r} has action space {space}; Discrete and Box actions "
+                               f"are supported")
+        if len(kinds) > 1:
+            raise EnvError(f"env {env_id!r} mixes action spaces ({', '.join(f'{a}: {s}' for a, s in zip(self.agents, act_spaces))}); "
+                           f"every agent needs the same kind, all Discrete or all Box")
+        self.continuous = isinstance(act_spaces[0], spaces.Box)
+        self._act_spaces = act_spaces
+        for agent, act_space in zip(self.agents, act_spaces):
+            obs_space = self.env.observation_space(agent)
             space, in_obs = _network_space(env_id, agent, obs_space)
+            if in_obs and self.continuous:
+                raise EnvError(f"env {env_id!r}: agent {agent!r} has an action_mask with Box actions; masks need "
+                               f"Discrete actions")
             obs_sizes.append(_flat_size(env_id, agent, space))
             self._obs_spaces.append(space)
             self._mask_in_obs.append(in_obs)
-            act_sizes.append(int(act_space.n))
-            self._action_start.append(int(act_space.start))
+            act_sizes.append(int(np.prod(act_space.shape)) if self.continuous else int(act_space.n))
+            self._action_start.append(0 if self.continuous else int(act_space.start))
         self._obs_sizes = obs_sizes
         self.obs_dim = max(obs_sizes)
         self.n_actions = max(act_sizes)
         self._act_sizes = act_sizes
         self.action_mask = np.arange(self.n_actions)[None, :] < np.array(act_sizes)[:, None]
+        if self.continuous:   # each agent's bounds, padded (a padded dim is never sent)
+            self.action_low = np.zeros((self.n_agents, self.n_actions), np.float32)
+            self.action_high = np.zeros((self.n_agents, self.n_actions), np.float32)
+            for i, space in enumerate(act_spaces):
+                self.action_low[i, :act_sizes[i]] = np.broadcast_to(space.low, space.shape).reshape(-1)
+                self.action_high[i, :act_sizes[i]] = np.broadcast_to(space.high, space.shape).reshape(-1)
         self._uniform_obs = len(set(obs_sizes)) == 1
         self._box_obs = all(isinstance(s, spaces.Box) for s in self._obs_spaces)
         self._any_mask_in_obs = any(self._mask_in_obs)
@@ -213,12 +232,22 @@ class TeamEnv:
         self._check_finite(obs, obs_array, np.zeros(1, np.float32))
         return TeamObs(obs_array, self._state(obs_array), self._avail(obs, infos or {}, alive), alive)
 
+    def _env_actions(self, actions: np.ndarray) -> list:
+        """Per-agent actions as the env takes them: Discrete indices (with the space's ``start``), or
+        Box vectors clipped to the space's bounds and shaped as it is."""
+        if not self.continuous:
+            if self._offsets:
+                actions = np.asarray(actions) + np.asarray(self._action_start)
+            return actions.tolist()
+        clipped = np.clip(np.asarray(actions, dtype=np.float32), self.action_low, self.action_high)
+        return [clipped[i, :self._act_sizes[i]].reshape(space.shape).astype(space.dtype)
+                for i, space in enumerate(self._act_spaces)]
+
     def step(self, actions: np.ndarray) -> TeamStep:
-        """Step with ``actions [N]`` (only the agents in ``env.agents`` are sent theirs); see ``TeamStep``."""
+        """Step with ``actions [N]`` (Discrete) or ``[N, A]`` (Box); only the agents in ``env.agents``
+        are sent theirs. See ``TeamStep``."""
         acting = list(self.env.agents)
-        if self._offsets:
-            actions = np.asarray(actions) + np.asarray(self._action_start)
-        values = actions.tolist()
+        values = self._env_actions(actions)
         if len(acting) == self.n_agents:
             action_dict = dict(zip(self.agents, values))
         else:

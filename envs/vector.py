@@ -51,6 +51,7 @@ class StepBatch:
     terminated: np.ndarray   # [B, N] bool
     truncated: np.ndarray    # [B, N] bool
     done: np.ndarray         # [B] bool: the episode ended at this step
+    first: np.ndarray        # [B] bool: obs is the first of an episode (a recurrent policy resets there)
     episodes: list           # finished episodes: dicts with raw_return [N], return [N], length, env (row b)
 
     @classmethod
@@ -60,18 +61,20 @@ class StepBatch:
                    episodes=episodes)
 
 
-CURRENT = ("obs", "state", "avail", "alive")   # the arrays agents act on; see ``current()``
+CURRENT = ("obs", "state", "avail", "alive", "first")   # what agents act on; see ``current()``
 
 
-def _step_layout(n: int, n_agents: int, obs_dim: int, state_dim: int, n_actions: int) -> dict[str, tuple[tuple, type]]:
+def _step_layout(n: int, n_agents: int, obs_dim: int, state_dim: int, n_actions: int,
+                 continuous: bool = False) -> dict[str, tuple[tuple, type]]:
     """Shapes and dtypes of the arrays a vectorised step fills, for ``n`` envs (plus ``actions``)."""
     agents = (n, n_agents)
+    actions = (agents + (n_actions,), np.float32) if continuous else (agents, np.int64)
     return {"obs": (agents + (obs_dim,), np.float32), "state": ((n, state_dim), np.float32),
             "avail": (agents + (n_actions,), bool), "alive": (agents, bool),
             "next_obs": (agents + (obs_dim,), np.float32), "next_state": ((n, state_dim), np.float32),
             "next_avail": (agents + (n_actions,), bool), "acted": (agents, bool),
             "raw_reward": (agents, np.float32), "reward": (agents, np.float32), "terminated": (agents, bool),
-            "truncated": (agents, bool), "done": ((n,), bool), "actions": (agents, np.int64)}
+            "truncated": (agents, bool), "done": ((n,), bool), "first": ((n,), bool), "actions": actions}
 
 
 def episode_seed(base: int, episode: int) -> int:
@@ -98,10 +101,10 @@ class EnvSlice:
         self.env_id = env_id
         self.reward = reward
         self.n, self.n_agents, self.obs_dim, self.state_dim = n, e.n_agents, e.obs_dim, e.state_dim
-        self.n_actions = e.n_actions
+        self.n_actions, self.continuous = e.n_actions, e.continuous
         if out is None:
             out = {k: np.zeros(shape, dtype) for k, (shape, dtype) in
-                   _step_layout(n, e.n_agents, e.obs_dim, e.state_dim, e.n_actions).items()}
+                   _step_layout(n, e.n_agents, e.obs_dim, e.state_dim, e.n_actions, e.continuous).items()}
         self.out = out
         shape = (n, self.n_agents)
         self._raw_return = np.zeros(shape, np.float64)
@@ -129,6 +132,7 @@ class EnvSlice:
         self._episode[:] = 0
         for i in range(self.n):
             self._reset_env(i)
+        self.out["first"][:] = True
         self._raw_return[:] = 0.0
         self._return[:] = 0.0
         self._length[:] = 0
@@ -157,6 +161,7 @@ class EnvSlice:
         self._length += 1
         episodes = []
         o["obs"][:], o["state"][:], o["avail"][:] = o["next_obs"], o["next_state"], o["next_avail"]
+        o["first"][:] = o["done"]
         for i in np.flatnonzero(o["done"]):
             episodes.append({"raw_return": self._raw_return[i].copy(), "return": self._return[i].copy(),
                              "length": int(self._length[i]), "env": int(i)})
@@ -198,6 +203,7 @@ def _describe(venv, probe: TeamEnv, num_envs: int) -> None:
     venv.obs_dim, venv.state_dim, venv.n_actions = probe.obs_dim, probe.state_dim, probe.n_actions
     venv.action_mask = probe.action_mask
     venv.dynamic_mask = probe.dynamic_mask
+    venv.continuous = probe.continuous
 
 
 class SyncVectorEnv:
@@ -293,7 +299,8 @@ class ProcessVectorEnv:
         probe.close()
         _describe(self, probe, num_envs)
         ctx = mp.get_context("spawn")
-        layout = _step_layout(num_envs, probe.n_agents, probe.obs_dim, probe.state_dim, probe.n_actions)
+        layout = _step_layout(num_envs, probe.n_agents, probe.obs_dim, probe.state_dim, probe.n_actions,
+                              probe.continuous)
         buffers = {k: ctx.RawArray("b", max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize))
                    for k, (shape, dtype) in layout.items()}
         self._arrays = _shared_views(buffers, layout, slice(None))

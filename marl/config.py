@@ -102,6 +102,16 @@ class ModelConfig:
     """One actor for all agents (with a one-hot agent id) or one per agent."""
     activation: str = "relu"
     """``relu`` or ``tanh``."""
+    recurrent: bool = False
+    """A GRU after the first layer of actor and critic (MAPPO's recurrent policy), for partially
+    observed tasks: hidden states are carried across steps and rollouts and reset where an episode
+    starts; training back-propagates through time over chunks of ``model.chunk_length`` steps."""
+    chunk_length: int = 10
+    """With ``model.recurrent``: steps per chunk of truncated back-propagation through time (the
+    MAPPO repo's ``data_chunk_length``); must divide ``algo.rollout_steps``."""
+    log_std_init: float = -0.5
+    """Continuous (Box) actions: the initial log standard deviation of the Gaussian policy (a
+    learned, state-independent parameter per action dimension)."""
 
 
 @dataclass
@@ -315,6 +325,18 @@ def validate(cfg: Config) -> Config:
     _check(t.eval_episodes >= 0, "train.eval_episodes", t.eval_episodes, "an int >= 0")
     _check(t.eval_every >= 0, "train.eval_every", t.eval_every, "an int >= 0")
     _check(t.eval_every_episodes >= 1, "train.eval_every_episodes", t.eval_every_episodes, "an int >= 1")
+    _check(m.chunk_length >= 1, "model.chunk_length", m.chunk_length, "an int >= 1")
+    if m.recurrent:
+        _check(a.rollout_steps % m.chunk_length == 0, "model.chunk_length", m.chunk_length,
+               f"a divisor of algo.rollout_steps = {a.rollout_steps}")
+        chunks = a.rollout_steps // m.chunk_length * e.num_envs
+        _check(chunks % a.minibatches == 0, "algo.minibatches", a.minibatches,
+               f"a divisor of the {chunks} chunks (algo.rollout_steps / model.chunk_length * env.num_envs) "
+               f"that recurrent training shuffles")
+        _check(cfg.backend == "local", "model.recurrent", m.recurrent,
+               "false with backend 'rllib' (its RLModule here is not stateful; train recurrent policies "
+               "with the local backend)")
+    _refuse_ignored_options(cfg)
     _check(t.device == "cpu" or t.device == "cuda" or t.device.startswith("cuda:"), "train.device", t.device,
            "'cpu', 'cuda' or 'cuda:K'")
     if t.device != "cpu":
@@ -342,6 +364,35 @@ def validate(cfg: Config) -> Config:
                "false with backend 'rllib' (RLlib's EnvRunners act for themselves)")
         _check(e.workers >= 1, "train.act_in_workers", t.act_in_workers, "false unless env.workers >= 1")
     return cfg
+
+
+def _refuse_ignored_options(cfg: Config) -> None:
+    """An option set to a non-default value that the chosen setup never reads is an error, not a
+    silent no-op (e.g. ``algo.critic: local`` with COMA, whose Q critic is its own)."""
+    from marl.algorithms import ADVANTAGES
+
+    defaults = Config()
+    a, spec = cfg.algo, ADVANTAGES[cfg.algo.advantage]
+    reads = {field for _, field in spec.params}
+    q_critic = spec.critic == "q"
+    ignored = [
+        ("algo.critic", a.critic, defaults.algo.critic, q_critic,
+         f"{a.advantage!r} uses its own counterfactual Q critic"),
+        ("algo.critic_obs", a.critic_obs, defaults.algo.critic_obs, not q_critic,
+         f"only Q-critic modules (coma, coma_lambda) read it, not {a.advantage!r}"),
+        ("algo.target_update_every", a.target_update_every, defaults.algo.target_update_every, not q_critic,
+         f"only Q-critic modules (coma, coma_lambda) have a target critic, not {a.advantage!r}"),
+        ("algo.n_step", a.n_step, defaults.algo.n_step, "n_step" not in reads, f"{a.advantage!r} does not read it"),
+        ("algo.lam", a.lam, defaults.algo.lam, "lam" not in reads, f"{a.advantage!r} does not read it"),
+        ("env.alpha", cfg.env.alpha, defaults.env.alpha, cfg.env.reward != "mixed",
+         f"only env.reward: mixed reads it, not {cfg.env.reward!r}"),
+        ("model.chunk_length", cfg.model.chunk_length, defaults.model.chunk_length, not cfg.model.recurrent,
+         "only recurrent networks (model.recurrent: true) read it"),
+    ]
+    for key, value, default, unused, why in ignored:
+        if unused and value != default:
+            raise ConfigError(f"config key '{key}': set to {value!r}, but {why}; remove it or leave it at "
+                              f"{default!r}")
 
 
 # -- loading ------------------------------------------------------------------------------------------

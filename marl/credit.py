@@ -10,20 +10,31 @@ from marl.envs.vector import SyncVectorEnv
 from marl.networks import MASKED_LOGIT
 from marl.rollout import policy_steps
 
-EPISODE_FIELDS = ("obs", "state", "avail", "alive", "next_obs", "next_state", "next_avail", "actions", "logp",
-                  "raw_reward", "reward", "terminated", "truncated")
+EPISODE_FIELDS = ("obs", "state", "avail", "alive", "first", "actor_h", "next_obs", "next_state", "next_avail",
+                  "actions", "logp", "raw_reward", "reward", "terminated", "truncated")
 
 
 class UniformPolicy(torch.nn.Module):
-    """Logits of the uniform distribution over the legal actions (an actor's interface)."""
+    """Acts uniformly at random over the legal (discrete) actions, while a recurrent ``actor``'s
+    hidden state follows the episode as it would (the credit views read that actor's values)."""
 
     def __init__(self, actor):
         super().__init__()
+        if actor.continuous:
+            raise ValueError("uniform behaviour is defined for discrete actions only")
         self.actor = actor
+        self.hidden_size = actor.hidden_size
 
-    def forward(self, obs: torch.Tensor, avail: torch.Tensor | None = None) -> torch.Tensor:
+    def initial_hidden(self, *batch, device=None):
+        return self.actor.initial_hidden(*batch, device=device)
+
+    def step(self, obs: torch.Tensor, avail: torch.Tensor | None, hidden: torch.Tensor | None):
+        _, hidden = self.actor.step(obs, avail, hidden)
         logits = torch.zeros(*obs.shape[:-1], self.actor.action_mask.shape[-1], device=obs.device)
-        return logits.masked_fill(~(self.actor.action_mask if avail is None else avail), MASKED_LOGIT)
+        return logits.masked_fill(~(self.actor.action_mask if avail is None else avail), MASKED_LOGIT), hidden
+
+    def distribution(self, out: torch.Tensor):
+        return self.actor.distribution(out)
 
 
 def play_episode(trainer, venv: SyncVectorEnv, seed: int, generator: torch.Generator,
@@ -35,11 +46,14 @@ def play_episode(trainer, venv: SyncVectorEnv, seed: int, generator: torch.Gener
     policy = trainer.actor if behaviour == "policy" else UniformPolicy(trainer.actor)
     venv.reset([seed])
     buf = {k: [] for k in EPISODE_FIELDS}
-    for current, actions, logp, step in policy_steps(venv, policy, generator):
-        for key in ("obs", "state", "avail", "alive"):
+    for ps in policy_steps(venv, policy, generator):
+        current, step = ps.current, ps.step
+        for key in ("obs", "state", "avail", "alive", "first"):
             buf[key].append(current[key])
-        buf["actions"].append(actions)
-        buf["logp"].append(logp)
+        hidden = ps.hidden.cpu().numpy() if ps.hidden is not None else np.zeros((1, len(trainer.agents), 0), np.float32)
+        buf["actor_h"].append(hidden)
+        buf["actions"].append(ps.actions)
+        buf["logp"].append(ps.logp)
         for key in ("next_obs", "next_state", "next_avail", "raw_reward", "reward", "terminated", "truncated"):
             buf[key].append(getattr(step, key))
         if step.done[0]:

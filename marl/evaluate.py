@@ -33,8 +33,8 @@ def evaluate(actor: Actor, env_id: str, env_kwargs: dict, episodes: int, seed: i
             base = EVAL_SEED_OFFSET + seed * 100_003 + len(returns)
             venv.reset(base + np.arange(venv.num_envs))
             first = {}   # env row -> raw return of its first episode
-            for _, _, _, step in policy_steps(venv, actor, generator, greedy):
-                for ep in step.episodes:
+            for ps in policy_steps(venv, actor, generator, greedy):
+                for ep in ps.step.episodes:
                     if ep["env"] < k:
                         first.setdefault(ep["env"], ep["raw_return"])
                 if len(first) == k:
@@ -62,8 +62,8 @@ def evaluate_batched(actor: Actor, env_id: str, env_kwargs: dict, episodes: int,
     venv.reset(EVAL_SEED_OFFSET + seed)
     first = {}
     try:
-        for _, _, _, step in policy_steps(venv, actor, generator, greedy):
-            for ep in step.episodes:
+        for ps in policy_steps(venv, actor, generator, greedy):
+            for ep in ps.step.episodes:
                 first.setdefault(ep["env"], ep["raw_return"])
             if len(first) == episodes:
                 break
@@ -104,9 +104,9 @@ def render_gif(actor: Actor, env_id: str, env_kwargs: dict, path: str | Path, se
         frames = [frame()]
         if frames[0] is None:
             raise EnvError(f"env {env_id!r} returned no frame from render(); it does not support rgb_array")
-        for _, _, _, step in policy_steps(venv, actor, None, greedy=True, autoreset=False):
+        for ps in policy_steps(venv, actor, None, greedy=True, autoreset=False):
             frames.append(frame())
-            if step.done[0]:
+            if ps.step.done[0]:
                 break
     finally:
         venv.close()

@@ -22,9 +22,10 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from marl.algorithms import coma_baseline, coma_critic_inputs, get_advantage, td_lambda
-from marl.config import Config
-from marl.networks import Actor, CentralCritic, LocalCritic, QCritic, ValueNorm
+from marl.algorithms import coma_baseline, get_advantage, td_lambda
+from marl.config import Config, ConfigError
+from marl.distributions import Categorical
+from marl.networks import Actor, CentralCritic, Critic, LocalCritic, QCritic, ValueNorm
 
 
 MINIBATCH_STATS = ["losses/policy", "losses/value", "losses/entropy", "losses/approx_kl", "losses/clip_fraction",
@@ -42,22 +43,22 @@ def weighted_mean(x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     return (x * weight).sum() / weight.sum().clamp_min(1.0)
 
 
-def actor_critic_loss(logits: torch.Tensor, actions: torch.Tensor, behaviour_logp: torch.Tensor,
+def actor_critic_loss(dist, actions: torch.Tensor, behaviour_logp: torch.Tensor,
                       adv: torch.Tensor, value_pred: torch.Tensor, target: torch.Tensor, algo,
                       train_actor: bool, update: int, weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The minibatch loss of both backends: PPO-clip (Schulman et al., 2017) or A2C policy loss,
     MSE critic loss and entropy bonus; the actor terms only when ``train_actor``.
 
-    Rows are any leading shape: ``logits [..., A]``, the rest ``[...]``. ``weight`` (0/1, ``[...]``)
-    leaves padded rows out of every mean. Returns the loss and its parts (``policy``, ``value``,
-    ``entropy`` per row, ``ratio``, ``log_ratio``).
+    Rows are any leading shape ``[...]``: ``dist`` is the current policy's distribution over them
+    (``marl.distributions``), ``actions`` ``[...]`` (discrete) or ``[..., A]`` (continuous), the rest
+    ``[...]``. ``weight`` (0/1, ``[...]``) leaves padded rows out of every mean. Returns the loss
+    and its parts (``policy``, ``value``, ``entropy`` per row, ``ratio``, ``log_ratio``).
 
     Raises:
         TrainingDiverged: when the loss is not finite (``update`` is named in the message).
     """
-    log_probs = torch.log_softmax(logits, -1)
-    logp = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    logp = dist.log_prob(actions)
+    entropy = dist.entropy()
     log_ratio = logp - behaviour_logp
     ratio = log_ratio.exp()
     if algo.loss == "ppo":
@@ -88,8 +89,7 @@ def ppo_diagnostics(ratio: torch.Tensor, log_ratio: torch.Tensor, clip: float,
 
 def sample_actions(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Draw one action per row of ``logits [..., A]`` (Gumbel-max, with an explicit generator)."""
-    u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-20, 1.0)
-    return (logits - torch.log(-torch.log(u))).argmax(-1)
+    return Categorical(logits).sample(generator)
 
 
 def explained_variance(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> float:
@@ -117,6 +117,26 @@ def per_agent_std(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     return ((centred ** 2).sum((0, 1)) / (n - 1).clamp_min(1.0)).sqrt()
 
 
+def build_actor(cfg: Config, n_agents: int, obs_dim: int, n_actions: int, action_mask: torch.Tensor,
+                continuous: bool = False) -> Actor:
+    """The one place that builds the policy network of ``cfg.model`` for an env's sizes."""
+    m = cfg.model
+    return Actor(n_agents, obs_dim, n_actions, action_mask, m.hidden, m.layers, m.activation, m.share_actor,
+                 continuous=continuous, recurrent=m.recurrent, log_std_init=m.log_std_init)
+
+
+def build_critic(cfg: Config, n_agents: int, obs_dim: int, state_dim: int, n_actions: int) -> Critic:
+    """The one place that picks the critic: COMA's Q critic for a Q-critic advantage module, else
+    the V critic ``algo.critic`` names (one team head under a shared reward)."""
+    a, m = cfg.algo, cfg.model
+    common = {"hidden": m.hidden, "layers": m.layers, "activation": m.activation, "recurrent": m.recurrent}
+    if get_advantage(a.advantage).critic == "q":
+        return QCritic(n_agents, state_dim, obs_dim, n_actions, with_obs=a.critic_obs, **common)
+    if a.critic == "central":
+        return CentralCritic(n_agents, state_dim, team_value=cfg.env.reward == "shared", **common)
+    return LocalCritic(n_agents, obs_dim, agent_state=a.critic == "agent_state", state_dim=state_dim, **common)
+
+
 class CreditLearner:
     """Networks and update rule for ``cfg``, sized for an env with ``agents``.
 
@@ -129,7 +149,8 @@ class CreditLearner:
     """
 
     def __init__(self, cfg: Config, agents: list[str], obs_dim: int, state_dim: int, n_actions: int,
-                 action_mask: torch.Tensor, dynamic_mask: bool = False, device: torch.device | str = "cpu"):
+                 action_mask: torch.Tensor, dynamic_mask: bool = False, device: torch.device | str = "cpu",
+                 continuous: bool = False):
         e, a, m = cfg.env, cfg.algo, cfg.model
         self.cfg = cfg
         self.agents = list(agents)
@@ -138,16 +159,13 @@ class CreditLearner:
         N = len(agents)
         self.advantage = get_advantage(a.advantage)
         self.uses_q = self.advantage.critic == "q"
-        self.actor = Actor(N, obs_dim, n_actions, action_mask, m.hidden, m.layers, m.activation, m.share_actor)
-        if self.uses_q:
-            in_dim = state_dim + N * n_actions + N + (obs_dim if a.critic_obs else 0)
-            self.critic = QCritic(in_dim, n_actions, m.hidden, m.layers, m.activation)
-        elif a.critic == "central":
-            self.critic = CentralCritic(N, state_dim, m.hidden, m.layers, m.activation,
-                                        team_value=e.reward == "shared")
-        else:   # local V(o_i), or V(s, o_i) with the agent-specific state
-            in_dim = obs_dim + (state_dim if a.critic == "agent_state" else 0)
-            self.critic = LocalCritic(N, in_dim, m.hidden, m.layers, m.activation)
+        self.continuous = continuous
+        if continuous and self.uses_q:
+            raise ConfigError(f"config key 'algo.advantage': {a.advantage!r} is counterfactual over a discrete action "
+                              f"set, and env {e.id!r} has continuous (Box) actions; use a V-critic module "
+                              f"(gae, td_lambda, n_step, mc)")
+        self.actor = build_actor(cfg, N, obs_dim, n_actions, action_mask, continuous)
+        self.critic = build_critic(cfg, N, obs_dim, state_dim, n_actions)
         self.device = torch.device(device)
         self.actor.to(self.device)
         self.critic.to(self.device)
@@ -158,7 +176,8 @@ class CreditLearner:
             {"params": self.critic.parameters(), "lr": a.critic_lr},
         ], eps=1e-5, fused=True)
         self.updates = 0
-        self.last_advantage: list[torch.Tensor] | None = None   # per agent, the valid advantages of the last update
+        self.last_advantage: list[torch.Tensor] | None = None
+        self.critic_h_final: torch.Tensor | None = None   # a recurrent critic's hidden after the last update's rollout   # per agent, the valid advantages of the last update
 
     def state_dict(self) -> dict:
         state = {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
@@ -197,18 +216,8 @@ class CreditLearner:
 
     def critic_input(self, state: torch.Tensor, obs: torch.Tensor, actions: torch.Tensor | None = None,
                      alive: torch.Tensor | None = None):
-        """What the critic reads: the state ``[..., S]`` (central V), the observations ``[..., N, O]``
-        (local V), both per agent ``[..., N, S + O]`` (agent-specific state) or, for a Q critic, the
-        per-agent counterfactual inputs built from state and joint actions; an absent agent
-        (``alive`` False) contributes no action (a zero one-hot)."""
-        if self.uses_q:
-            onehot = F.one_hot(actions, self.n_actions).to(state.dtype)
-            if alive is not None:
-                onehot = onehot * alive.unsqueeze(-1).to(state.dtype)
-            return coma_critic_inputs(state, onehot, obs if self.cfg.algo.critic_obs else None)
-        if self.cfg.algo.critic == "agent_state":
-            return torch.cat([state.unsqueeze(-2).expand(*obs.shape[:-1], state.shape[-1]), obs], -1)
-        return state if self.cfg.algo.critic == "central" else obs
+        """What the critic reads (its own ``inputs``; see ``marl.networks.Critic``)."""
+        return self.critic.inputs(state, obs, actions, alive)
 
     def _avail(self, b: dict, key: str = "avail") -> torch.Tensor | None:
         return b[key] if self.dynamic_mask else None
@@ -225,19 +234,47 @@ class CreditLearner:
         the current networks (no gradients). ``generator`` draws COMA's bootstrap actions.
 
         A padded entry (``alive`` False) is treated as a terminated step of its own, so that no
-        advantage or target of a real step reads it."""
+        advantage or target of a real step reads it. A recurrent critic runs over the rollout from
+        ``b["critic_h0"]`` (zeros if absent), reset at ``b["first"]``; its hiddens are returned
+        (``critic_starts`` ``[T, B, rows, H]``, and ``critic_h_final``, where the next rollout's
+        critic starts)."""
         a = self.cfg.algo
         valid = self.valid_mask(b)
         terminated = b["terminated"] if valid is None else b["terminated"] | ~valid
         with torch.no_grad():
             if not self.uses_q:
                 critic_in = self.critic_input(b["state"], b["obs"])
-                value = self._to_return_space(self.critic(critic_in))
-                next_value = self._to_return_space(self.critic(self.critic_input(b["next_state"], b["next_obs"])))
+                next_in = self.critic_input(b["next_state"], b["next_obs"])
+                out, ends, prep = self._critic_pass(self.critic, critic_in, b)
+                value = self._to_return_space(out)
+                next_out = self.critic(next_in) if ends is None else self.critic.step(next_in, ends)[0]
+                next_value = self._to_return_space(next_out)
                 adv, target = self.advantage.fn(b["reward"], value, next_value, terminated, b["truncated"],
                                                 **self.advantage.kwargs(a))
-                return {"adv": adv, "target": target, "value": value, "critic_in": critic_in}
+                return {**prep, "adv": adv, "target": target, "value": value, "critic_in": critic_in}
             return self._prepare_q(b, generator, valid, terminated)
+
+    def _critic_pass(self, critic: Critic, critic_in: torch.Tensor, b: dict
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+        """``critic`` over the rollout's inputs: its outputs, the hiddens after each step (None for a
+        feed-forward critic) and, for the online critic, the hiddens to keep (see ``prepare``)."""
+        if not critic.recurrent:
+            return critic(critic_in), None, {}
+        h0 = b.get("critic_h0")
+        if h0 is None:
+            h0 = critic.initial_hidden(critic_in.shape[1], device=critic_in.device)
+        out, starts, ends = critic.unroll(critic_in, h0, b["first"])
+        keep = {"critic_starts": starts, "critic_h_final": ends[-1]} if critic is self.critic else {}
+        return out, ends, keep
+
+    def _policy_outputs(self, b: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The actor's ``dist_inputs`` at ``obs`` and at ``next_obs``, ``[T, B, N, A]``: a recurrent
+        actor steps from the hiddens stored at collection (``actor_h``)."""
+        avail, next_avail = self._avail(b), self._avail(b, "next_avail")
+        if not self.actor.recurrent:
+            return self.actor(b["obs"], avail), self.actor(b["next_obs"], next_avail)
+        out, after = self.actor.step(b["obs"], avail, b["actor_h"])
+        return out, self.actor.step(b["next_obs"], next_avail, after)[0]
 
     def _prepare_q(self, b: dict[str, torch.Tensor], generator: torch.Generator, valid: torch.Tensor | None,
                    terminated: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -248,7 +285,8 @@ class CreditLearner:
         actions = b["actions"]
         critic = self.target_critic if self.target_critic is not None else self.critic
         critic_in = self.critic_input(b["state"], b["obs"], actions, valid)
-        q_all = self._to_return_space(self.critic(critic_in))
+        out, ends, prep = self._critic_pass(self.critic, critic_in, b)
+        q_all = self._to_return_space(out)
         q_taken = q_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
         # The next joint action: the one taken at t+1 inside an episode; drawn from the policy where
         # the rollout was cut (truncation or rollout end), since no action was taken there. The
@@ -257,9 +295,10 @@ class CreditLearner:
         ended = (ended if valid is None else ended | ~valid).all(-1, keepdim=True)
         continues = torch.zeros_like(ended)
         continues[:-1] = ~ended[:-1]
+        logits, next_logits = self._policy_outputs(b)
         # An agent that left at t (or has not arrived at t+1) took no action at t+1 either: its
         # own bootstrap uses a drawn action, and it is absent from the others' next inputs.
-        drawn = sample_actions(self.actor(b["next_obs"], self._avail(b, "next_avail")), generator)
+        drawn = sample_actions(next_logits, generator)
         following = torch.cat([actions[1:], actions[-1:]])
         if valid is None:
             next_actions, next_alive = torch.where(continues, following, drawn), None
@@ -268,22 +307,23 @@ class CreditLearner:
             next_actions = torch.where(continues & arrives, following, drawn)
             next_alive = torch.where(continues, arrives, valid)
         next_in = self.critic_input(b["next_state"], b["next_obs"], next_actions, next_alive)
-        next_q = self._to_return_space(critic(next_in)).gather(-1, next_actions.unsqueeze(-1)).squeeze(-1)
         if critic is not self.critic:
-            q_taken_target = self._to_return_space(critic(critic_in)).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+            target_out, target_ends, _ = self._critic_pass(critic, critic_in, b)
+            q_taken_target = self._to_return_space(target_out).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
         else:
-            q_taken_target = q_taken
+            target_ends, q_taken_target = ends, q_taken
+        next_out = critic(next_in) if target_ends is None else critic.step(next_in, target_ends)[0]
+        next_q = self._to_return_space(next_out).gather(-1, next_actions.unsqueeze(-1)).squeeze(-1)
         _, target = td_lambda(b["reward"], q_taken_target, next_q, terminated, b["truncated"],
-                              gamma=a.gamma, lam=a.lam)
+                              **self.advantage.kwargs(a))
         avail = self._avail(b)
-        logits = self.actor(b["obs"], avail)
         avail = self.actor.action_mask if avail is None else avail
         baseline = coma_baseline(q_all, logits, avail)
         if self.advantage.uses_returns:
             adv = self.advantage.fn(target, q_all, logits, avail)
         else:
             adv = self.advantage.fn(q_all, logits, actions, avail)
-        return {"adv": adv, "target": target, "value": q_taken, "critic_in": critic_in,
+        return {**prep, "adv": adv, "target": target, "value": q_taken, "critic_in": critic_in,
                 "coma_baseline": baseline}
 
     # -- phase 2: statistics and normalisation -----------------------------------------------------
@@ -329,56 +369,95 @@ class CreditLearner:
         return out
 
     # -- phase 3: optimisation (local backend) -----------------------------------------------------
-    def _critic_prediction(self, critic_in: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        out = self.critic(critic_in)
-        return out.gather(-1, actions.unsqueeze(-1)).squeeze(-1) if self.uses_q else out
+    def _critic_prediction(self, critic_out: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """What the critic loss compares with the target: V, or Q of the taken action."""
+        return critic_out.gather(-1, actions.unsqueeze(-1)).squeeze(-1) if self.uses_q else critic_out
 
     def optimise(self, b: dict[str, torch.Tensor], prep: dict[str, torch.Tensor], adv: torch.Tensor,
                  target: torch.Tensor, generator: torch.Generator, valid: torch.Tensor | None = None) -> dict:
         """``algo.epochs`` passes of ``algo.minibatches`` PPO/A2C steps over the batch ``b``, with the
-        advantages and targets from ``finalise``. Returns the loss diagnostics."""
+        advantages and targets from ``finalise``. Returns the loss diagnostics. Recurrent networks
+        train by truncated back-propagation through time over chunks of ``model.chunk_length``
+        steps, each starting from the hidden state stored at collection (the actor's) or computed
+        by ``prepare`` (the critic's), so PPO's ratio compares the same policy."""
         a = self.cfg.algo
-        TB = adv.shape[0] * adv.shape[1]
-        flat = {"actor_in": self.actor.inputs(b["obs"]), "critic_in": prep["critic_in"], "actions": b["actions"],
-                "logp": b["logp"], "adv": adv, "target": target}
+        rows = {"critic_in": prep["critic_in"], "actions": b["actions"], "logp": b["logp"], "adv": adv,
+                "target": target}
         if self.dynamic_mask:
-            flat["avail"] = b["avail"]
+            rows["avail"] = b["avail"]
         if valid is not None:
-            flat["weight"] = valid.to(adv.dtype)
-        flat = {k: v.reshape(TB, *v.shape[2:]) for k, v in flat.items()}
-        mb_size = TB // a.minibatches
+            rows["weight"] = valid.to(adv.dtype)
+        if self.actor.recurrent or self.critic.recurrent:
+            items, starts = self._chunks(b, prep, rows)
+        else:
+            rows["actor_in"] = self.actor.inputs(b["obs"])
+            items = {k: v.reshape(-1, *v.shape[2:]) for k, v in rows.items()}   # [T * B, ...]
+            starts = {}
+        count = next(iter(items.values())).shape[0]
+        mb_size = count // a.minibatches
         params = list(self.actor.parameters()) + list(self.critic.parameters())
         steps = []
         for epoch in range(a.epochs):
             # A2C's policy gradient is only valid for the behaviour policy: one actor pass, while the
             # critic keeps fitting its targets for all epochs (like COMA's repeated critic training).
             train_actor = a.loss == "ppo" or epoch == 0
-            perm = torch.randperm(TB, generator=generator, device=adv.device)
+            perm = torch.randperm(count, generator=generator, device=adv.device)
             # index_select (4x faster than v[perm] here), so that minibatches are contiguous views
-            shuffled = {k: v.index_select(0, perm) for k, v in flat.items()}
-            for start in range(0, TB, mb_size):
+            shuffled = {k: v.index_select(0, perm) for k, v in {**items, **starts}.items()}
+            for start in range(0, count, mb_size):
                 mb = {k: v[start:start + mb_size] for k, v in shuffled.items()}
                 steps.append(self._minibatch_step(mb, params, train_actor))
         return self._minibatch_metrics(steps)
 
+    def _chunks(self, b: dict, prep: dict, rows: dict) -> tuple[dict, dict]:
+        """The rollout cut into ``C = (T / L) * B`` chunks of ``L = model.chunk_length`` steps:
+        ``[C, L, ...]`` per key, and each chunk's starting hiddens ``[C, ...]``."""
+        T, B = b["first"].shape
+        L = self.cfg.model.chunk_length
+        rows = {**rows, "obs": b["obs"], "first": b["first"]}
+
+        def chunked(x):   # [T, B, ...] -> [(T / L) * B, L, ...]
+            x = x.reshape(T // L, L, B, *x.shape[2:]).transpose(1, 2)
+            return x.reshape(T // L * B, L, *x.shape[3:])
+
+        def chunk_starts(x):   # [T, B, ...] -> the first step of each chunk, [(T / L) * B, ...]
+            return x.reshape(T // L, L, B, *x.shape[2:])[:, 0].reshape(T // L * B, *x.shape[2:])
+
+        starts = {}
+        if self.actor.recurrent:
+            starts["actor_h0"] = chunk_starts(b["actor_h"])
+        if self.critic.recurrent:
+            starts["critic_h0"] = chunk_starts(prep["critic_starts"])
+        return {k: chunked(v) for k, v in rows.items()}, starts
+
     def _minibatch_step(self, mb: dict, params: list, train_actor: bool = True) -> dict[str, torch.Tensor]:
-        """One optimiser step on minibatch ``mb``; returns the loss parts (detached) and the gradient
-        norm for ``_minibatch_metrics``."""
+        """One optimiser step on minibatch ``mb`` (rows ``[M, ...]``, or chunks ``[M, L, ...]`` for
+        recurrent networks); returns the loss parts (detached, per row) and the gradient norm for
+        ``_minibatch_metrics``."""
         a = self.cfg.algo
+        if "first" in mb:   # chunks, time-major for the unroll
+            mb = {k: v.transpose(0, 1) if k not in ("actor_h0", "critic_h0") else v for k, v in mb.items()}
+            actor_out = self.actor.unroll(mb["obs"], mb.get("avail"), mb.get("actor_h0"), mb["first"])
+            critic_out = self.critic.unroll(mb["critic_in"], mb["critic_h0"], mb["first"])[0] \
+                if self.critic.recurrent else self.critic(mb["critic_in"])
+        else:
+            actor_out = self.actor.logits(mb["actor_in"], mb.get("avail"))
+            critic_out = self.critic(mb["critic_in"])
         weight = mb.get("weight")
-        out = actor_critic_loss(self.actor.logits(mb["actor_in"], mb.get("avail")), mb["actions"], mb["logp"],
-                                mb["adv"], self._critic_prediction(mb["critic_in"], mb["actions"]), mb["target"], a,
-                                train_actor, self.updates + 1, weight)
+        out = actor_critic_loss(self.actor.distribution(actor_out), mb["actions"], mb["logp"], mb["adv"],
+                                self._critic_prediction(critic_out, mb["actions"]), mb["target"], a, train_actor,
+                                self.updates + 1, weight)
         self.optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         max_norm = a.max_grad_norm if a.max_grad_norm > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         self.optimizer.step()
+        n = len(self.agents)
         step = {"policy": out["policy"].detach(), "value": out["value"].detach(), "grad_norm": grad_norm,
-                "entropy": out["entropy"].detach(), "ratio": out["ratio"].detach(),
-                "log_ratio": out["log_ratio"].detach()}
+                "entropy": out["entropy"].detach().reshape(-1, n), "ratio": out["ratio"].detach().reshape(-1, n),
+                "log_ratio": out["log_ratio"].detach().reshape(-1, n)}
         if weight is not None:
-            step["weight"] = weight
+            step["weight"] = weight.reshape(-1, n)
         return step
 
     def _minibatch_metrics(self, steps: list[dict[str, torch.Tensor]]) -> dict[str, float]:
@@ -416,6 +495,7 @@ class CreditLearner:
         (per-agent credit statistics included)."""
         valid = self.valid_mask(b)
         prep = self.prepare(b, generator)
+        self.critic_h_final = prep.get("critic_h_final")
         adv, target, metrics = self.finalise(prep, valid)
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         metrics.update(self.optimise(b, prep, adv, target, generator, valid))

@@ -8,6 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from marl.algorithms import coma_critic_inputs
+from marl.distributions import Categorical, DiagGaussian
+
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
@@ -37,6 +40,8 @@ class AgentLinear(nn.Module):
 class AgentMLP(nn.Module):
     """MLP over ``[..., N, in] -> [..., N, out]``, shared across agents or one per agent."""
 
+    recurrent = False
+
     def __init__(self, n_agents: int, in_dim: int, out_dim: int, hidden: int, layers: int,
                  activation: str = "relu", shared: bool = True, out_gain: float = 1.0):
         super().__init__()
@@ -51,6 +56,64 @@ class AgentMLP(nn.Module):
         return self.head(self.body(x))
 
 
+class AgentGRUCell(nn.Module):
+    """A GRU cell (Cho et al., 2014) over ``[..., N, in]`` rows with hidden ``[..., N, H]``, shared
+    across agents or one per agent (its gates are ``AgentLinear`` layers)."""
+
+    def __init__(self, n_agents: int, in_dim: int, hidden: int, shared: bool):
+        super().__init__()
+        self.input_gates = AgentLinear(n_agents, in_dim, 3 * hidden, shared, 1.0)
+        self.hidden_gates = AgentLinear(n_agents, hidden, 3 * hidden, shared, 1.0)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        i_r, i_z, i_n = self.input_gates(x).chunk(3, -1)
+        h_r, h_z, h_n = self.hidden_gates(h).chunk(3, -1)
+        reset, update = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
+        candidate = torch.tanh(i_n + reset * h_n)
+        return (1.0 - update) * candidate + update * h
+
+
+class RecurrentAgentMLP(nn.Module):
+    """``AgentMLP`` with a GRU after the first layer (MAPPO's recurrent policy and critic):
+    ``step(x [..., N, in], h [..., N, H]) -> (out [..., N, out], h')``."""
+
+    recurrent = True
+
+    def __init__(self, n_agents: int, in_dim: int, out_dim: int, hidden: int, layers: int,
+                 activation: str = "relu", shared: bool = True, out_gain: float = 1.0):
+        super().__init__()
+        self.hidden_size = hidden
+        self.first = nn.Sequential(AgentLinear(n_agents, in_dim, hidden, shared, math.sqrt(2)),
+                                   ACTIVATIONS[activation]())
+        self.gru = AgentGRUCell(n_agents, hidden, hidden, shared)
+        rest = []
+        for _ in range(layers - 1):
+            rest += [AgentLinear(n_agents, hidden, hidden, shared, math.sqrt(2)), ACTIVATIONS[activation]()]
+        self.rest = nn.Sequential(*rest)
+        self.head = AgentLinear(n_agents, hidden, out_dim, shared, out_gain)
+
+    def step(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.gru(self.first(x), h)
+        return self.head(self.rest(h)), h
+
+
+def unroll(net: RecurrentAgentMLP, x: torch.Tensor, h0: torch.Tensor, first: torch.Tensor
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run ``net`` over a sequence ``x [T, *B, R, in]`` from hidden ``h0 [*B, R, H]``, zeroing the
+    hidden where ``first [T, *B]`` marks an episode's first step. Returns the outputs
+    ``[T, *B, R, out]``, the hiddens each step starts from (after the reset) and the hiddens after
+    each step, both ``[T, *B, R, H]``."""
+    keep = (~first).to(x.dtype).unsqueeze(-1).unsqueeze(-1)
+    outs, starts, ends, h = [], [], [], h0
+    for t in range(x.shape[0]):
+        h = h * keep[t]
+        starts.append(h)
+        out, h = net.step(x[t], h)
+        outs.append(out)
+        ends.append(h)
+    return torch.stack(outs), torch.stack(starts), torch.stack(ends)
+
+
 def with_agent_id(x: torch.Tensor) -> torch.Tensor:
     """Append a one-hot agent id to ``x [..., N, D]`` -> ``[..., N, D + N]``."""
     n = x.shape[-2]
@@ -62,77 +125,200 @@ MASKED_LOGIT = -1e9   # the logit of an illegal action: probability exactly 0, a
 
 
 class Actor(nn.Module):
-    """Decentralised policy π(u_i | o_i): logits ``[..., N, A]`` with unavailable actions masked.
+    """Decentralised policy π(u_i | o_i) (or π(u_i | τ_i) with ``recurrent``), for every agent at once.
 
-    ``action_mask [N, A]`` marks the actions each agent has at all; ``avail [..., N, A]`` (bool),
-    when given, marks the legal actions of that step (it already includes ``action_mask``).
+    Its output ``[..., N, A]`` is a distribution's input: masked logits for discrete actions
+    (``action_mask [N, A]`` marks the actions each agent has at all; ``avail [..., N, A]``, when
+    given, the legal actions of that step, ``action_mask`` included), or the mean of a diagonal
+    Gaussian for continuous ones, with a learned state-independent log-std (``action_mask`` then
+    marks each agent's action dims). ``distribution(out)`` turns it into a
+    ``marl.distributions`` object. A recurrent actor has a GRU after its first layer
+    (``hidden_size``), stepped by ``step`` and ``unroll``.
     """
 
     def __init__(self, n_agents: int, obs_dim: int, n_actions: int, action_mask: torch.Tensor,
-                 hidden: int, layers: int, activation: str, shared: bool):
+                 hidden: int, layers: int, activation: str, shared: bool, continuous: bool = False,
+                 recurrent: bool = False, log_std_init: float = -0.5):
         super().__init__()
-        self.shared = shared
+        self.shared, self.continuous, self.n_agents = shared, continuous, n_agents
         in_dim = obs_dim + (n_agents if shared else 0)
-        self.net = AgentMLP(n_agents, in_dim, n_actions, hidden, layers, activation, shared, out_gain=0.01)
+        net = RecurrentAgentMLP if recurrent else AgentMLP
+        self.net = net(n_agents, in_dim, n_actions, hidden, layers, activation, shared, out_gain=0.01)
+        self.recurrent = recurrent
+        self.hidden_size = hidden if recurrent else 0
         self.register_buffer("action_mask", action_mask.bool())
         self._all_available = bool(action_mask.all())
+        if continuous:
+            self.log_std = nn.Parameter(torch.full((n_actions,) if shared else (n_agents, n_actions), log_std_init))
 
     def inputs(self, obs: torch.Tensor) -> torch.Tensor:
         """What the network reads: ``obs [..., N, O]``, with the one-hot agent id when shared."""
         return with_agent_id(obs) if self.shared else obs
 
-    def logits(self, inputs: torch.Tensor, avail: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits ``[..., N, A]`` from ``inputs(obs)`` (the update builds the inputs once per batch)."""
-        logits = self.net(inputs)
+    def dist_inputs(self, raw: torch.Tensor, avail: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's raw output as a distribution's input: logits masked by ``avail`` (or the
+        static ``action_mask``), or the Gaussian mean unchanged."""
+        if self.continuous:
+            return raw
         if avail is not None:
-            return logits.masked_fill(~avail, MASKED_LOGIT)
-        return logits if self._all_available else logits.masked_fill(~self.action_mask, MASKED_LOGIT)
+            return raw.masked_fill(~avail, MASKED_LOGIT)
+        return raw if self._all_available else raw.masked_fill(~self.action_mask, MASKED_LOGIT)
+
+    def logits(self, inputs: torch.Tensor, avail: torch.Tensor | None = None) -> torch.Tensor:
+        """``dist_inputs`` from ``inputs(obs)`` for a feed-forward actor (the update builds the
+        inputs once per batch)."""
+        return self.dist_inputs(self.net(inputs), avail)
 
     def forward(self, obs: torch.Tensor, avail: torch.Tensor | None = None) -> torch.Tensor:
+        """``dist_inputs [..., N, A]`` of a feed-forward actor (a recurrent one needs ``step``)."""
+        if self.recurrent:
+            raise TypeError("a recurrent actor needs its hidden state: use step() or unroll()")
         return self.logits(self.inputs(obs), avail)
 
+    def initial_hidden(self, *batch: int, device=None) -> torch.Tensor | None:
+        """Zero hidden states ``[*batch, N, H]`` (None for a feed-forward actor)."""
+        if not self.recurrent:
+            return None
+        return torch.zeros(*batch, self.n_agents, self.hidden_size, device=device or self.action_mask.device)
 
-class CentralCritic(nn.Module):
+    def step(self, obs: torch.Tensor, avail: torch.Tensor | None, hidden: torch.Tensor | None
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One step ``obs [..., N, O]`` from ``hidden [..., N, H]``: ``(dist_inputs, next hidden)``."""
+        if not self.recurrent:
+            return self.logits(self.inputs(obs), avail), None
+        out, hidden = self.net.step(self.inputs(obs), hidden)
+        return self.dist_inputs(out, avail), hidden
+
+    def unroll(self, obs: torch.Tensor, avail: torch.Tensor | None, h0: torch.Tensor | None,
+               first: torch.Tensor | None) -> torch.Tensor:
+        """``dist_inputs [T, *B, N, A]`` over a sequence ``obs [T, *B, N, O]`` from ``h0``, the hidden
+        reset where ``first [T, *B]`` marks an episode's first step (see ``unroll``)."""
+        if not self.recurrent:
+            return self.logits(self.inputs(obs), avail)
+        out, _, _ = unroll(self.net, self.inputs(obs), h0, first)
+        return self.dist_inputs(out, avail)
+
+    def distribution(self, out: torch.Tensor):
+        """The action distribution of ``dist_inputs`` ``out [..., N, A]``."""
+        if self.continuous:
+            return DiagGaussian(out, self.log_std, self.action_mask)
+        return Categorical(out)
+
+
+class Critic(nn.Module):
+    """Base of the critics: each owns its network, what it reads and its output layout.
+
+    ``inputs(state, obs, actions, alive)`` builds what it reads from a batch (``[..., S]`` for a
+    central V, ``[..., N, D]`` per agent otherwise); ``forward(x)`` gives values ``[..., N]`` (V
+    critics) or Q values ``[..., N, A]`` (``q``). A recurrent critic (``hidden_size > 0``) steps
+    with ``step(x, h)`` over ``rows`` hidden rows per env (1 for a central V, else N).
+    """
+
+    q = False                # outputs Q(s, u^-a, ·) per agent instead of V
+    per_agent_inputs = True  # reads [..., N, D]; False: the state [..., S] only
+
+    def __init__(self, net: nn.Module, rows: int):
+        super().__init__()
+        self.net = net
+        self.rows = rows
+        self.recurrent = net.recurrent
+        self.hidden_size = net.hidden_size if net.recurrent else 0
+
+    def _net_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _output(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._output(self.net(self._net_input(x)), x)
+
+    def initial_hidden(self, *batch: int, device=None) -> torch.Tensor | None:
+        if not self.recurrent:
+            return None
+        return torch.zeros(*batch, self.rows, self.hidden_size, device=device)
+
+    def step(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out, h = self.net.step(self._net_input(x), h)
+        return self._output(out, x), h
+
+    def unroll(self, x: torch.Tensor, h0: torch.Tensor, first: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Outputs ``[T, ...]`` over a sequence, and the hiddens each step starts from and ends with,
+        ``[T, *B, rows, H]`` (see ``unroll``)."""
+        out, starts, ends = unroll(self.net, self._net_input(x), h0, first)
+        return self._output(out, x), starts, ends
+
+
+class CentralCritic(Critic):
     """Centralised V(s) for every agent: ``state [..., S] -> [..., N]``.
 
     With a team reward (``team_value=True``) one head gives the team's value to every agent, as in
     MAPPO/MAA2C; otherwise each agent gets its own head for its own (individual or mixed) return.
     """
 
+    per_agent_inputs = False
+
     def __init__(self, n_agents: int, state_dim: int, hidden: int, layers: int, activation: str,
-                 team_value: bool = False):
-        super().__init__()
+                 team_value: bool = False, recurrent: bool = False):
+        net = RecurrentAgentMLP if recurrent else AgentMLP
+        super().__init__(net(1, state_dim, 1 if team_value else n_agents, hidden, layers, activation, shared=True), 1)
         self.n_agents = n_agents
-        self.net = AgentMLP(1, state_dim, 1 if team_value else n_agents, hidden, layers, activation, shared=True)
 
-    def forward(self, state: torch.Tensor) -> torch.Tensor:
-        return self.net(state.unsqueeze(-2)).squeeze(-2).expand(*state.shape[:-1], self.n_agents)
+    def inputs(self, state, obs, actions=None, alive=None):
+        return state
+
+    def _net_input(self, x):
+        return x.unsqueeze(-2)
+
+    def _output(self, out, x):
+        return out.squeeze(-2).expand(*x.shape[:-1], self.n_agents)
 
 
-class LocalCritic(nn.Module):
+class LocalCritic(Critic):
     """A value per agent from per-agent inputs, shared with a one-hot agent id: ``x [..., N, D] -> [..., N]``.
-    With ``x = o_i`` it is the decentralised V(o_i) (IPPO/IA2C); with ``x = [s, o_i]`` MAPPO's
-    agent-specific V(s, o_i, i)."""
+    With ``x = o_i`` it is the decentralised V(o_i) (IPPO/IA2C); with ``x = [s, o_i]``
+    (``agent_state``) MAPPO's agent-specific V(s, o_i, i)."""
 
-    def __init__(self, n_agents: int, obs_dim: int, hidden: int, layers: int, activation: str):
-        super().__init__()
-        self.net = AgentMLP(n_agents, obs_dim + n_agents, 1, hidden, layers, activation, shared=True)
+    def __init__(self, n_agents: int, obs_dim: int, hidden: int, layers: int, activation: str,
+                 agent_state: bool = False, state_dim: int = 0, recurrent: bool = False):
+        in_dim = obs_dim + (state_dim if agent_state else 0)
+        net = RecurrentAgentMLP if recurrent else AgentMLP
+        super().__init__(net(n_agents, in_dim + n_agents, 1, hidden, layers, activation, shared=True), n_agents)
+        self.agent_state = agent_state
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(with_agent_id(obs)).squeeze(-1)
+    def inputs(self, state, obs, actions=None, alive=None):
+        if self.agent_state:
+            return torch.cat([state.unsqueeze(-2).expand(*obs.shape[:-1], state.shape[-1]), obs], -1)
+        return obs
+
+    def _net_input(self, x):
+        return with_agent_id(x)
+
+    def _output(self, out, x):
+        return out.squeeze(-1)
 
 
-class QCritic(nn.Module):
+class QCritic(Critic):
     """COMA's counterfactual critic (Foerster et al., 2018): per-agent inputs ``[..., N, D]`` (state,
     the other agents' actions, the agent's id; see ``marl.algorithms.coma_critic_inputs``) to
-    Q(s, u^{-a}, ·) for all of the agent's actions, ``[..., N, A]``, in one forward pass."""
+    Q(s, u^{-a}, ·) for all of the agent's actions, ``[..., N, A]``, in one forward pass. An absent
+    agent (``alive`` False) contributes no action: a zero one-hot."""
 
-    def __init__(self, in_dim: int, n_actions: int, hidden: int, layers: int, activation: str):
-        super().__init__()
-        self.net = AgentMLP(1, in_dim, n_actions, hidden, layers, activation, shared=True)
+    q = True
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.net(inputs)
+    def __init__(self, n_agents: int, state_dim: int, obs_dim: int, n_actions: int, hidden: int, layers: int,
+                 activation: str, with_obs: bool = False, recurrent: bool = False):
+        in_dim = state_dim + n_agents * n_actions + n_agents + (obs_dim if with_obs else 0)
+        net = RecurrentAgentMLP if recurrent else AgentMLP
+        super().__init__(net(1, in_dim, n_actions, hidden, layers, activation, shared=True), n_agents)
+        self.n_actions, self.with_obs = n_actions, with_obs
+
+    def inputs(self, state, obs, actions=None, alive=None):
+        onehot = F.one_hot(actions, self.n_actions).to(state.dtype)
+        if alive is not None:
+            onehot = onehot * alive.unsqueeze(-1).to(state.dtype)
+        return coma_critic_inputs(state, onehot, obs if self.with_obs else None)
 
 
 class ValueNorm(nn.Module):

@@ -4,26 +4,30 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
 
 from marl.envs.vector import StepBatch, SyncVectorEnv
-from marl.learner import sample_actions
 
 
 @dataclass
 class Rollout:
-    """Time-major rollout storage, ``[T, B, N, ...]``, as numpy arrays preallocated once.
+    """Time-major rollout storage, ``[T, B, N, ...]``, as numpy arrays (or tensors) preallocated once.
 
     ``alive[t]`` marks the agents that acted at step t (see ``marl.envs.team_env``); ``avail[t]`` and
-    ``next_avail[t]`` are the legal actions at ``obs[t]`` and ``next_obs[t]``."""
+    ``next_avail[t]`` are the legal actions at ``obs[t]`` and ``next_obs[t]``; ``first[t]`` marks
+    an episode's first step; ``actor_h[t]`` is the hidden state a recurrent actor acted on at step
+    t (``H = 0`` for a feed-forward one). ``actions`` are ``[T, B, N]`` integers, or
+    ``[T, B, N, A]`` floats for continuous actions."""
 
     obs: np.ndarray
     state: np.ndarray
     avail: np.ndarray
     alive: np.ndarray
+    first: np.ndarray
+    actor_h: np.ndarray
     next_obs: np.ndarray
     next_state: np.ndarray
     next_avail: np.ndarray
@@ -35,12 +39,15 @@ class Rollout:
     truncated: np.ndarray
 
     @classmethod
-    def allocate(cls, T, B, N, obs_dim, state_dim, n_actions, device: torch.device | str | None = None):
+    def allocate(cls, T, B, N, obs_dim, state_dim, n_actions, device: torch.device | str | None = None,
+                 continuous: bool = False, hidden: int = 0):
         """Zeroed storage: numpy arrays, or with ``device`` torch tensors there (the batched-env path)."""
+        actions = ((T, B, N, n_actions), np.float32) if continuous else ((T, B, N), np.int64)
         shapes = {"obs": ((T, B, N, obs_dim), np.float32), "state": ((T, B, state_dim), np.float32),
-                  "avail": ((T, B, N, n_actions), bool), "alive": ((T, B, N), bool),
+                  "avail": ((T, B, N, n_actions), bool), "alive": ((T, B, N), bool), "first": ((T, B), bool),
+                  "actor_h": ((T, B, N, hidden), np.float32),
                   "next_obs": ((T, B, N, obs_dim), np.float32), "next_state": ((T, B, state_dim), np.float32),
-                  "next_avail": ((T, B, N, n_actions), bool), "actions": ((T, B, N), np.int64),
+                  "next_avail": ((T, B, N, n_actions), bool), "actions": actions,
                   "logp": ((T, B, N), np.float32), "raw_reward": ((T, B, N), np.float32),
                   "reward": ((T, B, N), np.float32), "terminated": ((T, B, N), bool),
                   "truncated": ((T, B, N), bool)}
@@ -57,53 +64,73 @@ class Rollout:
 _TORCH_DTYPES = {np.float32: torch.float32, bool: torch.bool, np.int64: torch.long}
 
 
-def act(actor, current: dict[str, np.ndarray], generator: torch.Generator | None, greedy: bool = False,
-        masked: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Actions ``[B, N]`` and their log-probabilities (tensors) for ``current`` (``obs``, and
-    ``avail`` when ``masked``; numpy arrays or tensors) from one batched forward over envs and
-    agents: sampled from ``generator``, or the most likely ones when ``greedy``."""
-    device = next(actor.parameters()).device
-    with torch.no_grad():
-        logits = actor(torch.as_tensor(current["obs"], device=device),
-                       torch.as_tensor(current["avail"], device=device) if masked else None)
-        actions = logits.argmax(-1) if greedy else sample_actions(logits, generator)
-        logp = torch.log_softmax(logits, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    return actions, logp
+class PolicyStep(NamedTuple):
+    """One step of ``policy_steps``: what the agents acted on (``venv.current()`` layout), their
+    actions and log-probabilities, the ``StepBatch`` it led to, and a recurrent actor's hidden
+    state before and after the step (None for a feed-forward actor)."""
+
+    current: dict
+    actions: np.ndarray | torch.Tensor
+    logp: np.ndarray | torch.Tensor
+    step: StepBatch
+    hidden: torch.Tensor | None
+    next_hidden: torch.Tensor | None
 
 
 def policy_steps(venv, actor, generator: torch.Generator | None, greedy: bool = False,
-                 autoreset: bool = True) -> Iterator[tuple[dict, np.ndarray, np.ndarray, StepBatch]]:
+                 autoreset: bool = True, hidden: torch.Tensor | None = None) -> Iterator[PolicyStep]:
     """Step ``venv`` with ``actor`` from where its envs are now, one step per iteration, for as long
-    as the caller pulls: yields ``(current, actions, logp, step)`` where ``current`` is what the
-    agents acted on (``venv.current()`` layout) and ``step`` the ``StepBatch`` it led to. Arrays
-    are numpy for PettingZoo vector envs and tensors for batched ones (``venv.on_tensors``)."""
+    as the caller pulls (see ``PolicyStep``). Inference is one batched forward over envs and
+    agents; actions are sampled from ``generator``, or the most likely (the Gaussian mean) when
+    ``greedy``. A recurrent actor starts from ``hidden [B, N, H]`` (zeros if None), reset where an
+    episode starts. Arrays are numpy for PettingZoo vector envs and tensors for batched ones
+    (``venv.on_tensors``)."""
     masked, on_tensors = venv.dynamic_mask, getattr(venv, "on_tensors", False)
+    device = next(actor.parameters()).device
     current = venv.current()
+    if hidden is None:
+        hidden = actor.initial_hidden(venv.num_envs, device=device)
     while True:
-        actions, logp = act(actor, current, generator, greedy, masked)
+        with torch.no_grad():
+            if hidden is not None:
+                starts = torch.as_tensor(current["first"], device=device)
+                hidden = hidden * (~starts).to(hidden.dtype)[:, None, None]
+            out, next_hidden = actor.step(torch.as_tensor(current["obs"], device=device),
+                                          torch.as_tensor(current["avail"], device=device) if masked else None, hidden)
+            dist = actor.distribution(out)
+            actions = dist.mode() if greedy else dist.sample(generator)
+            logp = dist.log_prob(actions)
         if not on_tensors:
             actions, logp = actions.cpu().numpy(), logp.cpu().numpy()
         step = venv.step(actions, autoreset)
-        yield current, actions, logp, step
-        current = {"obs": step.obs, "state": step.state, "avail": step.avail, "alive": step.alive}
+        yield PolicyStep(current, actions, logp, step, hidden, next_hidden)
+        current = {"obs": step.obs, "state": step.state, "avail": step.avail, "alive": step.alive, "first": step.first}
+        hidden = next_hidden
 
 
-def collect_rollout(venv, buf: Rollout, actor, generator: torch.Generator) -> list[dict]:
+def collect_rollout(venv, buf: Rollout, actor, generator: torch.Generator,
+                    hidden: torch.Tensor | None = None) -> tuple[list[dict], torch.Tensor | None]:
     """Fill ``buf`` with ``T = len(buf.obs)`` steps of ``venv``, continuing its episodes where they
-    are, acting with ``actor`` and drawing actions from ``generator``. Returns the episodes that
-    finished. ``buf`` holds numpy arrays for a PettingZoo vector env, tensors on the env's device
-    for a batched one."""
+    are, acting with ``actor`` (a recurrent one from ``hidden``) and drawing actions from
+    ``generator``. Returns the episodes that finished and the actor's hidden state after the last
+    step. ``buf`` holds numpy arrays for a PettingZoo vector env, tensors on the env's device for a
+    batched one."""
     T = buf.obs.shape[0]
-    episodes = []
-    for t, (current, actions, logp, step) in zip(range(T), policy_steps(venv, actor, generator)):
+    episodes, last = [], hidden
+    for t, ps in zip(range(T), policy_steps(venv, actor, generator, hidden=hidden)):
+        current, step = ps.current, ps.step
         buf.obs[t], buf.state[t], buf.avail[t], buf.alive[t] = (current["obs"], current["state"], current["avail"],
                                                                 current["alive"])
-        buf.actions[t], buf.logp[t] = actions, logp
+        buf.first[t] = current["first"]
+        if ps.hidden is not None:
+            buf.actor_h[t] = ps.hidden if torch.is_tensor(buf.actor_h) else ps.hidden.cpu().numpy()
+        buf.actions[t], buf.logp[t] = ps.actions, ps.logp
         buf.next_obs[t], buf.next_state[t], buf.next_avail[t] = step.next_obs, step.next_state, step.next_avail
         buf.raw_reward[t], buf.reward[t] = step.raw_reward, step.reward
         buf.terminated[t], buf.truncated[t] = step.terminated, step.truncated
         episodes.extend(step.episodes)
-    return episodes
+        last = ps.next_hidden
+    return episodes, last
 
 
 def worker_seed(seed: int, iteration: int, worker: int) -> int:
@@ -111,15 +138,18 @@ def worker_seed(seed: int, iteration: int, worker: int) -> int:
     return int(np.random.SeedSequence([seed, iteration, 2, worker]).generate_state(1, np.uint64)[0])
 
 
-def act_in_worker(env_slice, pickled_actor: bytes, T: int, action_seed: int) -> tuple[dict, list]:
-    """Run in an env worker process (see ``marl.envs.vector.ProcessVectorEnv.call``): collect ``T`` steps
-    of the worker's own envs, continuing their episodes, with the actor in ``pickled_actor`` (plain
-    pickle bytes, so its weights travel inline rather than through torch's shared-memory tensor
-    sharing). Returns the rollout's arrays ``[T, n, ...]`` and the finished episodes (their ``env``
-    is the row within the worker's slice)."""
+def act_in_worker(env_slice, pickled_actor: bytes, T: int, action_seed: int,
+                  hidden: np.ndarray | None = None) -> tuple[dict, list, np.ndarray | None]:
+    """Run in an env worker process (see ``marl.envs.vector.ProcessVectorEnv.call``): collect ``T``
+    steps of the worker's own envs, continuing their episodes, with the actor in ``pickled_actor``
+    (plain pickle bytes, so its weights travel inline rather than through torch's shared-memory
+    tensor sharing), a recurrent one from ``hidden [n, N, H]``. Returns the rollout's arrays
+    ``[T, n, ...]``, the finished episodes (their ``env`` is the row within the worker's slice) and
+    the actor's hidden state after the last step."""
     torch.set_num_threads(1)
     actor = pickle.loads(pickled_actor)
     buf = Rollout.allocate(T, env_slice.n, env_slice.n_agents, env_slice.obs_dim, env_slice.state_dim,
-                           env_slice.n_actions)
-    episodes = collect_rollout(SyncVectorEnv(env_slice), buf, actor, torch.Generator().manual_seed(action_seed))
-    return vars(buf), episodes
+                           env_slice.n_actions, continuous=env_slice.continuous, hidden=actor.hidden_size)
+    episodes, last = collect_rollout(SyncVectorEnv(env_slice), buf, actor, torch.Generator().manual_seed(action_seed),
+                                     None if hidden is None else torch.from_numpy(hidden))
+    return vars(buf), episodes, None if last is None else last.numpy()

@@ -80,14 +80,13 @@ def load_actor(run_dir: str | Path):
 
     from marl.envs import env_spec
     from marl.envs.batched import TWINS
-    from marl.networks import Actor
+    from marl.learner import build_actor
 
     cfg = load_run_config(run_dir)
     # A run on a batched simulator without a PettingZoo twin has only the batched env to probe.
     spec = env_spec(cfg.env.id, cfg.env.kwargs, batched=cfg.env.batched and cfg.env.id not in TWINS)
-    m = cfg.model
-    actor = Actor(len(spec.agents), spec.obs_dim, spec.n_actions, torch.from_numpy(spec.action_mask),
-                  m.hidden, m.layers, m.activation, m.share_actor)
+    actor = build_actor(cfg, len(spec.agents), spec.obs_dim, spec.n_actions, torch.from_numpy(spec.action_mask),
+                        spec.continuous)
     load_checkpoint_into(lambda state: actor.load_state_dict(state["actor"]), Path(run_dir) / CHECKPOINT_NAME)
     actor.eval()
     return actor, cfg

@@ -67,10 +67,10 @@ class Trainer:
         v = self.venv
         self.agents, N = list(v.agents), v.n_agents
         self.learner = CreditLearner(cfg, self.agents, v.obs_dim, v.state_dim, v.n_actions,
-                                     torch.from_numpy(v.action_mask), v.dynamic_mask, self.device)
+                                     torch.from_numpy(v.action_mask), v.dynamic_mask, self.device, v.continuous)
         self.actor = self.learner.actor
         sizes = (a.rollout_steps, e.num_envs, N, v.obs_dim, v.state_dim, v.n_actions,
-                 self.device if e.batched else None)
+                 self.device if e.batched else None, v.continuous, self.actor.hidden_size)
         self.rollout = Rollout.allocate(*sizes)
         if cfg.train.async_collection:
             # The actor that collects the next rollout (the policy before the last update), and the
@@ -88,6 +88,9 @@ class Trainer:
         self._snapshot_warned = False
         self._pending: list[dict] = []   # finished episodes not yet logged
         self.wall_s = 0.0                # training wall-clock time so far, across resumes
+        # A recurrent actor's and critic's hidden states where the envs are now ([B, N, H], [B, rows, H]).
+        self.actor_hidden: torch.Tensor | None = self.actor.initial_hidden(e.num_envs, device=self.device)
+        self.critic_hidden: torch.Tensor | None = self.learner.critic.initial_hidden(e.num_envs, device=self.device)
         self.last_team_return: float | None = None   # of the last logged episodes
 
     # -- persistence ------------------------------------------------------------------------------
@@ -104,6 +107,8 @@ class Trainer:
                  "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                  "agents": self.agents, "pending_episodes": [_plain_episode(ep) for ep in self._pending],
                  "last_team_return": self.last_team_return, "wall_s": self.wall_s}
+        if self.actor.recurrent:
+            state["actor_hidden"], state["critic_hidden"] = self.actor_hidden.cpu(), self.critic_hidden.cpu()
         envs = self._env_snapshot()
         if envs is not None:
             state["env_state"] = envs
@@ -144,6 +149,9 @@ class Trainer:
         self._pending = [_array_episode(ep) for ep in state.get("pending_episodes", [])]
         self.last_team_return = state.get("last_team_return")
         self.wall_s = float(state.get("wall_s", 0.0))
+        if self.actor.recurrent:
+            self.actor_hidden = state["actor_hidden"].to(self.device)
+            self.critic_hidden = state["critic_hidden"].to(self.device)
         self._envs_started = False
         if "env_state" in state:
             envs = state["env_state"]
@@ -187,20 +195,31 @@ class Trainer:
             self.venv.reset(int(seeds[0]) if self.cfg.env.batched else seeds)
             self._envs_started = True
         if not self.cfg.train.act_in_workers:
-            return collect_rollout(self.venv, buf, actor, generator)
+            episodes, self.actor_hidden = collect_rollout(self.venv, buf, actor, generator, self.actor_hidden)
+            return episodes
         pickled, T = pickle.dumps(actor), self.cfg.algo.rollout_steps
         rows = self.venv.worker_rows
-        parts = self.venv.call(act_in_worker, [(pickled, T, worker_seed(self.cfg.seed, iteration, w))
+        hidden = None if self.actor_hidden is None else self.actor_hidden.numpy()
+        parts = self.venv.call(act_in_worker, [(pickled, T, worker_seed(self.cfg.seed, iteration, w),
+                                                None if hidden is None else hidden[r])
                                                for w, r in enumerate(rows)])
         episodes = []
-        for r, (arrays, worker_episodes) in zip(rows, parts):
+        for r, (arrays, worker_episodes, last_hidden) in zip(rows, parts):
             for name, part in arrays.items():
                 getattr(buf, name)[:, r] = part
             episodes.extend({**ep, "env": ep["env"] + r.start} for ep in worker_episodes)
+            if last_hidden is not None:
+                self.actor_hidden[r] = torch.from_numpy(last_hidden)
         return episodes
 
     def update(self) -> dict:
-        return self.learner.update(self.rollout.tensors(), self.generator)
+        b = self.rollout.tensors()
+        if self.critic_hidden is not None:
+            b["critic_h0"] = self.critic_hidden
+        metrics = self.learner.update(b, self.generator)
+        if self.critic_hidden is not None:
+            self.critic_hidden = self.learner.critic_h_final   # where the next rollout's critic starts
+        return metrics
 
     def run_iteration(self) -> tuple[int, list[dict], dict, float] | None:
         """One iteration: ``(env steps, finished episodes, metrics, update seconds)``, or None when

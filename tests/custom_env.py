@@ -80,6 +80,13 @@ class ContinuousActions(MatchTarget):
         return spaces.Box(-1.0, 1.0, (2,), np.float32)
 
 
+class MixedActions(MatchTarget):
+    """Broken on purpose: one agent with Discrete actions, the other with Box actions."""
+
+    def action_space(self, agent):
+        return spaces.Box(-1.0, 1.0, (2,), np.float32) if agent == self.possible_agents[0] else self._act_space
+
+
 def make_match_target(**kwargs):
     return MatchTarget(**kwargs)
 
@@ -94,6 +101,10 @@ def make_fails_on_seed(**kwargs):
 
 def make_continuous(**kwargs):
     return ContinuousActions(**kwargs)
+
+
+def make_mixed_actions(**kwargs):
+    return MixedActions(**kwargs)
 
 
 def make_not_an_env(**kwargs):

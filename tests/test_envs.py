@@ -57,7 +57,7 @@ def test_heterogeneous_agents_are_padded_and_masked():
 
 @pytest.mark.parametrize("env_id, match", [
     ("tests.custom_env:make_not_an_env", r"returned dict, not a PettingZoo ParallelEnv or AECEnv"),
-    ("tests.custom_env:make_continuous", r"only Discrete actions are supported"),
+    ("tests.custom_env:make_mixed_actions", r"mixes action spaces .*every agent needs the same kind"),
     ("tests.custom_env:nope", r"module 'tests.custom_env' has no callable 'nope'"),
     ("no_such_package.mod:make", r"cannot import module 'no_such_package.mod'"),
     ("simple_spread", r"neither a registered env"),
@@ -68,9 +68,15 @@ def test_bad_envs_have_clear_errors(env_id, match):
     assert repr(env_id) in str(info.value)
 
 
-def test_continuous_mpe_is_rejected_with_advice():
-    with pytest.raises(EnvError, match="continuous_actions: false"):
-        make_env("mpe2:simple_spread_v3", {"continuous_actions": True})
+def test_continuous_actions_are_padded_clipped_and_sent_in_the_spaces_shape():
+    env = make_env("mpe2:simple_speaker_listener_v4", {"continuous_actions": True})
+    assert env.continuous and env.n_actions == 5
+    np.testing.assert_array_equal(env.action_mask, [[True] * 5, [True] * 3 + [False] * 2])
+    env.reset(seed=0)
+    sent = env._env_actions(np.array([[-3.0, 0.5, 2.0, 0.2, 0.9], [0.1, 7.0, 0.3, 9.0, 9.0]], np.float32))
+    np.testing.assert_allclose(sent[0], [0.0, 0.5, 1.0, 0.2, 0.9])   # clipped to Box(0, 1)
+    np.testing.assert_allclose(sent[1], [0.1, 1.0, 0.3])             # the speaker's own 3 dims
+    assert sent[1].dtype == np.float32 and env.step(np.zeros((2, 5), np.float32)).reward.shape == (2,)
 
 
 def test_bad_kwargs_name_the_env():
@@ -129,8 +135,8 @@ def test_process_vector_env_matches_in_process():
 
 
 def test_worker_errors_surface_with_the_env_name():
-    with pytest.raises(EnvError, match="make_continuous.*only Discrete actions"):
-        make_vector_env("tests.custom_env:make_continuous", {}, 2, RewardSpec(), workers=1)
+    with pytest.raises(EnvError, match="make_mixed_actions.*mixes action spaces"):
+        make_vector_env("tests.custom_env:make_mixed_actions", {}, 2, RewardSpec(), workers=1)
     venv = make_vector_env("tests.custom_env:make_fails_on_seed", {"fail_on_seed": 1}, 2, RewardSpec(), workers=1)
     try:
         with pytest.raises(EnvError, match="env worker failed: .*make_fails_on_seed.*reset with seed 1 failed"):

@@ -159,7 +159,7 @@ def episodes_from_rollout(batch: dict, agents: list, obs_space, act_space, dynam
     from marl.rllib.algorithm import shared_policy
     from marl.rllib.env import ALIVE, STATE, TERMINATED, TRUNCATED
 
-    T, B, N = batch["actions"].shape
+    T, B, N = batch["actions"].shape[:3]
     ids = np.eye(N, dtype=np.float32)
     alive = batch["alive"]
 
@@ -194,7 +194,8 @@ def episodes_from_rollout(batch: dict, agents: list, obs_space, act_space, dynam
                 terminateds["__all__"], truncateds["__all__"] = ended and gone.all(), ended and not gone.all()
                 ep.add_env_step(
                     observations=obs(batch["next_obs"][t, col], batch["next_avail"][t, col]),
-                    actions={a: int(batch["actions"][t, col, i]) for i, a in enumerate(agents)},
+                    actions={a: (batch["actions"][t, col, i].numpy() if batch["actions"].dim() == 4
+                                 else int(batch["actions"][t, col, i])) for i, a in enumerate(agents)},
                     rewards={a: float(batch["reward"][t, col, i]) for i, a in enumerate(agents)},
                     infos=infos, terminateds=terminateds, truncateds=truncateds,
                     extra_model_outputs={a: {Columns.ACTION_LOGP: np.float32(batch["logp"][t, col, i])}
@@ -314,10 +315,12 @@ def test_rllib_pipeline_matches_local_with_agents_that_leave_and_per_step_masks(
     local.close()
 
 
-@pytest.mark.parametrize("env", [DEPARTURES, MASKED, {"id": "lbf:Foraging-8x8-2p-2f-coop-v3", "kwargs": {}}])
+@pytest.mark.parametrize("env", [DEPARTURES, MASKED, {"id": "lbf:Foraging-8x8-2p-2f-coop-v3", "kwargs": {}},
+                                 {"id": "tests.user_envs:reach_target", "kwargs": {}}])
 def test_envs_users_bring_train_on_rllib(tmp_path, ray_instance, env):
-    """Agents that leave, masks with an env that raises on an illegal action, and a Gymnasium
-    multi-agent env, through RLlib's EnvRunners."""
+    """Agents that leave, masks with an env that raises on an illegal action, a Gymnasium
+    multi-agent env, and continuous actions with an env that raises on unclipped ones, through
+    RLlib's EnvRunners."""
     cfg = config_from_dict(rllib_config(env=env, rllib={"num_env_runners": 1}, train={"total_env_steps": 80},
                                         log={"histogram_every": 0, "credit_image_every": 0}))
     trainer = new_run(cfg, tmp_path / "run")
@@ -332,12 +335,18 @@ def test_envs_users_bring_train_on_rllib(tmp_path, ray_instance, env):
     assert np.isfinite(result["team_return_mean"])
 
 
-@pytest.mark.parametrize("advantage, loss, rollout", [("gae", "ppo", 25), ("coma", "a2c", 10)])
-def test_one_update_equals_the_local_update(advantage, loss, rollout):
+CONTINUOUS_SPREAD = {"kwargs": {"N": 3, "max_cycles": 10, "continuous_actions": True}}
+
+
+@pytest.mark.parametrize("advantage, loss, rollout, env", [("gae", "ppo", 25, {}), ("coma", "a2c", 10, {}),
+                                                           ("gae", "ppo", 25, CONTINUOUS_SPREAD),
+                                                           ("td_lambda", "a2c", 25, CONTINUOUS_SPREAD)])
+def test_one_update_equals_the_local_update(advantage, loss, rollout, env):
     """With one minibatch per epoch both backends take full-batch steps, so the RLlib Learner's
-    loss, Adam, clipping, value normaliser and A2C's one actor pass give the local weights."""
-    cfg = config_from_dict(rllib_config(algo={"advantage": advantage, "loss": loss, "rollout_steps": rollout,
-                                              "epochs": 3, "minibatches": 1, "lr": 3e-3, "critic_lr": 3e-3}))
+    loss, Adam, clipping, value normaliser and A2C's one actor pass give the local weights; with
+    continuous actions the Gaussian (its log-std included) trains the same on both."""
+    cfg = config_from_dict(rllib_config(env=env, algo={"advantage": advantage, "loss": loss, "rollout_steps": rollout,
+                                                       "epochs": 3, "minibatches": 1, "lr": 3e-3, "critic_lr": 3e-3}))
     local = Trainer(cfg)
     local.collect()
     batch = local.rollout.tensors()
@@ -347,7 +356,7 @@ def test_one_update_equals_the_local_update(advantage, loss, rollout):
                                       env.action_spaces["agent_0"])
     local_metrics = local.learner.update(batch, torch.Generator().manual_seed(3))
     learner.marl_generator.manual_seed(3)
-    results = learner.update(episodes=chunks, timesteps={}, num_epochs=3, minibatch_size=batch["actions"].numel(),
+    results = learner.update(episodes=chunks, timesteps={}, num_epochs=3, minibatch_size=batch["logp"].numel(),
                              shuffle_batch_per_epoch=True)
     ours, theirs = learner.credit.state_dict(), local.learner.state_dict()
     for part in ("actor", "critic", "value_norm"):

@@ -387,3 +387,94 @@ class BatchedMatchTarget:
 
 def batched_match_target(num_envs, device="cpu", seed=0, **kwargs):
     return BatchedMatchTarget(num_envs, device, seed, **kwargs)
+
+
+class CueMemory(_TargetEnv):
+    """Each agent sees a cue (one-hot) only at step 0 and must choose it at step ``delay``, the
+    episode's last; the observation also carries the step (one-hot). Only that choice scores 1.
+
+    Optimum ``n_agents``; the best a memoryless policy can do is ``n_agents / n_actions``.
+    """
+
+    def __init__(self, n_agents: int = 2, n_actions: int = 3, delay: int = 5, render_mode=None):
+        super().__init__(n_agents, n_actions, render_mode)
+        self.delay = delay
+        self._obs_space = spaces.Box(0.0, 1.0, (n_actions + delay + 1,), np.float32)
+
+    def observation_space(self, agent):
+        return self._obs_space
+
+    def _observe(self):
+        step = np.eye(self.delay + 1, dtype=np.float32)[self._t]
+        return {a: np.concatenate([np.eye(self.n_actions, dtype=np.float32)[self._targets[a]] * (self._t == 0), step])
+                for a in self.agents}
+
+    def reset(self, seed=None, options=None):
+        self._seed(seed)
+        self.agents = list(self.possible_agents)
+        self._t = 0
+        self._draw_targets()
+        return self._observe(), {a: {} for a in self.agents}
+
+    def step(self, actions):
+        last = self._t == self.delay
+        rewards = {a: float(last and int(actions[a]) == self._targets[a]) for a in self.agents}
+        self._t += 1
+        obs = self._observe() if not last else {a: np.zeros(self._obs_space.shape, np.float32) for a in self.agents}
+        out = (obs, rewards, {a: last for a in self.agents}, {a: False for a in self.agents}, {a: {} for a in self.agents})
+        if last:
+            self.agents = []
+        return out
+
+
+class ReachTarget(ParallelEnv):
+    """Continuous actions: each agent sees a target in [0, 1]^2 and is rewarded minus the distance
+    of its action (a Box(0, 1, (2,)) point) to it, for ``length`` steps. Optimum 0; the zero action
+    scores about ``-0.77`` per agent and step."""
+
+    metadata = {"name": "reach_target_v0", "render_modes": []}
+
+    def __init__(self, n_agents: int = 2, length: int = 5, render_mode=None):
+        self.possible_agents = [f"agent_{i}" for i in range(n_agents)]
+        self.length, self.render_mode = length, render_mode
+        self._obs_space = spaces.Box(0.0, 1.0, (2,), np.float32)
+        self._act_spaces = {a: spaces.Box(0.0, 1.0, (2,), np.float32) for a in self.possible_agents}
+        self._rng = np.random.default_rng()
+
+    def observation_space(self, agent):
+        return self._obs_space
+
+    def action_space(self, agent):
+        return self._act_spaces[agent]
+
+    def _draw(self):
+        self._targets = {a: self._rng.random(2).astype(np.float32) for a in self.possible_agents}
+        return {a: self._targets[a].copy() for a in self.agents}
+
+    def reset(self, seed=None, options=None):
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        self.agents = list(self.possible_agents)
+        self._t = 0
+        return self._draw(), {a: {} for a in self.agents}
+
+    def step(self, actions):
+        for a in self.agents:
+            if not self._act_spaces[a].contains(np.asarray(actions[a], np.float32)):
+                raise ValueError(f"action {actions[a]} of {a} is outside Box(0, 1): it was not clipped")
+        rewards = {a: -float(np.linalg.norm(np.asarray(actions[a]) - self._targets[a])) for a in self.agents}
+        self._t += 1
+        done = self._t >= self.length
+        obs = self._draw()
+        out = (obs, rewards, {a: False for a in self.agents}, {a: done for a in self.agents}, {a: {} for a in self.agents})
+        if done:
+            self.agents = []
+        return out
+
+
+def cue_memory(**kwargs):
+    return CueMemory(**kwargs)
+
+
+def reach_target(**kwargs):
+    return ReachTarget(**kwargs)

@@ -69,13 +69,19 @@ def env_spec(cfg) -> dict:
     ``build_config`` after ``cfg``."""
     import dataclasses
 
+    from marl.config import ConfigError
     from marl.envs import env_spec as probe
 
-    return dataclasses.asdict(probe(cfg.env.id, cfg.env.kwargs))
+    spec = probe(cfg.env.id, cfg.env.kwargs)
+    if spec.continuous and not spec.action_mask.all():
+        raise ConfigError(f"config key 'backend': 'rllib' shares one RLModule (one Box action space) over the agents, "
+                          f"and env {cfg.env.id!r} has continuous actions of different sizes per agent; train it "
+                          f"with backend 'local'")
+    return dataclasses.asdict(spec)
 
 
 def build_config(cfg, agents, obs_dim: int, state_dim: int, n_actions: int, action_mask,
-                 dynamic_mask: bool = False, fault_log: str | None = None):
+                 dynamic_mask: bool = False, continuous: bool = False, fault_log: str | None = None):
     """The ``PPOConfig`` that trains ``cfg`` with the project's module, learner and pieces
     (``env_spec(cfg)`` gives the other arguments). ``config.build_algo()`` needs ``register_env()``
     first; ``config.build_learner(env=...)`` builds one Learner in this process."""
@@ -94,7 +100,10 @@ def build_config(cfg, agents, obs_dim: int, state_dim: int, n_actions: int, acti
     cpus = actor_cpus(cfg)
     config = (
         PPOConfig()
-        .environment(ENV_NAME, env_config=env_config(cfg, fault_log), disable_env_checking=True)
+        # Continuous actions: the env clips them to its bounds, and the loss uses the log-prob of the
+        # sampled action, so RLlib neither rescales nor clips (as in the local backend).
+        .environment(ENV_NAME, env_config=env_config(cfg, fault_log), disable_env_checking=True,
+                     normalize_actions=False, clip_actions=False)
         .framework("torch")
         .env_runners(num_env_runners=r.num_env_runners, num_envs_per_env_runner=r.num_envs_per_env_runner,
                      num_cpus_per_env_runner=cpus, rollout_fragment_length=fragment,
@@ -105,7 +114,8 @@ def build_config(cfg, agents, obs_dim: int, state_dim: int, n_actions: int, acti
         .multi_agent(policies={MODULE_ID}, policy_mapping_fn=shared_policy, count_steps_by="agent_steps")
         .rl_module(rl_module_spec=RLModuleSpec(
             module_class=CreditRLModule,
-            model_config=model_config(cfg, agents, obs_dim, state_dim, n_actions, action_mask, dynamic_mask)))
+            model_config=model_config(cfg, agents, obs_dim, state_dim, n_actions, action_mask, dynamic_mask,
+                                      continuous)))
         .training(train_batch_size=n * batch, minibatch_size=n * batch // a.minibatches,
                   num_epochs=a.epochs, shuffle_batch_per_epoch=True, lr=a.lr, gamma=a.gamma, lambda_=a.lam,
                   clip_param=a.clip, entropy_coeff=a.entropy_coef, vf_loss_coeff=a.value_coef,

@@ -179,8 +179,7 @@ class CreditAdvantages(ConnectorV2):
         b, t, i = b[order], t[order], i[order]
         mb[Postprocessing.ADVANTAGES] = adv[t, b, i]
         mb[Postprocessing.VALUE_TARGETS] = target[t, b, i]
-        per_agent = credit.uses_q or credit.cfg.algo.critic != "central"   # central V reads the state
-        mb[CRITIC_IN] = critic_in[t, b, i] if per_agent else critic_in[t, b]
+        mb[CRITIC_IN] = critic_in[t, b, i] if credit.critic.per_agent_inputs else critic_in[t, b]
         row_valid = valid[t, b, i]
         if not bool(row_valid.all()):
             mb[WEIGHT] = row_valid.to(adv.dtype)

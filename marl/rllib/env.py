@@ -75,7 +75,12 @@ class TeamMultiAgentEnv(MultiAgentEnv):
         width = self.obs_dim + self.n_agents + (self.n_actions if self.dynamic_mask else 0)
         obs_space = spaces.Box(-np.inf, np.inf, (width,), np.float32)
         self.observation_spaces = {a: obs_space for a in self.agents}
-        self.action_spaces = {a: spaces.Discrete(team.n_actions) for a in self.agents}
+        if team.continuous:   # one Box for the shared module (homogeneous agents; see algorithm.build_config)
+            box = spaces.Box(team.action_low[0], team.action_high[0], dtype=np.float32)
+            self.action_spaces = {a: box for a in self.agents}
+        else:
+            self.action_spaces = {a: spaces.Discrete(team.n_actions) for a in self.agents}
+        self.continuous = team.continuous
         self._fault_log = config.get("fault_log")
         self._worker_index = int(getattr(config, "worker_index", 0) or 0)
         self._rng = np.random.default_rng()
@@ -111,7 +116,8 @@ class TeamMultiAgentEnv(MultiAgentEnv):
     def step(self, action_dict: dict):
         try:
             self._steps += 1
-            actions = np.array([[action_dict[a] for a in self.agents]], dtype=np.int64)
+            actions = np.array([[action_dict[a] for a in self.agents]],
+                               dtype=np.float32 if self.continuous else np.int64)
             episodes = self._slice.step(actions, autoreset=False)   # RLlib calls reset() itself
         except Exception as exc:
             self._record_fault(exc, "step")

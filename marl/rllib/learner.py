@@ -72,7 +72,8 @@ class CreditPPOLearner(PPOTorchLearner):
         train_actor = a.loss == "ppo" or seen < self.credit_piece.rows.get(module_id, 0)
         self._rows_seen[module_id] = seen + len(batch[Columns.ACTIONS])
         weight = batch.get(WEIGHT)
-        out = actor_critic_loss(fwd_out[Columns.ACTION_DIST_INPUTS], batch[Columns.ACTIONS].long(),
+        actions = batch[Columns.ACTIONS] if module.continuous else batch[Columns.ACTIONS].long()
+        out = actor_critic_loss(module.distribution(fwd_out[Columns.ACTION_DIST_INPUTS]), actions,
                                 batch[Columns.ACTION_LOGP], batch[Postprocessing.ADVANTAGES], fwd_out[CRITIC_PRED],
                                 batch[Postprocessing.VALUE_TARGETS], a, train_actor, module.credit.updates + 1, weight)
         loss, entropy, ratio, log_ratio = out["loss"], out["entropy"], out["ratio"], out["log_ratio"]

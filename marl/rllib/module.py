@@ -19,8 +19,9 @@ from ray.rllib.core.rl_module.apis import InferenceOnlyAPI, ValueFunctionAPI
 from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 
 from marl.config import config_from_dict
-from marl.learner import CreditLearner
-from marl.networks import MASKED_LOGIT, Actor
+from marl.distributions import Categorical, DiagGaussian
+from marl.learner import CreditLearner, build_actor
+from marl.networks import MASKED_LOGIT
 
 MODULE_ID = "shared"
 STATE = "marl_state"                  # [R, S] global state of the row's step
@@ -34,11 +35,11 @@ WEIGHT = "marl_weight"                # [R] 1 where the row counts in the loss (
 
 
 def model_config(cfg, agents, obs_dim: int, state_dim: int, n_actions: int, action_mask,
-                 dynamic_mask: bool = False) -> dict:
+                 dynamic_mask: bool = False, continuous: bool = False) -> dict:
     """The ``model_config`` of ``CreditRLModule``: the project config plus the env's sizes."""
     return {"config": cfg.to_dict(), "agents": list(agents), "obs_dim": int(obs_dim), "state_dim": int(state_dim),
             "n_actions": int(n_actions), "action_mask": [[bool(x) for x in row] for row in action_mask],
-            "dynamic_mask": bool(dynamic_mask)}
+            "dynamic_mask": bool(dynamic_mask), "continuous": bool(continuous)}
 
 
 class CreditRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
@@ -51,15 +52,14 @@ class CreditRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         self.agents = list(mc["agents"])
         self.n_agents, self.obs_dim = len(self.agents), int(mc["obs_dim"])
         self.dynamic_mask = bool(mc.get("dynamic_mask", False))
+        self.continuous = bool(mc.get("continuous", False))
         mask = torch.tensor(mc["action_mask"], dtype=torch.bool)
         if self.inference_only:
-            m = self.cfg.model
             self.credit = None
-            self.actor = Actor(self.n_agents, self.obs_dim, int(mc["n_actions"]), mask, m.hidden, m.layers,
-                               m.activation, m.share_actor)
+            self.actor = build_actor(self.cfg, self.n_agents, self.obs_dim, int(mc["n_actions"]), mask, self.continuous)
             return
         self.credit = CreditLearner(self.cfg, self.agents, self.obs_dim, int(mc["state_dim"]), int(mc["n_actions"]),
-                                    mask, self.dynamic_mask)
+                                    mask, self.dynamic_mask, continuous=self.continuous)
         self.actor = self.credit.actor
         self.critic = self.credit.critic
         self.value_norm = self.credit.value_norm
@@ -86,7 +86,8 @@ class CreditRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         return full[torch.arange(idx.shape[0], device=idx.device), idx]
 
     def actor_logits(self, obs: torch.Tensor) -> torch.Tensor:
-        """Masked logits ``[R, A]`` of each row's agent for RLlib observations ``[R, O + N]``.
+        """The actor's ``dist_inputs`` ``[R, A]`` of each row's agent for RLlib observations
+        ``[R, O + N (+ A)]``: masked logits, or the Gaussian mean for continuous actions.
 
         A shared actor reads ``[o_i, one-hot i]``, which is the RLlib observation itself, so its
         network runs on the rows directly (N times less work than filling every agent slot);
@@ -94,6 +95,8 @@ class CreditRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         idx, legal = self.agent_index(obs), self.legal_actions(obs)
         if self.actor.shared:
             logits = self.actor.net(obs[..., :self.obs_dim + self.n_agents])
+            if self.continuous:
+                return logits
             if legal is not None:
                 return logits.masked_fill(~legal, MASKED_LOGIT)
             mask = self.actor.action_mask
@@ -106,16 +109,28 @@ class CreditRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         row's agent, or for a Q critic Q of the taken action. ``critic_in`` is the row's part of
         ``CreditLearner.critic_input``: the state (central V), the own observation (local V), both
         (agent-specific state) or the agent's counterfactual input (Q)."""
-        if self.credit.uses_q:
+        if self.critic.q:
             q = self.critic(critic_in.unsqueeze(-2)).squeeze(-2)
             return q.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
-        if self.cfg.algo.critic == "central":
+        if not self.critic.per_agent_inputs:
             return self._own_slot(self.critic(critic_in), idx)
         return self._own_slot(self.critic(self._in_all_slots(critic_in)), idx)
 
     # -- RLlib API -----------------------------------------------------------------------------------
     def _forward(self, batch: dict, **kwargs) -> dict:
-        return {Columns.ACTION_DIST_INPUTS: self.actor_logits(batch[Columns.OBS])}
+        """RLlib's distribution inputs: the logits (``TorchCategorical``), or the Gaussian's mean and
+        log-std side by side (``TorchDiagGaussian``)."""
+        out = self.actor_logits(batch[Columns.OBS])
+        if self.continuous:
+            out = torch.cat([out, self.actor.log_std.expand_as(out)], -1)
+        return {Columns.ACTION_DIST_INPUTS: out}
+
+    def distribution(self, dist_inputs: torch.Tensor):
+        """Our distribution (``marl.distributions``) of RLlib's ``ACTION_DIST_INPUTS`` rows, for the loss."""
+        if not self.continuous:
+            return Categorical(dist_inputs)
+        mean, log_std = dist_inputs.chunk(2, -1)
+        return DiagGaussian(mean, log_std)
 
     def _forward_train(self, batch: dict, **kwargs) -> dict:
         out = self._forward(batch)

@@ -87,7 +87,7 @@ class RLlibTrainer(Trainer):
         # Built like the local trainer's, so both backends start from the same weights.
         self.learner = CreditLearner(cfg, self.agents, self._spec["obs_dim"], self._spec["state_dim"],
                                      self._spec["n_actions"], torch.from_numpy(self._spec["action_mask"]),
-                                     self._spec["dynamic_mask"])
+                                     self._spec["dynamic_mask"], continuous=self._spec["continuous"])
         self.actor = self.learner.actor
         self.iteration = 0
         self.env_steps = 0
