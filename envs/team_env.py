@@ -110,8 +110,9 @@ class TeamEnv:
                 raise EnvError(f"env {env_id!r}: agent {agent!r} has action space {space}; Discrete and Box actions "
                                f"are supported")
         if len(kinds) > 1:
-            raise EnvError(f"env {env_id!r} mixes action spaces ({', '.join(f'{a}: {s}' for a, s in zip(self.agents, act_spaces))}); "
-                           f"every agent needs the same kind, all Discrete or all Box")
+            listed = ", ".join(f"{agent}: {space}" for agent, space in zip(self.agents, act_spaces))
+            raise EnvError(f"env {env_id!r} mixes action spaces ({listed}); every agent needs the same kind, all "
+                           f"Discrete or all Box")
         self.continuous = isinstance(act_spaces[0], spaces.Box)
         self._act_spaces = act_spaces
         for agent, act_space in zip(self.agents, act_spaces):

@@ -151,7 +151,7 @@ class CreditLearner:
     def __init__(self, cfg: Config, agents: list[str], obs_dim: int, state_dim: int, n_actions: int,
                  action_mask: torch.Tensor, dynamic_mask: bool = False, device: torch.device | str = "cpu",
                  continuous: bool = False):
-        e, a, m = cfg.env, cfg.algo, cfg.model
+        e, a = cfg.env, cfg.algo
         self.cfg = cfg
         self.agents = list(agents)
         self.n_actions = n_actions
@@ -176,8 +176,8 @@ class CreditLearner:
             {"params": self.critic.parameters(), "lr": a.critic_lr},
         ], eps=1e-5, fused=True)
         self.updates = 0
-        self.last_advantage: list[torch.Tensor] | None = None
-        self.critic_h_final: torch.Tensor | None = None   # a recurrent critic's hidden after the last update's rollout   # per agent, the valid advantages of the last update
+        self.last_advantage: list[torch.Tensor] | None = None   # per agent, the valid advantages of the last update
+        self.critic_h_final: torch.Tensor | None = None   # a recurrent critic's hidden after the last rollout
 
     def state_dict(self) -> dict:
         state = {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
@@ -199,7 +199,8 @@ class CreditLearner:
 
     def apply_lr_schedule(self) -> None:
         """Set the optimiser's learning rates for update number ``updates + 1``: the configured rates,
-        or with ``algo.lr_schedule: linear`` those rates times ``1 - updates / cfg.total_iterations`` (one update per iteration)."""
+        or with ``algo.lr_schedule: linear`` those rates times ``1 - updates / cfg.total_iterations``
+        (one update per iteration)."""
         a = self.cfg.algo
         scale = 1.0 if a.lr_schedule == "constant" else max(0.0, 1.0 - self.updates / self.cfg.total_iterations)
         for group, base in zip(self.optimizer.param_groups, (a.lr, a.critic_lr)):

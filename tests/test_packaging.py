@@ -12,7 +12,7 @@ from tests.conftest import tiny_config
 def test_a_users_own_envs_and_algorithms_packages_do_not_break_marl(tmp_path):
     for name in ("envs", "algorithms"):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "__init__.py").write_text(f"WHOSE = 'the user project'\n")
+        (tmp_path / name / "__init__.py").write_text("WHOSE = 'the user project'\n")
     check = ("import envs, algorithms, marl.envs, marl.algorithms, marl.trainer; "
              "assert envs.WHOSE == algorithms.WHOSE == 'the user project'; "
              "assert marl.envs.make_env and marl.algorithms.ADVANTAGES")

@@ -421,7 +421,8 @@ class CueMemory(_TargetEnv):
         rewards = {a: float(last and int(actions[a]) == self._targets[a]) for a in self.agents}
         self._t += 1
         obs = self._observe() if not last else {a: np.zeros(self._obs_space.shape, np.float32) for a in self.agents}
-        out = (obs, rewards, {a: last for a in self.agents}, {a: False for a in self.agents}, {a: {} for a in self.agents})
+        agents = self.agents
+        out = (obs, rewards, {a: last for a in agents}, {a: False for a in agents}, {a: {} for a in agents})
         if last:
             self.agents = []
         return out
@@ -466,7 +467,8 @@ class ReachTarget(ParallelEnv):
         self._t += 1
         done = self._t >= self.length
         obs = self._draw()
-        out = (obs, rewards, {a: False for a in self.agents}, {a: done for a in self.agents}, {a: {} for a in self.agents})
+        agents = self.agents
+        out = (obs, rewards, {a: False for a in agents}, {a: done for a in agents}, {a: {} for a in agents})
         if done:
             self.agents = []
         return out

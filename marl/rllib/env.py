@@ -146,7 +146,8 @@ class TeamMultiAgentEnv(MultiAgentEnv):
     def _record_fault(self, exc: BaseException, where: str) -> None:
         record = {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
                   "worker_index": self._worker_index, "where": where, "env_step": self._steps,
-                  "error": str(exc) if isinstance(exc, EnvError) else f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+                  "error": str(exc) if isinstance(exc, EnvError) else f"{type(exc).__name__}: {exc}",
+                  "traceback": traceback.format_exc()}
         logger.error("env %s failed in EnvRunner %d (pid %d) at step %d: %s", where, self._worker_index,
                      os.getpid(), self._steps, record["error"])
         if self._fault_log:

@@ -83,8 +83,8 @@ class CreditPPOLearner(PPOTorchLearner):
             counts = torch.zeros(module.n_agents).index_add_(0, idx, w.float()).clamp_min(1)
             per_agent = torch.zeros(module.n_agents).index_add_(0, idx, (entropy * w).detach().float()) / counts
             approx_kl, clip_frac = ppo_diagnostics(ratio, log_ratio, a.clip, weight)
-            self._stats.append(torch.cat([torch.stack([out["policy"], out["value"], weighted_mean(entropy, weight), approx_kl,
-                                                       clip_frac]).detach(), per_agent]))
+            scalars = torch.stack([out["policy"], out["value"], weighted_mean(entropy, weight), approx_kl, clip_frac])
+            self._stats.append(torch.cat([scalars.detach(), per_agent]))
         return loss
 
     def postprocess_gradients_for_module(self, *, module_id, config=None, module_gradients_dict):

@@ -23,8 +23,7 @@ import torch
 
 from marl.config import Config, ConfigError
 from marl.learner import CreditLearner, TrainingDiverged
-from marl.logger import RunLogger
-from marl.trainer import Trainer
+from marl.loop import TrainingLoop
 
 FAULTS_NAME = "env_faults.jsonl"
 MAX_EMPTY_ITERATIONS = 20
@@ -67,16 +66,13 @@ def _results(call_results) -> list:
     return out
 
 
-class RLlibTrainer(Trainer):
-    """Trains ``cfg`` on Ray RLlib. The interface of ``marl.trainer.Trainer`` (``cfg``, ``run_dir``,
-    ``agents``, ``actor``, ``iteration``, ``env_steps``, ``train``, ``restore``, ``save``, ``close``,
-    ``prepare``); one iteration is one ``Algorithm.train()`` call."""
+class RLlibTrainer(TrainingLoop):
+    """The RLlib backend of the training loop (``marl.loop``): one iteration is one
+    ``Algorithm.train()`` call; ``learner`` is the driver's mirror of the RLlib Learner."""
 
     def __init__(self, cfg: Config, run_dir: str | Path | None = None):
-        # Trainer.__init__ builds local envs; everything it sets that the shared methods use is set here.
         torch.set_num_threads(1)
-        self.cfg = cfg
-        self.run_dir = Path(run_dir) if run_dir is not None else None
+        super().__init__(cfg, run_dir)
         torch.manual_seed(cfg.seed)
         self.device = torch.device("cpu")
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -89,15 +85,6 @@ class RLlibTrainer(Trainer):
                                      self._spec["n_actions"], torch.from_numpy(self._spec["action_mask"]),
                                      self._spec["dynamic_mask"], continuous=self._spec["continuous"])
         self.actor = self.learner.actor
-        self.iteration = 0
-        self.env_steps = 0
-        self.logger: RunLogger | None = None
-        self._stop_requested = False
-        self._has_true_credit: bool | None = None
-        self._envs_started = False   # RLlib's EnvRunners hold the episodes; checkpoints do not include them
-        self._pending: list[dict] = []
-        self.last_team_return: float | None = None
-        self.wall_s = 0.0
         self._learner_generator: torch.Tensor | None = None
         self.fault_log = (self.run_dir.resolve() / FAULTS_NAME) if self.run_dir is not None else None
         self._faults_seen = len(self._fault_records())  # a resumed run reports only new ones
@@ -164,24 +151,29 @@ class RLlibTrainer(Trainer):
         self.algo.env_runner_group.foreach_env_runner(
             lambda runner, w=weights: runner.set_state({COMPONENT_RL_MODULE: w}), local_env_runner=True)
 
-    def state_dict(self) -> dict:
-        state = super().state_dict()
+    def sync_learner(self) -> None:
+        """Checkpoints and credit views read the driver's copy of the Learner's state."""
+        self._pull_state()
+
+    def backend_state(self) -> dict:
+        """The local backend's format (``marl.trainer.Trainer.backend_state`` without envs: RLlib's
+        EnvRunners hold the episodes, so a resumed run starts fresh ones), plus the Learner's
+        generator."""
+        state = {**self.learner.state_dict(), "generator": self.generator.get_state(),
+                 "torch_rng": torch.get_rng_state()}
         if self._learner_generator is not None:
             state["learner_generator"] = self._learner_generator
         return state
 
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
+    def load_backend_state(self, state: dict) -> None:
+        self.learner.load_state_dict(state)
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
         self._push_state(state)
 
-    def save(self) -> Path | None:
-        self._pull_state()   # the driver's copy of the Learner's state is what gets written
-        return super().save()
-
-    def collect(self):
-        raise NotImplementedError("RLlibTrainer samples inside Algorithm.train(); call train()")
-
-    update = collect
+    def prepare(self, b: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict:
+        """``CreditLearner.prepare`` with the driver's copy of the networks (the credit views)."""
+        return self.learner.prepare(b, generator or self.generator)
 
     # -- one iteration ---------------------------------------------------------------------------
     def _train_once(self) -> dict:
@@ -268,16 +260,6 @@ class RLlibTrainer(Trainer):
         metrics.update(faults)
         return steps, self._episodes(result), metrics, self._update_s
 
-    def _credit_views(self) -> dict:
-        if self._credit_views_due():
-            self._pull_state()   # the views read the driver's copy of the Learner's networks
-        return super()._credit_views()
-
-    def _credit_views_due(self) -> bool:
-        log, it = self.cfg.log, self.iteration
-        return bool((log.credit_image_every and (it % log.credit_image_every == 0 or it == 1))
-                    or (log.fidelity_every and it % log.fidelity_every == 0 and self.has_true_credit))
-
     def close(self) -> None:
         if self.algo is not None:
             self.algo.stop()
@@ -294,6 +276,4 @@ class RLlibTrainer(Trainer):
                 except OSError:
                     pass
             self._algo_logdir = None
-        if self.logger is not None:
-            self.logger.close()
-            self.logger = None
+        super().close()

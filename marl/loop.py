@@ -1,0 +1,274 @@
+"""The training loop both backends share: signals, progress bar, logging, checkpoints, periodic
+evaluation, the credit-view schedule and the run's counters.
+
+``TrainingLoop`` is a base class with a small protocol for backends (the template-method pattern
+of SB3's ``OnPolicyAlgorithm``): a backend sets ``agents``, ``actor``, ``learner`` (a
+``CreditLearner``, or a mirror of one, for the credit views and checkpoints) and ``device``, then
+implements
+
+- ``run_iteration() -> (env steps, finished episodes, metrics, update seconds) | None`` (None: no
+  data this time, retry),
+- ``backend_state() -> dict`` and ``load_backend_state(state)``: its part of a checkpoint,
+- ``prepare(batch, generator)``: advantages for the credit views,
+- ``close()`` (calling ``super().close()``),
+
+and may override ``sync_learner()``, called before a checkpoint or a credit view reads
+``learner`` (the RLlib backend pulls the Learner's state there). ``marl.trainer.Trainer`` is the
+local backend, ``marl.rllib.trainer.RLlibTrainer`` the RLlib one.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from marl.checkpoint import CHECKPOINT_NAME, load_checkpoint_into, save_checkpoint
+from marl.config import Config
+from marl.logger import RunLogger, truncate_metrics
+
+
+class TrainingInterrupted(RuntimeError):
+    """Ctrl-C: a checkpoint was written at the last iteration boundary."""
+
+
+class TrainingLoop:
+    """Runs a backend to ``train.total_env_steps``; see the module docstring."""
+
+    agents: list[str]
+
+    def __init__(self, cfg: Config, run_dir: str | Path | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.iteration = 0
+        self.env_steps = 0
+        self.logger: RunLogger | None = None
+        self.wall_s = 0.0                # training wall-clock time so far, across resumes
+        self.last_team_return: float | None = None   # of the last logged episodes
+        self._pending: list[dict] = []   # finished episodes not yet logged
+        self._stop_requested = False
+        self._has_true_credit: bool | None = None
+
+    # -- the backend protocol -------------------------------------------------------------------
+    def run_iteration(self) -> tuple[int, list[dict], dict, float] | None:
+        raise NotImplementedError
+
+    def backend_state(self) -> dict:
+        raise NotImplementedError
+
+    def load_backend_state(self, state: dict) -> None:
+        raise NotImplementedError
+
+    def prepare(self, b: dict, generator=None) -> dict:
+        raise NotImplementedError
+
+    def sync_learner(self) -> None:
+        """Bring ``learner`` up to date before it is read (a no-op where it is the live learner)."""
+
+    # -- persistence ------------------------------------------------------------------------------
+    @property
+    def steps_per_iteration(self) -> int:
+        return self.cfg.steps_per_iteration
+
+    @property
+    def total_iterations(self) -> int:
+        return self.cfg.total_iterations
+
+    def state_dict(self) -> dict:
+        """The checkpoint: the loop's counters and episode bookkeeping, and the backend's state."""
+        return {**self.backend_state(), "iteration": self.iteration, "env_steps": self.env_steps,
+                "agents": self.agents, "pending_episodes": [_plain_episode(ep) for ep in self._pending],
+                "last_team_return": self.last_team_return, "wall_s": self.wall_s}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.iteration, self.env_steps = int(state["iteration"]), int(state["env_steps"])
+        self._pending = [_array_episode(ep) for ep in state.get("pending_episodes", [])]
+        self.last_team_return = state.get("last_team_return")
+        self.wall_s = float(state.get("wall_s", 0.0))
+        self.load_backend_state(state)
+
+    def save(self) -> Path | None:
+        if self.run_dir is None:
+            return None
+        self.sync_learner()
+        return save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.state_dict())
+
+    def restore(self) -> None:
+        """Load the run directory's checkpoint and trim logs written after it."""
+        load_checkpoint_into(self.load_state_dict, self.run_dir / CHECKPOINT_NAME)
+        truncate_metrics(self.run_dir, self.iteration)
+
+    # -- what gets logged -------------------------------------------------------------------------
+    def _episode_metrics(self, episodes: list[dict]) -> dict:
+        """Means over the episodes that finished since the last log; only ``episodes: 0`` when none did."""
+        if not episodes:
+            return {"episodes": 0}
+        raw = np.stack([ep["raw_return"] for ep in episodes])
+        moded = np.stack([ep["return"] for ep in episodes])
+        out = {"team_return": float(raw.sum(1).mean()), "episodes": len(episodes),
+               "episode_length": float(np.mean([ep["length"] for ep in episodes]))}
+        for i, ag in enumerate(self.agents):
+            out[f"return/{ag}"] = float(raw[:, i].mean())
+            out[f"reward_return/{ag}"] = float(moded[:, i].mean())
+        return out
+
+    def _credit_views_due(self) -> bool:
+        log, it = self.cfg.log, self.iteration
+        image = log.credit_image_every and (it % log.credit_image_every == 0 or it == 1) and self.has_pettingzoo_env
+        return bool(image or (log.fidelity_every and it % log.fidelity_every == 0 and self.has_true_credit))
+
+    def _credit_views(self) -> dict:
+        """Histograms and heatmaps go straight to TensorBoard; returns the fidelity scalars (on
+        envs with ``true_credit``) for the metrics record."""
+        from marl.credit import credit_fidelity, credit_heatmap, episode_credit
+        from marl.evaluate import EVAL_SEED_OFFSET
+
+        log, it, step = self.cfg.log, self.iteration, self.env_steps
+        if log.histogram_every and it % log.histogram_every == 0 and self.learner.last_advantage is not None:
+            for agent, values in zip(self.agents, self.learner.last_advantage):
+                if values.numel():
+                    self.logger.log_histogram(f"credit/adv_hist/{agent}", values, step)
+        if not self._credit_views_due():
+            return {}
+        self.sync_learner()   # the views read the learner's networks
+        if log.credit_image_every and (it % log.credit_image_every == 0 or it == 1) and self.has_pettingzoo_env:
+            ep = episode_credit(self, seed=EVAL_SEED_OFFSET + it)
+            title = f"{self.cfg.algo.advantage} credit at {step:,} env steps"
+            self.logger.writer.add_figure("credit/heatmap", credit_heatmap(ep["advantage"], ep["raw_reward"],
+                                                                           self.agents, title), step)
+        out = {}
+        if log.fidelity_every and it % log.fidelity_every == 0 and self.has_true_credit:
+            score = credit_fidelity(self, log.fidelity_episodes, seed=it)
+            out = {f"credit_fidelity/{k}": v for k, v in score.items() if k not in ("episodes", "behaviour")}
+        return out
+
+    def _periodic_evaluation(self) -> dict:
+        """``eval/team_return`` (and its std and per-agent returns) every ``train.eval_every``
+        iterations and at the last, from greedy episodes on the same seeds each time."""
+        t = self.cfg.train
+        if not t.eval_every or (self.iteration % t.eval_every and self.iteration != self.total_iterations):
+            return {}
+        from marl.evaluate import evaluate_batched, evaluator
+
+        # batched runs evaluate on their batched env (fast), others on the PettingZoo env
+        run = evaluate_batched if self.cfg.env.batched else evaluator(self.cfg)
+        result = run(self.actor, self.cfg.env.id, self.cfg.env.kwargs, t.eval_every_episodes, seed=self.cfg.seed)
+        out = {"eval/team_return": result["team_return_mean"], "eval/team_return_std": result["team_return_std"]}
+        out.update({f"eval/{k}": v for k, v in result.items() if k.startswith("return/")})
+        return out
+
+    @property
+    def has_pettingzoo_env(self) -> bool:
+        """The credit views play single episodes on the PettingZoo env: every run has one but a run on
+        a batched simulator without a PettingZoo twin."""
+        from marl.envs.batched import TWINS
+        return not self.cfg.env.batched or self.cfg.env.id in TWINS
+
+    @property
+    def has_true_credit(self) -> bool:
+        if not self.has_pettingzoo_env:
+            return False
+        if self._has_true_credit is None:
+            from marl.envs import make_parallel_env
+            env = make_parallel_env(self.cfg.env.id, self.cfg.env.kwargs)
+            self._has_true_credit = hasattr(env.unwrapped, "true_credit")
+            env.close()
+        return self._has_true_credit
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def _request_stop(self, signum, frame):
+        if self._stop_requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self._stop_requested = True
+
+    def train(self, progress: bool | None = None) -> dict:
+        """Run to ``train.total_env_steps``. Returns a summary dict.
+
+        Ctrl-C finishes the current iteration, writes a checkpoint and raises
+        ``TrainingInterrupted``; a second Ctrl-C stops at once.
+        """
+        cfg = self.cfg
+        progress = cfg.train.progress if progress is None else progress
+        if self.run_dir is not None and self.logger is None:
+            purge = self.env_steps + 1 if self.iteration else None   # a resumed run drops later events
+            self.logger = RunLogger(self.run_dir, self.agents, purge_step=purge)
+            if self.iteration == 0:
+                self.logger.log_text("config", "```\n" + cfg.to_yaml() + "\n```")
+                self.logger.log_custom_layout()
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=self.total_iterations * self.steps_per_iteration, initial=self.env_steps,
+                       unit="step", dynamic_ncols=True, desc="train")
+        previous = signal.signal(signal.SIGINT, self._request_stop) if _main_thread() else None
+        start, start_steps = time.perf_counter(), self.env_steps
+        try:
+            while self.iteration < self.total_iterations:
+                if self._stop_requested:
+                    self.save()
+                    raise TrainingInterrupted(f"interrupted at {self.env_steps} env steps")
+                t0 = time.perf_counter()
+                outcome = self.run_iteration()
+                if outcome is None:
+                    continue
+                steps, episodes, metrics, update_s = outcome
+                wall = time.perf_counter() - t0
+                self.wall_s += wall
+                self.iteration += 1
+                self.env_steps += steps
+                self._pending.extend(episodes)
+                if self.iteration % cfg.train.log_every == 0 or self.iteration == self.total_iterations:
+                    self._log_iteration(metrics, steps, wall, update_s)
+                if self.iteration % cfg.train.checkpoint_every == 0:
+                    self.save()
+                if bar is not None:
+                    bar.update(steps)
+                    postfix = {"sps": f"{(self.env_steps - start_steps) / (time.perf_counter() - start):.0f}"}
+                    if self.last_team_return is not None:
+                        postfix["ret"] = f"{self.last_team_return:.2f}"
+                    bar.set_postfix(postfix)
+            self.save()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+            if bar is not None:
+                bar.close()
+            if self.logger is not None:
+                self.logger.flush()
+        wall = time.perf_counter() - start
+        return {"env_steps": self.env_steps, "wall_s": wall,
+                "env_steps_per_s": (self.env_steps - start_steps) / max(wall, 1e-9),
+                "team_return": self.last_team_return, "run_dir": str(self.run_dir) if self.run_dir else None}
+
+    def _log_iteration(self, metrics: dict, steps: int, wall: float, update_s: float) -> None:
+        metrics.update(self._episode_metrics(self._pending))
+        self._pending = []
+        if "team_return" in metrics:
+            self.last_team_return = metrics["team_return"]
+        metrics.update({"iteration": self.iteration, "env_steps": self.env_steps,
+                        "perf/env_steps_per_s": steps / wall, "perf/collect_s": wall - update_s,
+                        "perf/update_s": update_s, "perf/wall_s": self.wall_s})
+        metrics.update(self._periodic_evaluation())
+        if self.logger is not None:
+            metrics.update(self._credit_views())
+            self.logger.log(metrics, self.env_steps)
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
+            self.logger = None
+
+
+def _plain_episode(ep: dict) -> dict:
+    """A finished-episode record with lists instead of arrays (checkpoints load with weights_only)."""
+    return {**ep, "raw_return": np.asarray(ep["raw_return"]).tolist(), "return": np.asarray(ep["return"]).tolist()}
+
+
+def _array_episode(ep: dict) -> dict:
+    return {**ep, "raw_return": np.asarray(ep["raw_return"]), "return": np.asarray(ep["return"])}
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
