@@ -1,7 +1,12 @@
 """Credit-assignment and advantage modules: pure tensor functions plus one visible registry."""
 from marl.algorithms.coma import coma_advantage, coma_baseline, coma_critic_inputs, coma_lambda_advantage
+from marl.algorithms.difference import default_action_joints, difference_rewards
+from marl.algorithms.dop import dop_advantage, dop_mix, positive_weights
 from marl.algorithms.returns import broadcast_agents, gae, mc, n_step, td_lambda
-from marl.algorithms.registry import ADVANTAGES, AdvantageSpec, get_advantage
+from marl.algorithms.registry import ADVANTAGES, AdvantageSpec, CounterfactualInputs, get_advantage
+from marl.algorithms.shapley import shapley_advantage, shapley_credit
 
-__all__ = ["ADVANTAGES", "AdvantageSpec", "broadcast_agents", "coma_advantage", "coma_baseline",
-           "coma_critic_inputs", "coma_lambda_advantage", "gae", "get_advantage", "mc", "n_step", "td_lambda"]
+__all__ = ["ADVANTAGES", "AdvantageSpec", "CounterfactualInputs", "broadcast_agents", "coma_advantage",
+           "coma_baseline", "coma_critic_inputs", "coma_lambda_advantage", "default_action_joints",
+           "difference_rewards", "dop_advantage", "dop_mix", "gae", "get_advantage", "mc", "n_step",
+           "positive_weights", "shapley_advantage", "shapley_credit", "td_lambda"]

@@ -1,16 +1,54 @@
 """The one registry of advantage modules. Built-ins are listed in a plain dict, not by decorators.
 
-Each entry pairs a pure function with what the trainer must know to use it: which critic it
-needs (``"v"`` for a state-value critic, ``"q"`` for a per-agent action-value critic) and which
-algorithm-config fields it reads as keyword arguments.
+Each entry pairs a function with what the trainer must know to use it: which critic it needs and
+which algorithm-config fields it reads. There is one calling convention per kind of critic:
+
+- ``"v"`` (a state-value critic V(s) or V(o_i)): the pure function
+  ``fn(reward, value, next_value, terminated, truncated, **kw) -> (advantage, value_target)``;
+- ``"q"`` (COMA's per-agent critic Q(s, u^{-a}, ·)) and ``"dop"`` (DOP's decomposed critic
+  Q_tot = Σ_i k_i(s) Q_i(s, u_i) + b(s)): ``fn(inputs: CounterfactualInputs, **kw) -> advantage``;
+  the critic learns the TD(λ) targets of the taken joint action (``td_lambda`` with ``targets``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
+
 from marl.algorithms.coma import coma_advantage, coma_lambda_advantage
+from marl.algorithms.dop import dop_advantage
 from marl.algorithms.returns import gae, mc, n_step, td_lambda
+from marl.algorithms.shapley import shapley_credit
+
+
+@dataclass
+class CounterfactualInputs:
+    """What a ``"q"`` or ``"dop"`` module reads of a rollout, ``[T, B, N, ...]``, in return units.
+
+    Attributes:
+        returns: ``[T, B, N]`` the TD(λ) returns of the taken joint action (the critic's targets).
+        q_all: ``[T, B, N, A]`` Q(s, (u^{-a}, ·)) for each of agent a's actions (COMA's critic), or
+            DOP's per-agent utilities Q_a(s, ·).
+        logits: ``[T, B, N, A]`` the actor's masked logits.
+        actions: ``[T, B, N]`` the actions taken.
+        avail: bool ``[..., N, A]`` the legal actions.
+        state: ``[T, B, S]`` and ``obs`` (``[T, B, N, O]`` or None): what the critic reads.
+        coalition_q: maps COMA critic inputs ``[..., M, N, D]`` to Q ``[..., M, N, A]`` (Shapley).
+        weights: ``[T, B, N]`` DOP's mixing weights k_a(s) ≥ 0, in return units.
+        generator: for the modules that sample.
+    """
+
+    returns: torch.Tensor
+    q_all: torch.Tensor
+    logits: torch.Tensor
+    actions: torch.Tensor
+    avail: torch.Tensor
+    state: torch.Tensor
+    obs: torch.Tensor | None = None
+    coalition_q: Callable | None = None
+    weights: torch.Tensor | None = None
+    generator: torch.Generator | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -18,34 +56,63 @@ class AdvantageSpec:
     """A registered advantage module.
 
     Attributes:
-        fn: for ``critic="v"``, the pure function
-            ``fn(reward, value, next_value, terminated, truncated, **kw) -> (advantage, value_target)``;
-            for ``critic="q"``, ``fn(q_all, logits, actions, avail=None) -> advantage`` (COMA), or
-            with ``uses_returns``, ``fn(returns, q_all, logits, avail=None) -> advantage``, where
-            ``returns`` are the TD(λ) targets the critic learns.
-        critic: ``"v"`` (V(s) or V(o_i)) or ``"q"`` (Q(s, u^{-a}, ·), see COMA).
-        params: ``(kwarg, config_field)`` pairs: ``fn``'s keyword ``kwarg`` is read from the ``algo``
-            config field ``config_field`` (e.g. ``("n", "n_step")``). For ``critic="q"`` they are
-            the keywords of ``td_lambda`` that builds the critic's targets.
+        fn: see the module docstring for its calling convention (by ``critic``).
+        critic: ``"v"``, ``"q"`` or ``"dop"`` (see the module docstring).
+        params: ``(kwarg, config_field)`` pairs read from the ``algo`` config: for ``critic="v"`` the
+            keywords of ``fn`` (e.g. ``("n", "n_step")``); for the others the keywords of
+            ``td_lambda`` that builds the critic's targets.
         description: one line shown by ``marl list``.
-        uses_returns: for ``critic="q"``: ``fn`` takes the λ-returns first (see ``fn``).
+        fn_params: for ``"q"``/``"dop"`` modules, ``(kwarg, config_field)`` pairs of ``fn`` itself.
     """
 
     fn: Callable
     critic: str
     params: tuple[tuple[str, str], ...]
     description: str
-    uses_returns: bool = False
+    fn_params: tuple[tuple[str, str], ...] = ()
+
+    @staticmethod
+    def _read(pairs, algo_config, owner) -> dict:
+        out = {}
+        for kwarg, name in pairs:
+            if not hasattr(algo_config, name):
+                raise AttributeError(f"algo config has no field {name!r}, needed as keyword {kwarg!r} of {owner}")
+            out[kwarg] = getattr(algo_config, name)
+        return out
 
     def kwargs(self, algo_config) -> dict:
         """``{kwarg: algo_config.<config_field>}`` for every pair in ``params``."""
-        out = {}
-        for kwarg, field in self.params:
-            if not hasattr(algo_config, field):
-                raise AttributeError(f"algo config has no field {field!r}, needed as keyword {kwarg!r} "
-                                     f"of {getattr(self.fn, '__name__', self.fn)}")
-            out[kwarg] = getattr(algo_config, field)
-        return out
+        return self._read(self.params, algo_config, getattr(self.fn, "__name__", self.fn))
+
+    def fn_kwargs(self, algo_config) -> dict:
+        """``{kwarg: algo_config.<config_field>}`` for every pair in ``fn_params``."""
+        return self._read(self.fn_params, algo_config, getattr(self.fn, "__name__", self.fn))
+
+    @property
+    def fields(self) -> set[str]:
+        """Every ``algo`` config field the module reads."""
+        return {name for _, name in self.params + self.fn_params}
+
+
+def coma(inputs: CounterfactualInputs) -> torch.Tensor:
+    """COMA as in the paper: ``Q(s, u) − Σ_u' π(u') Q(s, (u^-a, u'))``."""
+    return coma_advantage(inputs.q_all, inputs.logits, inputs.actions, inputs.avail)
+
+
+def coma_lambda(inputs: CounterfactualInputs) -> torch.Tensor:
+    """COMA's counterfactual baseline subtracted from the λ-return of the taken joint action."""
+    return coma_lambda_advantage(inputs.returns, inputs.q_all, inputs.logits, inputs.avail)
+
+
+def shapley(inputs: CounterfactualInputs, n_samples: int) -> torch.Tensor:
+    """Shapley credit from M sampled orderings over COMA's critic (``algorithms.shapley``)."""
+    return shapley_credit(inputs.coalition_q, inputs.state, inputs.logits, inputs.actions, inputs.avail, n_samples,
+                          inputs.generator, inputs.obs)
+
+
+def dop(inputs: CounterfactualInputs) -> torch.Tensor:
+    """DOP's per-agent advantage ``k_a(s) (Q_a(u_a) − Σ_u π_a(u) Q_a(u))``."""
+    return dop_advantage(inputs.weights, inputs.q_all, inputs.logits, inputs.actions, inputs.avail)
 
 
 def _same(*names: str) -> tuple[tuple[str, str], ...]:
@@ -62,11 +129,18 @@ ADVANTAGES: dict[str, AdvantageSpec] = {
                             "n-step bootstrapped returns, n = algo.n_step (A3C-style)"),
     "mc": AdvantageSpec(mc, "v", _same("gamma"),
                         "Monte Carlo returns, bootstrapped only at truncation/rollout end"),
-    "coma": AdvantageSpec(coma_advantage, "q", _same("gamma", "lam"),
+    "coma": AdvantageSpec(coma, "q", _same("gamma", "lam"),
                           "COMA counterfactual baseline from a Q(s, u^-a, ·) critic with TD(λ) targets"),
-    "coma_lambda": AdvantageSpec(coma_lambda_advantage, "q", _same("gamma", "lam"),
+    "coma_lambda": AdvantageSpec(coma_lambda, "q", _same("gamma", "lam"),
                                  "COMA's counterfactual baseline subtracted from the TD(λ) return of the "
-                                 "taken joint action", uses_returns=True),
+                                 "taken joint action"),
+    "shapley": AdvantageSpec(shapley, "q", _same("gamma", "lam"),
+                             "Shapley credit: COMA's counterfactual advantage averaged over M = algo.shapley_samples "
+                             "random coalitions (Wang et al. 2020; Li et al. 2021)",
+                             fn_params=(("n_samples", "shapley_samples"),)),
+    "dop": AdvantageSpec(dop, "dop", _same("gamma", "lam"),
+                         "DOP's decomposed critic Q_tot = Σ k_i(s) Q_i(s, u_i) + b(s), advantage k_i (Q_i(u_i) − "
+                         "E_π Q_i) (Wang et al. 2021)"),
 }
 
 

@@ -277,3 +277,17 @@ def permutation_shapley(values: Tensor, coalitions: Tensor) -> Tensor:
     M = coalitions.shape[0]
     gain = values[..., with_i.flatten()] - values[..., without.flatten()]
     return gain.reshape(*values.shape[:-1], M, N).mean(-2)
+
+
+def shapley_credit(coalition_q, state: Tensor, logits: Tensor, actions: Tensor, avail: Tensor | None,
+                   n_samples: int, generator: torch.Generator | None = None, obs: Tensor | None = None) -> Tensor:
+    """The whole Shapley pipeline of the module docstring for a rollout: M sampled orderings, the
+    outside agents' actions re-sampled from their policies, the COMA critic on every (ordering,
+    agent) row, and ``shapley_advantage``. ``coalition_q`` maps critic inputs ``[..., M, N, D]`` to
+    Q ``[..., M, N, A]`` (in return units). Returns ``[..., N]``; ``M·N`` critic rows per step."""
+    N, A = logits.shape[-2], logits.shape[-1]
+    coalitions = sample_coalitions(N, n_samples, generator)
+    resampled = sample_actions(logits, n_samples, avail, generator)
+    joints = coalition_joint_actions(actions, resampled, coalitions)
+    q_all = coalition_q(shapley_critic_inputs(state, joints, A, obs))
+    return shapley_advantage(q_all, logits, actions, avail)

@@ -18,6 +18,7 @@ import torch
 
 from marl.envs.errors import EnvError
 from marl.envs.registry import resolve_factory
+from marl.algorithms.difference import difference_rewards
 from marl.envs.rewards import apply_reward_mode_tensor
 
 # env.id -> the MPETwin scenario of its batched twin
@@ -118,9 +119,14 @@ class BatchedVectorEnv:
         The env always auto-resets; ``autoreset=False`` is not supported here."""
         if not autoreset:
             raise ValueError("a batched env always resets the envs whose episode ended")
+        if self.reward.mode == "difference":
+            counterfactual = self._counterfactual_team_rewards(actions)
         out = self.env.step(actions)
         raw = out["reward"]
-        reward = apply_reward_mode_tensor(raw, self.reward.mode, self.reward.team, self.reward.alpha)
+        if self.reward.mode == "difference":
+            reward = difference_rewards(apply_reward_mode_tensor(raw, "shared", self.reward.team)[..., :1], counterfactual)
+        else:
+            reward = apply_reward_mode_tensor(raw, self.reward.mode, self.reward.team, self.reward.alpha)
         self._raw_return += raw
         self._return += reward
         self._length += 1
@@ -140,6 +146,22 @@ class BatchedVectorEnv:
                           next_obs=out["next_obs"], next_state=out["next_state"], next_avail=self._avail,
                           acted=self._alive, raw_reward=raw, reward=reward, terminated=out["terminated"],
                           truncated=out["truncated"], done=done, first=done, episodes=episodes)
+
+    def _counterfactual_team_rewards(self, actions: torch.Tensor) -> torch.Tensor:
+        """``G(s, (u_-i, c_i))`` ``[B, N]``: the env's state is copied (its own tensors) and stepped
+        once per agent with that agent's action replaced by ``reward.default_action``, then restored."""
+        if self.continuous:
+            raise EnvError("env.reward 'difference' needs discrete actions (a default action c_i)")
+        state = self.env.get_state()
+        columns = []
+        for i in range(self.n_agents):
+            self.env.set_state(state)
+            changed = actions.clone()
+            changed[:, i] = self.reward.default_action
+            raw = self.env.step(changed)["reward"]
+            columns.append(apply_reward_mode_tensor(raw, "shared", self.reward.team)[:, 0])
+        self.env.set_state(state)
+        return torch.stack(columns, -1)
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         """Everything needed to continue exactly, as tensors: the env's state and the episode bookkeeping."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-REWARD_MODES = ("shared", "individual", "mixed")
+REWARD_MODES = ("shared", "individual", "mixed", "difference")
 TEAM_REDUCTIONS = ("sum", "mean")
 
 
@@ -30,6 +30,9 @@ def apply_reward_mode(raw: np.ndarray, mode: str, team: str = "mean", alpha: flo
     - ``shared``: every agent gets the team reward (``team``: sum or mean of the raw rewards);
     - ``individual``: each agent gets its own raw reward;
     - ``mixed``: ``alpha * own + (1 - alpha) * team``.
+
+    (``difference`` needs counterfactual re-simulation: the vector envs compute it, see
+    ``marl.envs.vector.EnvSlice``.)
 
     ``present`` (bool ``[..., N]``, default all) marks the agents that acted; the team mean is over
     them. Rewards of absent agents are the caller's to zero.

@@ -189,6 +189,7 @@ class TeamEnv:
                 i = self._index[agent]
                 avail[i, : self._act_sizes[i]] &= np.asarray(mask, dtype=bool).reshape(-1)
                 self._info_masks = True
+        self._avail_now = avail   # the legal actions of the obs the agents act on next
         stuck = alive & ~avail.any(-1)
         if stuck.any():
             agent = self.agents[int(np.flatnonzero(stuck)[0])]

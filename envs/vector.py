@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from marl.envs.errors import EnvError, error_summary
-from marl.envs.rewards import apply_reward_mode, resolve_potential, shape_reward
+from marl.envs.rewards import apply_reward_mode, resolve_potential, shape_reward, team_reward
 from marl.envs.snapshot import restore, snapshot
 from marl.envs.team_env import TeamEnv
 
@@ -28,6 +28,39 @@ class RewardSpec:
     alpha: float = 0.5
     shaping: str = ""     # potential Φ: built-in name or "module:function"; "" for none
     gamma: float = 0.99   # discount used by the shaping term
+    default_action: int = 0   # difference rewards: the counterfactual action c_i
+
+    @classmethod
+    def from_config(cls, cfg) -> RewardSpec:
+        """The reward pipeline of a run's ``Config``."""
+        e = cfg.env
+        return cls(e.reward, e.team_reward, e.alpha, e.shaping, cfg.algo.gamma, e.default_action)
+
+
+def difference_rewards_by_resimulation(env: TeamEnv, actions: np.ndarray, acting: np.ndarray, reward: RewardSpec
+                                       ) -> np.ndarray:
+    """Each agent's counterfactual team reward ``G(s, (u_-i, c_i))`` ``[N]`` (Wolpert & Tumer, 2002):
+    ``env`` (not yet stepped) is copied once per acting agent and stepped with that agent's action
+    replaced by its default ``c_i`` (``reward.default_action``, or its first legal action where that
+    one is not legal). Costs one snapshot and N extra env steps.
+
+    Raises:
+        EnvError: when the env cannot be copied.
+    """
+    try:
+        blob = snapshot(env)
+    except EnvError as exc:
+        raise EnvError(f"env {env.env_id!r}: env.reward 'difference' re-simulates every step on a copy of the env, "
+                       f"and this env cannot be copied ({exc})") from None
+    avail = env._avail_now
+    counterfactual = np.zeros(len(actions), np.float32)
+    for i in np.flatnonzero(acting):
+        default = reward.default_action if avail[i, reward.default_action] else int(np.flatnonzero(avail[i])[0])
+        changed = np.array(actions, copy=True)
+        changed[i] = default
+        step = restore(blob).step(changed)
+        counterfactual[i] = float(team_reward(step.reward, reward.team, acting)[0])
+    return counterfactual
 
 
 @dataclass
@@ -142,13 +175,19 @@ class EnvSlice:
         ``autoreset=False`` finished envs are left as they are (the caller resets them)."""
         o = self.out
         o["acted"][:] = o["alive"]
+        if self.reward.mode == "difference":   # before the envs move on
+            counterfactual = np.stack([difference_rewards_by_resimulation(env, actions[i], o["alive"][i], self.reward)
+                                       for i, env in enumerate(self.envs)])
         for i, env in enumerate(self.envs):
             (o["next_obs"][i], o["next_state"][i], o["next_avail"][i], o["alive"][i], o["raw_reward"][i],
              o["terminated"][i], o["truncated"][i], o["done"][i]) = env.step(actions[i])
         raw, term, acted = o["raw_reward"], o["terminated"], o["acted"]
         everyone = acted.all()
-        reward = apply_reward_mode(raw, self.reward.mode, self.reward.team, self.reward.alpha,
-                                   present=None if everyone else acted)
+        if self.reward.mode == "difference":
+            reward = self._difference(raw, counterfactual, acted)
+        else:
+            reward = apply_reward_mode(raw, self.reward.mode, self.reward.team, self.reward.alpha,
+                                       present=None if everyone else acted)
         if self._potential is not None:
             phi_next = np.array([[self._phi_of(i)] for i in range(self.n)], np.float32)
             reward = shape_reward(reward, self._phi, phi_next, term, self.reward.gamma)
@@ -172,6 +211,14 @@ class EnvSlice:
             if autoreset:
                 self._reset_env(i)
         return episodes
+
+    def _difference(self, raw: np.ndarray, counterfactual: np.ndarray, acted: np.ndarray) -> np.ndarray:
+        """``D_i = G(s, u) − G(s, (u_-i, c_i))`` ``[n, N]`` (``marl.algorithms.difference``)."""
+        import torch
+
+        from marl.algorithms.difference import difference_rewards
+        team = team_reward(raw, self.reward.team, acted)
+        return difference_rewards(torch.from_numpy(team), torch.from_numpy(counterfactual)).numpy()
 
     def snapshot(self) -> bytes:
         """Everything ``load_snapshot`` needs to continue exactly: the envs' live state, the episode

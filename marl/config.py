@@ -27,7 +27,13 @@ class EnvConfig:
     kwargs: dict = field(default_factory=dict)
     """Keyword arguments for the env factory."""
     reward: str = "shared"
-    """Reward mode: ``shared`` (team reward to all), ``individual`` or ``mixed``."""
+    """Reward mode: ``shared`` (team reward to all), ``individual``, ``mixed``, or ``difference``:
+    each agent gets D_i = G(s, u) − G(s, (u_-i, c_i)) (Wolpert & Tumer, 2002), G the team reward
+    (``env.team_reward``), computed exactly by re-simulating a copy of the env once per agent
+    (the batched twin copies tensors)."""
+    default_action: int = 0
+    """``env.reward: difference``: the default action c_i of the counterfactual (for mpe2, 0 is the
+    no-op); an agent for which it is not legal uses its first legal action."""
     team_reward: str = "mean"
     """How the team reward is made from the agents' rewards: ``sum`` or ``mean``."""
     alpha: float = 0.5
@@ -61,7 +67,9 @@ class AlgoConfig:
     n_step: int = 5
     """k of the ``n_step`` advantage module."""
     critic_obs: bool = False
-    """COMA: also give the Q critic the agent's own observation."""
+    """COMA, Shapley, DOP: also give the critic the agent's own observation."""
+    shapley_samples: int = 8
+    """Shapley: M, the orderings sampled per step (M * N critic rows per step)."""
     target_update_every: int = 0
     """COMA: a target critic copied every this many iterations (0: no target network)."""
     rollout_steps: int = 25
@@ -283,6 +291,7 @@ def validate(cfg: Config) -> Config:
     _check(e.reward in REWARD_MODES, "env.reward", e.reward, f"one of {list(REWARD_MODES)}")
     _check(e.team_reward in TEAM_REDUCTIONS, "env.team_reward", e.team_reward, f"one of {list(TEAM_REDUCTIONS)}")
     _check(0.0 <= e.alpha <= 1.0, "env.alpha", e.alpha, "a float in [0, 1]")
+    _check(e.default_action >= 0, "env.default_action", e.default_action, "an int >= 0")
     if e.shaping:
         from marl.envs import EnvError
         from marl.envs.rewards import resolve_potential
@@ -337,6 +346,15 @@ def validate(cfg: Config) -> Config:
                "false with backend 'rllib' (its RLModule here is not stateful; train recurrent policies "
                "with the local backend)")
     _refuse_ignored_options(cfg)
+    _check(a.shapley_samples >= 1, "algo.shapley_samples", a.shapley_samples, "an int >= 1")
+    if a.advantage in ("shapley", "dop"):
+        _check(not m.recurrent, "model.recurrent", m.recurrent, f"false with algo.advantage {a.advantage!r} (its "
+               f"counterfactual critic is feed-forward)")
+    if a.advantage == "dop":
+        _check(e.reward == "shared", "env.reward", e.reward, "'shared' with algo.advantage 'dop' (its Q_tot learns "
+               "the team's return)")
+        _check(cfg.backend == "local", "algo.advantage", a.advantage, "not 'dop' with backend 'rllib' (its loss mixes "
+               "every agent's Q, and RLlib's rows are per agent)")
     _check(t.device == "cpu" or t.device == "cuda" or t.device.startswith("cuda:"), "train.device", t.device,
            "'cpu', 'cuda' or 'cuda:K'")
     if t.device != "cpu":
@@ -373,19 +391,24 @@ def _refuse_ignored_options(cfg: Config) -> None:
 
     defaults = Config()
     a, spec = cfg.algo, ADVANTAGES[cfg.algo.advantage]
-    reads = {field for _, field in spec.params}
-    q_critic = spec.critic == "q"
+    reads = spec.fields
+    q_critic = spec.critic in ("q", "dop")
     ignored = [
         ("algo.critic", a.critic, defaults.algo.critic, q_critic,
          f"{a.advantage!r} uses its own counterfactual Q critic"),
         ("algo.critic_obs", a.critic_obs, defaults.algo.critic_obs, not q_critic,
-         f"only Q-critic modules (coma, coma_lambda) read it, not {a.advantage!r}"),
+         f"only the counterfactual modules (coma, coma_lambda, shapley, dop) read it, not {a.advantage!r}"),
         ("algo.target_update_every", a.target_update_every, defaults.algo.target_update_every, not q_critic,
-         f"only Q-critic modules (coma, coma_lambda) have a target critic, not {a.advantage!r}"),
+         f"only the counterfactual modules (coma, coma_lambda, shapley, dop) have a target critic, not "
+         f"{a.advantage!r}"),
         ("algo.n_step", a.n_step, defaults.algo.n_step, "n_step" not in reads, f"{a.advantage!r} does not read it"),
+        ("algo.shapley_samples", a.shapley_samples, defaults.algo.shapley_samples, "shapley_samples" not in reads,
+         f"{a.advantage!r} does not read it"),
         ("algo.lam", a.lam, defaults.algo.lam, "lam" not in reads, f"{a.advantage!r} does not read it"),
         ("env.alpha", cfg.env.alpha, defaults.env.alpha, cfg.env.reward != "mixed",
          f"only env.reward: mixed reads it, not {cfg.env.reward!r}"),
+        ("env.default_action", cfg.env.default_action, defaults.env.default_action, cfg.env.reward != "difference",
+         f"only env.reward: difference reads it, not {cfg.env.reward!r}"),
         ("model.chunk_length", cfg.model.chunk_length, defaults.model.chunk_length, not cfg.model.recurrent,
          "only recurrent networks (model.recurrent: true) read it"),
     ]
@@ -437,13 +460,30 @@ def _deep_copy(data):
     return yaml.safe_load(yaml.safe_dump(data))
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    """Read a YAML file into a validated ``Config``."""
-    path = Path(path)
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A YAML config as a dict, with its ``base:`` (a path relative to the file) merged under it:
+    a variant says only what it changes from its base."""
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}".splitlines()[0]) from None
-    return config_from_dict(data, overrides)
+    if not isinstance(data, dict) or "base" not in data:
+        return data
+    base = (path.parent / str(data.pop("base"))).resolve()
+    if base in seen:
+        raise ConfigError(f"config file {str(path)!r}: its base chain loops back to {str(base)!r}")
+    return _merged(_read_yaml(base, seen + (path.resolve(),)), data)
+
+
+def _merged(base: dict, variant: dict) -> dict:
+    out = dict(base)
+    for key, value in variant.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read a YAML file into a validated ``Config`` (a ``base:`` key names a config it extends)."""
+    return config_from_dict(_read_yaml(Path(path)), overrides)

@@ -22,10 +22,10 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from marl.algorithms import coma_baseline, get_advantage, td_lambda
+from marl.algorithms import CounterfactualInputs, coma_baseline, get_advantage, td_lambda
 from marl.config import Config, ConfigError
 from marl.distributions import Categorical
-from marl.networks import Actor, CentralCritic, Critic, LocalCritic, QCritic, ValueNorm
+from marl.networks import Actor, CentralCritic, Critic, DOPCritic, LocalCritic, QCritic, ValueNorm
 
 
 MINIBATCH_STATS = ["losses/policy", "losses/value", "losses/entropy", "losses/approx_kl", "losses/clip_fraction",
@@ -130,8 +130,11 @@ def build_critic(cfg: Config, n_agents: int, obs_dim: int, state_dim: int, n_act
     the V critic ``algo.critic`` names (one team head under a shared reward)."""
     a, m = cfg.algo, cfg.model
     common = {"hidden": m.hidden, "layers": m.layers, "activation": m.activation, "recurrent": m.recurrent}
-    if get_advantage(a.advantage).critic == "q":
+    kind = get_advantage(a.advantage).critic
+    if kind == "q":
         return QCritic(n_agents, state_dim, obs_dim, n_actions, with_obs=a.critic_obs, **common)
+    if kind == "dop":
+        return DOPCritic(n_agents, state_dim, obs_dim, n_actions, with_obs=a.critic_obs, **common)
     if a.critic == "central":
         return CentralCritic(n_agents, state_dim, team_value=cfg.env.reward == "shared", **common)
     return LocalCritic(n_agents, obs_dim, agent_state=a.critic == "agent_state", state_dim=state_dim, **common)
@@ -158,7 +161,7 @@ class CreditLearner:
         self.dynamic_mask = dynamic_mask
         N = len(agents)
         self.advantage = get_advantage(a.advantage)
-        self.uses_q = self.advantage.critic == "q"
+        self.uses_q = self.advantage.critic in ("q", "dop")   # a critic over actions (counterfactual modules)
         self.continuous = continuous
         if continuous and self.uses_q:
             raise ConfigError(f"config key 'algo.advantage': {a.advantage!r} is counterfactual over a discrete action "
@@ -207,13 +210,14 @@ class CreditLearner:
             group["lr"] = base * scale
 
     # -- inputs -----------------------------------------------------------------------------------
-    def _to_return_space(self, x: torch.Tensor) -> torch.Tensor:
-        """Critic output (normalised when ``algo.normalize_value``) in return units; values are
-        ``[..., N]`` and Q values ``[..., N, A]``."""
+    def _to_return_space(self, x: torch.Tensor, per_action: bool = False) -> torch.Tensor:
+        """Critic output (normalised when ``algo.normalize_value``) in return units: values
+        ``[..., N]``, or with ``per_action`` Q values ``[..., N, A]``."""
         if not self.cfg.algo.normalize_value:
             return x
-        return self.value_norm.denormalize(x.transpose(-1, -2)).transpose(-1, -2) if self.uses_q \
-            else self.value_norm.denormalize(x)
+        if per_action:
+            return self.value_norm.denormalize(x.transpose(-1, -2)).transpose(-1, -2)
+        return self.value_norm.denormalize(x)
 
     def critic_input(self, state: torch.Tensor, obs: torch.Tensor, actions: torch.Tensor | None = None,
                      alive: torch.Tensor | None = None):
@@ -279,16 +283,18 @@ class CreditLearner:
 
     def _prepare_q(self, b: dict[str, torch.Tensor], generator: torch.Generator, valid: torch.Tensor | None,
                    terminated: torch.Tensor) -> dict[str, torch.Tensor]:
-        """COMA: Q of every action of each agent in one critic pass; the critic learns TD(λ) targets
-        of the taken joint action; the advantage is Q_taken (``coma``) or that λ-target
-        (``coma_lambda``) minus the policy-weighted counterfactual baseline."""
+        """The counterfactual modules (COMA, COMA-λ, Shapley, DOP): a critic over actions, trained on
+        TD(λ) targets of the taken joint action's value (COMA's Q(s, u), or DOP's Q_tot); the
+        module's function reads ``CounterfactualInputs`` (``marl.algorithms.registry``)."""
         a = self.cfg.algo
+        if valid is not None and a.advantage in ("shapley", "dop"):
+            raise ConfigError(f"config key 'algo.advantage': {a.advantage!r} needs every agent at every step; this "
+                              f"env has agents that leave or arrive (use coma, coma_lambda or a V-critic module)")
         actions = b["actions"]
         critic = self.target_critic if self.target_critic is not None else self.critic
         critic_in = self.critic_input(b["state"], b["obs"], actions, valid)
         out, ends, prep = self._critic_pass(self.critic, critic_in, b)
-        q_all = self._to_return_space(out)
-        q_taken = q_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        q_taken = self._to_return_space(self.critic.prediction(out, critic_in, actions))
         # The next joint action: the one taken at t+1 inside an episode; drawn from the policy where
         # the rollout was cut (truncation or rollout end), since no action was taken there. The
         # episode goes on while some agent neither ended nor is absent.
@@ -310,22 +316,33 @@ class CreditLearner:
         next_in = self.critic_input(b["next_state"], b["next_obs"], next_actions, next_alive)
         if critic is not self.critic:
             target_out, target_ends, _ = self._critic_pass(critic, critic_in, b)
-            q_taken_target = self._to_return_space(target_out).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+            q_taken_target = self._to_return_space(critic.prediction(target_out, critic_in, actions))
         else:
             target_ends, q_taken_target = ends, q_taken
         next_out = critic(next_in) if target_ends is None else critic.step(next_in, target_ends)[0]
-        next_q = self._to_return_space(next_out).gather(-1, next_actions.unsqueeze(-1)).squeeze(-1)
+        next_q = self._to_return_space(critic.prediction(next_out, next_in, next_actions))
         _, target = td_lambda(b["reward"], q_taken_target, next_q, terminated, b["truncated"],
                               **self.advantage.kwargs(a))
         avail = self._avail(b)
         avail = self.actor.action_mask if avail is None else avail
-        baseline = coma_baseline(q_all, logits, avail)
-        if self.advantage.uses_returns:
-            adv = self.advantage.fn(target, q_all, logits, avail)
+        inputs = CounterfactualInputs(returns=target, q_all=out, logits=logits, actions=actions, avail=avail,
+                                      state=b["state"], obs=b["obs"] if a.critic_obs else None, generator=generator,
+                                      coalition_q=lambda x: self._to_return_space(self.critic(x), per_action=True))
+        extra = {}
+        if self.critic.mixed:   # DOP: utilities stay in the critic's units; the weights carry the scale
+            k, _ = self.critic.mix(critic_in)
+            inputs.weights = k * self._value_scale()
         else:
-            adv = self.advantage.fn(q_all, logits, actions, avail)
-        return {**prep, "adv": adv, "target": target, "value": q_taken, "critic_in": critic_in,
-                "coma_baseline": baseline}
+            inputs.q_all = self._to_return_space(out, per_action=True)
+            extra["coma_baseline"] = coma_baseline(inputs.q_all, logits, avail)
+        adv = self.advantage.fn(inputs, **self.advantage.fn_kwargs(a))
+        return {**prep, **extra, "adv": adv, "target": target, "value": q_taken, "critic_in": critic_in}
+
+    def _value_scale(self) -> torch.Tensor | float:
+        """Return units per critic unit (the value normaliser's standard deviation, or 1)."""
+        if not self.cfg.algo.normalize_value:
+            return 1.0
+        return (self.value_norm.var + self.value_norm.eps).sqrt().to(torch.float32)
 
     # -- phase 2: statistics and normalisation -----------------------------------------------------
     def finalise(self, prep: dict[str, torch.Tensor], valid: torch.Tensor | None = None
@@ -370,10 +387,6 @@ class CreditLearner:
         return out
 
     # -- phase 3: optimisation (local backend) -----------------------------------------------------
-    def _critic_prediction(self, critic_out: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """What the critic loss compares with the target: V, or Q of the taken action."""
-        return critic_out.gather(-1, actions.unsqueeze(-1)).squeeze(-1) if self.uses_q else critic_out
-
     def optimise(self, b: dict[str, torch.Tensor], prep: dict[str, torch.Tensor], adv: torch.Tensor,
                  target: torch.Tensor, generator: torch.Generator, valid: torch.Tensor | None = None) -> dict:
         """``algo.epochs`` passes of ``algo.minibatches`` PPO/A2C steps over the batch ``b``, with the
@@ -446,7 +459,8 @@ class CreditLearner:
             critic_out = self.critic(mb["critic_in"])
         weight = mb.get("weight")
         out = actor_critic_loss(self.actor.distribution(actor_out), mb["actions"], mb["logp"], mb["adv"],
-                                self._critic_prediction(critic_out, mb["actions"]), mb["target"], a, train_actor,
+                                self.critic.prediction(critic_out, mb["critic_in"], mb["actions"]), mb["target"], a,
+                                train_actor,
                                 self.updates + 1, weight)
         self.optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()

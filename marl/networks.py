@@ -215,6 +215,7 @@ class Critic(nn.Module):
     """
 
     q = False                # outputs Q(s, u^-a, ·) per agent instead of V
+    mixed = False            # DOP: the per-agent Q are mixed into Q_tot (see DOPCritic)
     per_agent_inputs = True  # reads [..., N, D]; False: the state [..., S] only
 
     def __init__(self, net: nn.Module, rows: int):
@@ -232,6 +233,11 @@ class Critic(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._output(self.net(self._net_input(x)), x)
+
+    def prediction(self, out: torch.Tensor, x: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """What the critic loss compares with the target, ``[..., N]``, from its output ``out`` on
+        inputs ``x``: V itself (Q critics pick the taken action's value)."""
+        return out
 
     def initial_hidden(self, *batch: int, device=None) -> torch.Tensor | None:
         if not self.recurrent:
@@ -319,6 +325,46 @@ class QCritic(Critic):
         if alive is not None:
             onehot = onehot * alive.unsqueeze(-1).to(state.dtype)
         return coma_critic_inputs(state, onehot, obs if self.with_obs else None)
+
+    def prediction(self, out, x, actions):
+        return out.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+
+
+class DOPCritic(Critic):
+    """DOP's decomposed critic (Wang et al., 2021, "Off-Policy Multi-Agent Decomposed Policy
+    Gradients"): per-agent utilities Q_a(s, ·) from ``[s, one-hot a (, o_a)]`` rows, ``[..., N, A]``,
+    mixed by state-conditioned weights k_a(s) = |w_a(s)| ≥ 0 and a bias b(s) into
+    Q_tot(s, u) = Σ_a k_a(s) Q_a(s, u_a) + b(s), which learns the team's TD(λ) targets."""
+
+    q = True
+    mixed = True
+
+    def __init__(self, n_agents: int, state_dim: int, obs_dim: int, n_actions: int, hidden: int, layers: int,
+                 activation: str, with_obs: bool = False, recurrent: bool = False):
+        if recurrent:
+            raise ValueError("DOP's critic is feed-forward")
+        in_dim = state_dim + n_agents + (obs_dim if with_obs else 0)
+        super().__init__(AgentMLP(1, in_dim, n_actions, hidden, layers, activation, shared=True), n_agents)
+        self.mixer = AgentMLP(1, state_dim, n_agents + 1, hidden, 1, activation, shared=True)
+        self.state_dim, self.with_obs = state_dim, with_obs
+
+    def inputs(self, state, obs, actions=None, alive=None):
+        parts = [state.unsqueeze(-2).expand(*obs.shape[:-1], state.shape[-1]),
+                 torch.eye(obs.shape[-2], dtype=state.dtype, device=state.device).expand(*obs.shape[:-1], obs.shape[-2])]
+        if self.with_obs:
+            parts.append(obs)
+        return torch.cat(parts, -1)
+
+    def mix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mixing weights ``k [..., N]`` (≥ 0) and bias ``b [...]`` of the state in rows ``x``."""
+        out = self.mixer(x[..., :1, :self.state_dim]).squeeze(-2)
+        return out[..., :-1].abs(), out[..., -1]
+
+    def prediction(self, out, x, actions):
+        """Q_tot of the taken joint action, the same for every agent ``[..., N]``."""
+        k, b = self.mix(x)
+        q_tot = (k * out.gather(-1, actions.unsqueeze(-1)).squeeze(-1)).sum(-1) + b
+        return q_tot.unsqueeze(-1).expand_as(k)
 
 
 class ValueNorm(nn.Module):

@@ -54,7 +54,7 @@ class Trainer(TrainingLoop):
         self.device = torch.device(cfg.train.device)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         e, a = cfg.env, cfg.algo
-        reward = RewardSpec(e.reward, e.team_reward, e.alpha, e.shaping, a.gamma)
+        reward = RewardSpec.from_config(cfg)
         if e.batched:
             batched = make_batched_env(e.id, e.kwargs, e.num_envs, cfg.train.device, cfg.seed)
             self.venv = BatchedVectorEnv(batched, reward)

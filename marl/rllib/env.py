@@ -53,10 +53,10 @@ logger = logging.getLogger(__name__)
 
 def env_config(cfg, fault_log: str | None = None) -> dict:
     """The ``env_config`` dict for ``TeamMultiAgentEnv`` from a project ``Config``."""
+    import dataclasses
+
     e = cfg.env
-    return {"env_id": e.id, "env_kwargs": dict(e.kwargs),
-            "reward": {"mode": e.reward, "team": e.team_reward, "alpha": e.alpha, "shaping": e.shaping,
-                       "gamma": cfg.algo.gamma},
+    return {"env_id": e.id, "env_kwargs": dict(e.kwargs), "reward": dataclasses.asdict(RewardSpec.from_config(cfg)),
             "fault_log": fault_log}
 
 

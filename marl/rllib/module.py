@@ -150,7 +150,7 @@ class CreditRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
         with torch.no_grad():
             if credit.uses_q:
                 critic_in = credit.critic_input(batch[STATE], own, batch[JOINT_ACTIONS].long())
-                q_all = self._own_slot(credit._to_return_space(self.critic(critic_in)), idx)
+                q_all = self._own_slot(credit._to_return_space(self.critic(critic_in), per_action=True), idx)
                 pi = torch.softmax(self.actor_logits(obs), -1)
                 return (pi * q_all).sum(-1)
             values = self.critic(credit.critic_input(batch[STATE], own))
