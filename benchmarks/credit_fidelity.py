@@ -37,6 +37,9 @@ METHODS = {
     "COMA (PPO actor)": ["algo.advantage=coma", "algo.lam=0.8"],
     "COMA-λ (PPO actor)": ["algo.advantage=coma_lambda", "algo.lam=0.8"],
     "GAE, central V, mixed α=0.5": ["env.reward=mixed", "env.alpha=0.5"],
+    "difference rewards (re-simulated), GAE": ["env.reward=difference"],
+    "Shapley, M=8 (PPO actor)": ["algo.advantage=shapley", "algo.lam=0.8"],
+    "DOP (PPO actor)": ["algo.advantage=dop", "algo.lam=0.8"],
 }
 # Only the lazy-agent env has per-agent reward terms; elsewhere every agent's own reward is the team's.
 INDIVIDUAL = {"lazy_agent": ["env.reward=individual", "env.kwargs.rewards=own"]}
@@ -168,6 +171,8 @@ def main(argv=None) -> None:
     parser.add_argument("--json", help="write the per-seed results and the table here "
                                        "(default credit_fidelity.json in a new temporary folder)")
     parser.add_argument("--md", help="also write the markdown tables here")
+    parser.add_argument("--methods", nargs="+", metavar="SUBSTRING",
+                        help="only the methods whose label contains one of these (e.g. Shapley DOP)")
     args = parser.parse_args(argv)
 
     seeds = seed_report(args.seeds, args.tuning_seeds)
@@ -179,6 +184,8 @@ def main(argv=None) -> None:
         if env in INDIVIDUAL:
             methods["GAE, central V, individual"] = INDIVIDUAL[env]
         for method, overrides in methods.items():
+            if args.methods and not any(part.lower() in method.lower() for part in args.methods):
+                continue
             for seed in args.seeds:
                 jobs.append({"env": env, "method": method, "config": ENVS[env], "set": overrides,
                              "seed": seed, "steps": args.steps, "episodes": args.episodes})

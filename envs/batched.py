@@ -19,7 +19,7 @@ import torch
 from marl.envs.errors import EnvError
 from marl.envs.registry import resolve_factory
 from marl.algorithms.difference import difference_rewards
-from marl.envs.rewards import apply_reward_mode_tensor
+from marl.envs.rewards import apply_reward_mode_tensor, pay_at_episode_end
 
 # env.id -> the MPETwin scenario of its batched twin
 TWINS = {"mpe2:simple_spread_v3": "simple_spread_v3",
@@ -94,6 +94,7 @@ class BatchedVectorEnv:
         self._first = torch.ones(B, dtype=torch.bool, device=self.device)
         self._raw_return = torch.zeros(B, N, dtype=torch.float64, device=self.device)
         self._return = torch.zeros_like(self._raw_return)
+        self._held = torch.zeros_like(self._raw_return)   # the episodic mode's withheld rewards
         self._length = torch.zeros(B, dtype=torch.long, device=self.device)
         self._current: dict[str, torch.Tensor] = {}
 
@@ -106,6 +107,7 @@ class BatchedVectorEnv:
         obs, state = self.env.reset(seed=int(seed))
         self._raw_return.zero_()
         self._return.zero_()
+        self._held.zero_()
         self._length.zero_()
         return self._set_current(obs, state, torch.ones_like(self._first))
 
@@ -127,6 +129,8 @@ class BatchedVectorEnv:
             reward = difference_rewards(apply_reward_mode_tensor(raw, "shared", self.reward.team)[..., :1], counterfactual)
         else:
             reward = apply_reward_mode_tensor(raw, self.reward.mode, self.reward.team, self.reward.alpha)
+        if self.reward.episodic:
+            reward = pay_at_episode_end(reward.double(), self._held, out["terminated"] | out["truncated"]).float()
         self._raw_return += raw
         self._return += reward
         self._length += 1
@@ -167,6 +171,7 @@ class BatchedVectorEnv:
         """Everything needed to continue exactly, as tensors: the env's state and the episode bookkeeping."""
         return {**{f"env/{k}": v for k, v in self.env.get_state().items()},
                 "raw_return": self._raw_return.clone(), "return": self._return.clone(), "length": self._length.clone(),
+                "held": self._held.clone(),
                 "first": self._current["first"].clone()}
 
     def load_snapshot(self, state: dict[str, torch.Tensor]) -> None:
@@ -174,7 +179,7 @@ class BatchedVectorEnv:
             raise EnvError("the checkpoint's env state is from a PettingZoo run, not a batched one")
         self.env.set_state({k[len("env/"):]: v.to(self.device) if k != "env/rng" else v
                             for k, v in state.items() if k.startswith("env/")})
-        for name in ("raw_return", "return", "length"):
+        for name in ("raw_return", "return", "length", "held"):
             getattr(self, f"_{name}").copy_(state[name])
         self._set_current(*self.env.observe(), state["first"].to(self.device))
 

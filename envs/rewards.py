@@ -62,6 +62,16 @@ def apply_reward_mode_tensor(raw, mode: str, team: str = "mean", alpha: float = 
     raise ValueError(f"env.reward must be one of {REWARD_MODES}, got {mode!r}")
 
 
+def pay_at_episode_end(reward, held, ends):
+    """The episodic-reward mode: every reward ``[..., N]`` is withheld in ``held`` (updated in place)
+    and an agent's sum is paid at its last step (``ends``, bool ``[..., N]``). Works on numpy arrays
+    and torch tensors alike; returns what is paid now."""
+    held += reward
+    paid = held * ends
+    held *= ~ends
+    return paid
+
+
 # -- potential-based shaping (Ng, Harada & Russell, 1999) ------------------------------------------
 
 def shape_reward(reward: np.ndarray, phi: np.ndarray, phi_next: np.ndarray, terminated: np.ndarray,

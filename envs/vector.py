@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from marl.envs.errors import EnvError, error_summary
-from marl.envs.rewards import apply_reward_mode, resolve_potential, shape_reward, team_reward
+from marl.envs.rewards import apply_reward_mode, pay_at_episode_end, resolve_potential, shape_reward, team_reward
 from marl.envs.snapshot import restore, snapshot
 from marl.envs.team_env import TeamEnv
 
@@ -29,12 +29,13 @@ class RewardSpec:
     shaping: str = ""     # potential Φ: built-in name or "module:function"; "" for none
     gamma: float = 0.99   # discount used by the shaping term
     default_action: int = 0   # difference rewards: the counterfactual action c_i
+    episodic: bool = False    # withhold every reward and pay the episode's sum at its last step
 
     @classmethod
     def from_config(cls, cfg) -> RewardSpec:
         """The reward pipeline of a run's ``Config``."""
         e = cfg.env
-        return cls(e.reward, e.team_reward, e.alpha, e.shaping, cfg.algo.gamma, e.default_action)
+        return cls(e.reward, e.team_reward, e.alpha, e.shaping, cfg.algo.gamma, e.default_action, e.episodic_reward)
 
 
 def difference_rewards_by_resimulation(env: TeamEnv, actions: np.ndarray, acting: np.ndarray, reward: RewardSpec
@@ -147,6 +148,7 @@ class EnvSlice:
         self._episode = np.zeros(n, np.int64)    # episodes each env has started since then
         self._potential = resolve_potential(reward.shaping) if reward.shaping else None
         self._phi = np.zeros((n, 1), np.float32)
+        self._held = np.zeros((n, self.n_agents), np.float64)   # the episodic mode's withheld rewards
 
     def _phi_of(self, i: int) -> float:
         return float(self._potential(self.envs[i].env))
@@ -169,6 +171,7 @@ class EnvSlice:
         self._raw_return[:] = 0.0
         self._return[:] = 0.0
         self._length[:] = 0
+        self._held[:] = 0.0
 
     def step(self, actions: np.ndarray, autoreset: bool = True) -> list[dict]:
         """Step every env with ``actions [n, N]`` into ``out``; returns the finished episodes. With
@@ -194,6 +197,9 @@ class EnvSlice:
             self._phi = phi_next
         if not everyone:
             reward = np.where(acted, reward, 0.0)
+        if self.reward.episodic:
+            ends = acted & (term | o["truncated"] | o["done"][:, None])
+            reward = pay_at_episode_end(np.asarray(reward, np.float64), self._held, ends)
         o["reward"][:] = reward
         self._raw_return += raw
         self._return += reward
@@ -226,7 +232,7 @@ class EnvSlice:
         current = {k: self.out[k].copy() for k in CURRENT}
         return snapshot({"envs": self.envs, "raw_return": self._raw_return, "return": self._return,
                          "length": self._length, "seeds": self._seeds, "episode": self._episode, "phi": self._phi,
-                         "current": current})
+                         "held": self._held, "current": current})
 
     def load_snapshot(self, data: bytes) -> None:
         state = restore(data)
@@ -234,7 +240,7 @@ class EnvSlice:
             env.close()
         self.envs = state["envs"]
         self._raw_return, self._return, self._length = state["raw_return"], state["return"], state["length"]
-        self._seeds, self._episode, self._phi = state["seeds"], state["episode"], state["phi"]
+        self._seeds, self._episode, self._phi, self._held = state["seeds"], state["episode"], state["phi"], state["held"]
         for k, value in state["current"].items():
             self.out[k][:] = value
 

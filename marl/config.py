@@ -31,6 +31,10 @@ class EnvConfig:
     each agent gets D_i = G(s, u) − G(s, (u_-i, c_i)) (Wolpert & Tumer, 2002), G the team reward
     (``env.team_reward``), computed exactly by re-simulating a copy of the env once per agent
     (the batched twin copies tensors)."""
+    episodic_reward: bool = False
+    """Withhold every reward and pay the episode's sum at its last step (each agent its own sum, at
+    its own last step): the temporal-credit problem of outcome rewards, on any env. Raw returns,
+    and so evaluation, are unchanged."""
     default_action: int = 0
     """``env.reward: difference``: the default action c_i of the counterfactual (for mpe2, 0 is the
     no-op); an agent for which it is not legal uses its first legal action."""
@@ -72,6 +76,24 @@ class AlgoConfig:
     """Shapley: M, the orderings sampled per step (M * N critic rows per step)."""
     target_update_every: int = 0
     """COMA: a target critic copied every this many iterations (0: no target network)."""
+    redistribution: str = "none"
+    """A learned step-level reward model the learner trains on instead of the env's rewards:
+    ``none``; ``rrd`` (randomized return decomposition, Ren et al. 2022: r̂(s, o_i, u_i) whose sums
+    over random step subsets match the episode's outcome); ``arel`` (agent-temporal attention,
+    Xiao et al. 2022). Both train online on finished episodes (see ``marl.redistribute``); meant for
+    ``env.episodic_reward``."""
+    redistribution_steps: int = 8
+    """Updates of the reward model per iteration."""
+    redistribution_state: bool = True
+    """Give the reward model the global state beside each agent's observation and action (off: a
+    state that reveals the outcome at later steps would let it credit those instead)."""
+    redistribution_lr: float = 1e-3
+    """Adam learning rate of the reward model."""
+    redistribution_subset: int = 8
+    """``rrd``: K, the steps of each episode in one return-decomposition sample. RRD's loss then
+    also penalises how much sums over K-step subsets vary, which pulls the rewards of steps it
+    cannot tell apart towards their mean; K at least the episode length is the plain
+    decomposition loss."""
     rollout_steps: int = 25
     """Steps T collected from each env per iteration."""
     epochs: int = 10
@@ -346,6 +368,13 @@ def validate(cfg: Config) -> Config:
                "false with backend 'rllib' (its RLModule here is not stateful; train recurrent policies "
                "with the local backend)")
     _refuse_ignored_options(cfg)
+    _check(a.redistribution in ("none", "rrd", "arel"), "algo.redistribution", a.redistribution,
+           "'none', 'rrd' or 'arel'")
+    _check(a.redistribution_steps >= 1, "algo.redistribution_steps", a.redistribution_steps, "an int >= 1")
+    _check(a.redistribution_lr > 0, "algo.redistribution_lr", a.redistribution_lr, "a float > 0")
+    _check(a.redistribution_subset >= 1, "algo.redistribution_subset", a.redistribution_subset, "an int >= 1")
+    if a.redistribution != "none":
+        _check(cfg.backend == "local", "algo.redistribution", a.redistribution, "'none' with backend 'rllib'")
     _check(a.shapley_samples >= 1, "algo.shapley_samples", a.shapley_samples, "an int >= 1")
     if a.advantage in ("shapley", "dop"):
         _check(not m.recurrent, "model.recurrent", m.recurrent, f"false with algo.advantage {a.advantage!r} (its "

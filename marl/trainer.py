@@ -77,6 +77,11 @@ class Trainer(TrainingLoop):
             self._collector = ThreadPoolExecutor(1, thread_name_prefix="rollout-collector")
         self._envs_started = False       # the envs hold live episodes (else the next collection resets them)
         self._snapshot_warned = False
+        self.redistribution = None
+        if a.redistribution != "none":
+            from marl.redistribute import OnlineRedistribution
+            self.redistribution = OnlineRedistribution(cfg, N, v.obs_dim, v.state_dim, v.n_actions, v.continuous,
+                                                       e.num_envs)
         # A recurrent actor's and critic's hidden states where the envs are now ([B, N, H], [B, rows, H]).
         self.actor_hidden: torch.Tensor | None = self.actor.initial_hidden(e.num_envs, device=self.device)
         self.critic_hidden: torch.Tensor | None = self.learner.critic.initial_hidden(e.num_envs, device=self.device)
@@ -89,6 +94,8 @@ class Trainer(TrainingLoop):
                  "torch_rng": torch.get_rng_state()}
         if self.actor.recurrent:
             state["actor_hidden"], state["critic_hidden"] = self.actor_hidden.cpu(), self.critic_hidden.cpu()
+        if self.redistribution is not None:
+            state["redistribution"] = self.redistribution.state_dict()
         envs = self._env_snapshot()
         if envs is not None:
             state["env_state"] = envs
@@ -125,6 +132,8 @@ class Trainer(TrainingLoop):
         self.learner.load_state_dict(state)
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+        if self.redistribution is not None:
+            self.redistribution.load_state_dict(state["redistribution"])
         if self.actor.recurrent:
             self.actor_hidden = state["actor_hidden"].to(self.device)
             self.critic_hidden = state["critic_hidden"].to(self.device)
@@ -182,7 +191,12 @@ class Trainer(TrainingLoop):
         b = self.rollout.tensors()
         if self.critic_hidden is not None:
             b["critic_h0"] = self.critic_hidden
+        extra = {}
+        if self.redistribution is not None:   # the learner trains on the model's dense rewards
+            b = {**b, "reward": None}
+            b["reward"], extra = self.redistribution.process({**self.rollout.tensors()})
         metrics = self.learner.update(b, self.generator)
+        metrics.update(extra)
         if self.critic_hidden is not None:
             self.critic_hidden = self.learner.critic_h_final   # where the next rollout's critic starts
         return metrics
