@@ -24,3 +24,39 @@ def tiny_config(**sections):
 @pytest.fixture
 def tiny():
     return tiny_config
+
+
+def train_run(cfg_dict, run_dir):
+    """Train a config dict in a new run directory; returns its metrics records and final evaluation."""
+    from marl.config import config_from_dict
+    from marl.logger import read_metrics
+    from marl.run import final_evaluation, new_run
+
+    trainer = new_run(config_from_dict(cfg_dict), run_dir)
+    try:
+        trainer.train()
+        evaluation = final_evaluation(trainer)
+    finally:
+        trainer.close()
+    return read_metrics(run_dir), evaluation
+
+
+def resumed_equals_uninterrupted(tmp_path, cfg_dict, cut_steps: int, keys) -> bool:
+    """Train ``cfg_dict`` whole, and again stopped at ``cut_steps`` then resumed: equal ``keys`` in
+    every metrics record (the resume-exactness check of several test files)."""
+    from marl.logger import read_metrics
+    from marl.run import resume_run
+
+    total = cfg_dict["train"]["total_env_steps"]
+    full, _ = train_run(cfg_dict, tmp_path / "full")
+    train_run({**cfg_dict, "train": {**cfg_dict["train"], "total_env_steps": cut_steps}}, tmp_path / "cut")
+    resumed = resume_run(tmp_path / "cut", [f"train.total_env_steps={total}"])
+    try:
+        resumed.train()
+    finally:
+        resumed.close()
+
+    def strip(records):
+        return [{k: r.get(k) for k in keys} for r in records]
+
+    return strip(read_metrics(tmp_path / "cut")) == strip(full)

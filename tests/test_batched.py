@@ -13,21 +13,12 @@ from marl.envs import EnvError, RewardSpec, apply_reward_mode
 from marl.envs.batched import BatchedVectorEnv, make_batched_env
 from marl.envs.rewards import apply_reward_mode_tensor
 from marl.config import ConfigError, config_from_dict
-from marl.logger import read_metrics
-from marl.run import final_evaluation, new_run, resume_run
-from tests.conftest import tiny_config
+from tests.conftest import resumed_equals_uninterrupted, tiny_config, train_run
 
 OWN = "tests.user_envs:batched_match_target"
 
 
-def _train(cfg_dict, run_dir):
-    trainer = new_run(config_from_dict(cfg_dict), run_dir)
-    try:
-        trainer.train()
-        evaluation = final_evaluation(trainer)
-    finally:
-        trainer.close()
-    return read_metrics(run_dir), evaluation
+_train = train_run
 
 
 @settings(max_examples=40, deadline=None)
@@ -69,16 +60,8 @@ def test_a_batched_env_of_our_own_is_learned(tmp_path):
 def test_resume_of_a_batched_run_equals_an_uninterrupted_run(tmp_path, env):
     cfg = tiny_config(env=env, algo={"rollout_steps": 10},
                       train={"total_env_steps": 800, "checkpoint_every": 3, "eval_episodes": 0})
-    full, _ = _train(cfg, tmp_path / "full")
-    _train({**cfg, "train": {**cfg["train"], "total_env_steps": 400}}, tmp_path / "cut")
-    resumed = resume_run(tmp_path / "cut", ["train.total_env_steps=800"])
-    try:
-        resumed.train()
-    finally:
-        resumed.close()
-    keys = ("team_return", "episodes", "losses/policy", "losses/value", "explained_variance")
-    strip = lambda records: [{k: r.get(k) for k in keys} for r in records]   # noqa: E731
-    assert strip(read_metrics(tmp_path / "cut")) == strip(full)
+    assert resumed_equals_uninterrupted(tmp_path, cfg, 400, ("team_return", "episodes", "losses/policy",
+                                                          "losses/value", "explained_variance"))
 
 
 def test_a_twin_run_evaluates_on_mpe2_by_default_and_on_the_twin_when_asked(tmp_path):

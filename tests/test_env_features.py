@@ -15,9 +15,9 @@ from marl.cli import main
 from marl.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from marl.config import config_from_dict
 from marl.logger import read_metrics
-from marl.run import final_evaluation, new_run, resume_run
+from marl.run import resume_run
 from marl.trainer import Trainer
-from tests.conftest import tiny_config
+from tests.conftest import resumed_equals_uninterrupted, tiny_config, train_run
 from tests.user_envs import AnySpaces
 
 LATE = "tests.user_envs:late_reward"
@@ -25,14 +25,7 @@ MASKED = "tests.user_envs:masked_choice"
 DEPARTURES = "tests.user_envs:departures"
 
 
-def _train(cfg_dict, run_dir):
-    trainer = new_run(config_from_dict(cfg_dict), run_dir)
-    try:
-        trainer.train()
-        evaluation = final_evaluation(trainer)
-    finally:
-        trainer.close()
-    return read_metrics(run_dir), evaluation
+_train = train_run
 
 
 def _learning_config(env_id, kwargs, steps, **sections):
@@ -244,17 +237,9 @@ def test_resume_with_episodes_in_flight_equals_an_uninterrupted_run(tmp_path, wo
                            env={"workers": workers, "num_envs": 4},
                            train={"checkpoint_every": 3, "eval_episodes": 0, "async_collection": async_collection,
                                   "act_in_workers": act_in_workers})
-    full, _ = _train(cfg, tmp_path / "full")
-    cut = dict(cfg, train={**cfg["train"], "total_env_steps": 480})   # stop after 6 iterations
-    _train(cut, tmp_path / "cut")
-    resumed = resume_run(tmp_path / "cut", ["train.total_env_steps=1600"])
-    try:
-        resumed.train()
-    finally:
-        resumed.close()
-    keys = ("team_return", "episodes", "losses/policy", "losses/value", "credit/abs_adv/agent_0")
-    strip = lambda records: [{k: r.get(k) for k in keys} for r in records]   # noqa: E731
-    assert strip(read_metrics(tmp_path / "cut")) == strip(full)
+    # stopped after 6 iterations
+    assert resumed_equals_uninterrupted(tmp_path, cfg, 480, ("team_return", "episodes", "losses/policy",
+                                                          "losses/value", "credit/abs_adv/agent_0"))
 
 
 def test_an_env_that_cannot_be_snapshot_says_so_once_and_resumes_with_fresh_episodes(tmp_path, capsys):

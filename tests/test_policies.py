@@ -12,25 +12,16 @@ from hypothesis import given, settings, strategies as st
 from marl.config import ConfigError, config_from_dict
 from marl.distributions import Categorical, DiagGaussian
 from marl.learner import actor_critic_loss
-from marl.logger import read_metrics
 from marl.networks import unroll
 from marl.rollout import policy_steps
-from marl.run import final_evaluation, new_run, resume_run
 from marl.trainer import Trainer
-from tests.conftest import tiny_config
+from tests.conftest import resumed_equals_uninterrupted, tiny_config, train_run
 
 MEMORY = "tests.user_envs:cue_memory"
 REACH = "tests.user_envs:reach_target"
 
 
-def _train(cfg_dict, run_dir):
-    trainer = new_run(config_from_dict(cfg_dict), run_dir)
-    try:
-        trainer.train()
-        evaluation = final_evaluation(trainer)
-    finally:
-        trainer.close()
-    return read_metrics(run_dir), evaluation
+_train = train_run
 
 
 # -- distributions ------------------------------------------------------------------------------------
@@ -200,16 +191,9 @@ def test_resume_with_recurrent_state_equals_an_uninterrupted_run(tmp_path, worke
                       model={"recurrent": True, "hidden": 16, "chunk_length": 3},
                       train={"total_env_steps": 480, "checkpoint_every": 3, "eval_episodes": 0,
                              "async_collection": async_collection, "act_in_workers": act_in_workers})
-    full, _ = _train(cfg, tmp_path / "full")
-    _train({**cfg, "train": {**cfg["train"], "total_env_steps": 240}}, tmp_path / "cut")   # 8-step episodes cut
-    resumed = resume_run(tmp_path / "cut", ["train.total_env_steps=480"])
-    try:
-        resumed.train()
-    finally:
-        resumed.close()
-    keys = ("team_return", "episodes", "losses/policy", "losses/value", "explained_variance")
-    strip = lambda records: [{k: r.get(k) for k in keys} for r in records]   # noqa: E731
-    assert strip(read_metrics(tmp_path / "cut")) == strip(full)
+    # 8-step episodes, cut mid-episode
+    assert resumed_equals_uninterrupted(tmp_path, cfg, 240, ("team_return", "episodes", "losses/policy",
+                                                          "losses/value", "explained_variance"))
 
 
 def test_a_recurrent_run_evaluates_from_its_checkpoint(tmp_path):

@@ -6,10 +6,8 @@ import torch
 
 from marl.config import ConfigError, config_from_dict
 from marl.envs import RewardSpec, make_vector_env
-from marl.logger import read_metrics
-from marl.run import new_run, resume_run
 from marl.trainer import Trainer
-from tests.conftest import tiny_config
+from tests.conftest import resumed_equals_uninterrupted, tiny_config
 
 DEPARTURES = "tests.user_envs:departures"
 
@@ -76,24 +74,8 @@ def test_resume_with_a_reward_model_in_training_equals_an_uninterrupted_run(tmp_
                            "num_envs": 4, "episodic_reward": True},
                       algo={"rollout_steps": 20, "redistribution": method, "redistribution_steps": 2},
                       train={"total_env_steps": 800, "checkpoint_every": 3, "eval_episodes": 0})
-
-    def run(c, d):
-        trainer = new_run(config_from_dict(c), d)
-        try:
-            trainer.train()
-        finally:
-            trainer.close()
-
-    run(cfg, tmp_path / "full")
-    run({**cfg, "train": {**cfg["train"], "total_env_steps": 400}}, tmp_path / "cut")
-    resumed = resume_run(tmp_path / "cut", ["train.total_env_steps=800"])
-    try:
-        resumed.train()
-    finally:
-        resumed.close()
-    keys = ("team_return", "losses/policy", "redistribution/loss", "redistribution/return_error")
-    strip = lambda records: [{k: r.get(k) for k in keys} for r in records]   # noqa: E731
-    assert strip(read_metrics(tmp_path / "cut")) == strip(read_metrics(tmp_path / "full"))
+    assert resumed_equals_uninterrupted(tmp_path, cfg, 400, ("team_return", "losses/policy", "redistribution/loss",
+                                                          "redistribution/return_error"))
 
 
 def test_redistribution_config_errors():
