@@ -81,15 +81,28 @@ def _cmd_credit(args) -> int:
     from marl.credit import credit_fidelity
     from marl.run import load_trainer
 
+    if args.oracle:
+        if args.behaviour is not None:
+            raise _UsageError("--oracle scores on-policy episodes (the policy the oracle rolls out); drop --behaviour")
+    elif any(v is not None for v in (args.rollouts, args.states, args.horizon)) or args.no_twin:
+        raise _UsageError("--rollouts, --states, --horizon and --no-twin need --oracle")
     trainer = load_trainer(args.run_dir)
     try:
-        score = credit_fidelity(trainer, args.episodes, seed=args.seed, behaviour=args.behaviour)
+        if args.oracle:
+            from marl.oracle import oracle_fidelity
+            score = oracle_fidelity(trainer, args.episodes, args.states or 64, args.rollouts or 8, args.horizon,
+                                    seed=args.seed, twin=False if args.no_twin else None)
+        else:
+            score = credit_fidelity(trainer, args.episodes, seed=args.seed, behaviour=args.behaviour or "uniform")
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
     finally:
         trainer.close()
     if args.json:
         print(json.dumps(score))
+        return 0
+    if args.oracle:
+        _print_oracle(score, trainer.agents)
         return 0
     print(f"credit fidelity of {trainer.cfg.algo.advantage} on {trainer.cfg.env.id} over {score['episodes']} "
           f"episodes ({score['behaviour']} actions)")
@@ -100,6 +113,28 @@ def _cmd_credit(args) -> int:
         print(f"  {agent:12s} {score['abs_adv/' + agent]:9.4f} {score['share/' + agent]:7.3f} "
               f"{score['true_abs/' + agent]:13.4f}")
     return 0
+
+
+def _print_oracle(score: dict, agents: list[str]) -> None:
+    horizon = "the episode's end" if score["horizon"] is None else f"{score['horizon']} steps"
+    print(f"oracle credit of {score['method']} on {score['env']}: {score['states']} states of {score['episodes']} "
+          f"on-policy episodes, K={score['rollouts']} rollouts per (agent, action) to {horizon}, "
+          f"learner reward ({score['reward']}), gamma {score['gamma']}")
+    print(f"  A* = Q_i(s,u) - sum_u' pi_i(u'|o_i) Q_i(s,(u_-i,u')); sign agreement counts |A*| > "
+          f"max({score['sign_atol']:g}, {score['sign_z']:g} SE)")
+    print(f"  overall: spearman {_fmt(score['spearman'])}, sign agreement {_fmt(score['sign_agreement'])} "
+          f"({score['sign_entries']} of {score['entries']} entries); the oracle's own split-half rank "
+          f"reliability {_fmt(score['oracle_reliability'])}")
+    print(f"  {'agent':12s} {'spearman':>9s} {'sign':>6s} {'entries':>8s} {'mean|A|':>9s} {'mean|A*|':>9s} "
+          f"{'SE(A*)':>8s}")
+    for agent in agents:
+        print(f"  {agent:12s} {_fmt(score['spearman/' + agent]):>9s} {_fmt(score['sign_agreement/' + agent]):>6s} "
+              f"{score['entries/' + agent]:8d} {score['abs_adv/' + agent]:9.4g} {score['abs_oracle/' + agent]:9.4g} "
+              f"{score['oracle_se/' + agent]:8.3g}")
+    note = f" ({score['backend_note']})" if score["backend_note"] else ""
+    print(f"  cost: {score['env_steps']:,} env steps ({score['simulated_steps']:,} simulated) on the "
+          f"{score['backend']} backend{note}, {score['oracle_seconds']:.1f} s (total {score['seconds']:.1f} s, "
+          f"{score['episode_steps']:,} episode steps)")
 
 
 def _cmd_list(args) -> int:
@@ -131,6 +166,16 @@ class _UsageError(ValueError):
     pass
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="marl", description="Credit assignment for cooperative MARL")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -152,13 +197,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", action="store_true",
                    help="also evaluate the stochastic policy (actions sampled), beside the greedy one")
     p.set_defaults(func=_cmd_eval)
-    p = sub.add_parser("credit", help="score a run's credit against a diagnostic env's true credit")
+    p = sub.add_parser("credit", help="score a run's credit against a diagnostic env's true credit, or (--oracle) "
+                                      "against Monte-Carlo counterfactual advantages on any copyable env")
     p.add_argument("run_dir")
-    p.add_argument("--episodes", type=int, default=32)
+    p.add_argument("--episodes", type=int, default=32, help="episodes played (default 32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--behaviour", choices=["uniform", "policy"], default="uniform",
+    p.add_argument("--behaviour", choices=["uniform", "policy"], default=None,
                    help="act uniformly at random (default) or with the trained policy")
+    p.add_argument("--oracle", action="store_true",
+                   help="score against A*_i = Q_i(s,u) - E_pi Q_i(s,(u_-i,u')) estimated by rollouts from copies of "
+                        "the env (docs/credit.md)")
+    p.add_argument("--rollouts", type=_positive, default=None, metavar="K",
+                   help="--oracle: rollouts per (state, agent, action) (default 8)")
+    p.add_argument("--states", type=_positive, default=None, help="--oracle: steps sampled (default 64)")
+    p.add_argument("--horizon", type=_positive, default=None, metavar="H",
+                   help="--oracle: steps per rollout (default: to the episode's end)")
+    p.add_argument("--no-twin", action="store_true",
+                   help="--oracle: copy PettingZoo envs even where a batched twin exists")
     p.set_defaults(func=_cmd_credit)
     from marl.compare import add_arguments as add_compare_arguments   # a light import (numpy only)
     p = sub.add_parser("compare", help="compare run directories grouped by config: return curves against env "

@@ -38,14 +38,18 @@ class UniformPolicy(torch.nn.Module):
 
 
 def play_episode(trainer, venv: SyncVectorEnv, seed: int, generator: torch.Generator,
-                 behaviour: str = "policy") -> dict[str, torch.Tensor]:
+                 behaviour: str = "policy", snapshots: list | None = None) -> dict[str, torch.Tensor]:
     """One episode as a ``[T, 1, N, ...]`` rollout batch, acting with the trainer's sampling policy
-    (``behaviour="policy"``) or uniformly at random over the legal actions (``"uniform"``)."""
+    (``behaviour="policy"``) or uniformly at random over the legal actions (``"uniform"``).
+    With ``snapshots`` (a list), ``venv.snapshot()[0]`` is appended before every step: T entries,
+    entry t the env as the agents found it at step t (``EnvError`` if it cannot be snapshot)."""
     if behaviour not in ("policy", "uniform"):
         raise ValueError(f"behaviour must be 'policy' or 'uniform', got {behaviour!r}")
     policy = trainer.actor if behaviour == "policy" else UniformPolicy(trainer.actor)
     venv.reset([seed])
     buf = {k: [] for k in EPISODE_FIELDS}
+    if snapshots is not None:
+        snapshots.append(venv.snapshot()[0])
     for ps in policy_steps(venv, policy, generator):
         current, step = ps.current, ps.step
         for key in ("obs", "state", "avail", "alive", "first"):
@@ -58,13 +62,14 @@ def play_episode(trainer, venv: SyncVectorEnv, seed: int, generator: torch.Gener
             buf[key].append(getattr(step, key))
         if step.done[0]:
             break
+        if snapshots is not None:   # the state the next step starts from (the env is not reset here)
+            snapshots.append(venv.snapshot()[0])
     return {k: torch.from_numpy(np.stack(v)) for k, v in buf.items()}
 
 
 def episode_venv(trainer) -> SyncVectorEnv:
     e = trainer.cfg.env
-    return make_vector_env(e.id, e.kwargs, 1, RewardSpec(e.reward, e.team_reward, e.alpha, e.shaping,
-                                                         trainer.cfg.algo.gamma))
+    return make_vector_env(e.id, e.kwargs, 1, RewardSpec.from_config(trainer.cfg))
 
 
 def episode_credit(trainer, seed: int, venv: SyncVectorEnv | None = None,
