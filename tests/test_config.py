@@ -55,7 +55,7 @@ def test_minibatches_must_divide_batch():
 
 
 def test_bad_choices_name_the_options():
-    with pytest.raises(ConfigError, match=r"'env.reward': expected one of \['shared', 'individual', 'mixed'\]"):
+    with pytest.raises(ConfigError, match=r"'env.reward': expected one of \['shared', 'individual', 'mixed', 'difference'\]"):
         config_from_dict({"env": {"reward": "selfish"}})
     with pytest.raises(ConfigError, match=r"'algo.advantage': expected one of"):
         config_from_dict({"algo": {"advantage": "magic"}})

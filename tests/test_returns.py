@@ -253,7 +253,7 @@ ALGO = SimpleNamespace(gamma=0.9, lam=0.8, n_step=3)
 @pytest.mark.parametrize("name", list(ADVANTAGES))
 def test_registry_entries_resolve_their_config_fields(name):
     spec = get_advantage(name)
-    assert spec.critic in ("v", "q")
+    assert spec.critic in ("v", "q", "dop")
     assert spec.description and "\n" not in spec.description
     kw = spec.kwargs(ALGO)
     assert set(kw) == {k for k, _ in spec.params}
@@ -262,7 +262,7 @@ def test_registry_entries_resolve_their_config_fields(name):
         assert set(kw) == {p.name for p in sig.parameters.values() if p.kind == p.KEYWORD_ONLY}
         adv, target = spec.fn(*random_batch(8, T=5), **kw)
         assert adv.shape == target.shape == (5, 3, 2)
-    else:   # a Q critic: the params are td_lambda's keywords for the critic's targets
+    else:   # a Q or DOP critic: the params are td_lambda's keywords for the critic's targets
         assert set(kw) == {"gamma", "lam"}
 
 
@@ -271,9 +271,10 @@ def test_registry_maps_n_to_the_n_step_field():
     assert spec.kwargs(ALGO) == {"gamma": 0.9, "n": 3}
     with pytest.raises(AttributeError, match="'n_step'"):
         spec.kwargs(SimpleNamespace(gamma=0.9, lam=0.8))
-    assert get_advantage("coma").fn.__name__ == "coma_advantage"
-    assert get_advantage("coma_lambda").fn.__name__ == "coma_lambda_advantage"
-    assert get_advantage("coma_lambda").uses_returns and not get_advantage("coma").uses_returns
+    assert get_advantage("coma").fn.__name__ == "coma"
+    assert get_advantage("coma_lambda").fn.__name__ == "coma_lambda"
+    assert get_advantage("shapley").fn_kwargs(SimpleNamespace(shapley_samples=8)) == {"n_samples": 8}
+    assert get_advantage("shapley").fields == {"gamma", "lam", "shapley_samples"}
 
 
 # -- properties ---------------------------------------------------------------------------------------
