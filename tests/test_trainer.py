@@ -328,8 +328,8 @@ def test_cli_ctrl_c_saves_and_resume_continues(tmp_path, workers, async_collecti
 def test_every_shipped_config_trains_end_to_end(tmp_path, path):
     """Each config in configs/ as shipped (its env, reward mode, advantage module, critic and loss),
     cut to two small iterations so that the whole set runs in seconds."""
-    cfg = load_config(path, ["env.num_envs=4", "algo.epochs=1", "train.total_env_steps=2", "train.eval_episodes=1",
-                             "train.progress=false", "log.fidelity_episodes=1"])
+    cfg = load_config(path, ["env.num_envs=4", "algo.epochs=1", "algo.minibatches=1", "train.total_env_steps=2",
+                             "train.eval_episodes=1", "train.progress=false", "log.fidelity_episodes=1"])
     cfg.train.total_env_steps = 2 * cfg.steps_per_iteration
     records = _train(dataclasses.asdict(cfg), tmp_path / "run")
     assert len(records) == 2
