@@ -143,21 +143,61 @@ def vector_env(steps: int, workers: int) -> dict:
         venv.close()
 
 
+def twin_raw(steps: int, num_envs: int) -> dict:
+    """The batched torch twin of simple_spread (``marl.envs.mpe_twin``), B envs stepped at once with
+    uniformly random actions, one process and one thread."""
+    import torch
+
+    from marl.envs.mpe_twin import MPETwin
+
+    torch.set_num_threads(1)
+    env = MPETwin("simple_spread_v3", num_envs, seed=0, **{k: v for k, v in ENV_KWARGS.items()})
+    gen = torch.Generator().manual_seed(0)
+    count, start = 0, None
+    while count < steps:
+        env.step(torch.randint(0, 5, (num_envs, env.n_agents), generator=gen))
+        count += num_envs
+        if start is None:                       # the first step is the warm-up
+            start, count = time.perf_counter(), 0
+    return {"env_steps_per_s": count / (time.perf_counter() - start)}
+
+
 def _update_share(r: dict) -> float:
     """The Learner update's share of wall time, from a ``rllib_scaling`` measurement."""
     return r["update_s"] * r["env_steps_per_s"] / r["steps_per_iteration"]
 
 
-def train(steps: int, config: str, overrides: list[str] = ()) -> dict:
+def train(steps: int, config: str, overrides: list[str] = (), min_iterations: int = 1) -> dict:
     """Env steps/s of the local trainer (collection + updates) over the iterations that cover
-    ``steps``, after one warm-up iteration; see ``rllib_scaling.measure_local``."""
+    ``steps``, at least ``min_iterations`` of them, after one warm-up iteration; see
+    ``rllib_scaling.measure_local``."""
     from rllib_scaling import measure_local
 
     from marl.config import load_config
 
     overrides = [f"train.total_env_steps={steps}", *overrides]
-    r = measure_local(config, load_config(config, overrides).total_iterations, overrides)
+    iterations = max(load_config(config, overrides).total_iterations, min_iterations)
+    r = measure_local(config, iterations, overrides)
     return {"env_steps_per_s": r["env_steps_per_s"], "update_share": _update_share(r)}
+
+
+def train_in_tree(steps: int, tree: str | None) -> dict:
+    """The ``local`` row (spread_mappo, one process) measured by the code of another checkout of this
+    repository, e.g. a ``git worktree`` of the commit before a change: its own
+    ``benchmarks/throughput.py`` runs there with that tree first on ``sys.path``, so its ``marl``
+    (and its ``envs`` and ``algorithms``) are the ones imported."""
+    import subprocess
+    import tempfile
+
+    if not tree:
+        raise ValueError("the local_before row needs --baseline-tree PATH")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "row.json"
+        subprocess.run([sys.executable, "benchmarks/throughput.py", "--only", "local", "--steps", str(steps),
+                        "--repeats", "1", "--json", str(out)], cwd=tree, check=True, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(Path(tree).resolve())})
+        row = json.loads(out.read_text())[0]
+    return {"env_steps_per_s": row["env_steps_per_s"], "update_share": row["update_share"]}
 
 
 def rllib(steps: int, runners: int, stock: bool = False, project_env: bool = False) -> dict:
@@ -176,8 +216,10 @@ def rllib(steps: int, runners: int, stock: bool = False, project_env: bool = Fal
     return r
 
 
-MAPPO, COMA = "configs/spread_mappo.yaml", "configs/spread_coma.yaml"
+MAPPO, COMA, FAST = "configs/spread_mappo.yaml", "configs/spread_coma.yaml", "configs/spread_fast.yaml"
 WORKER_COUNTS = (2, 4, 8)
+TWIN_SIZES = (1, 16, 256, 1024, 4096)
+TWIN_TRAIN_SIZES = (32, 128, 256, 1024)
 CONFIGS = {
     "raw": ("raw mpe2 simple_spread_v3, random actions, 1 process", raw_env, {}),
     **{f"raw{k}": (f"raw env in {k} processes at once (ceiling for {k} workers)", raw_env_parallel,
@@ -199,6 +241,14 @@ CONFIGS = {
                                   train, {"config": MAPPO, "overrides": [f"env.workers={k}", "train.act_in_workers=true",
                                                                          "train.async_collection=true"]})
        for k in WORKER_COUNTS},
+    **{f"twin_raw{b}": (f"batched twin of simple_spread, B={b}, random actions", twin_raw, {"num_envs": b})
+       for b in TWIN_SIZES},
+    "local_before": ("local spread_mappo, 1 process, the code of --baseline-tree", train_in_tree, {"tree": None}),
+    # The twin's rows take at least 20 updates, however small --steps is (one update is 6,400 env steps).
+    "fast": ("spread_fast on the twin, as shipped, 1 process", train, {"config": FAST, "min_iterations": 20}),
+    **{f"twin_train{b}": (f"spread_fast on the twin, B={b}", train,
+                          {"config": FAST, "overrides": [f"env.num_envs={b}"], "min_iterations": 20})
+       for b in TWIN_TRAIN_SIZES},
     **{f"rllib{k}": (f"rllib spread_mappo, {k} EnvRunner{'s' * (k != 1)}", rllib, {"runners": k}) for k in (0, 1, 2)},
     **{f"stock{k}": (f"stock RLlib PPO, {k} EnvRunner{'s' * (k != 1)}", rllib, {"runners": k, "stock": True})
        for k in (0, 1, 2)},
@@ -219,11 +269,15 @@ BASELINE = {**{f"raw{k}": ["raw"] for k in WORKER_COUNTS}, **{f"vec_workers{k}":
             **{f"local_acting{k}": ["local", f"local_workers{k}"] for k in WORKER_COUNTS},
             **{f"local_acting_async{k}": ["local", f"local_async{k}"] for k in WORKER_COUNTS},
             **{f"rllib{k}": [f"stock{k}", f"stock_env{k}"] for k in (0, 1, 2)},
-            **{f"stock_env{k}": [f"stock{k}"] for k in (0, 1, 2)}}
+            **{f"stock_env{k}": [f"stock{k}"] for k in (0, 1, 2)},
+            "fast": ["local"], **{f"twin_train{b}": ["local"] for b in TWIN_TRAIN_SIZES},
+            "local": ["local_before"]}
 
 
-def _measure(name: str, steps: int, queue, overrides: list[str]) -> None:
+def _measure(name: str, steps: int, queue, overrides: list[str], baseline_tree: str | None) -> None:
     _, fn, kwargs = CONFIGS[name]
+    if fn is train_in_tree:
+        kwargs = {"tree": baseline_tree}
     if fn is train:
         kwargs = {**kwargs, "overrides": [*kwargs.get("overrides", []), *overrides]}
     try:
@@ -235,10 +289,10 @@ def _measure(name: str, steps: int, queue, overrides: list[str]) -> None:
     queue.put(result)
 
 
-def measure(name: str, steps: int, overrides: list[str] = ()) -> dict:
+def measure(name: str, steps: int, overrides: list[str] = (), baseline_tree: str | None = None) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(name, steps, queue, list(overrides)))
+    proc = ctx.Process(target=_measure, args=(name, steps, queue, list(overrides), baseline_tree))
     proc.start()
     result = queue.get()
     proc.join()
@@ -251,7 +305,7 @@ def default_configs() -> list[str]:
     """Every configuration, except rows that would run more env processes than this process may use
     cores (``taskset`` limits count): they would only measure contention."""
     cores = len(os.sched_getaffinity(0))
-    return [name for name in CONFIGS if PROCESSES.get(name, 0) <= cores]
+    return [name for name in CONFIGS if PROCESSES.get(name, 0) <= cores and name != "local_before"]
 
 
 def main(argv=None) -> None:
@@ -262,10 +316,17 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=20_000, help="env steps per measurement")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--plot", help="write a PNG bar chart here")
+    parser.add_argument("--plot-batch", help="write env steps/s against the batch size B here (the twin's rows "
+                                             "against the raw env and the PettingZoo path)")
     parser.add_argument("--json", help="write the raw results here")
+    parser.add_argument("--baseline-tree", metavar="PATH",
+                        help="a checkout of an earlier commit (git worktree add PATH REV) whose own code measures "
+                             "the local_before row, the baseline of the local row")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides for the local trainer rows, e.g. algo.minibatches=2")
     args = parser.parse_args(argv)
+    if "local_before" in args.only and not args.baseline_tree:
+        parser.error("local_before needs --baseline-tree PATH")
     if args.set:
         from marl.config import ConfigError, load_config
         try:
@@ -276,7 +337,7 @@ def main(argv=None) -> None:
     results = {name: [] for name in args.only}
     for r in range(args.repeats):              # interleave configurations so load drifts hit all alike
         for name in args.only:
-            results[name].append(measure(name, args.steps, args.set))
+            results[name].append(measure(name, args.steps, args.set, args.baseline_tree))
             print(f"  repeat {r + 1}: {name}: {results[name][-1]['env_steps_per_s']:.0f} env steps/s",
                   file=sys.stderr, flush=True)
     def paired_ratio(name: str, base: str) -> float:
@@ -308,6 +369,8 @@ def main(argv=None) -> None:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     if args.plot:
         plot(rows, args.plot)
+    if args.plot_batch:
+        plot_batch(rows, args.plot_batch)
 
 
 def plot(rows: list[dict], path: str) -> None:
@@ -324,6 +387,32 @@ def plot(rows: list[dict], path: str) -> None:
     ax.set_yticks(list(y), [r["label"] for r in rows], fontsize=8)
     ax.set_xlabel("env steps/s (bars: median; dots: repeats)")
     ax.set_xlim(0, max(max(r["all"]) for r in rows) * 1.15)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def plot_batch(rows: list[dict], path: str) -> None:
+    """Env steps/s against the batch size B (log-log): the twin raw and training, with the raw mpe2
+    env and the PettingZoo path (spread_mappo, B = 32) as reference lines."""
+    from matplotlib.figure import Figure
+
+    by_name = {r["name"]: r for r in rows}
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    for prefix, label, sizes, style in (("twin_raw", "twin, random actions (raw)", TWIN_SIZES, "o-"),
+                                        ("twin_train", "twin, training (spread_fast)", TWIN_TRAIN_SIZES, "s-")):
+        points = [(b, by_name[f"{prefix}{b}"]["env_steps_per_s"]) for b in sizes if f"{prefix}{b}" in by_name]
+        if points:
+            ax.plot(*zip(*points), style, label=label)
+    for name, label, color in (("raw", "raw mpe2, 1 process", "0.3"), ("local", "PettingZoo path, spread_mappo", "tab:red")):
+        if name in by_name:
+            ax.axhline(by_name[name]["env_steps_per_s"], color=color, linestyle="--", label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size B (envs stepped at once)")
+    ax.set_ylabel("env steps/s")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
