@@ -1,4 +1,4 @@
-"""``marl`` command line: train, eval, list."""
+"""``marl`` command line: train, eval, credit, compare, list."""
 from __future__ import annotations
 
 import argparse
@@ -81,6 +81,11 @@ def _cmd_credit(args) -> int:
     from marl.credit import credit_fidelity
     from marl.run import load_trainer
 
+    if args.attribution and args.oracle:
+        raise _UsageError("--attribution and --oracle are separate views (attribution reads the networks, the oracle "
+                          "re-simulates the env); run them one at a time")
+    if not args.attribution and (args.ig_steps is not None or args.baseline is not None):
+        raise _UsageError("--ig-steps and --baseline need --attribution ig")
     if args.oracle:
         if args.behaviour is not None:
             raise _UsageError("--oracle scores on-policy episodes (the policy the oracle rolls out); drop --behaviour")
@@ -88,7 +93,11 @@ def _cmd_credit(args) -> int:
         raise _UsageError("--rollouts, --states, --horizon and --no-twin need --oracle")
     trainer = load_trainer(args.run_dir)
     try:
-        if args.oracle:
+        if args.attribution:
+            from marl.attribution import attribution_fidelity
+            score = attribution_fidelity(trainer, args.episodes, seed=args.seed, behaviour=args.behaviour,
+                                         baseline=args.baseline or "mean", n_steps=args.ig_steps or 128)
+        elif args.oracle:
             from marl.oracle import oracle_fidelity
             score = oracle_fidelity(trainer, args.episodes, args.states or 64, args.rollouts or 8, args.horizon,
                                     seed=args.seed, twin=False if args.no_twin else None)
@@ -104,6 +113,9 @@ def _cmd_credit(args) -> int:
     if args.oracle:
         _print_oracle(score, trainer.agents)
         return 0
+    if args.attribution:
+        _print_attribution(score, trainer.agents)
+        return 0
     print(f"credit fidelity of {trainer.cfg.algo.advantage} on {trainer.cfg.env.id} over {score['episodes']} "
           f"episodes ({score['behaviour']} actions)")
     print(f"  rank correlation with the true marginal contribution: overall {score['overall']:.3f}, "
@@ -113,6 +125,47 @@ def _cmd_credit(args) -> int:
         print(f"  {agent:12s} {score['abs_adv/' + agent]:9.4f} {score['share/' + agent]:7.3f} "
               f"{score['true_abs/' + agent]:13.4f}")
     return 0
+
+
+def _print_attribution(score: dict, agents: list[str]) -> None:
+    truth = "true_abs/" + agents[0] in score
+    print(f"integrated gradients (captum) on {score['env']}: {score['steps']} steps of {score['episodes']} episodes "
+          f"({score['behaviour']} actions), {score['baseline']} baseline, {score['n_steps']} path steps")
+    views = []
+    for view, label in (("value", "V"), ("actor", "logit")):
+        if f"{view}/skipped" in score:
+            print(f"  {view} view skipped: {score[view + '/skipped']}")
+            continue
+        views.append((view, label))
+        line = f"  {view}: {score[view + '/output']}"
+        if view == "value":
+            line += (f"; agent groups: {score['value/grouping']} (unobserved features hold "
+                     f"{score['value/unobserved_fraction']:.1%})")
+        print(line + f"; completeness |delta| max {score[view + '/delta_max']:.2g}, mean "
+                     f"{score[view + '/delta_mean_abs']:.2g}, against mean |f(x) - f(baseline)| "
+                     f"{score[view + '/gap_mean_abs']:.3g}")
+    head = f"  {'agent':12s}"
+    for _, label in views:
+        head += f" {label + ' mean|a|':>14s} {label + ' share':>12s}"
+    if any(view == "actor" for view, _ in views):
+        head += f" {'obs part':>9s}"
+    if truth:
+        head += f" {'true mean|c|':>13s} {'true share':>11s}"
+    print(head)
+    for agent in agents:
+        row = f"  {agent:12s}"
+        for view, _ in views:
+            row += f" {score[f'{view}/abs/{agent}']:14.4g} {score[f'{view}/share/{agent}']:12.3f}"
+        if any(view == "actor" for view, _ in views):
+            row += f" {score['actor/obs_fraction/' + agent]:9.2f}"
+        if truth:
+            row += f" {score['true_abs/' + agent]:13.4f} {score['true_share/' + agent]:11.3f}"
+        print(row)
+    if truth:
+        print("  rank correlation of the signed attribution with the true marginal contribution: "
+              + ", ".join(f"{label} {_fmt(score[view + '/spearman'])}" for view, label in views))
+    print("  an attribution says which inputs move the network's output, not what caused the reward "
+          "(docs/credit.md, Attribution views)")
 
 
 def _print_oracle(score: dict, agents: list[str]) -> None:
@@ -198,13 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also evaluate the stochastic policy (actions sampled), beside the greedy one")
     p.set_defaults(func=_cmd_eval)
     p = sub.add_parser("credit", help="score a run's credit against a diagnostic env's true credit, or (--oracle) "
-                                      "against Monte-Carlo counterfactual advantages on any copyable env")
+                                      "against Monte-Carlo counterfactual advantages on any copyable env, or "
+                                      "(--attribution ig) attribute the critic's value and the actors' choices to "
+                                      "each agent's inputs")
     p.add_argument("run_dir")
     p.add_argument("--episodes", type=int, default=32, help="episodes played (default 32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--behaviour", choices=["uniform", "policy"], default=None,
-                   help="act uniformly at random (default) or with the trained policy")
+                   help="act uniformly at random (default; --attribution: on envs with true credit, else the "
+                        "policy) or with the trained policy")
     p.add_argument("--oracle", action="store_true",
                    help="score against A*_i = Q_i(s,u) - E_pi Q_i(s,(u_-i,u')) estimated by rollouts from copies of "
                         "the env (docs/credit.md)")
@@ -215,6 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--oracle: steps per rollout (default: to the episode's end)")
     p.add_argument("--no-twin", action="store_true",
                    help="--oracle: copy PettingZoo envs even where a batched twin exists")
+    p.add_argument("--attribution", choices=["ig"], default=None,
+                   help="integrated gradients (captum) of the central critic's V(s) and of each agent's chosen-action "
+                        "logit, grouped by agent (docs/credit.md)")
+    p.add_argument("--ig-steps", type=_positive, default=None, metavar="K",
+                   help="--attribution: points on the integration path (default 128; the completeness delta "
+                        "falls about as 1/K)")
+    p.add_argument("--baseline", choices=["mean", "zeros"], default=None,
+                   help="--attribution: the reference input, the mean over the episodes' steps (default) or zeros")
     p.set_defaults(func=_cmd_credit)
     from marl.compare import add_arguments as add_compare_arguments   # a light import (numpy only)
     p = sub.add_parser("compare", help="compare run directories grouped by config: return curves against env "

@@ -1,5 +1,6 @@
-"""Per-agent credit: advantages of single episodes, credit heatmaps, and the credit-fidelity score
-against a diagnostic env's ground truth (``true_credit``, see ``envs/diagnostic.py``)."""
+"""Per-agent credit: advantages of single episodes, credit heatmaps (and the reward-model views'
+figures), and the credit-fidelity score against a diagnostic env's ground truth (``true_credit``,
+see ``envs/diagnostic.py``). Integrated-gradients views are in ``marl.attribution``."""
 from __future__ import annotations
 
 import numpy as np
@@ -73,10 +74,12 @@ def episode_venv(trainer) -> SyncVectorEnv:
 
 
 def episode_credit(trainer, seed: int, venv: SyncVectorEnv | None = None,
-                   behaviour: str = "policy") -> dict[str, np.ndarray]:
+                   behaviour: str = "policy", keep_batch: bool = False) -> dict:
     """Advantages ``[T, N]`` the trainer's advantage module assigns in one fresh episode, with the
     actions, rewards and (for COMA) the counterfactual baseline. See ``play_episode`` for
-    ``behaviour``; the advantages always come from the trained critic and policy."""
+    ``behaviour``; the advantages always come from the trained critic and policy. With
+    ``keep_batch`` the episode's ``[T, 1, ...]`` batch is kept under ``"batch"`` (for other views
+    of the same episode)."""
     own = venv is None
     venv = venv or episode_venv(trainer)
     generator = torch.Generator(device=trainer.device).manual_seed(seed)
@@ -89,28 +92,60 @@ def episode_credit(trainer, seed: int, venv: SyncVectorEnv | None = None,
            "reward": batch["reward"][:, 0].numpy(), "raw_reward": batch["raw_reward"][:, 0].numpy()}
     if "coma_baseline" in prep:
         out["coma_baseline"] = prep["coma_baseline"][:, 0].numpy()
+    if keep_batch:
+        out["batch"] = batch
     return out
 
 
-def credit_heatmap(advantage: np.ndarray, reward: np.ndarray, agents: list[str], title: str = ""):
-    """A matplotlib figure: agents × time steps coloured by advantage (diverging around 0), with the
-    team reward per step underneath. ``advantage`` and ``reward`` are ``[T, N]``."""
+def credit_heatmap(advantage: np.ndarray, reward: np.ndarray, agents: list[str], title: str = "",
+                   label: str = "advantage"):
+    """A matplotlib figure: agents × time steps coloured by advantage (or any per-(step, agent)
+    quantity named by ``label``, e.g. a redistributed reward; diverging around 0), with the team
+    reward per step underneath. ``advantage`` and ``reward`` are ``[T, N]``."""
     from matplotlib.figure import Figure
 
     T, N = advantage.shape
-    fig = Figure(figsize=(max(6, 0.25 * T + 2), 1.0 + 0.45 * N + 1.6))
-    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [max(N, 2), 1.5]})
+    fig = Figure(figsize=(max(6, 0.25 * T + 2), 1.0 + 0.45 * N + 1.6), layout="constrained")
+    # The colour bar gets a grid column of its own, so the two x axes stay aligned.
+    grid = fig.add_gridspec(2, 2, height_ratios=[max(N, 2), 1.5], width_ratios=[40, 1])
+    top = fig.add_subplot(grid[0, 0])
+    bottom = fig.add_subplot(grid[1, 0], sharex=top)
+    bar = fig.add_subplot(grid[0, 1])
     bound = float(np.abs(advantage).max()) or 1.0
     image = top.imshow(advantage.T, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound,
                        interpolation="nearest", extent=(-0.5, T - 0.5, N - 0.5, -0.5))
     top.set_yticks(range(N), agents)
-    top.set_title(title or "advantage per agent and step")
-    fig.colorbar(image, ax=top, label="advantage", fraction=0.04, pad=0.01)
+    top.set_title(title or f"{label} per agent and step")
+    top.tick_params(labelbottom=False)
+    fig.colorbar(image, cax=bar, label=label)
     bottom.bar(np.arange(T), reward.sum(-1), color="0.4")
     bottom.set_ylabel("reward\n(sum)")
     bottom.set_xlabel("step")
-    fig.colorbar(image, ax=bottom, fraction=0.04, pad=0.01).remove()  # keep the x axes aligned
-    fig.tight_layout()
+    return fig
+
+
+def attention_figure(temporal: np.ndarray, agent: np.ndarray, agents: list[str], title: str = ""):
+    """AREL's attention on one episode as two agents × steps maps (a matplotlib figure): on top, the
+    temporal attention each agent's step t receives, averaged over that agent's query steps
+    (``temporal [N, T, T]``, query × key); below, the agent attention agent i receives at step t,
+    averaged over the query agents (``agent [T, N, N]``). Where the model looked, not credit."""
+    from matplotlib.figure import Figure
+
+    N, T = temporal.shape[0], temporal.shape[-1]
+    received = [temporal.mean(1), agent.mean(1).T]          # [N, T] each
+    fig = Figure(figsize=(max(6, 0.25 * T + 2), 1.6 + 0.9 * max(N, 2)), layout="constrained")
+    axes = fig.subplots(2, 1, sharex=True)
+    names = ["temporal attention received (mean over query steps)",
+             "agent attention received (mean over query agents)"]
+    for ax, values, name in zip(axes, received, names):
+        image = ax.imshow(values, aspect="auto", cmap="viridis", vmin=0.0, interpolation="nearest",
+                          extent=(-0.5, T - 0.5, N - 0.5, -0.5))
+        ax.set_yticks(range(N), agents)
+        ax.set_title(name, fontsize="small")
+        fig.colorbar(image, ax=ax, label="weight", fraction=0.04, pad=0.01)
+    axes[-1].set_xlabel("step")
+    if title:
+        fig.suptitle(title)
     return fig
 
 

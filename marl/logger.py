@@ -24,6 +24,7 @@ PER_AGENT_CHARTS = [
     ("policy entropy", "entropy"),
     ("value / Q error (squared, return units)", "value_error"),
     ("credit-fidelity share (diagnostic envs)", "credit_fidelity/share"),
+    ("integrated-gradients share of V(s): the agent's part of the state", "credit/attribution"),
 ]
 
 

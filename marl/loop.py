@@ -120,9 +120,10 @@ class TrainingLoop:
         return bool(image or (log.fidelity_every and it % log.fidelity_every == 0 and self.has_true_credit))
 
     def _credit_views(self) -> dict:
-        """Histograms and heatmaps go straight to TensorBoard; returns the fidelity scalars (on
-        envs with ``true_credit``) for the metrics record."""
-        from marl.credit import credit_fidelity, credit_heatmap, episode_credit
+        """Histograms and images go straight to TensorBoard; returns the scalars for the metrics
+        record: ``credit/attribution/<agent>`` with the images, and the fidelity scores (on envs
+        with ``true_credit``)."""
+        from marl.credit import credit_fidelity
         from marl.evaluate import EVAL_SEED_OFFSET
 
         log, it, step = self.cfg.log, self.iteration, self.env_steps
@@ -133,15 +134,41 @@ class TrainingLoop:
         if not self._credit_views_due():
             return {}
         self.sync_learner()   # the views read the learner's networks
-        if log.credit_image_every and (it % log.credit_image_every == 0 or it == 1) and self.has_pettingzoo_env:
-            ep = episode_credit(self, seed=EVAL_SEED_OFFSET + it)
-            title = f"{self.cfg.algo.advantage} credit at {step:,} env steps"
-            self.logger.writer.add_figure("credit/heatmap", credit_heatmap(ep["advantage"], ep["raw_reward"],
-                                                                           self.agents, title), step)
         out = {}
+        if log.credit_image_every and (it % log.credit_image_every == 0 or it == 1) and self.has_pettingzoo_env:
+            out.update(self._episode_views(EVAL_SEED_OFFSET + it))
         if log.fidelity_every and it % log.fidelity_every == 0 and self.has_true_credit:
             score = credit_fidelity(self, log.fidelity_episodes, seed=it)
-            out = {f"credit_fidelity/{k}": v for k, v in score.items() if k not in ("episodes", "behaviour")}
+            out.update({f"credit_fidelity/{k}": v for k, v in score.items() if k not in ("episodes", "behaviour")})
+        return out
+
+    def _episode_views(self, seed: int) -> dict:
+        """The views of one fresh on-policy episode: the advantage heatmap; the integrated-gradients
+        share of V(s) per agent (returned as ``credit/attribution/<agent>`` scalars, central V
+        critics only); with a reward model, the redistributed-reward heatmap and (arel) its
+        attention. See docs/credit.md for what each view means."""
+        from marl.attribution import value_shares
+        from marl.credit import attention_figure, credit_heatmap, episode_credit
+
+        step, writer = self.env_steps, self.logger.writer
+        ep = episode_credit(self, seed=seed, keep_batch=True)
+        batch = ep["batch"]
+        title = f"{self.cfg.algo.advantage} credit at {step:,} env steps"
+        writer.add_figure("credit/heatmap", credit_heatmap(ep["advantage"], ep["raw_reward"], self.agents, title), step)
+        shares = value_shares(self, batch)
+        out = {} if shares is None else {f"credit/attribution/{agent}": v for agent, v in shares.items()}
+        redistribution = getattr(self, "redistribution", None)
+        if redistribution is not None:
+            method = redistribution.model.method
+            rewards = redistribution.episode_rewards(batch).numpy()
+            writer.add_figure("credit/redistributed_reward", credit_heatmap(
+                rewards, ep["raw_reward"], self.agents, f"{method} redistributed reward at {step:,} env steps",
+                label="redistributed reward"), step)
+            if method == "arel":
+                temporal, agent = redistribution.episode_attention(batch)
+                writer.add_figure("credit/arel_attention", attention_figure(
+                    temporal[-1].numpy(), agent[-1].numpy(), self.agents,
+                    f"arel attention (last block) at {step:,} env steps"), step)
         return out
 
     def _periodic_evaluation(self) -> dict:

@@ -1,24 +1,67 @@
 """Learned reward redistribution in training (``algo.redistribution: rrd | arel``).
 
-Each rollout's finished episodes (which may have begun in earlier rollouts: episodes outlive the
-rollout) train a ``marl.reward_models.RewardRedistributor`` to decompose their outcome, the sum of
-the learner's rewards over steps and agents, into per-(step, agent) rewards; the learner then
-trains on the model's dense rewards instead of the rollout's own. With ``env.episodic_reward``
-that turns one number at an episode's end into credit for the steps and agents that earned it.
+Each rollout's finished episodes train a ``marl.reward_models.RewardRedistributor`` to decompose
+their outcome, the sum of the learner's rewards over steps and agents, into per-(step, agent)
+rewards; the learner then trains on the model's dense rewards instead of the rollout's own. With
+``env.episodic_reward`` that turns one number at an episode's end into credit for the steps and
+agents that earned it.
+
+Episodes outlive the rollout (the trainer's envs run on across rollouts), so one episode may span
+several rollouts. Per env this module keeps the episode so far (features, learner rewards, alive
+mask) and what the learner has already been paid for it:
+
+- **rrd** scores each (step, agent) alone, ``r̂(x_{t,i})``, whatever the rollout boundaries. Its
+  rewards are not normalised: they sum to the outcome in expectation (RRD's loss), not exactly.
+- **arel** scores every segment of the rollout in its whole-episode context: the episode's steps
+  so far, from earlier rollouts too, then the segment, positions counted from the episode's first
+  step. A segment that ends its episode is shifted by one constant over its live (step, agent)
+  entries so that everything the learner was paid for the episode, in earlier rollouts and this
+  one, sums exactly to the outcome; an episode inside one rollout so gets exactly the Euclidean
+  projection of ``marl.algorithms.redistribution.normalise_to_outcome`` (over live entries). A segment still in
+  flight at the rollout's end has no outcome yet: it is paid the model's raw scores of the episode
+  so far, and their sum is settled with the episode's last segment. Why not wait until an episode
+  ends before paying its steps: the learner would then train on steps of earlier rollouts, with
+  stale log-probabilities and values. The price of paying at once: the settlement, the model's
+  error on the earlier part, lands on the final segment's steps.
 
 Features of agent i at step t: ``[state, o_i, action_i (one-hot or continuous), one-hot i]``
 (without the state when ``algo.redistribution_state`` is off).
-With a shared reward every agent gets the team's redistributed step reward
-(``Σ_i r̂_{t,i} / N``, so one agent's return matches the team's); otherwise agent i gets
-``r̂_{t,i}``. ``arel`` scores each rollout's part of an episode on its own (the transformer does
-not see the steps before the rollout).
+With a shared reward every agent gets the team's redistributed step reward, the mean of
+``r̂_{t,j}`` over the agents present at t (so with every agent present, one agent's return is
+the team's); otherwise agent i gets ``r̂_{t,i}``. Absent agents get 0.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from marl.reward_models import RewardRedistributor
+
+
+class _Segment(NamedTuple):
+    """One env's part of a rollout, ``[start, stop)``, with its episode so far (``features
+    [L, N, D]``, ``rewards [L, N]``, ``alive [L, N]``, the segment its last ``stop − start`` steps)."""
+
+    env: int
+    start: int
+    stop: int
+    features: torch.Tensor
+    rewards: torch.Tensor
+    alive: torch.Tensor
+    finished: bool
+
+
+def settle(scores: torch.Tensor, alive: torch.Tensor, outcome: float, paid: float = 0.0) -> torch.Tensor:
+    """Shift ``scores [L, N]`` by one constant over the live entries (0 elsewhere) so that
+    ``paid + Σ_live scores' = outcome`` (float64 arithmetic, the dtype of ``scores`` back)."""
+    live = alive.to(torch.bool)
+    r = torch.where(live, scores.double(), 0.0)
+    count = int(live.sum())
+    if count:
+        r = torch.where(live, r + (float(outcome) - float(paid) - float(r.sum())) / count, 0.0)
+    return r.to(scores.dtype)
 
 
 class OnlineRedistribution:
@@ -33,9 +76,12 @@ class OnlineRedistribution:
         self.feature_dim = (state_dim if self.with_state else 0) + obs_dim + n_actions + n_agents
         self.model = RewardRedistributor(a.redistribution, self.feature_dim, n_agents, hidden=cfg.model.hidden,
                                          lr=a.redistribution_lr, subset_size=a.redistribution_subset, seed=cfg.seed)
-        # per env: the features [L, N, D] and learner rewards [L, N] of its current episode so far
+        # per env: its current episode so far, features [L, N, D], learner rewards [L, N], alive [L, N],
+        # and (arel) the sum of the dense rewards the learner has been paid for it
         self._features = [torch.zeros(0, n_agents, self.feature_dim) for _ in range(num_envs)]
         self._rewards = [torch.zeros(0, n_agents) for _ in range(num_envs)]
+        self._alive = [torch.zeros(0, n_agents, dtype=torch.bool) for _ in range(num_envs)]
+        self._paid = torch.zeros(num_envs, dtype=torch.float64)
 
     def features(self, b: dict) -> torch.Tensor:
         """``[T, B, N, D]`` reward-model inputs of a rollout batch."""
@@ -52,49 +98,117 @@ class OnlineRedistribution:
         """``[T, B]``: step t ends its env's episode (no agent goes on)."""
         return ((b["terminated"] | b["truncated"]) | ~b["alive"]).all(-1)
 
-    def _collect_finished(self, feats: torch.Tensor, rewards: torch.Tensor, ends: torch.Tensor) -> list:
-        finished = []
+    def _segments(self, feats: torch.Tensor, rewards: torch.Tensor, alive: torch.Tensor,
+                  ends: torch.Tensor) -> list[_Segment]:
+        """Cut each env's column at its episode ends, extend the env's episode so far with each part,
+        and return the parts (env, then time order) with their episodes so far."""
+        segments = []
+        T = feats.shape[0]
         for env in range(feats.shape[1]):
             start = 0
-            for t in ends[:, env].nonzero().flatten().tolist() + [feats.shape[0] - 1]:
+            for t in ends[:, env].nonzero().flatten().tolist() + [T - 1]:
                 if t < start:
                     continue
                 self._features[env] = torch.cat([self._features[env], feats[start:t + 1, env]])
                 self._rewards[env] = torch.cat([self._rewards[env], rewards[start:t + 1, env]])
-                if ends[t, env]:
-                    finished.append((self._features[env], self._rewards[env]))
+                self._alive[env] = torch.cat([self._alive[env], alive[start:t + 1, env]])
+                finished = bool(ends[t, env])
+                segments.append(_Segment(env, start, t + 1, self._features[env], self._rewards[env],
+                                         self._alive[env], finished))
+                if finished:
                     self._features[env] = self._features[env][:0]
                     self._rewards[env] = self._rewards[env][:0]
+                    self._alive[env] = self._alive[env][:0]
                 start = t + 1
-        return finished
+        return segments
+
+    def _padded(self, segments: list[_Segment]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The segments' episodes so far as ``features [E, L, N, D]`` and ``valid [E, L]``."""
+        longest = max(len(s.features) for s in segments)
+        padded = torch.zeros(len(segments), longest, self.n_agents, self.feature_dim)
+        valid = torch.zeros(len(segments), longest, dtype=torch.bool)
+        for k, s in enumerate(segments):
+            padded[k, :len(s.features)], valid[k, :len(s.features)] = s.features, True
+        return padded, valid
+
+    def _arel_rewards(self, segments: list[_Segment], shape: torch.Size) -> torch.Tensor:
+        """arel's rewards ``[T, B, N]`` for the rollout: every segment scored in its episode's
+        context, a finished one settled against the outcome (see the module docstring)."""
+        scores = self.model.score(*self._padded(segments))
+        dense = torch.zeros(shape)
+        for k, s in enumerate(segments):
+            length, n = len(s.features), s.stop - s.start
+            part, alive = scores[k, length - n:length], s.alive[length - n:]
+            paid = float(self._paid[s.env]) if s.start == 0 else 0.0   # the episode's earlier rollouts
+            if s.finished:
+                part = settle(part, alive, float(s.rewards.double().sum()), paid)
+                self._paid[s.env] = 0.0
+            else:
+                part = torch.where(alive, part, 0.0)
+                self._paid[s.env] = paid + float(part.double().sum())
+            dense[s.start:s.stop, s.env] = part
+        return dense
+
+    def _to_learner(self, dense: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+        """Per-(step, agent) rewards ``[..., N]`` as the learner gets them: under a shared reward each
+        present agent gets the mean over the present agents; absent agents get 0."""
+        live = alive.to(dense.dtype)
+        if self.shared:
+            team = (dense * live).sum(-1, keepdim=True) / live.sum(-1, keepdim=True).clamp_min(1.0)
+            dense = team.expand_as(dense)
+        return dense * live
 
     def process(self, b: dict) -> tuple[torch.Tensor, dict]:
         """Train on the episodes this rollout finished, then return the rollout's dense learner
         rewards ``[T, B, N]`` and the model's metrics (``redistribution/*``)."""
         feats = self.features(b).cpu()
         ends = self.episode_ends(b).cpu()
-        finished = self._collect_finished(feats, b["reward"].float().cpu(), ends)
+        alive = b["alive"].cpu()
+        segments = self._segments(feats, b["reward"].float().cpu(), alive, ends)
+        finished = [s for s in segments if s.finished]
         metrics = {}
         if finished:
-            longest = max(len(f) for f, _ in finished)
-            padded = torch.zeros(len(finished), longest, self.n_agents, self.feature_dim)
-            valid = torch.zeros(len(finished), longest, dtype=torch.bool)
-            returns = torch.zeros(len(finished))
-            for k, (f, r) in enumerate(finished):
-                padded[k, :len(f)], valid[k, :len(f)], returns[k] = f, True, r.sum()
+            padded, valid = self._padded(finished)
+            returns = torch.stack([s.rewards.sum() for s in finished])
             self.model.add_episodes(padded, valid, returns)
-        if len(self.model):
+        if not len(self.model):     # nothing learned yet (and nothing paid, so nothing to settle)
+            dense = torch.zeros(feats.shape[:3])
+        else:
             metrics = self.model.train(self.steps)
-        dense = self.model.rewards(feats, ends) if len(self.model) else torch.zeros_like(b["reward"].cpu())
-        if self.shared:
-            dense = dense.mean(-1, keepdim=True).expand_as(dense)
-        return dense.to(b["reward"].device) * b["alive"], metrics
+            dense = (self.model.rewards(feats) if self.model.method == "rrd"
+                     else self._arel_rewards(segments, feats.shape[:3]))
+        return self._to_learner(dense, alive).to(b["reward"].device), metrics
 
+    # -- views of one finished episode --------------------------------------------------------------
+    def episode_rewards(self, b: dict) -> torch.Tensor:
+        """The redistributed reward ``[T, N]`` of one whole episode ``b`` (a ``[T, 1, ...]`` batch, as
+        ``marl.credit.play_episode`` plays it): the model's scores shifted over the live entries to
+        sum to the episode's outcome (its learner rewards summed over steps and agents), per agent,
+        before a shared reward's mean over agents. For arel this is what training pays an episode
+        inside one rollout; for rrd the learner trains on the unshifted scores."""
+        feats = self.features(b)[:, 0].cpu()
+        scores = self.model.score(feats[None], torch.ones(1, len(feats), dtype=torch.bool))[0]
+        return settle(scores, b["alive"][:, 0].cpu(), float(b["reward"].double().sum()))
+
+    def episode_attention(self, b: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """arel's attention on one whole episode ``b`` (``[T, 1, ...]``): temporal ``[blocks, N, T, T]``
+        (agent i's query step over key steps) and agent ``[blocks, T, N, N]`` (at step t, query agent
+        over key agents)."""
+        feats = self.features(b)[:, 0].cpu()
+        temporal, agent = self.model.attention(feats[None], torch.ones(1, len(feats), dtype=torch.bool))
+        return temporal[:, 0], agent[:, 0]
+
+    # -- checkpoints ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "features": [f.clone() for f in self._features],
-                "rewards": [r.clone() for r in self._rewards]}
+                "rewards": [r.clone() for r in self._rewards], "alive": [a.clone() for a in self._alive],
+                "paid": self._paid.clone()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self._features = [f.clone() for f in state["features"]]
         self._rewards = [r.clone() for r in state["rewards"]]
+        # checkpoints from before the alive mask and the settlement: every agent present, nothing paid
+        self._alive = [a.clone() for a in state["alive"]] if "alive" in state else [
+            torch.ones(r.shape, dtype=torch.bool) for r in self._rewards]
+        self._paid = state["paid"].clone() if "paid" in state else torch.zeros(len(self._rewards), dtype=torch.float64)

@@ -127,8 +127,8 @@ class RewardRedistributor:
     """Learns a dense reward ``r̂_{t,i}`` from finished episodes' returns, online, beside the policy.
 
     Usage: ``add_episodes`` after each rollout with its finished episodes, ``train(steps)``, then
-    ``rewards(features, done)`` for the rollout's dense rewards (or ``redistribute`` for whole
-    episodes, normalised to their returns).
+    ``rewards(features, done)`` for a rollout's dense rewards, ``score`` for episodes (or episodes
+    so far) given whole, or ``redistribute`` for whole episodes, normalised to their returns.
 
     Args:
         method: ``"rrd"`` (``StepRewardModel`` + ``rrd_loss``) or ``"arel"``
@@ -260,11 +260,13 @@ class RewardRedistributor:
         is required: each env column is cut into episode segments (``episode_segments``) and each
         segment is scored as its own episode, positions counted from its first step. An episode that
         finishes inside the rollout gets exactly its ``redistribute`` rewards before normalisation.
-        The trade-off: the segment cut by the rollout end is scored without its future steps, a
-        context the model never saw in training, so its rewards are less reliable; and a segment
-        that began in an earlier rollout would get wrong positions (our rollouts start fresh
-        episodes, so this does not arise). For rewards that add up to R, use ``redistribute`` on
-        finished episodes.
+        This sees the rollout alone: a segment cut by the rollout end is scored without its future
+        steps, and a segment whose episode began in an earlier rollout (the trainer's envs run on
+        across rollouts) is scored without its past, its positions counted from the rollout's
+        start. The trainer therefore does not use it for arel: ``marl.redistribute``
+        keeps each env's episode so far and scores every segment in that context (``score``), and
+        normalises each finished episode's rewards to its outcome. For rewards that add up to R on
+        whole episodes, use ``redistribute``.
         """
         self._check_features(features)
         self.model.eval()
@@ -281,6 +283,14 @@ class RewardRedistributor:
         out = features.new_zeros(T * B, self.n_agents)
         out[index[valid]] = scored[valid]
         return out.reshape(T, B, self.n_agents)
+
+    @torch.no_grad()
+    def score(self, features: Tensor, valid: Tensor) -> Tensor:
+        """The model's unnormalised rewards for padded episodes (or episodes so far): ``features
+        [E, T, N, D]``, ``valid [E, T]`` -> ``[E, T, N]``, 0 on padded steps."""
+        self._check_features(features)
+        self.model.eval()
+        return self._raw_rewards(features, valid)
 
     @torch.no_grad()
     def redistribute(self, features: Tensor, valid: Tensor, returns: Tensor) -> Tensor:

@@ -83,3 +83,76 @@ def test_redistribution_config_errors():
         config_from_dict(tiny_config(algo={"redistribution": "rudder"}))
     with pytest.raises(ConfigError, match="'algo.redistribution'"):
         config_from_dict(tiny_config(algo={"redistribution": "rrd"}, backend="rllib"))
+
+
+def test_arel_training_rewards_sum_to_each_episodes_outcome_across_rollouts():
+    # Episodes of 30 steps, rollouts of 20: most episodes span two rollouts, and a segment in flight at a
+    # rollout's end is paid before its outcome is known; the final segment settles the account.
+    cfg = config_from_dict(tiny_config(env={"id": "tests.user_envs:late_reward", "num_envs": 2, "episodic_reward": True,
+                                            "kwargs": {"length": 30, "reward_from": 5}},
+                                       algo={"rollout_steps": 20, "redistribution": "arel", "redistribution_steps": 1}))
+    trainer = Trainer(cfg)
+    paid = []
+    original = trainer.learner.prepare
+
+    def spy(b, generator):
+        paid.append(b["reward"].clone())
+        return original(b, generator)
+
+    trainer.learner.prepare = spy
+    outcomes, rewards, ends = [], [], []
+    try:
+        for _ in range(7):
+            trainer.collect()
+            b = trainer.rollout.tensors()
+            rewards.append(b["reward"].clone())
+            ends.append(trainer.redistribution.episode_ends(b).clone())
+            trainer.update()
+    finally:
+        trainer.close()
+    dense, reward, end = torch.cat(paid), torch.cat(rewards), torch.cat(ends)   # [7 * 20, B, N], [.., B]
+    checked = spanning_paid_early = 0
+    for env in range(2):
+        start = 0
+        for t in end[:, env].nonzero().flatten().tolist():
+            outcome = reward[start:t + 1, env].sum()
+            assert outcome > 0
+            # shared reward, every agent present: each agent is paid the team's outcome, the total N times it
+            torch.testing.assert_close(dense[start:t + 1, env].sum(0), outcome.expand(2) / 2, atol=1e-4, rtol=1e-5)
+            cut = (start // 20 + 1) * 20                    # the end of the rollout the episode began in
+            spanning_paid_early += bool(cut <= t and dense[start:cut, env].abs().sum() > 0)
+            checked += 1
+            start = t + 1
+    assert checked >= 6 and spanning_paid_early >= 2
+
+
+def test_arel_scores_a_segment_in_its_whole_episodes_context():
+    from marl.redistribute import OnlineRedistribution, settle
+
+    cfg = config_from_dict(tiny_config(env={"reward": "individual"}, algo={"redistribution": "arel"}))
+    online = OnlineRedistribution(cfg, 2, 3, 4, 3, False, 1)
+    g = torch.Generator().manual_seed(0)
+    online.model.add_episodes(torch.randn(2, 5, 2, online.feature_dim, generator=g), torch.ones(2, 5, dtype=torch.bool),
+                              torch.tensor([1.0, 2.0]))
+
+    def rollout(end_at=None):
+        b = {"obs": torch.randn(4, 1, 2, 3, generator=g), "state": torch.randn(4, 1, 4, generator=g),
+             "actions": torch.randint(3, (4, 1, 2), generator=g), "alive": torch.ones(4, 1, 2, dtype=torch.bool),
+             "terminated": torch.zeros(4, 1, 2, dtype=torch.bool), "truncated": torch.zeros(4, 1, 2, dtype=torch.bool),
+             "reward": torch.zeros(4, 1, 2)}
+        if end_at is not None:
+            b["terminated"][end_at] = True
+            b["reward"][end_at] = torch.tensor([3.0, -1.0])
+        return b
+
+    first, second = rollout(), rollout(end_at=1)      # one 6-step episode, then a new one in flight
+    paid_first, _ = online.process(first)
+    whole = torch.cat([online.features(first), online.features(second)])[:, 0]
+    paid_second, _ = online.process(second)
+    valid = torch.ones(1, 6, dtype=torch.bool)
+    scores = online.model.score(whole[None, :6], valid)[0]
+    expected = settle(scores[4:], torch.ones(2, 2, dtype=torch.bool), 2.0, float(paid_first.sum()))
+    torch.testing.assert_close(paid_second[:2, 0], expected)   # positions 4, 5 of the episode, settled
+    assert float(paid_first.sum() + paid_second[:2].sum()) == pytest.approx(2.0, abs=1e-5)
+    fresh = online.model.score(whole[None, 6:], torch.ones(1, 2, dtype=torch.bool))[0]
+    torch.testing.assert_close(paid_second[2:, 0], fresh)       # the next episode starts at position 0
