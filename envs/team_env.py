@@ -17,8 +17,8 @@
   agents' (unpadded) observations; for the envs in ``marl.envs.registry.STATE_IS_OBSERVATIONS`` that
   concatenation is what ``state()`` computes anyway, so it is built directly.
 - **Bad env output is an error** (``EnvError``) naming the env, agent, step and key: a NaN or
-  infinite observation or reward, no legal action for a live agent, an exception raised by the env
-  (summarised in one line).
+  infinite observation, reward or global state (``env.state()``, named by index), no legal action
+  for a live agent, an exception raised by the env (summarised in one line).
 """
 from __future__ import annotations
 
@@ -90,8 +90,9 @@ class TeamEnv:
         agents: sorted agent ids (length N).
         obs_dim, state_dim, n_actions: padded sizes.
         action_mask: bool ``[N, A]``, True where the action exists for that agent.
-        dynamic_mask: the env gives per-step action masks (in a Dict observation, or in the infos of
-            its first reset), so the policy must read ``avail`` at every step.
+        dynamic_mask: the env has given per-step action masks so far (in a Dict observation, or in
+            the infos of any reset or step it took). Vector envs do not wait for it: their policy
+            reads ``avail`` at every step of every Discrete env (``marl.envs.vector._describe``).
     """
 
     def __init__(self, env_id: str, kwargs: dict | None = None, render_mode: str | None = None):
@@ -146,7 +147,10 @@ class TeamEnv:
         self._info_masks = False
         first = self.reset(seed=0)
         self.state_dim = first.state.shape[0]
-        self.dynamic_mask = self._any_mask_in_obs or self._info_masks
+
+    @property
+    def dynamic_mask(self) -> bool:
+        return self._any_mask_in_obs or self._info_masks
 
     # -- conversion helpers ------------------------------------------------------------------
     def _flatten(self, i: int, value) -> np.ndarray:
@@ -170,9 +174,15 @@ class TeamEnv:
     def _state(self, obs_array: np.ndarray) -> np.ndarray:
         if self._has_state:
             try:
-                return np.asarray(self.env.state(), dtype=np.float32).reshape(-1)
+                state = np.asarray(self.env.state(), dtype=np.float32).reshape(-1)
             except (NotImplementedError, AttributeError):
                 self._has_state = False
+            else:
+                if not np.isfinite(state).all():
+                    index = int(np.flatnonzero(~np.isfinite(state))[0])
+                    raise EnvError(f"env {self.env_id!r}: its global state (env.state()) is non-finite (NaN or inf) "
+                                   f"at index {index} at step {self._t} of its episode")
+                return state
         if self._uniform_obs:   # the unpadded observations, concatenated: the rows of obs_array
             return obs_array.reshape(-1)
         return np.concatenate([obs_array[i, :size] for i, size in enumerate(self._obs_sizes)])

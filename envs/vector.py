@@ -33,9 +33,12 @@ class RewardSpec:
 
     @classmethod
     def from_config(cls, cfg) -> RewardSpec:
-        """The reward pipeline of a run's ``Config``."""
+        """The reward pipeline of a run's ``Config``. With ``env.difference: reward_model`` the env
+        pays the shared team reward and the learner replaces it with learned difference rewards
+        (``marl.redistribute.OnlineDifference``), so nothing is re-simulated here."""
         e = cfg.env
-        return cls(e.reward, e.team_reward, e.alpha, e.shaping, cfg.algo.gamma, e.default_action, e.episodic_reward)
+        mode = "shared" if e.reward == "difference" and e.difference == "reward_model" else e.reward
+        return cls(mode, e.team_reward, e.alpha, e.shaping, cfg.algo.gamma, e.default_action, e.episodic_reward)
 
 
 def difference_rewards_by_resimulation(env: TeamEnv, actions: np.ndarray, acting: np.ndarray, reward: RewardSpec
@@ -52,7 +55,8 @@ def difference_rewards_by_resimulation(env: TeamEnv, actions: np.ndarray, acting
         blob = snapshot(env)
     except EnvError as exc:
         raise EnvError(f"env {env.env_id!r}: env.reward 'difference' re-simulates every step on a copy of the env, "
-                       f"and this env cannot be copied ({exc})") from None
+                       f"and this env cannot be copied ({exc}); set env.difference: reward_model to learn the "
+                       f"counterfactual from a reward model instead") from None
     avail = env._avail_now
     counterfactual = np.zeros(len(actions), np.float32)
     for i in np.flatnonzero(acting):
@@ -250,12 +254,17 @@ class EnvSlice:
 
 
 def _describe(venv, probe: TeamEnv, num_envs: int) -> None:
-    """Give a vector env the sizes it exposes (agents, dims, actions, action mask), from ``probe``."""
+    """Give a vector env the sizes it exposes (agents, dims, actions, action mask), from ``probe``.
+
+    ``dynamic_mask`` (the policy acts on each step's ``avail``) holds for every Discrete env, not
+    only for those whose first reset carried a mask: a PettingZoo env may put an action_mask in the
+    infos of any step, so whether it masks is decided per step. Where no step masks, ``avail`` is
+    the static ``action_mask`` and the policy acts and learns exactly as without it."""
     venv.num_envs = num_envs
     venv.agents, venv.n_agents = probe.agents, probe.n_agents
     venv.obs_dim, venv.state_dim, venv.n_actions = probe.obs_dim, probe.state_dim, probe.n_actions
     venv.action_mask = probe.action_mask
-    venv.dynamic_mask = probe.dynamic_mask
+    venv.dynamic_mask = not probe.continuous
     venv.continuous = probe.continuous
 
 
@@ -319,23 +328,41 @@ def _worker(conn, env_id, kwargs, rows, reward, buffers, layout):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         env_slice = EnvSlice(env_id, kwargs, rows.stop - rows.start, reward, _shared_views(buffers, layout, rows))
-        conn.send(("ok", None))
-        while True:
+    except Exception as exc:   # nothing to serve: report and exit
+        conn.send(("error", _worker_error(exc)))
+        return
+    conn.send(("ok", None))
+    while True:
+        try:
             cmd, arg = conn.recv()
-            if cmd == "step":
-                conn.send(("ok", env_slice.step(env_slice.out["actions"], arg)))
-            elif cmd == "reset":
-                env_slice.reset(arg)
-                conn.send(("ok", None))
-            elif cmd == "call":
-                fn, args = arg
-                conn.send(("ok", fn(env_slice, *args)))
-            elif cmd == "close":
+        except (EOFError, OSError):   # the learner is gone
+            return
+        if cmd == "close":
+            try:
                 env_slice.close()
                 conn.send(("ok", None))
-                return
-    except Exception as exc:  # report to the learner, which raises it with context
-        conn.send(("error", str(exc) if isinstance(exc, EnvError) else error_summary(exc)))
+            except Exception as exc:
+                conn.send(("error", _worker_error(exc)))
+            return
+        # A failed command is answered with its error (the learner raises it with context) and the
+        # worker keeps serving: the learner may carry on, e.g. after a snapshot an env refused.
+        try:
+            if cmd == "step":
+                reply = env_slice.step(env_slice.out["actions"], arg)
+            elif cmd == "reset":
+                reply = env_slice.reset(arg)
+            elif cmd == "call":
+                fn, args = arg
+                reply = fn(env_slice, *args)
+            else:
+                raise ValueError(f"unknown env worker command {cmd!r}")
+            conn.send(("ok", reply))   # pickles the reply before it sends a byte
+        except Exception as exc:
+            conn.send(("error", _worker_error(exc)))
+
+
+def _worker_error(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, EnvError) else error_summary(exc)
 
 
 class ProcessVectorEnv:

@@ -29,8 +29,7 @@ class EnvConfig:
     reward: str = "shared"
     """Reward mode: ``shared`` (team reward to all), ``individual``, ``mixed``, or ``difference``:
     each agent gets D_i = G(s, u) − G(s, (u_-i, c_i)) (Wolpert & Tumer, 2002), G the team reward
-    (``env.team_reward``), computed exactly by re-simulating a copy of the env once per agent
-    (the batched twin copies tensors)."""
+    (``env.team_reward``), its counterfactual from ``env.difference``."""
     episodic_reward: bool = False
     """Withhold every reward and pay the episode's sum at its last step (each agent its own sum, at
     its own last step): the temporal-credit problem of outcome rewards, on any env. Raw returns,
@@ -38,6 +37,14 @@ class EnvConfig:
     default_action: int = 0
     """``env.reward: difference``: the default action c_i of the counterfactual (for mpe2, 0 is the
     no-op); an agent for which it is not legal uses its first legal action."""
+    difference: str = "resimulate"
+    """``env.reward: difference``: where the counterfactual G(s, (u_-i, c_i)) comes from.
+    ``resimulate``: exactly, by stepping a copy of the env once per agent (the batched twin copies
+    tensors; N extra env steps per step). ``reward_model``: learned, for envs that cannot be copied
+    (Dr.Reinforce, Castellini et al. 2021): the env pays the shared team reward, an MLP r̂(s, u)
+    regresses it on the global state and the joint action online, and the learner trains on
+    D̂_i = r̂(s, u) − r̂(s, (u_-i, c_i)) (see ``marl.redistribute.OnlineDifference``; its loss is
+    logged as ``difference/model_loss``). Discrete actions only; local backend only."""
     team_reward: str = "mean"
     """How the team reward is made from the agents' rewards: ``sum`` or ``mean``."""
     alpha: float = 0.5
@@ -302,6 +309,7 @@ def validate(cfg: Config) -> Config:
     """Range and consistency checks; returns ``cfg`` unchanged or raises ``ConfigError``."""
     from marl.algorithms import ADVANTAGES
     from marl.envs import REWARD_MODES, TEAM_REDUCTIONS
+    from marl.envs.rewards import DIFFERENCE_COUNTERFACTUALS
 
     a, e, m, t = cfg.algo, cfg.env, cfg.model, cfg.train
     _check(cfg.backend in ("local", "rllib"), "backend", cfg.backend, "'local' or 'rllib'")
@@ -314,6 +322,16 @@ def validate(cfg: Config) -> Config:
     _check(e.team_reward in TEAM_REDUCTIONS, "env.team_reward", e.team_reward, f"one of {list(TEAM_REDUCTIONS)}")
     _check(0.0 <= e.alpha <= 1.0, "env.alpha", e.alpha, "a float in [0, 1]")
     _check(e.default_action >= 0, "env.default_action", e.default_action, "an int >= 0")
+    _check(e.difference in DIFFERENCE_COUNTERFACTUALS, "env.difference", e.difference,
+           f"one of {list(DIFFERENCE_COUNTERFACTUALS)}")
+    if e.reward == "difference" and e.difference == "reward_model":
+        _check(cfg.backend == "local", "env.difference", e.difference, "'resimulate' with backend 'rllib' (the "
+               "reward model trains in the local trainer)")
+        _check(a.redistribution == "none", "algo.redistribution", a.redistribution, "'none' with env.difference "
+               "'reward_model' (both replace the rewards the learner trains on)")
+        _check(not e.episodic_reward, "env.episodic_reward", e.episodic_reward, "false with env.difference "
+               "'reward_model' (the reward model learns G(s, u) from every step's team reward, which "
+               "env.episodic_reward withholds)")
     if e.shaping:
         from marl.envs import EnvError
         from marl.envs.rewards import resolve_potential
@@ -376,10 +394,9 @@ def validate(cfg: Config) -> Config:
     if a.redistribution != "none":
         _check(cfg.backend == "local", "algo.redistribution", a.redistribution, "'none' with backend 'rllib'")
     _check(a.shapley_samples >= 1, "algo.shapley_samples", a.shapley_samples, "an int >= 1")
-    if a.advantage in ("shapley", "dop"):
-        _check(not m.recurrent, "model.recurrent", m.recurrent, f"false with algo.advantage {a.advantage!r} (its "
-               f"counterfactual critic is feed-forward)")
     if a.advantage == "dop":
+        _check(not m.recurrent, "model.recurrent", m.recurrent, "false with algo.advantage 'dop' (its decomposed "
+               "critic is feed-forward)")
         _check(e.reward == "shared", "env.reward", e.reward, "'shared' with algo.advantage 'dop' (its Q_tot learns "
                "the team's return)")
         _check(cfg.backend == "local", "algo.advantage", a.advantage, "not 'dop' with backend 'rllib' (its loss mixes "
@@ -438,9 +455,22 @@ def _refuse_ignored_options(cfg: Config) -> None:
          f"only env.reward: mixed reads it, not {cfg.env.reward!r}"),
         ("env.default_action", cfg.env.default_action, defaults.env.default_action, cfg.env.reward != "difference",
          f"only env.reward: difference reads it, not {cfg.env.reward!r}"),
+        ("env.difference", cfg.env.difference, defaults.env.difference, cfg.env.reward != "difference",
+         f"only env.reward: difference reads it, not {cfg.env.reward!r}"),
         ("model.chunk_length", cfg.model.chunk_length, defaults.model.chunk_length, not cfg.model.recurrent,
          "only recurrent networks (model.recurrent: true) read it"),
+        ("algo.clip", a.clip, defaults.algo.clip, a.loss != "ppo",
+         f"only the PPO loss (algo.loss: ppo) clips its ratio, not {a.loss!r}"),
+        ("env.team_reward", cfg.env.team_reward, defaults.env.team_reward, cfg.env.reward == "individual",
+         "env.reward: individual pays each agent its own reward and never forms a team reward"),
+        ("train.eval_every_episodes", cfg.train.eval_every_episodes, defaults.train.eval_every_episodes,
+         cfg.train.eval_every == 0, "train.eval_every is 0 (no periodic evaluation)"),
     ]
+    for key in ("redistribution_steps", "redistribution_state", "redistribution_lr", "redistribution_subset"):
+        ignored.append((f"algo.{key}", getattr(a, key), getattr(defaults.algo, key), a.redistribution == "none",
+                        "algo.redistribution is 'none' (no reward model)"))
+    ignored.append(("algo.redistribution_subset", a.redistribution_subset, defaults.algo.redistribution_subset,
+                    a.redistribution == "arel", "only algo.redistribution: rrd reads it, not 'arel'"))
     for key, value, default, unused, why in ignored:
         if unused and value != default:
             raise ConfigError(f"config key '{key}': set to {value!r}, but {why}; remove it or leave it at "

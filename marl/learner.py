@@ -140,6 +140,20 @@ def build_critic(cfg: Config, n_agents: int, obs_dim: int, state_dim: int, n_act
     return LocalCritic(n_agents, obs_dim, agent_state=a.critic == "agent_state", state_dim=state_dim, **common)
 
 
+def refuse_unfit_env(cfg: Config, continuous: bool) -> None:
+    """The config checks that need the env's spaces (``marl.run.check_env`` runs them before a run
+    directory is made; the learner again, for direct users). Raises ``ConfigError``."""
+    a = cfg.algo
+    if continuous and get_advantage(a.advantage).critic in ("q", "dop"):
+        raise ConfigError(f"config key 'algo.advantage': {a.advantage!r} is counterfactual over a discrete action "
+                          f"set, and env {cfg.env.id!r} has continuous (Box) actions; use a V-critic module "
+                          f"(gae, td_lambda, n_step, mc)")
+    if continuous and cfg.env.reward == "difference":
+        raise ConfigError(f"config key 'env.reward': 'difference' puts a default action c_i (env.default_action) in "
+                          f"each agent's place, and env {cfg.env.id!r} has continuous (Box) actions; use shared, "
+                          f"individual or mixed")
+
+
 class CreditLearner:
     """Networks and update rule for ``cfg``, sized for an env with ``agents``.
 
@@ -154,7 +168,7 @@ class CreditLearner:
     def __init__(self, cfg: Config, agents: list[str], obs_dim: int, state_dim: int, n_actions: int,
                  action_mask: torch.Tensor, dynamic_mask: bool = False, device: torch.device | str = "cpu",
                  continuous: bool = False):
-        e, a = cfg.env, cfg.algo
+        a = cfg.algo
         self.cfg = cfg
         self.agents = list(agents)
         self.n_actions = n_actions
@@ -163,10 +177,7 @@ class CreditLearner:
         self.advantage = get_advantage(a.advantage)
         self.uses_q = self.advantage.critic in ("q", "dop")   # a critic over actions (counterfactual modules)
         self.continuous = continuous
-        if continuous and self.uses_q:
-            raise ConfigError(f"config key 'algo.advantage': {a.advantage!r} is counterfactual over a discrete action "
-                              f"set, and env {e.id!r} has continuous (Box) actions; use a V-critic module "
-                              f"(gae, td_lambda, n_step, mc)")
+        refuse_unfit_env(cfg, continuous)
         self.actor = build_actor(cfg, N, obs_dim, n_actions, action_mask, continuous)
         self.critic = build_critic(cfg, N, obs_dim, state_dim, n_actions)
         self.device = torch.device(device)
@@ -225,7 +236,13 @@ class CreditLearner:
         return self.critic.inputs(state, obs, actions, alive)
 
     def _avail(self, b: dict, key: str = "avail") -> torch.Tensor | None:
-        return b[key] if self.dynamic_mask else None
+        """The batch's per-step legal actions ``b[key]``, or None where they add nothing to the
+        actor's static ``action_mask`` (no per-step masks, or none in this batch): the fast path,
+        with the same logits."""
+        if not self.dynamic_mask:
+            return None
+        avail = b[key]
+        return None if bool((avail == self.actor.action_mask).all()) else avail
 
     @staticmethod
     def valid_mask(b: dict) -> torch.Tensor | None:
@@ -287,9 +304,8 @@ class CreditLearner:
         TD(λ) targets of the taken joint action's value (COMA's Q(s, u), or DOP's Q_tot); the
         module's function reads ``CounterfactualInputs`` (``marl.algorithms.registry``)."""
         a = self.cfg.algo
-        if valid is not None and a.advantage in ("shapley", "dop"):
-            raise ConfigError(f"config key 'algo.advantage': {a.advantage!r} needs every agent at every step; this "
-                              f"env has agents that leave or arrive (use coma, coma_lambda or a V-critic module)")
+        if valid is not None and self.critic.mixed:
+            b = self._absent_filled(b, valid)
         actions = b["actions"]
         critic = self.target_critic if self.target_critic is not None else self.critic
         critic_in = self.critic_input(b["state"], b["obs"], actions, valid)
@@ -307,13 +323,17 @@ class CreditLearner:
         # own bootstrap uses a drawn action, and it is absent from the others' next inputs.
         drawn = sample_actions(next_logits, generator)
         following = torch.cat([actions[1:], actions[-1:]])
+        next_obs = b["next_obs"]
         if valid is None:
             next_actions, next_alive = torch.where(continues, following, drawn), None
         else:
             arrives = torch.cat([valid[1:], valid[-1:]])
             next_actions = torch.where(continues & arrives, following, drawn)
             next_alive = torch.where(continues, arrives, valid)
-        next_in = self.critic_input(b["next_state"], b["next_obs"], next_actions, next_alive)
+            if self.critic.mixed:   # DOP: as for the taken actions (see _absent_filled)
+                next_actions = torch.where(next_alive, next_actions, 0)
+                next_obs = next_obs * next_alive.unsqueeze(-1).to(next_obs.dtype)
+        next_in = self.critic_input(b["next_state"], next_obs, next_actions, next_alive)
         if critic is not self.critic:
             target_out, target_ends, _ = self._critic_pass(critic, critic_in, b)
             q_taken_target = self._to_return_space(critic.prediction(target_out, critic_in, actions))
@@ -327,7 +347,7 @@ class CreditLearner:
         avail = self.actor.action_mask if avail is None else avail
         inputs = CounterfactualInputs(returns=target, q_all=out, logits=logits, actions=actions, avail=avail,
                                       state=b["state"], obs=b["obs"] if a.critic_obs else None, generator=generator,
-                                      coalition_q=lambda x: self._to_return_space(self.critic(x), per_action=True))
+                                      coalition_q=self._coalition_q(b["state"].shape[-1], valid, prep))
         extra = {}
         if self.critic.mixed:   # DOP: utilities stay in the critic's units; the weights carry the scale
             k, _ = self.critic.mix(critic_in)
@@ -336,7 +356,44 @@ class CreditLearner:
             inputs.q_all = self._to_return_space(out, per_action=True)
             extra["coma_baseline"] = coma_baseline(inputs.q_all, logits, avail)
         adv = self.advantage.fn(inputs, **self.advantage.fn_kwargs(a))
+        if valid is not None:   # a padded entry gets no credit (and no loss: finalise and the loss skip it)
+            adv = torch.where(valid, adv, 0.0)
         return {**prep, **extra, "adv": adv, "target": target, "value": q_taken, "critic_in": critic_in}
+
+    @staticmethod
+    def _absent_filled(b: dict, valid: torch.Tensor) -> dict:
+        """DOP with agents that leave or arrive: ``b`` with each absent agent's action set to 0 and its
+        observation to zeros, so that its term ``k_j(s) Q_j(s, u_j)`` of Q_tot depends on the state
+        alone and joins the state bias ``b(s)`` (the same family of Q_tot, so no present agent's
+        advantage changes); nothing padded is read."""
+        return {**b, "actions": torch.where(valid, b["actions"], 0),
+                "obs": b["obs"] * valid.unsqueeze(-1).to(b["obs"].dtype)}
+
+    def _coalition_q(self, state_dim: int, valid: torch.Tensor | None, prep: dict):
+        """Shapley's critic on coalition rows ``x [T, B, M, N, D]`` (``shapley_critic_inputs``), in
+        return units. An absent agent joins no coalition: its action block is zeroed in every row, as
+        in the critic's own input (``QCritic.inputs``). A recurrent critic steps each row from the
+        hidden state the rollout's own inputs left at that step: the counterfactual changes the
+        other agents' actions at step t only, as COMA's does."""
+        critic = self.critic
+        keep = None
+        if valid is not None:
+            T, B, _ = valid.shape
+            present = valid.to(torch.float32).repeat_interleave(self.n_actions, -1)          # [T, B, N * A]
+            keep = torch.cat([present.new_ones(T, B, state_dim), present], -1)[:, :, None, None, :]
+
+        def q(x: torch.Tensor) -> torch.Tensor:
+            if keep is not None:   # the layout [state, N x A action one-hots, ...]: mask the action blocks
+                width = keep.shape[-1]
+                x = torch.cat([x[..., :width] * keep.to(x.dtype), x[..., width:]], -1)
+            if critic.recurrent:
+                h = prep["critic_starts"].unsqueeze(2).expand(*x.shape[:-1], critic.hidden_size)
+                out = critic.step(x, h)[0]
+            else:
+                out = critic(x)
+            return self._to_return_space(out, per_action=True)
+
+        return q
 
     def _value_scale(self) -> torch.Tensor | float:
         """Return units per critic unit (the value normaliser's standard deviation, or 1)."""
@@ -395,9 +452,11 @@ class CreditLearner:
         steps, each starting from the hidden state stored at collection (the actor's) or computed
         by ``prepare`` (the critic's), so PPO's ratio compares the same policy."""
         a = self.cfg.algo
+        if valid is not None and self.critic.mixed:   # DOP's Q_tot reads the actions prepare read
+            b = self._absent_filled(b, valid)
         rows = {"critic_in": prep["critic_in"], "actions": b["actions"], "logp": b["logp"], "adv": adv,
                 "target": target}
-        if self.dynamic_mask:
+        if self._avail(b) is not None:
             rows["avail"] = b["avail"]
         if valid is not None:
             rows["weight"] = valid.to(adv.dtype)

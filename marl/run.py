@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -27,15 +28,40 @@ def make_trainer(cfg: Config, run_dir: str | Path | None):
     return Trainer(cfg, run_dir)
 
 
+def check_env(cfg: Config) -> None:
+    """Build one env of ``cfg`` (as its backend will) and refuse what does not fit it: the env's own
+    errors (``EnvError``: a factory that returns no env, a space that cannot be flattened, mixed
+    action kinds) and the config checks that need its spaces (``ConfigError``)."""
+    from marl.envs import env_spec
+    from marl.learner import refuse_unfit_env
+
+    if cfg.backend == "rllib":
+        from marl.rllib.algorithm import env_spec as rllib_env_spec   # its own refusals too (no ray import)
+        continuous = rllib_env_spec(cfg)["continuous"]
+    else:
+        continuous = env_spec(cfg.env.id, cfg.env.kwargs, batched=cfg.env.batched).continuous
+    refuse_unfit_env(cfg, continuous)
+
+
 def new_run(cfg: Config, run_dir: str | Path) -> Trainer:
-    """Create ``run_dir`` (it must be empty or absent), save the resolved config, build a trainer."""
+    """Create ``run_dir`` (it must be empty or absent), save the resolved config, build a trainer.
+    A config the env refuses (``check_env``) writes nothing; a trainer that fails to start takes
+    the directory it was given back to how it found it (absent or empty)."""
     run_dir = Path(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"run directory {str(run_dir)!r} already exists and is not empty; "
                           f"continue it with --resume {run_dir} or pick another --run-dir")
+    check_env(cfg)
+    existed = run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_NAME).write_text(cfg.to_yaml())
-    return make_trainer(cfg, run_dir)
+    try:
+        (run_dir / CONFIG_NAME).write_text(cfg.to_yaml())
+        return make_trainer(cfg, run_dir)
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if existed:
+            run_dir.mkdir(exist_ok=True)
+        raise
 
 
 def load_run_config(run_dir: str | Path, overrides: list[str] = ()) -> Config:

@@ -118,7 +118,7 @@ def test_dop_advantage_is_the_weighted_utility_gap_and_the_critic_learns_q_tot()
 @pytest.mark.parametrize("overrides, key", [
     ({"algo": {"advantage": "dop"}, "env": {"reward": "individual"}}, "env.reward"),
     ({"algo": {"advantage": "dop"}, "backend": "rllib"}, "algo.advantage"),
-    ({"algo": {"advantage": "shapley"}, "model": {"recurrent": True, "chunk_length": 5}}, "model.recurrent"),
+    ({"algo": {"advantage": "dop"}, "model": {"recurrent": True, "chunk_length": 5}}, "model.recurrent"),
     ({"algo": {"shapley_samples": 4}}, "algo.shapley_samples"),
     ({"env": {"default_action": 2}}, "env.default_action"),
 ])

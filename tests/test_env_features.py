@@ -22,6 +22,7 @@ from tests.user_envs import AnySpaces
 
 LATE = "tests.user_envs:late_reward"
 MASKED = "tests.user_envs:masked_choice"
+LATE_MASKS = "tests.user_envs:late_masks"
 DEPARTURES = "tests.user_envs:departures"
 
 
@@ -77,6 +78,7 @@ def test_a_space_gymnasium_cannot_flatten_is_a_clear_error():
 @pytest.mark.parametrize("bad, match", [
     ("nan_obs", r"agent 'dict' got a non-finite observation\['pos'\] \(NaN or inf\) at step 2"),
     ("inf_reward", r"agent 'tuple' got a non-finite reward \(NaN or inf\) at step 2"),
+    ("nan_state", r"its global state \(env.state\(\)\) is non-finite \(NaN or inf\) at index 1 at step 2 "),
     ("raise", r"raised in step 3 of its episode: RuntimeError: the simulator lost its connection \(at .*user_envs.py"),
 ])
 def test_bad_env_output_names_the_env_agent_step_and_key(bad, match):
@@ -141,6 +143,17 @@ def test_masked_choices_are_learned_without_an_illegal_action(tmp_path, mask_in,
     assert evaluation["team_return_mean"] >= 19.0
 
 
+@pytest.mark.parametrize("masks_from", [1, 4])
+def test_masks_that_first_appear_after_a_step_are_learned_without_an_illegal_action(tmp_path, masks_from):
+    """The reset's infos carry no mask (nor, with masks_from=4, those of the first steps): whether an
+    env masks is not decided at its reset, and each step's mask is applied before the next action
+    is drawn, in training and in the greedy evaluation. The env raises on an illegal action."""
+    records, evaluation = _train(_learning_config(LATE_MASKS, {"masks_from": masks_from}, 6000,
+                                                  algo={"rollout_steps": 10}), tmp_path / "run")
+    assert records[0]["team_return"] < 15.0
+    assert evaluation["team_return_mean"] >= 19.0
+
+
 # -- episodes longer than the rollout ------------------------------------------------------------------
 
 def test_a_reward_after_the_rollout_length_is_learned_and_logged_when_episodes_end(tmp_path):
@@ -183,10 +196,22 @@ def test_agents_that_leave_at_different_times_are_learned(tmp_path):
     assert evaluation["return/agent_0"] <= 3.0 and evaluation["return/agent_2"] <= 9.0
 
 
-@pytest.mark.parametrize("advantage", ["gae", "coma"])
+@pytest.mark.parametrize("advantage", ["shapley", "dop"])
+def test_shapley_and_dop_learn_with_agents_that_leave(tmp_path, advantage):
+    """The team's summed hits under a shared reward: optimum 18, random 6. DOP's utilities see
+    the agent's own observation (``critic_obs``); Shapley's critic is COMA's."""
+    algo = {"advantage": advantage, "loss": "a2c", "lam": 0.8, "critic_obs": advantage == "dop"}
+    records, evaluation = _train(_learning_config(DEPARTURES, {}, 6000, algo=algo, env={"team_reward": "sum"}),
+                                 tmp_path / "run")
+    assert records[0]["team_return"] < 10.0
+    assert evaluation["team_return_mean"] >= 17.0
+
+
+@pytest.mark.parametrize("advantage", ["gae", "coma", "shapley", "dop"])
 def test_padded_steps_leak_into_nothing(advantage):
     """Junk written into every padded entry (observation, action, reward, flags) of a rollout with
-    agents that leave changes no advantage, target, statistic or loss of a real entry."""
+    agents that leave changes no advantage, target, statistic or loss of a real entry; the
+    counterfactual modules give a padded entry no credit at all."""
     cfg = config_from_dict(_learning_config(DEPARTURES, {}, 400, algo={"advantage": advantage}))
     trainer = Trainer(cfg)
     try:
@@ -207,6 +232,8 @@ def test_padded_steps_leak_into_nothing(advantage):
         for batch in (clean, junk):
             learner = copy_learner(trainer.learner)
             prep = learner.prepare(batch, torch.Generator().manual_seed(0))
+            if learner.uses_q:
+                assert not prep["adv"][pad].any()
             adv, target, metrics = learner.finalise(prep, learner.valid_mask(batch))
             loss = learner.optimise(batch, prep, adv, target, torch.Generator().manual_seed(0), learner.valid_mask(batch))
             outputs.append((adv[valid], target[valid], metrics, loss, learner.actor.state_dict()))
@@ -242,8 +269,10 @@ def test_resume_with_episodes_in_flight_equals_an_uninterrupted_run(tmp_path, wo
                                                           "losses/value", "credit/abs_adv/agent_0"))
 
 
-def test_an_env_that_cannot_be_snapshot_says_so_once_and_resumes_with_fresh_episodes(tmp_path, capsys):
-    cfg = _learning_config("tests.user_envs:unpicklable", {"length": 30}, 480,
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_env_that_cannot_be_snapshot_says_so_once_and_resumes_with_fresh_episodes(tmp_path, capsys, workers):
+    """With env workers the failed snapshot is answered by the worker, which keeps serving."""
+    cfg = _learning_config("tests.user_envs:unpicklable", {"length": 30}, 480, env={"workers": workers},
                            train={"checkpoint_every": 2, "eval_episodes": 0, "progress": False})
     _train(cfg, tmp_path / "run")
     err = capsys.readouterr().err
@@ -256,6 +285,35 @@ def test_an_env_that_cannot_be_snapshot_says_so_once_and_resumes_with_fresh_epis
     finally:
         resumed.close()
     assert read_metrics(tmp_path / "run")[-1]["env_steps"] == 640
+
+
+@pytest.mark.filterwarnings("ignore:.*Overriding environment rllib-multi-agent-env-v0")
+def test_an_rllib_run_says_once_that_resume_starts_fresh_episodes(tmp_path, capsys):
+    """RLlib's EnvRunners keep their episodes out of checkpoints: one line at the run's first
+    checkpoint, and one when it resumes."""
+    import ray
+
+    from marl.rllib.trainer import start_ray
+
+    cfg = tiny_config(backend="rllib", env={"kwargs": {"N": 3, "max_cycles": 10}, "num_envs": 4},
+                      algo={"rollout_steps": 10, "epochs": 1, "minibatches": 2},
+                      rllib={"num_env_runners": 0, "num_envs_per_env_runner": 4},
+                      log={"histogram_every": 0, "credit_image_every": 0},
+                      train={"total_env_steps": 80, "checkpoint_every": 1, "eval_episodes": 0})
+    note = "a run resumed from a checkpoint starts fresh episodes there"
+    started = start_ray(config_from_dict(cfg))
+    try:
+        _train(cfg, tmp_path / "run")
+        assert capsys.readouterr().err.count(note) == 1   # two checkpoints, one line
+        resumed = resume_run(tmp_path / "run", ["train.total_env_steps=120"])
+        try:
+            resumed.train()
+        finally:
+            resumed.close()
+        assert capsys.readouterr().err.count(note) == 1
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def test_a_snapshot_continues_an_ezpickle_env_where_a_deepcopy_would_start_over():

@@ -94,6 +94,27 @@ def test_coma_with_continuous_actions_is_refused_with_a_message():
         Trainer(config_from_dict(tiny_config(env={"id": REACH, "kwargs": {}}, algo={"advantage": "coma"})))
 
 
+@pytest.mark.parametrize("advantage", ["coma", "coma_lambda", "shapley", "dop"])
+def test_counterfactual_modules_with_continuous_actions_are_refused_before_a_run_dir_is_made(tmp_path, capsys,
+                                                                                          advantage):
+    import yaml
+
+    from marl.cli import main
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(env={"id": REACH, "kwargs": {}, "workers": 1},
+                                               algo={"advantage": advantage})))
+    run_dir = tmp_path / "run"
+    assert main(["train", str(path), "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"marl train: error: config key 'algo.advantage': {advantage!r} is counterfactual over a "
+                       f"discrete action set, and env {REACH!r} has continuous (Box) actions; use a V-critic module "
+                       f"(gae, td_lambda, n_step, mc)")
+    assert not run_dir.exists()   # so the same --run-dir takes the corrected config
+    path.write_text(yaml.safe_dump(tiny_config(env={"id": REACH, "kwargs": {}}, train={"eval_episodes": 0})))
+    assert main(["train", str(path), "--run-dir", str(run_dir)]) == 0
+
+
 # -- recurrent policies ----------------------------------------------------------------------------------
 
 def _memory_config(recurrent: bool, steps: int = 20000):
@@ -105,11 +126,13 @@ def _memory_config(recurrent: bool, steps: int = 20000):
 
 def test_memory_is_learned_by_the_recurrent_policy_and_not_by_the_mlp(tmp_path):
     """The cue is seen at step 0 and must be acted on at step 5: optimum 2.0 (2 agents), memoryless
-    best 0.67."""
+    best 2/3 (every memoryless policy scores 2/3 in expectation: the targets are uniform). The
+    greedy MLP's 40-episode mean lies within 0.25 (about 2.4 standard errors) of 2/3: measured
+    0.65 on this seed (0.65, 0.875, 0.65 on seeds 0-2)."""
     _, recurrent = _train(_memory_config(True), tmp_path / "gru")
     _, mlp = _train(_memory_config(False, steps=10000), tmp_path / "mlp")   # it cannot do better with more
     assert recurrent["team_return_mean"] >= 0.95 * 2.0
-    assert mlp["team_return_mean"] <= 1.2
+    assert mlp["team_return_mean"] == pytest.approx(2 / 3, abs=0.25)
 
 
 def test_hidden_state_resets_where_an_episode_starts():
@@ -181,6 +204,55 @@ def test_unroll_equals_stepping_and_resets_at_first_steps():
         torch.testing.assert_close(ends[t], h)
 
 
+@pytest.mark.parametrize("overrides", [
+    {"model": {"share_actor": False}},
+    {"algo": {"critic": "local"}},
+    {"algo": {"critic": "agent_state"}},
+    {"algo": {"advantage": "td_lambda"}},
+    {"algo": {"advantage": "n_step"}},
+    {"algo": {"advantage": "mc"}},
+    {"algo": {"advantage": "coma_lambda", "loss": "a2c"}},
+    {"algo": {"advantage": "shapley", "loss": "a2c", "shapley_samples": 2}},
+    {"env": {"id": REACH, "kwargs": {}}},
+], ids=["separate_actors", "local_critic", "agent_state_critic", "td_lambda", "n_step", "mc", "coma_lambda",
+        "shapley", "continuous"])
+def test_recurrent_policies_train_in_every_setup(tmp_path, overrides):
+    """Two iterations of model.recurrent with each setup; every loss is finite."""
+    cfg = tiny_config(**{**overrides, "model": {"hidden": 16, "recurrent": True, "chunk_length": 5,
+                                                **overrides.get("model", {})},
+                         "algo": {"rollout_steps": 25, "epochs": 2, "minibatches": 2, **overrides.get("algo", {})},
+                         "train": {"total_env_steps": 200, "checkpoint_every": 1, "eval_episodes": 2,
+                                   "progress": False}})
+    records, evaluation = _train(cfg, tmp_path / "run")
+    assert [r["iteration"] for r in records] == [1, 2]
+    for record in records:
+        for key in ("losses/policy", "losses/value", "losses/entropy", "losses/grad_norm"):
+            assert np.isfinite(record[key]), (key, record[key])
+    assert np.isfinite(evaluation["team_return_mean"])
+
+
+def test_recurrent_shapley_steps_each_coalition_row_from_the_rollouts_hidden_state():
+    """Shapley's coalition rows go through the recurrent critic from the hidden state its own
+    inputs left at that step: fed the rollout's own joint action (the COMA coalition), it gives
+    the critic's unrolled Q back."""
+    cfg = config_from_dict(tiny_config(algo={"advantage": "shapley", "loss": "a2c"},
+                                       model={"recurrent": True, "hidden": 16, "chunk_length": 5}))
+    trainer = Trainer(cfg)
+    try:
+        trainer.collect()
+        b = trainer.rollout.tensors()
+        learner = trainer.learner
+        with torch.no_grad():
+            critic_in = learner.critic_input(b["state"], b["obs"], b["actions"])
+            out, _, prep = learner._critic_pass(learner.critic, critic_in, b)
+            rows = learner._coalition_q(b["state"].shape[-1], None, prep)(critic_in.unsqueeze(2))   # M = 1
+            from_zeros = learner.critic.step(critic_in, torch.zeros_like(prep["critic_starts"]))[0]
+            assert not torch.allclose(out[1:], from_zeros[1:])   # the hidden state matters
+        torch.testing.assert_close(rows[:, :, 0], learner._to_return_space(out, per_action=True))
+    finally:
+        trainer.close()
+
+
 @pytest.mark.parametrize("workers, async_collection, act_in_workers, advantage",
                          [(0, False, False, "gae"), (0, False, False, "coma"), (2, True, False, "gae"),
                           (2, False, True, "gae")])
@@ -217,7 +289,28 @@ def test_a_recurrent_run_evaluates_from_its_checkpoint(tmp_path):
     ({"algo": {"n_step": 3}}, "algo.n_step"),
     ({"algo": {"advantage": "mc", "lam": 0.8}}, "algo.lam"),
     ({"env": {"alpha": 0.3}}, "env.alpha"),
+    ({"algo": {"loss": "a2c", "clip": 0.1}}, "algo.clip"),
+    ({"algo": {"redistribution_steps": 4}}, "algo.redistribution_steps"),
+    ({"algo": {"redistribution_state": False}}, "algo.redistribution_state"),
+    ({"algo": {"redistribution_lr": 1e-4}}, "algo.redistribution_lr"),
+    ({"algo": {"redistribution_subset": 4}}, "algo.redistribution_subset"),
+    ({"algo": {"redistribution": "arel", "redistribution_subset": 4}}, "algo.redistribution_subset"),
+    ({"env": {"reward": "individual", "team_reward": "sum"}}, "env.team_reward"),
+    ({"train": {"eval_every_episodes": 5}}, "train.eval_every_episodes"),
 ])
 def test_options_that_do_not_fit_or_are_ignored_are_refused(overrides, key):
     with pytest.raises(ConfigError, match=f"'{key}'"):
         config_from_dict(tiny_config(**overrides))
+
+
+@pytest.mark.parametrize("overrides", [
+    {"algo": {"clip": 0.1}},
+    {"algo": {"redistribution": "rrd", "redistribution_steps": 4, "redistribution_state": False,
+              "redistribution_lr": 1e-4, "redistribution_subset": 4}},
+    {"algo": {"redistribution": "arel", "redistribution_steps": 4}},
+    {"env": {"reward": "mixed", "team_reward": "sum"}},
+    {"env": {"reward": "difference", "team_reward": "sum"}},
+    {"train": {"eval_every": 2, "eval_every_episodes": 5}},
+])
+def test_the_same_options_are_accepted_where_they_are_read(overrides):
+    config_from_dict(tiny_config(**overrides))

@@ -2,7 +2,7 @@
 
 - ``LateReward``: rewards only in the second half of an episode longer than the rollout;
 - ``MaskedChoice``: per-step action masks (in a Dict observation or in the infos), and the env
-  raises on an illegal action;
+  raises on an illegal action; ``LateMasks``: masks in the infos only from a later step on;
 - ``Departures``: agents that leave at different times (by termination or truncation), and one that
   arrives late;
 - ``AnySpaces``: observations of every flattenable Gymnasium space;
@@ -151,6 +151,27 @@ class MaskedChoice(_TargetEnv):
         return out
 
 
+class LateMasks(MaskedChoice):
+    """``MaskedChoice`` with masks in the infos that start late: before step ``masks_from`` every
+    action is legal and the infos (the reset's included) carry no action_mask; from then on they
+    carry each step's mask, and an illegal action raises."""
+
+    def __init__(self, masks_from: int = 1, **kwargs):
+        super().__init__(mask_in="info", **kwargs)
+        self.masks_from = masks_from
+
+    def _draw(self):
+        super()._draw()
+        if self._t < self.masks_from:
+            self._masks = {a: np.ones(self.n_actions, np.int8) for a in self.possible_agents}
+
+    def _observe(self):
+        obs, infos = super()._observe()
+        if self._t < self.masks_from:
+            infos = {a: {} for a in infos}
+        return obs, infos
+
+
 class Departures(_TargetEnv):
     """Agent i is present from step ``arrive[i]`` and leaves after ``stay[i]`` steps: the ones in
     ``truncate`` by truncation, the others by termination. Each present agent scores its own hit
@@ -236,6 +257,14 @@ class AnySpaces(ParallelEnv):
             obs["dict"]["pos"] = np.array([np.nan, 0.0], np.float32)
         return obs
 
+    def state(self):
+        if self.bad != "nan_state":
+            raise NotImplementedError   # the adapter concatenates the observations
+        state = np.full(3, float(self._t), np.float32)
+        if self._t == 2:
+            state[1] = np.nan
+        return state
+
     def reset(self, seed=None, options=None):
         if seed is not None:
             for i, s in enumerate(self._spaces.values()):
@@ -273,6 +302,10 @@ def late_reward(**kwargs):
 
 def masked_choice(**kwargs):
     return MaskedChoice(**kwargs)
+
+
+def late_masks(**kwargs):
+    return LateMasks(**kwargs)
 
 
 def departures(**kwargs):

@@ -27,6 +27,10 @@ from marl.loop import TrainingLoop
 
 FAULTS_NAME = "env_faults.jsonl"
 MAX_EMPTY_ITERATIONS = 20
+INEXACT_RESUME = ("rllib backend: checkpoints hold the networks, the optimiser, the value normaliser and the "
+                  "counters, but not the episodes in flight on RLlib's EnvRunners; a run resumed from a checkpoint "
+                  "starts fresh episodes there, so it does not reproduce an uninterrupted run exactly (the local "
+                  "backend does)")
 
 
 def start_ray(cfg: Config) -> bool:
@@ -94,6 +98,7 @@ class RLlibTrainer(TrainingLoop):
         self.algo = None
         self._algo_logdir: str | None = None
         self._results_root_existed = True
+        self._resume_noted = False   # INEXACT_RESUME is said once per run (at its first checkpoint or its resume)
         if cfg.train.progress:
             r = cfg.rllib
             where = f"the Ray cluster at {r.address}" if r.address else f"a local Ray instance ({r.num_cpus} CPUs)"
@@ -159,6 +164,7 @@ class RLlibTrainer(TrainingLoop):
         """The local backend's format (``marl.trainer.Trainer.backend_state`` without envs: RLlib's
         EnvRunners hold the episodes, so a resumed run starts fresh ones), plus the Learner's
         generator."""
+        self._note_inexact_resume()
         state = {**self.learner.state_dict(), "generator": self.generator.get_state(),
                  "torch_rng": torch.get_rng_state()}
         if self._learner_generator is not None:
@@ -166,10 +172,20 @@ class RLlibTrainer(TrainingLoop):
         return state
 
     def load_backend_state(self, state: dict) -> None:
+        self._note_inexact_resume()
         self.learner.load_state_dict(state)
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self._push_state(state)
+
+    def _note_inexact_resume(self) -> None:
+        """Say once per run, at its first checkpoint or at its resume, what resuming does here."""
+        if self._resume_noted:
+            return
+        self._resume_noted = True
+        print(f"[marl] {INEXACT_RESUME}", file=sys.stderr)
+        if self.logger is not None:
+            self.logger.log_text("warnings", INEXACT_RESUME, self.env_steps)
 
     def prepare(self, b: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict:
         """``CreditLearner.prepare`` with the driver's copy of the networks (the credit views)."""
