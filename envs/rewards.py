@@ -8,6 +8,7 @@ import numpy as np
 
 REWARD_MODES = ("shared", "individual", "mixed", "difference")
 TEAM_REDUCTIONS = ("sum", "mean")
+DIFFERENCE_COUNTERFACTUALS = ("resimulate", "reward_model")   # env.difference (see marl.config.EnvConfig)
 
 
 def team_reward(raw: np.ndarray, team: str, present: np.ndarray | None = None) -> np.ndarray:
@@ -32,7 +33,8 @@ def apply_reward_mode(raw: np.ndarray, mode: str, team: str = "mean", alpha: flo
     - ``mixed``: ``alpha * own + (1 - alpha) * team``.
 
     (``difference`` needs counterfactual re-simulation: the vector envs compute it, see
-    ``marl.envs.vector.EnvSlice``.)
+    ``marl.envs.vector.EnvSlice``; with a learned counterfactual the env pays ``shared`` and the
+    learner replaces it, see ``RewardSpec.from_config``.)
 
     ``present`` (bool ``[..., N]``, default all) marks the agents that acted; the team mean is over
     them. Rewards of absent agents are the caller's to zero.

@@ -194,7 +194,7 @@ def _cmd_list(args) -> int:
     from marl.algorithms import ADVANTAGES
     from marl.envs import ENVS, REWARD_MODES
     from marl.envs.registry import PREFIXES
-    from marl.envs.rewards import POTENTIALS
+    from marl.envs.rewards import DIFFERENCE_COUNTERFACTUALS, POTENTIALS
 
     print("environments (env.id):")
     for name, target in ENVS.items():
@@ -206,6 +206,7 @@ def _cmd_list(args) -> int:
     for name, spec in ADVANTAGES.items():
         print(f"  {name:12s} critic={spec.critic}  {spec.description}")
     print(f"reward modes (env.reward): {', '.join(REWARD_MODES)}")
+    print(f"difference counterfactuals (env.difference): {', '.join(DIFFERENCE_COUNTERFACTUALS)}")
     print(f"shaping potentials (env.shaping): {', '.join(POTENTIALS)}, or 'package.module:function'")
     return 0
 

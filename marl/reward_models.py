@@ -11,6 +11,12 @@ equal the episode's return ``R``:
 ``RewardRedistributor`` owns one of them, its Adam optimiser and a FIFO buffer of finished episodes,
 and is what the trainer calls. Inputs are built by the caller: per agent i at step t, typically
 ``[state_t, obs_{t,i}, one_hot(action_{t,i}), one_hot(i)]``, as ``features [..., N, D]``.
+
+A third model is not a decomposition but a counterfactual: ``TeamRewardModel``, Dr.Reinforce's
+``r̂(s, u)`` (Castellini et al., 2021), regresses each step's team reward on the global state and
+the joint action, so that ``r̂(s, (u_−i, c_i))`` stands in for a re-simulation of the env in
+difference rewards (``env.difference: reward_model``, see ``marl.redistribute.OnlineDifference``).
+``TeamRewardRegressor`` owns it, its Adam optimiser and a FIFO buffer of recent steps.
 """
 from __future__ import annotations
 
@@ -352,4 +358,140 @@ class RewardRedistributor:
         self._returns = torch.zeros(self.capacity)
         self._features[:size], self._valid[:size] = buffer["features"], buffer["valid"]
         self._returns[:size] = buffer["returns"]
+        self._position, self._size = int(buffer["position"]), size
+
+
+class TeamRewardModel(nn.Module):
+    """Dr.Reinforce's reward model r̂(s, u) (Castellini et al., 2021, "Difference Rewards Policy
+    Gradients"): an MLP from the global state and the joint action to the team reward G,
+    ``[..., S + N·A] -> [...]``. ``inputs`` builds its input; an absent agent's action is all zeros.
+    """
+
+    def __init__(self, input_dim: int, hidden: int, layers: int):
+        super().__init__()
+        dims = [input_dim] + [hidden] * layers
+        body = [m for d_in, d_out in zip(dims[:-1], dims[1:]) for m in (nn.Linear(d_in, d_out), nn.ReLU())]
+        self.net = nn.Sequential(*body, nn.Linear(dims[-1], 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x).squeeze(-1)
+
+    @staticmethod
+    def inputs(state: Tensor, joint: Tensor, alive: Tensor, n_actions: int) -> Tensor:
+        """``[state, one_hot(u_1) · alive_1, ..., one_hot(u_N) · alive_N]``: ``state [..., S]``,
+        ``joint [..., N]`` integer actions, ``alive [..., N]`` bool -> float ``[..., S + N·A]``."""
+        acted = nn.functional.one_hot(joint.long(), n_actions).to(state.dtype) * alive.unsqueeze(-1).to(state.dtype)
+        return torch.cat([state, acted.flatten(-2)], -1)
+
+
+class TeamRewardRegressor:
+    """Learns ``r̂(s, u) ≈ G`` online (mean squared error), beside the policy: ``add`` each rollout's
+    ``(inputs, team reward)`` pairs, ``train(steps)``, then ``predict``. The buffer keeps the most
+    recent ``capacity`` pairs, so the model tracks the state-action distribution of the current
+    policy while remembering a few rollouts back.
+
+    Args:
+        input_dim: D of ``TeamRewardModel.inputs`` (``S + N·A``).
+        hidden, layers: the MLP's width and hidden layers.
+        lr: Adam learning rate.
+        capacity: buffer size in steps; the oldest go first.
+        batch_size: steps per update, drawn uniformly with replacement.
+        seed: seeds the model's initialisation (inside ``torch.random.fork_rng``, so the global RNG
+            is left as it was) and the generator that draws batches.
+        device: where the model and the buffer live.
+    """
+
+    def __init__(self, input_dim: int, *, hidden: int = 64, layers: int = 2, lr: float = 1e-3,
+                 capacity: int = 4096, batch_size: int = 256, seed: int = 0, device: torch.device | str = "cpu"):
+        for name, value in [("input_dim", input_dim), ("hidden", hidden), ("layers", layers),
+                            ("capacity", capacity), ("batch_size", batch_size)]:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr!r}")
+        self.input_dim, self.capacity, self.batch_size = input_dim, capacity, batch_size
+        self.device = torch.device(device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.model = TeamRewardModel(input_dim, hidden, layers)
+        self.model.to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
+        self.generator = torch.Generator().manual_seed(seed)
+        self._inputs = torch.zeros(capacity, input_dim, device=self.device)
+        self._targets = torch.zeros(capacity, device=self.device)
+        self._position = 0      # next slot to write
+        self._size = 0          # pairs held
+
+    def __len__(self) -> int:
+        return self._size
+
+    def add(self, inputs: Tensor, targets: Tensor) -> None:
+        """Store ``inputs [K, D]`` and their team rewards ``targets [K]`` (copies, float32); past
+        ``capacity`` the oldest go."""
+        if inputs.dim() != 2 or inputs.shape[1] != self.input_dim:
+            raise ValueError(f"inputs has shape {tuple(inputs.shape)}, expected [K, {self.input_dim}]")
+        if targets.shape != inputs.shape[:1]:
+            raise ValueError(f"targets has shape {tuple(targets.shape)}, expected {tuple(inputs.shape[:1])}")
+        inputs, targets = inputs[-self.capacity:].detach().float(), targets[-self.capacity:].detach().float()
+        slots = ((self._position + torch.arange(len(targets))) % self.capacity).to(self.device)
+        self._inputs[slots] = inputs.to(self.device)
+        self._targets[slots] = targets.to(self.device)
+        self._position = (self._position + len(targets)) % self.capacity
+        self._size = min(self._size + len(targets), self.capacity)
+
+    def train(self, steps: int) -> float:
+        """Take ``steps`` Adam updates on batches from the buffer; returns their mean loss (MSE).
+
+        Raises:
+            ValueError: if the buffer is empty or ``steps`` is not an int >= 1.
+        """
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        if not self._size:
+            raise ValueError("TeamRewardRegressor.train: the buffer is empty; call add first")
+        self.model.train()
+        total = 0.0
+        for _ in range(steps):
+            idx = torch.randint(self._size, (self.batch_size,), generator=self.generator).to(self.device)
+            loss = nn.functional.mse_loss(self.model(self._inputs[idx]), self._targets[idx])
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            total += loss.item()
+        return total / steps
+
+    @torch.no_grad()
+    def predict(self, inputs: Tensor) -> Tensor:
+        """``r̂`` of ``inputs [..., D]`` -> ``[...]`` (no gradients)."""
+        if inputs.shape[-1] != self.input_dim:
+            raise ValueError(f"inputs has shape {tuple(inputs.shape)}, expected [..., {self.input_dim}]")
+        self.model.eval()
+        return self.model(inputs.to(self.device).float())
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Model, optimiser, generator and buffer, copied (loads with ``torch.load(weights_only=True)``)."""
+        return {"model": {k: v.clone() for k, v in self.model.state_dict().items()},
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()), "generator": self.generator.get_state(),
+                "buffer": {"inputs": self._inputs[: self._size].clone(), "targets": self._targets[: self._size].clone(),
+                           "position": self._position, "size": self._size}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()``'s output, so training continues exactly as if never interrupted.
+
+        Raises:
+            ValueError: if the state holds more than ``capacity`` pairs or pairs of another size.
+        """
+        buffer = state["buffer"]
+        size = int(buffer["size"])
+        if size > self.capacity or buffer["inputs"].shape[1:] != (self.input_dim,):
+            raise ValueError(f"state holds {size} pairs of shape {tuple(buffer['inputs'].shape[1:])}, this regressor "
+                             f"keeps at most {self.capacity} of shape ({self.input_dim},)")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        self.generator.set_state(state["generator"])
+        self._inputs.zero_()
+        self._targets.zero_()
+        self._inputs[:size] = buffer["inputs"].to(self.device)
+        self._targets[:size] = buffer["targets"].to(self.device)
         self._position, self._size = int(buffer["position"]), size

@@ -82,6 +82,10 @@ class Trainer(TrainingLoop):
             from marl.redistribute import OnlineRedistribution
             self.redistribution = OnlineRedistribution(cfg, N, v.obs_dim, v.state_dim, v.n_actions, v.continuous,
                                                        e.num_envs)
+        self.difference = None   # env.difference: reward_model (the env then pays the shared team reward)
+        if e.reward == "difference" and e.difference == "reward_model":
+            from marl.redistribute import OnlineDifference
+            self.difference = OnlineDifference(cfg, N, v.state_dim, v.n_actions, v.continuous, self.device)
         # A recurrent actor's and critic's hidden states where the envs are now ([B, N, H], [B, rows, H]).
         self.actor_hidden: torch.Tensor | None = self.actor.initial_hidden(e.num_envs, device=self.device)
         self.critic_hidden: torch.Tensor | None = self.learner.critic.initial_hidden(e.num_envs, device=self.device)
@@ -96,6 +100,8 @@ class Trainer(TrainingLoop):
             state["actor_hidden"], state["critic_hidden"] = self.actor_hidden.cpu(), self.critic_hidden.cpu()
         if self.redistribution is not None:
             state["redistribution"] = self.redistribution.state_dict()
+        if self.difference is not None:
+            state["difference_model"] = self.difference.state_dict()
         envs = self._env_snapshot()
         if envs is not None:
             state["env_state"] = envs
@@ -134,6 +140,8 @@ class Trainer(TrainingLoop):
         torch.set_rng_state(state["torch_rng"])
         if self.redistribution is not None:
             self.redistribution.load_state_dict(state["redistribution"])
+        if self.difference is not None:
+            self.difference.load_state_dict(state["difference_model"])
         if self.actor.recurrent:
             self.actor_hidden = state["actor_hidden"].to(self.device)
             self.critic_hidden = state["critic_hidden"].to(self.device)
@@ -192,9 +200,11 @@ class Trainer(TrainingLoop):
         if self.critic_hidden is not None:
             b["critic_h0"] = self.critic_hidden
         extra = {}
-        if self.redistribution is not None:   # the learner trains on the model's dense rewards
+        # a learned reward the learner trains on: redistributed dense rewards, or learned difference rewards
+        learned = self.redistribution if self.redistribution is not None else self.difference
+        if learned is not None:
             b = {**b, "reward": None}
-            b["reward"], extra = self.redistribution.process({**self.rollout.tensors()})
+            b["reward"], extra = learned.process({**self.rollout.tensors()})
         metrics = self.learner.update(b, self.generator)
         metrics.update(extra)
         if self.critic_hidden is not None:
@@ -242,8 +252,11 @@ class Trainer(TrainingLoop):
         return self.steps_per_iteration, episodes, metrics, update_s
 
     def prepare(self, b: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict:
-        """``CreditLearner.prepare`` on ``b`` (moved to the learner's device), e.g. for credit views."""
+        """``CreditLearner.prepare`` on ``b`` (moved to the learner's device), e.g. for credit views;
+        with learned difference rewards, on the model's ``D̂`` rather than the env's shared reward."""
         b = {k: v.to(self.device) for k, v in b.items()}
+        if self.difference is not None:
+            b["reward"] = self.difference.rewards(b)
         return self.learner.prepare(b, generator or self.generator)
 
     def close(self) -> None:
