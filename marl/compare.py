@@ -215,6 +215,17 @@ class RunData:
             return float(y[-FINAL_TRAIN_WINDOW:].mean()), f"training {TRAIN_KEY} (last {min(len(y), FINAL_TRAIN_WINDOW)})"
         return float("nan"), "none"
 
+    def time_to(self, target: float, key: str) -> tuple[float, float] | None:
+        """``(env_steps, seconds)`` at the first record whose ``key`` reaches ``target`` (≥), the
+        seconds read off ``wall_clock`` at that step; None if the run never reached it."""
+        steps, values = self.curve(key)
+        reached = np.flatnonzero(values >= target)
+        if not len(reached):
+            return None
+        at = float(steps[reached[0]])
+        knots, secs, _ = self.wall_clock()
+        return at, float(np.interp(at, knots, secs)) if len(knots) > 1 else float("nan")
+
     def credit_shares(self) -> dict[str, float]:
         """The last logged ``credit/share/<agent>`` of each agent (empty if none was logged)."""
         for r in reversed(self.records):
@@ -417,7 +428,23 @@ def _curve_source(group: RunGroup) -> str:
 
 # -- the comparison -------------------------------------------------------------------------------
 
-def _group_summary(g: RunGroup, reps: int, seed: int) -> dict:
+def _time_to_targets(g: RunGroup, targets: list[float]) -> dict:
+    """Per target: each run's ``(env_steps, seconds)`` to first reach it on the group's curve (None
+    where it never did), and the median over runs of those that did."""
+    key = _curve_source(g)
+    out = {}
+    for target in targets:
+        hits = [r.time_to(target, key) for r in g.runs]
+        done = [h for h in hits if h is not None]
+        out[_fmt_value(target)] = {
+            "per_run": [None if h is None else {"env_steps": h[0], "seconds": _num(h[1])} for h in hits],
+            "reached": len(done), "runs": len(hits), "curve": key,
+            "median_seconds": _num(float(np.median([h[1] for h in done]))) if done else None,
+            "median_env_steps": float(np.median([h[0] for h in done])) if done else None}
+    return out
+
+
+def _group_summary(g: RunGroup, reps: int, seed: int, targets: list[float] = ()) -> dict:
     finals = [r.final_return() for r in g.runs]
     walls = [r.wall_s for r in g.runs]
     steps = [r.env_steps for r in g.runs]
@@ -442,11 +469,12 @@ def _group_summary(g: RunGroup, reps: int, seed: int) -> dict:
         "env_steps_per_s": [_num(s / w) if w and math.isfinite(w) and w > 0 else None for s, w in zip(steps, walls)],
         "credit_share": shares, "config_diff": {k: _fmt_value(v) for k, v in g.diff.items()},
         "notes": [f"{r.name}: {r.config_note}" for r in g.runs if r.config_note],
+        "time_to": _time_to_targets(g, list(targets)),
     }
 
 
 def compare_runs(run_dirs: list[Path], out_png: Path, out_md: Path, reps: int = DEFAULT_REPS,
-                 seed: int = 0, ignore=GROUP_IGNORE) -> dict:
+                 seed: int = 0, ignore=GROUP_IGNORE, targets: list[float] = ()) -> dict:
     """Read ``run_dirs``, group them by config (all keys but ``ignore``), write a figure to
     ``out_png`` and a markdown report to ``out_md``, and return the summary as a dict
     (``groups``: one dict per group; ``differing_keys``; ``png``; ``md``).
@@ -461,6 +489,10 @@ def compare_runs(run_dirs: list[Path], out_png: Path, out_md: Path, reps: int = 
     Runs on different envs are allowed; they always form separate groups. Raises
     ``NotARunDirectoryError`` / ``NoMetricsError`` / ``CompareError`` (all ``ValueError``s) with a
     one-line message naming the directory.
+
+    ``targets``: returns R for a "time to reach R" table: per group, the median over seeds of the
+    wall-clock seconds (and env steps) at the first point of the return curve at or above R, and
+    how many seeds got there.
     """
     if not run_dirs:
         raise CompareError("no run directories given")
@@ -472,7 +504,7 @@ def compare_runs(run_dirs: list[Path], out_png: Path, out_md: Path, reps: int = 
         seen[resolved] = d
         runs.append(load_run(d))
     groups, differing = group_runs(runs, ignore)
-    summaries = [_group_summary(g, reps, seed) for g in groups]
+    summaries = [_group_summary(g, reps, seed, targets) for g in groups]
     out_png, out_md = Path(out_png), Path(out_md)
     fig = comparison_figure(groups, summaries, reps, seed)
     out_png.parent.mkdir(parents=True, exist_ok=True)
@@ -598,6 +630,22 @@ def comparison_markdown(summaries: list[dict], differing: list[str], reps: int =
         lines.append(f"| {s['label']} | {s['env']} | {seeds} | {format_interval(fr['iqm'], fr['ci'], 2)} | "
                      f"{_fmt_steps(s['env_steps'])} | {_fmt_wall(_mean(s['wall_s']))} | "
                      f"{_mean(s['env_steps_per_s']):.0f} | {_fmt_shares(s['credit_share'])} |")
+    targets = list(summaries[0]["time_to"]) if summaries else []
+    if targets:
+        lines += ["", "## Time to reach a return", "",
+                  "| group | " + " | ".join(f"to {t}: median time (env steps), seeds reached" for t in targets) + " |",
+                  "|---|" + "---|" * len(targets)]
+        for s in summaries:
+            cells = []
+            for t in targets:
+                hit = s["time_to"][t]
+                cells.append("not reached" if not hit["reached"] else
+                             f"{_fmt_wall(hit['median_seconds'])} ({hit['median_env_steps']:,.0f}), "
+                             f"{hit['reached']} of {hit['runs']}")
+            lines.append(f"| {s['label']} | " + " | ".join(cells) + " |")
+        lines += ["", "The first point of each run's return curve (the group's curve source) at or above the "
+                      "target; its wall time read off the run's cumulative wall clock; the median over the seeds "
+                      "that reached it."]
     sources = sorted({src for s in summaries for src in s["final_return"]["sources"]})
     walls = sorted({w for s in summaries for w in s["wall_source"]})
     lines += ["", f"Final return: IQM over seeds with a 95% stratified-bootstrap CI (rliable, {reps:,} resamples; "
@@ -638,11 +686,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out-md", default="compare.md", help="markdown report path (default compare.md)")
     parser.add_argument("--reps", type=int, default=DEFAULT_REPS, help="bootstrap resamples")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    parser.add_argument("--target", type=float, action="append", default=[], metavar="R",
+                        help="also tabulate the wall-clock time (and env steps) each group took to first reach "
+                             "return R (repeatable)")
 
 
 def run_from_args(args, print_fn: Callable[[str], None] = print) -> int:
     """Run ``compare_runs`` for parsed ``add_arguments`` args; prints the report (or JSON)."""
-    result = compare_runs([Path(d) for d in args.run_dirs], Path(args.out_png), Path(args.out_md), reps=args.reps)
+    result = compare_runs([Path(d) for d in args.run_dirs], Path(args.out_png), Path(args.out_md), reps=args.reps,
+                          targets=args.target)
     if args.json:
         print_fn(json.dumps(result))
     else:

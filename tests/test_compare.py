@@ -111,6 +111,28 @@ def test_eval_team_return_is_preferred(runs, tmp_path):
     assert g["label"] == "td"   # nothing differs between groups: the run directories' stem
 
 
+def test_time_to_reach_a_return(runs, tmp_path):
+    """--target R: per group, the env steps and wall-clock seconds at the first point of the return
+    curve at or above R (median over the seeds that got there), in the summary and the report."""
+    dirs = []
+    for k in ("td-s0", "td-s1"):
+        d = shutil.copytree(runs[k], tmp_path / k)
+        with open(d / "metrics.jsonl", "a") as f:
+            for steps, ret in ((200, -80.0), (400, -70.0 - int(k[-1]))):
+                f.write(json.dumps({"env_steps": steps, "eval/team_return": ret}) + "\n")
+        dirs.append(d)
+    wall_at_400 = next(r["perf/wall_s"] for r in read_metrics(dirs[0]) if r["env_steps"] == 400 and "perf/wall_s" in r)
+    result = compare_runs(dirs, tmp_path / "t.png", tmp_path / "t.md", reps=REPS, targets=[-90.0, -70.5, -60.0])
+    (g,) = result["groups"]
+    first, half, never = (g["time_to"][t] for t in ("-90", "-70.5", "-60"))
+    assert first["reached"] == 2 and first["median_env_steps"] == 200
+    assert half["reached"] == 1 and half["per_run"][1] is None
+    assert half["per_run"][0]["env_steps"] == 400 and half["median_seconds"] == pytest.approx(wall_at_400)
+    assert never["reached"] == 0 and never["median_seconds"] is None
+    report = (tmp_path / "t.md").read_text()
+    assert "## Time to reach a return" in report and "not reached" in report and "1 of 2" in report
+
+
 def test_single_run_has_no_band_or_ci(runs, tmp_path):
     result = compare_runs([runs["gae-s0"]], tmp_path / "one.png", tmp_path / "one.md", reps=REPS)
     (g,) = result["groups"]
