@@ -2,9 +2,10 @@
 
     python benchmarks/credit_fidelity.py --seeds 11 12 13 14 15 --steps 10000
 
-Each (env, method, seed) trains from the env's config in ``configs/`` with the method's overrides,
-then scores the trained critic with ``marl.credit.credit_fidelity`` (uniformly random episodes,
-Spearman rank correlation of advantages with the env's ``true_credit``). Prints a markdown table:
+Each (env, method, seed) trains from the env's config in ``configs/`` with the method's overrides
+(or from the method's own config for that env, where ``METHOD_CONFIGS`` names one), then scores
+the trained critic with ``marl.credit.credit_fidelity`` (uniformly random episodes, Spearman rank
+correlation of advantages with the env's ``true_credit``). Prints a markdown table:
 per (env, method) the interquartile mean (IQM) over seeds of each score, with a 95%
 stratified-bootstrap confidence interval computed by ``rliable``, each agent's credit share (IQM and
 CI), and the per-seed overall fidelity; and, on ``lazy_agent``, on how many seeds each method gives
@@ -43,6 +44,15 @@ METHODS = {
 }
 # Only the lazy-agent env has per-agent reward terms; elsewhere every agent's own reward is the team's.
 INDIVIDUAL = {"lazy_agent": ["env.reward=individual", "env.kwargs.rewards=own"]}
+# Methods with a config of their own for an env: it is used as shipped, instead of the env's config
+# plus the method's overrides (--common-config restores the latter). Their settings and the reasons
+# for them are in the files.
+METHOD_CONFIGS = {"lazy_agent": {
+    "COMA (PPO actor)": "configs/diag_lazy_agent_coma.yaml",
+    "difference rewards (re-simulated), GAE": "configs/diag_lazy_agent_difference.yaml",
+    "Shapley, M=8 (PPO actor)": "configs/diag_lazy_agent_shapley.yaml",
+    "DOP (PPO actor)": "configs/diag_lazy_agent_dop.yaml",
+}}
 LAZY_ENV, LAZY_AGENT = "lazy_agent", "agent_2"   # the agent whose effort the team reward ignores
 TUNING_SEEDS = [0, 1, 2]
 DEFAULT_SEEDS = [11, 12, 13, 14, 15]
@@ -171,6 +181,9 @@ def main(argv=None) -> None:
     parser.add_argument("--json", help="write the per-seed results and the table here "
                                        "(default credit_fidelity.json in a new temporary folder)")
     parser.add_argument("--md", help="also write the markdown tables here")
+    parser.add_argument("--common-config", action="store_true",
+                        help="score every method from the env's config plus the method's overrides, ignoring the "
+                             "methods' own configs (METHOD_CONFIGS, e.g. configs/diag_lazy_agent_coma.yaml)")
     parser.add_argument("--methods", nargs="+", metavar="SUBSTRING",
                         help="only the methods whose label contains one of these (e.g. Shapley DOP)")
     args = parser.parse_args(argv)
@@ -186,8 +199,10 @@ def main(argv=None) -> None:
         for method, overrides in methods.items():
             if args.methods and not any(part.lower() in method.lower() for part in args.methods):
                 continue
+            config = None if args.common_config else METHOD_CONFIGS.get(env, {}).get(method)
+            config, overrides = (config, []) if config else (ENVS[env], overrides)
             for seed in args.seeds:
-                jobs.append({"env": env, "method": method, "config": ENVS[env], "set": overrides,
+                jobs.append({"env": env, "method": method, "config": config, "set": overrides,
                              "seed": seed, "steps": args.steps, "episodes": args.episodes})
     with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
         results = []
