@@ -22,6 +22,8 @@
 """
 from __future__ import annotations
 
+import math
+
 from typing import NamedTuple
 
 import numpy as np
@@ -143,6 +145,15 @@ class TeamEnv:
         self._any_mask_in_obs = any(self._mask_in_obs)
         self._offsets = any(self._action_start)
         self._has_state = env_id not in STATE_IS_OBSERVATIONS
+        # read-only arrays returned on the fast paths of step (every agent present, no per-step mask)
+        # False where the caller checks a whole batch of steps at once (marl.envs.vector.EnvSlice)
+        # and asks check_step / check_state for the message only when that finds a NaN or inf
+        self.check_values = True
+        self._last_obs: dict = {}
+        self._everyone = np.ones(self.n_agents, dtype=bool)
+        self._everyone.setflags(write=False)
+        self._static_avail = self.action_mask.copy()
+        self._static_avail.setflags(write=False)
         self._t = 0
         self._info_masks = False
         first = self.reset(seed=0)
@@ -163,7 +174,7 @@ class TeamEnv:
         return np.asarray(spaces.flatten(self._obs_spaces[i], value), dtype=np.float32)
 
     def _obs_array(self, obs: dict, alive: np.ndarray) -> np.ndarray:
-        if self._uniform_obs and alive.all() and not self._any_mask_in_obs and self._box_obs:
+        if self._uniform_obs and len(obs) == self.n_agents and not self._any_mask_in_obs and self._box_obs:
             return np.stack([np.asarray(obs[a], dtype=np.float32).reshape(-1) for a in self.agents])
         out = np.zeros((self.n_agents, self.obs_dim), dtype=np.float32)
         for agent, value in obs.items():
@@ -178,16 +189,21 @@ class TeamEnv:
             except (NotImplementedError, AttributeError):
                 self._has_state = False
             else:
-                if not np.isfinite(state).all():
-                    index = int(np.flatnonzero(~np.isfinite(state))[0])
-                    raise EnvError(f"env {self.env_id!r}: its global state (env.state()) is non-finite (NaN or inf) "
-                                   f"at index {index} at step {self._t} of its episode")
+                if self.check_values or self._t == 0:   # a reset is always checked here
+                    self.check_state(state)
                 return state
         if self._uniform_obs:   # the unpadded observations, concatenated: the rows of obs_array
             return obs_array.reshape(-1)
         return np.concatenate([obs_array[i, :size] for i, size in enumerate(self._obs_sizes)])
 
     def _avail(self, obs: dict, infos: dict, alive: np.ndarray) -> np.ndarray:
+        if not self._any_mask_in_obs:
+            for info in infos.values():
+                if isinstance(info, dict) and MASK_KEY in info:
+                    break
+            else:   # no per-step mask this step (the common case): the static mask, absent agents included
+                self._avail_now = self._static_avail
+                return self._static_avail
         avail = self.action_mask.copy()
         for agent in obs if self._any_mask_in_obs else ():
             i = self._index[agent]
@@ -208,8 +224,20 @@ class TeamEnv:
         avail[~alive] = self.action_mask[~alive]   # absent agents: any action, it is never sent
         return avail
 
+    def check_state(self, state: np.ndarray) -> None:
+        """``EnvError`` naming the first non-finite entry of a global state, if any."""
+        if not np.isfinite(state).all():
+            index = int(np.flatnonzero(~np.isfinite(state))[0])
+            raise EnvError(f"env {self.env_id!r}: its global state (env.state()) is non-finite (NaN or inf) "
+                           f"at index {index} at step {self._t} of its episode")
+
+    def check_step(self, obs_array: np.ndarray, reward: np.ndarray) -> None:
+        """``EnvError`` naming the env, agent, step and key of the first non-finite observation or
+        reward of the last step (its results as ``step`` returned them), if any."""
+        self._check_finite(self._last_obs, obs_array, reward)
+
     def _check_finite(self, obs: dict, obs_array: np.ndarray, reward: np.ndarray) -> None:
-        if np.isfinite(obs_array).all() and np.isfinite(reward).all():
+        if math.isfinite(float(obs_array.sum()) + float(reward.sum())):   # one cheap test for the common case
             return
         for key, values in (("observation", np.isfinite(obs_array).all(-1)), ("reward", np.isfinite(reward))):
             bad = np.flatnonzero(~values)
@@ -222,6 +250,8 @@ class TeamEnv:
                                f"{self._t} of its episode")
 
     def _alive(self, keys) -> np.ndarray:
+        if len(keys) == self.n_agents:   # every agent (ids are unique and known)
+            return self._everyone
         alive = np.zeros(self.n_agents, dtype=bool)
         for agent in keys:
             alive[self._index[agent]] = True
@@ -275,10 +305,14 @@ class TeamEnv:
         terminated = np.array([bool(term.get(a, False)) for a in self.agents])
         truncated = np.array([bool(trunc.get(a, False)) for a in self.agents])
         alive = self._alive(remaining)
-        left = self._alive(acting) & ~alive & ~(terminated | truncated)
-        truncated |= left   # an agent removed without flags was cut: treat it as a truncation
+        if len(remaining) < self.n_agents:
+            left = self._alive(acting) & ~alive & ~(terminated | truncated)
+            truncated |= left   # an agent removed without flags was cut: treat it as a truncation
         obs_array = self._obs_array(obs, self._alive(obs))
-        self._check_finite(obs, obs_array, reward)
+        if self.check_values:
+            self._check_finite(obs, obs_array, reward)
+        else:
+            self._last_obs = obs
         return TeamStep(obs_array, self._state(obs_array), self._avail(obs, infos or {}, alive), alive,
                         reward, terminated, truncated, not remaining)
 

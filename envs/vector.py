@@ -7,6 +7,8 @@ learner process batches inference over all of them.
 """
 from __future__ import annotations
 
+import math
+
 import multiprocessing as mp
 import signal
 from dataclasses import dataclass, fields
@@ -135,6 +137,8 @@ class EnvSlice:
     def __init__(self, env_id: str, kwargs: dict, n: int, reward: RewardSpec,
                  out: dict[str, np.ndarray] | None = None, render_mode: str | None = None):
         self.envs = [TeamEnv(env_id, kwargs, render_mode) for _ in range(n)]
+        for env in self.envs:   # step checks its whole batch for NaN/inf at once (_check_values)
+            env.check_values = False
         e = self.envs[0]
         self.env_id = env_id
         self.reward = reward
@@ -189,6 +193,7 @@ class EnvSlice:
             (o["next_obs"][i], o["next_state"][i], o["next_avail"][i], o["alive"][i], o["raw_reward"][i],
              o["terminated"][i], o["truncated"][i], o["done"][i]) = env.step(actions[i])
         raw, term, acted = o["raw_reward"], o["terminated"], o["acted"]
+        self._check_values()
         everyone = acted.all()
         if self.reward.mode == "difference":
             reward = self._difference(raw, counterfactual, acted)
@@ -221,6 +226,16 @@ class EnvSlice:
             if autoreset:
                 self._reset_env(i)
         return episodes
+
+    def _check_values(self) -> None:
+        """One test for a NaN or inf anywhere in this step's observations, states and rewards (they
+        sum to a finite number); where it fails, the env that caused it raises its ``EnvError``."""
+        o = self.out
+        if math.isfinite(float(o["next_obs"].sum()) + float(o["next_state"].sum()) + float(o["raw_reward"].sum())):
+            return
+        for i, env in enumerate(self.envs):
+            env.check_step(o["next_obs"][i], o["raw_reward"][i])
+            env.check_state(o["next_state"][i])
 
     def _difference(self, raw: np.ndarray, counterfactual: np.ndarray, acted: np.ndarray) -> np.ndarray:
         """``D_i = G(s, u) − G(s, (u_-i, c_i))`` ``[n, N]`` (``marl.algorithms.difference``)."""

@@ -86,6 +86,7 @@ def policy_steps(venv, actor, generator: torch.Generator | None, greedy: bool = 
     episode starts. Arrays are numpy for PettingZoo vector envs and tensors for batched ones
     (``venv.on_tensors``)."""
     masked, on_tensors = venv.dynamic_mask, getattr(venv, "on_tensors", False)
+    static = None if on_tensors else np.asarray(venv.action_mask, dtype=bool)
     device = next(actor.parameters()).device
     current = venv.current()
     if hidden is None:
@@ -95,8 +96,11 @@ def policy_steps(venv, actor, generator: torch.Generator | None, greedy: bool = 
             if hidden is not None:
                 starts = torch.as_tensor(current["first"], device=device)
                 hidden = hidden * (~starts).to(hidden.dtype)[:, None, None]
+            avail = current["avail"] if masked else None
+            if avail is not None and static is not None and (avail == static).all():
+                avail = None   # no per-step mask in this step: the actor's static mask gives the same logits
             out, next_hidden = actor.step(torch.as_tensor(current["obs"], device=device),
-                                          torch.as_tensor(current["avail"], device=device) if masked else None, hidden)
+                                          None if avail is None else torch.as_tensor(avail, device=device), hidden)
             dist = actor.distribution(out)
             actions = dist.mode() if greedy else dist.sample(generator)
             logp = dist.log_prob(actions)
