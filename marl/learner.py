@@ -28,10 +28,6 @@ from marl.distributions import Categorical
 from marl.networks import Actor, CentralCritic, Critic, DOPCritic, LocalCritic, QCritic, ValueNorm
 
 
-MINIBATCH_STATS = ["losses/policy", "losses/value", "losses/entropy", "losses/approx_kl", "losses/clip_fraction",
-                   "losses/grad_norm"]
-
-
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
 

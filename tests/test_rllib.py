@@ -363,6 +363,8 @@ def test_one_update_equals_the_local_update(advantage, loss, rollout, env):
         for key, value in theirs[part].items():
             assert torch.allclose(ours[part][key].double(), value.double(), atol=1e-5), (part, key)
     assert ours["updates"] == theirs["updates"] == 1
+    seen = learner.credit_piece.last_prepared["shared"]["batch"]["actions"]   # time-major, as the learner read them
+    assert seen.dtype == batch["actions"].dtype   # continuous actions stay float, never truncated to ints
     (stats,) = results["shared"]["marl"].peek()  # what reaches metrics.jsonl
     for key in ("credit/adv_mean/agent_0", "credit/share/agent_1", "explained_variance", "value_error/agent_2",
                 "losses/policy", "losses/value", "losses/entropy", "losses/grad_norm", "entropy/agent_1"):

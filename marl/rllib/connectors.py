@@ -63,7 +63,10 @@ class AddJointColumns(ConnectorV2):
         for k in range(L - 1):  # the flags of step k come with the observation after it
             flags[k, :, 0] = infos[k + 1][INFO_TERMINATED]
             flags[k, :, 1] = infos[k + 1][INFO_TRUNCATED]
-        actions = np.stack([np.asarray(c.get_actions(slice(0, L)), np.int64) for c in chunks], -1)
+        actions = [np.asarray(c.get_actions(slice(0, L))) for c in chunks]
+        # [L, N] action indices; continuous actions (read by no joint-action module) stay float, [L, N, A]
+        actions = (np.stack(actions, 1).astype(np.float32) if np.issubdtype(actions[0].dtype, np.floating)
+                   else np.stack(actions, -1).astype(np.int64))
         return L, state, actions, flags, alive
 
     def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None, **kwargs):
@@ -83,6 +86,11 @@ class AddJointColumns(ConnectorV2):
             self.add_n_batch_items(batch, ALIVE, alive[:, i], L, sa_episode)
             self.add_n_batch_items(batch, INDEX, index, L, sa_episode)
         return batch
+
+
+def _as_actions(actions: torch.Tensor) -> torch.Tensor:
+    """Discrete action indices as long, continuous actions as float (never truncated to ints)."""
+    return actions.float() if actions.is_floating_point() else actions.long()
 
 
 def to_time_major(mb: dict, obs_dim: int, n_agents: int, dynamic_mask: bool = False) -> tuple[dict, torch.Tensor]:
@@ -120,7 +128,8 @@ def to_time_major(mb: dict, obs_dim: int, n_agents: int, dynamic_mask: bool = Fa
     truncated[last, cols] = truncated[last, cols] | ~terminated[last, cols]
     alive = extended(mb[ALIVE].bool())[:T] if ALIVE in mb else mask[..., None].expand(T, B, n_agents)
     batch = {"obs": obs[:T], "next_obs": obs[1:], "state": states[:T], "next_state": states[1:],
-             "actions": extended(mb[Columns.ACTIONS].long())[:T], "logp": extended(mb[Columns.ACTION_LOGP].float())[:T],
+             "actions": extended(_as_actions(mb[Columns.ACTIONS]))[:T],
+             "logp": extended(mb[Columns.ACTION_LOGP].float())[:T],
              "reward": extended(mb[Columns.REWARDS].float())[:T], "terminated": terminated, "truncated": truncated,
              "alive": alive & mask[..., None]}
     if dynamic_mask:
