@@ -101,6 +101,27 @@ class AlgoConfig:
     also penalises how much sums over K-step subsets vary, which pulls the rewards of steps it
     cannot tell apart towards their mean; K at least the episode length is the plain
     decomposition loss."""
+    redistribution_sparsity: float = 0.0
+    """λ ≥ 0 of an L1 penalty on the reward model's per-(step, agent) rewards, ``λ · mean_e Σ_{t,i}
+    |r̂_{t,i}|`` added to its loss (``marl.reward_models.sparsity_penalty``): a sparse-reward prior.
+    Returns alone do not say how much of the outcome belongs to the step that decides it and how
+    much to a constant spread over the rest; the penalty makes the sparse decomposition the best
+    fit, as long as the model's buffer holds failing episodes it can fit (see
+    ``redistribution_capacity`` and ``redistribution_joint_action``). It identifies the step for
+    rrd, whose steps see only their own features, not for arel, whose attention can carry the
+    outcome to every step. It biases predicted returns towards 0 by about λ / 2. 0: no penalty."""
+    redistribution_joint_action: bool = False
+    """Give the reward model, beside agent i's own action, the joint action of every agent at the
+    step (RRD's ``r̂(s, u)``). Without it a per-(step, agent) model is additive over agents and
+    cannot fit an outcome that needs several agents at once (e.g. "both chose 1"); failures it
+    cannot fit then look like partial successes, and ``redistribution_sparsity`` cannot tell the
+    deciding step from the rest."""
+    redistribution_capacity: int = 1000
+    """Finished episodes the reward model's buffer keeps (the oldest go first). With
+    ``redistribution_sparsity`` the buffer must still hold episodes of different outcomes: once the
+    policy always succeeds, new episodes no longer tell the steps apart, and the early, varied ones
+    are what identify the decomposition. Memory: capacity × the longest episode × agents × features
+    floats."""
     rollout_steps: int = 25
     """Steps T collected from each env per iteration."""
     epochs: int = 10
@@ -391,6 +412,9 @@ def validate(cfg: Config) -> Config:
     _check(a.redistribution_steps >= 1, "algo.redistribution_steps", a.redistribution_steps, "an int >= 1")
     _check(a.redistribution_lr > 0, "algo.redistribution_lr", a.redistribution_lr, "a float > 0")
     _check(a.redistribution_subset >= 1, "algo.redistribution_subset", a.redistribution_subset, "an int >= 1")
+    _check(a.redistribution_capacity >= 1, "algo.redistribution_capacity", a.redistribution_capacity, "an int >= 1")
+    _check(0 <= a.redistribution_sparsity < math.inf, "algo.redistribution_sparsity", a.redistribution_sparsity,
+           "a finite float >= 0")
     if a.redistribution != "none":
         _check(cfg.backend == "local", "algo.redistribution", a.redistribution, "'none' with backend 'rllib'")
     _check(a.shapley_samples >= 1, "algo.shapley_samples", a.shapley_samples, "an int >= 1")
@@ -466,7 +490,8 @@ def _refuse_ignored_options(cfg: Config) -> None:
         ("train.eval_every_episodes", cfg.train.eval_every_episodes, defaults.train.eval_every_episodes,
          cfg.train.eval_every == 0, "train.eval_every is 0 (no periodic evaluation)"),
     ]
-    for key in ("redistribution_steps", "redistribution_state", "redistribution_lr", "redistribution_subset"):
+    for key in ("redistribution_steps", "redistribution_state", "redistribution_lr", "redistribution_subset",
+                "redistribution_sparsity", "redistribution_joint_action", "redistribution_capacity"):
         ignored.append((f"algo.{key}", getattr(a, key), getattr(defaults.algo, key), a.redistribution == "none",
                         "algo.redistribution is 'none' (no reward model)"))
     ignored.append(("algo.redistribution_subset", a.redistribution_subset, defaults.algo.redistribution_subset,

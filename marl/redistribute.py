@@ -28,7 +28,10 @@ mask) and what the learner has already been paid for it:
   error on the earlier part, lands on the final segment's steps.
 
 Features of agent i at step t: ``[state, o_i, action_i (one-hot or continuous), one-hot i]``
-(without the state when ``algo.redistribution_state`` is off).
+(without the state when ``algo.redistribution_state`` is off), followed with
+``algo.redistribution_joint_action`` by the joint action ``[action_1, ..., action_N]`` (zeros for
+absent agents), so that a per-step model can tell an outcome that needs several agents' actions
+(RRD's ``r̂(s, u)``).
 With a shared reward every agent gets the team's redistributed step reward, the mean of
 ``r̂_{t,j}`` over the agents present at t (so with every agent present, one agent's return is
 the team's); otherwise agent i gets ``r̂_{t,i}``. Absent agents get 0.
@@ -79,8 +82,13 @@ class OnlineRedistribution:
         self.shared = cfg.env.reward == "shared"
         self.steps, self.with_state = a.redistribution_steps, a.redistribution_state
         self.feature_dim = (state_dim if self.with_state else 0) + obs_dim + n_actions + n_agents
+        self.joint = a.redistribution_joint_action
+        if self.joint:
+            self.feature_dim += n_agents * n_actions
         self.model = RewardRedistributor(a.redistribution, self.feature_dim, n_agents, hidden=cfg.model.hidden,
-                                         lr=a.redistribution_lr, subset_size=a.redistribution_subset, seed=cfg.seed)
+                                         lr=a.redistribution_lr, subset_size=a.redistribution_subset,
+                                         sparsity=a.redistribution_sparsity, capacity=a.redistribution_capacity,
+                                         seed=cfg.seed)
         # per env: its current episode so far, features [L, N, D], learner rewards [L, N], alive [L, N],
         # and (arel) the sum of the dense rewards the learner has been paid for it
         self._features = [torch.zeros(0, n_agents, self.feature_dim) for _ in range(num_envs)]
@@ -94,6 +102,9 @@ class OnlineRedistribution:
         acted = actions.float() if self.continuous else F.one_hot(actions, self.n_actions).float()
         eye = torch.eye(self.n_agents, device=obs.device).expand(*obs.shape[:-1], self.n_agents)
         parts = [obs, acted, eye]
+        if self.joint:   # every present agent's action, the same for each agent (absent agents' are 0)
+            joint = (acted * b["alive"].unsqueeze(-1).to(acted.dtype)).flatten(-2)
+            parts.append(joint.unsqueeze(-2).expand(*obs.shape[:-1], joint.shape[-1]))
         if self.with_state:
             parts.insert(0, b["state"].unsqueeze(-2).expand(*obs.shape[:-1], b["state"].shape[-1]))
         return torch.cat(parts, -1)

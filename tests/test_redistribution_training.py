@@ -156,3 +156,42 @@ def test_arel_scores_a_segment_in_its_whole_episodes_context():
     assert float(paid_first.sum() + paid_second[:2].sum()) == pytest.approx(2.0, abs=1e-5)
     fresh = online.model.score(whole[None, 6:], torch.ones(1, 2, dtype=torch.bool))[0]
     torch.testing.assert_close(paid_second[2:, 0], fresh)       # the next episode starts at position 0
+
+
+def test_sparsity_capacity_and_joint_action_options():
+    from marl.redistribute import OnlineRedistribution
+
+    with pytest.raises(ConfigError, match="'algo.redistribution_sparsity': expected a finite float >= 0"):
+        config_from_dict(tiny_config(algo={"redistribution": "rrd", "redistribution_sparsity": -1.0}))
+    with pytest.raises(ConfigError, match="'algo.redistribution_capacity': expected an int >= 1"):
+        config_from_dict(tiny_config(algo={"redistribution": "rrd", "redistribution_capacity": 0}))
+    for key, value in [("redistribution_sparsity", 0.1), ("redistribution_capacity", 50),
+                       ("redistribution_joint_action", True)]:
+        with pytest.raises(ConfigError, match=f"'algo.{key}'.*algo.redistribution is 'none'"):
+            config_from_dict(tiny_config(algo={key: value}))
+    cfg = config_from_dict(tiny_config(algo={"redistribution": "rrd", "redistribution_sparsity": 0.1,
+                                             "redistribution_capacity": 50, "redistribution_joint_action": True}))
+    online = OnlineRedistribution(cfg, 2, 3, 4, 3, False, 1)    # N = 2, obs 3, state 4, A = 3
+    assert online.model.sparsity == 0.1 and online.model.capacity == 50
+    assert online.feature_dim == 4 + 3 + 3 + 2 + 2 * 3
+    # The joint action follows [state, o_i, one_hot(u_i), one_hot(i)], the same for every agent; an
+    # absent agent's action is zeros.
+    b = {"obs": torch.zeros(2, 1, 2, 3), "state": torch.zeros(2, 1, 4), "actions": torch.tensor([[[2, 0]], [[1, 1]]]),
+         "alive": torch.tensor([[[True, True]], [[True, False]]])}
+    joint = online.features(b)[..., 12:]
+    expected = torch.tensor([[0, 0, 1, 1, 0, 0], [0, 1, 0, 0, 0, 0]]).float()
+    torch.testing.assert_close(joint[:, 0], expected[:, None].expand(2, 2, 6))
+    torch.testing.assert_close(online.features(b)[..., 7:12][0, 0, 0], torch.tensor([0, 0, 1, 1, 0]).float())
+
+
+def test_the_defaults_leave_the_reward_model_as_it_was():
+    cfg = config_from_dict(tiny_config(env={"episodic_reward": True}, algo={"redistribution": "rrd"}))
+    trainer = Trainer(cfg)
+    try:
+        model = trainer.redistribution.model
+        assert model.sparsity == 0.0 and model.capacity == 1000 and not trainer.redistribution.joint
+        trainer.collect()
+        metrics = trainer.update()
+        assert "redistribution/l1" not in metrics
+    finally:
+        trainer.close()
