@@ -336,7 +336,8 @@ class RunGroup:
 
 def group_runs(runs: list[RunData], ignore=GROUP_IGNORE) -> tuple[list[RunGroup], list[str]]:
     """Group runs by their flattened config less ``ignore``; label each group by the keys whose
-    values differ between groups (or by the run directories' common stem when none do). Returns
+    values differ between groups (or by the run directories' common stem when none do, or when
+    more than three differ and the stems tell the groups apart). Returns
     the groups, in order of first appearance, and the differing keys."""
     groups: dict[tuple, RunGroup] = {}
     for run in runs:
@@ -389,6 +390,12 @@ def _label_groups(groups: list[RunGroup], differing: list[str], shown: int = 3) 
     if not differing:
         for g in groups:
             g.label = _stem([r.name for r in g.runs])
+        return
+    stems = [_stem([r.name for r in g.runs]) for g in groups]
+    if len(differing) > shown and len(set(stems)) == len(stems):
+        # Many keys differ (two different configs): the run directories' names say it better.
+        for g, stem in zip(groups, stems):
+            g.label = stem
         return
     n = min(shown, len(differing))
     while True:
@@ -550,10 +557,16 @@ def comparison_figure(groups: list[RunGroup], summaries: list[dict], reps: int =
         ax.grid(alpha=0.3)
     ax_steps.set_title("return vs env steps (mean, 95% bootstrap band)")
     ax_time.set_title("return vs wall-clock time")
-    if ax_steps.get_legend_handles_labels()[0]:
-        ax_steps.legend(fontsize="small", loc="best")
+    handles, labels = ax_steps.get_legend_handles_labels()
     _share_panel(ax_share, summaries)
-    fig.tight_layout()
+    if handles:
+        # Below the panels, so a long label never covers a curve.
+        ncol = min(len(handles), 3)
+        rows = -(-len(handles) // ncol)
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize="small", frameon=False)
+        fig.tight_layout(rect=(0, 0.05 * rows + 0.02, 1, 1))
+    else:
+        fig.tight_layout()
     return fig
 
 
