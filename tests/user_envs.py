@@ -35,6 +35,17 @@ class _TargetEnv(ParallelEnv):
     def action_space(self, agent):
         return self._act_spaces[agent]
 
+    def observation_space(self, agent):
+        return self._obs_space
+
+    def reset(self, seed=None, options=None):
+        """Every agent present, step 0, fresh targets."""
+        self._seed(seed)
+        self.agents = list(self.possible_agents)
+        self._t = 0
+        self._draw_targets()
+        return self._observe(), {a: {} for a in self.agents}
+
     def _draw_targets(self):
         self._targets = {a: int(self._rng.integers(self.n_actions)) for a in self.possible_agents}
 
@@ -60,20 +71,10 @@ class LateReward(_TargetEnv):
         self.length, self.reward_from = length, reward_from
         self._obs_space = spaces.Box(0.0, 1.0, (n_actions + 1,), np.float32)
 
-    def observation_space(self, agent):
-        return self._obs_space
-
     def _observe(self):
         progress = self._t / self.length
         return {a: np.append(np.eye(self.n_actions, dtype=np.float32)[self._targets[a]], np.float32(progress))
                 for a in self.agents}
-
-    def reset(self, seed=None, options=None):
-        self._seed(seed)
-        self.agents = list(self.possible_agents)
-        self._t = 0
-        self._draw_targets()
-        return self._observe(), {a: {} for a in self.agents}
 
     def step(self, actions):
         hits = self._hits(actions)
@@ -107,9 +108,6 @@ class MaskedChoice(_TargetEnv):
         box = spaces.Box(0.0, 1.0, (n_actions,), np.float32)
         self._obs_space = box if mask_in == "info" else spaces.Dict(
             {"observation": box, "action_mask": spaces.MultiBinary(n_actions)})
-
-    def observation_space(self, agent):
-        return self._obs_space
 
     def _draw(self):
         self._masks = {}
@@ -186,9 +184,6 @@ class Departures(_TargetEnv):
             raise ValueError("arrive and stay need one entry per agent")
         self.stay, self.arrive, self.truncate = list(stay), list(arrive), set(truncate)
         self._obs_space = spaces.Box(0.0, 1.0, (n_actions,), np.float32)
-
-    def observation_space(self, agent):
-        return self._obs_space
 
     def _present(self) -> list:
         return [a for i, a in enumerate(self.possible_agents)
@@ -434,20 +429,10 @@ class CueMemory(_TargetEnv):
         self.delay = delay
         self._obs_space = spaces.Box(0.0, 1.0, (n_actions + delay + 1,), np.float32)
 
-    def observation_space(self, agent):
-        return self._obs_space
-
     def _observe(self):
         step = np.eye(self.delay + 1, dtype=np.float32)[self._t]
         return {a: np.concatenate([np.eye(self.n_actions, dtype=np.float32)[self._targets[a]] * (self._t == 0), step])
                 for a in self.agents}
-
-    def reset(self, seed=None, options=None):
-        self._seed(seed)
-        self.agents = list(self.possible_agents)
-        self._t = 0
-        self._draw_targets()
-        return self._observe(), {a: {} for a in self.agents}
 
     def step(self, actions):
         last = self._t == self.delay
