@@ -75,3 +75,27 @@ def dop_advantage(k: Tensor, q_agents: Tensor, logits: Tensor, actions: Tensor,
         raise ValueError(f"k has shape {tuple(k.shape)}, expected {tuple(q_agents.shape[:-1])} "
                          f"(q_agents is {tuple(q_agents.shape)}, [..., N, A])")
     return k * coma_advantage(q_agents, logits, actions, avail)
+
+
+def dop_lambda_advantage(returns: Tensor, q_tot: Tensor, k: Tensor, q_agents: Tensor, logits: Tensor,
+                         actions: Tensor, avail: Tensor | None = None) -> Tensor:
+    """DOP's counterfactual baseline subtracted from the λ-return of the taken joint action:
+    ``G^λ − Σ_u' π_i(u') Q_tot(s, (u^-i, u'))``, which for DOP's linear mixer is
+    ``G^λ − Q_tot(s, u) + k_i(s) (Q_i(s, u_i) − Σ_u π_i(u) Q_i(s, u))``.
+
+    Intuition: COMA-λ on DOP's critic. DOP's own advantage rests on the critic alone; this one
+    keeps the real return of the taken joint action and takes from the critic only the part that
+    no action of agent i changes, so the actor learns before Q_i does. The shared term
+    ``G^λ − Q_tot`` is the same for every agent; the per-agent credit is DOP's term.
+
+    Args:
+        returns: ``[..., N]`` TD(λ) returns of the taken joint action (Q_tot's targets).
+        q_tot: ``[..., N]`` (or ``[...]``) Q_tot(s, u) of the taken joint action.
+        k, q_agents, logits, actions, avail: as in ``dop_advantage``.
+
+    Returns:
+        ``[..., N]`` advantage. Detach it before using it in the actor loss.
+    """
+    if q_tot.shape == returns.shape[:-1]:
+        q_tot = q_tot.unsqueeze(-1)
+    return returns - q_tot + dop_advantage(k, q_agents, logits, actions, avail)

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from marl.algorithms.coma import coma_advantage, coma_lambda_advantage
-from marl.algorithms.dop import dop_advantage
+from marl.algorithms.dop import dop_advantage, dop_lambda_advantage
 from marl.algorithms.returns import gae, mc, n_step, td_lambda
 from marl.algorithms.shapley import shapley_credit
 
@@ -36,6 +36,7 @@ class CounterfactualInputs:
         state: ``[T, B, S]`` and ``obs`` (``[T, B, N, O]`` or None): what the critic reads.
         coalition_q: maps COMA critic inputs ``[..., M, N, D]`` to Q ``[..., M, N, A]`` (Shapley).
         weights: ``[T, B, N]`` DOP's mixing weights k_a(s) ≥ 0, in return units.
+        q_taken: ``[T, B, N]`` DOP's Q_tot(s, u) of the taken joint action, in return units.
         generator: for the modules that sample.
     """
 
@@ -48,6 +49,7 @@ class CounterfactualInputs:
     obs: torch.Tensor | None = None
     coalition_q: Callable | None = None
     weights: torch.Tensor | None = None
+    q_taken: torch.Tensor | None = None
     generator: torch.Generator | None = field(default=None, repr=False)
 
 
@@ -115,6 +117,12 @@ def dop(inputs: CounterfactualInputs) -> torch.Tensor:
     return dop_advantage(inputs.weights, inputs.q_all, inputs.logits, inputs.actions, inputs.avail)
 
 
+def dop_lambda(inputs: CounterfactualInputs) -> torch.Tensor:
+    """DOP's counterfactual baseline subtracted from the λ-return of the taken joint action."""
+    return dop_lambda_advantage(inputs.returns, inputs.q_taken, inputs.weights, inputs.q_all, inputs.logits,
+                                inputs.actions, inputs.avail)
+
+
 def _same(*names: str) -> tuple[tuple[str, str], ...]:
     """``params`` whose keywords and config fields share their names."""
     return tuple((name, name) for name in names)
@@ -141,6 +149,9 @@ ADVANTAGES: dict[str, AdvantageSpec] = {
     "dop": AdvantageSpec(dop, "dop", _same("gamma", "lam"),
                          "DOP's decomposed critic Q_tot = Σ k_i(s) Q_i(s, u_i) + b(s), advantage k_i (Q_i(u_i) − "
                          "E_π Q_i) (Wang et al. 2021)"),
+    "dop_lambda": AdvantageSpec(dop_lambda, "dop", _same("gamma", "lam"),
+                                "DOP's counterfactual baseline subtracted from the TD(λ) return of the taken "
+                                "joint action: G^λ − Q_tot + k_i (Q_i(u_i) − E_π Q_i)"),
 }
 
 

@@ -41,6 +41,7 @@ METHODS = {
     "difference rewards (re-simulated), GAE": ["env.reward=difference"],
     "Shapley, M=8 (PPO actor)": ["algo.advantage=shapley", "algo.lam=0.8"],
     "DOP (PPO actor)": ["algo.advantage=dop", "algo.lam=0.8"],
+    "DOP-λ (PPO actor)": ["algo.advantage=dop_lambda", "algo.lam=0.8"],
 }
 # Only the lazy-agent env has per-agent reward terms; elsewhere every agent's own reward is the team's.
 INDIVIDUAL = {"lazy_agent": ["env.reward=individual", "env.kwargs.rewards=own"]}
@@ -52,6 +53,7 @@ METHOD_CONFIGS = {"lazy_agent": {
     "difference rewards (re-simulated), GAE": "configs/diag_lazy_agent_difference.yaml",
     "Shapley, M=8 (PPO actor)": "configs/diag_lazy_agent_shapley.yaml",
     "DOP (PPO actor)": "configs/diag_lazy_agent_dop.yaml",
+    "DOP-λ (PPO actor)": "configs/diag_lazy_agent_dop_lambda.yaml",
 }}
 LAZY_ENV, LAZY_AGENT = "lazy_agent", "agent_2"   # the agent whose effort the team reward ignores
 TUNING_SEEDS = [0, 1, 2]

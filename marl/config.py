@@ -418,13 +418,13 @@ def validate(cfg: Config) -> Config:
     if a.redistribution != "none":
         _check(cfg.backend == "local", "algo.redistribution", a.redistribution, "'none' with backend 'rllib'")
     _check(a.shapley_samples >= 1, "algo.shapley_samples", a.shapley_samples, "an int >= 1")
-    if a.advantage == "dop":
-        _check(not m.recurrent, "model.recurrent", m.recurrent, "false with algo.advantage 'dop' (its decomposed "
-               "critic is feed-forward)")
-        _check(e.reward == "shared", "env.reward", e.reward, "'shared' with algo.advantage 'dop' (its Q_tot learns "
-               "the team's return)")
-        _check(cfg.backend == "local", "algo.advantage", a.advantage, "not 'dop' with backend 'rllib' (its loss mixes "
-               "every agent's Q, and RLlib's rows are per agent)")
+    if a.advantage in ("dop", "dop_lambda"):   # DOP's decomposed critic
+        _check(not m.recurrent, "model.recurrent", m.recurrent, f"false with algo.advantage {a.advantage!r} (its "
+               "decomposed critic is feed-forward)")
+        _check(e.reward == "shared", "env.reward", e.reward, f"'shared' with algo.advantage {a.advantage!r} (its "
+               "Q_tot learns the team's return)")
+        _check(cfg.backend == "local", "algo.advantage", a.advantage, f"not {a.advantage!r} with backend 'rllib' "
+               "(its loss mixes every agent's Q, and RLlib's rows are per agent)")
     _check(t.device == "cpu" or t.device == "cuda" or t.device.startswith("cuda:"), "train.device", t.device,
            "'cpu', 'cuda' or 'cuda:K'")
     if t.device != "cpu":

@@ -347,7 +347,7 @@ class CreditLearner:
         extra = {}
         if self.critic.mixed:   # DOP: utilities stay in the critic's units; the weights carry the scale
             k, _ = self.critic.mix(critic_in)
-            inputs.weights = k * self._value_scale()
+            inputs.weights, inputs.q_taken = k * self._value_scale(), q_taken
         else:
             inputs.q_all = self._to_return_space(out, per_action=True)
             extra["coma_baseline"] = coma_baseline(inputs.q_all, logits, avail)

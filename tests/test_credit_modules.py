@@ -63,7 +63,7 @@ def test_an_env_that_cannot_be_copied_has_no_exact_difference_rewards():
     venv.close()
 
 
-@pytest.mark.parametrize("advantage", ["shapley", "dop"])
+@pytest.mark.parametrize("advantage", ["shapley", "dop", "dop_lambda"])
 def test_shapley_and_dop_train_and_report_per_agent_credit(advantage):
     cfg = config_from_dict(tiny_config(env=LAZY, algo={"advantage": advantage, "rollout_steps": 4, "minibatches": 2}))
     trainer = Trainer(cfg)
@@ -115,10 +115,30 @@ def test_dop_advantage_is_the_weighted_utility_gap_and_the_critic_learns_q_tot()
         trainer.close()
 
 
+def test_dop_lambda_adds_the_shared_td_lambda_error_of_q_tot_to_dops_advantage():
+    # Same rollout, same critic: dop_lambda's advantage is dop's plus (G^λ − Q_tot), the same for
+    # every agent, with G^λ the critic's own TD(λ) target.
+    advantages = {}
+    for advantage in ("dop", "dop_lambda"):
+        trainer = Trainer(config_from_dict(tiny_config(env=LAZY, algo={"advantage": advantage, "rollout_steps": 4})))
+        try:
+            trainer.collect()
+            advantages[advantage] = trainer.learner.prepare(trainer.rollout.tensors(), torch.Generator().manual_seed(0))
+        finally:
+            trainer.close()
+    dop, dop_lambda = advantages["dop"], advantages["dop_lambda"]
+    torch.testing.assert_close(dop_lambda["target"], dop["target"])
+    torch.testing.assert_close(dop_lambda["adv"], dop["adv"] + dop["target"] - dop["value"])
+    shared = dop_lambda["adv"] - dop["adv"]
+    torch.testing.assert_close(shared, shared[..., :1].expand_as(shared))
+
+
 @pytest.mark.parametrize("overrides, key", [
     ({"algo": {"advantage": "dop"}, "env": {"reward": "individual"}}, "env.reward"),
     ({"algo": {"advantage": "dop"}, "backend": "rllib"}, "algo.advantage"),
     ({"algo": {"advantage": "dop"}, "model": {"recurrent": True, "chunk_length": 5}}, "model.recurrent"),
+    ({"algo": {"advantage": "dop_lambda"}, "env": {"reward": "individual"}}, "env.reward"),
+    ({"algo": {"advantage": "dop_lambda"}, "backend": "rllib"}, "algo.advantage"),
     ({"algo": {"shapley_samples": 4}}, "algo.shapley_samples"),
     ({"env": {"default_action": 2}}, "env.default_action"),
 ])
@@ -128,7 +148,7 @@ def test_module_config_errors_name_the_key(overrides, key):
 
 
 def test_the_new_modules_are_registered():
-    assert {"shapley", "dop"} <= set(ADVANTAGES)
+    assert {"shapley", "dop", "dop_lambda"} <= set(ADVANTAGES)
     assert ADVANTAGES["shapley"].fields == {"gamma", "lam", "shapley_samples"}
 
 

@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from marl.algorithms.coma import coma_advantage
-from marl.algorithms.dop import dop_advantage, dop_mix, positive_weights
+from marl.algorithms.coma import coma_advantage, coma_lambda_advantage
+from marl.algorithms.dop import dop_advantage, dop_lambda_advantage, dop_mix, positive_weights
 
 seeds = st.integers(0, 2**31 - 1)
 
@@ -51,6 +51,48 @@ def test_hand_worked_two_agents():
     q_taken = torch.tensor([[3.0, 0.0]])
     np.testing.assert_allclose(dop_mix(k, q_taken, torch.tensor([1.0])), [7.0])
     np.testing.assert_allclose(dop_mix(k, q_taken, torch.tensor([[1.0]])), [7.0])
+
+
+def test_hand_worked_dop_lambda():
+    # The case above with b = 1: Q_tot(s, u) = 2 · 3 + 0.5 · 0 + 1 = 7, and a λ-return of 5.
+    # Agent 0: 5 − 7 + 1.5 = −0.5; agent 1: 5 − 7 − 1.5 = −3.5. By hand from the definition, agent
+    # 0's baseline Σ_u' π(u') Q_tot(u', u_1) = 1/4 (2 + 1) + 1/4 (4 + 1) + 1/2 (6 + 1) = 5.5, and
+    # 5 − 5.5 = −0.5.
+    k = torch.tensor([[2.0, 0.5]])
+    q = torch.tensor([[[1.0, 2.0, 3.0], [4.0, -math.inf, 0.0]]])
+    logits = torch.tensor([[[0.0, 0.0, math.log(2)], [math.log(3), math.nan, 0.0]]])
+    avail = torch.tensor([[True, True, True], [True, False, True]])
+    actions = torch.tensor([[2, 2]])
+    returns = torch.tensor([[5.0, 5.0]])
+    for q_tot in (torch.tensor([[7.0, 7.0]]), torch.tensor([7.0])):   # per agent, or one team value
+        np.testing.assert_allclose(dop_lambda_advantage(returns, q_tot, k, q, logits, actions, avail).flatten(),
+                                   [-0.5, -3.5], rtol=1e-6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 4), seeds)
+def test_dop_lambda_is_coma_lambda_on_the_mixed_q_tot(N, A, seed):
+    # COMA-λ's baseline on Q_tot(s, (u_{-i}, u')) for every u' of agent i, by enumeration.
+    k, q, logits, avail, actions, b = random_case(seed, N=N, A=A)
+    returns = torch.randn(actions.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=q.dtype)
+    q_taken = taken(q, actions)
+    q_tot_all = torch.empty_like(q)
+    for i in range(N):
+        for u in range(A):
+            deviated = q_taken.clone()
+            deviated[..., i] = q[..., i, u]
+            q_tot_all[..., i, u] = dop_mix(k, deviated, b)
+    q_tot = dop_mix(k, q_taken, b).unsqueeze(-1).expand_as(returns)
+    torch.testing.assert_close(dop_lambda_advantage(returns, q_tot, k, q, logits, actions, avail),
+                               coma_lambda_advantage(returns, torch.where(avail, q_tot_all, 0.0), logits, avail))
+
+
+def test_dop_lambda_with_exact_returns_is_dop():
+    # Where the return equals Q_tot(s, u), the shared term vanishes and DOP's advantage is left.
+    k, q, logits, avail, actions, b = random_case(5)
+    q_tot = dop_mix(k, taken(q, actions), b).unsqueeze(-1).expand_as(k)
+    torch.testing.assert_close(dop_lambda_advantage(q_tot, q_tot, k, q, logits, actions, avail),
+                               dop_advantage(k, q, logits, actions, avail))
 
 
 def test_positive_weights_is_abs():
