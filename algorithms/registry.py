@@ -112,6 +112,13 @@ def shapley(inputs: CounterfactualInputs, n_samples: int) -> torch.Tensor:
                           inputs.generator, inputs.obs)
 
 
+def shapley_lambda(inputs: CounterfactualInputs, n_samples: int) -> torch.Tensor:
+    """Shapley credit with the λ-return of the taken joint action in place of the critic's Q(s, u)."""
+    q_taken = inputs.q_all.gather(-1, inputs.actions.unsqueeze(-1)).squeeze(-1)
+    return shapley_credit(inputs.coalition_q, inputs.state, inputs.logits, inputs.actions, inputs.avail, n_samples,
+                          inputs.generator, inputs.obs, returns=inputs.returns, q_taken=q_taken)
+
+
 def dop(inputs: CounterfactualInputs) -> torch.Tensor:
     """DOP's per-agent advantage ``k_a(s) (Q_a(u_a) − Σ_u π_a(u) Q_a(u))``."""
     return dop_advantage(inputs.weights, inputs.q_all, inputs.logits, inputs.actions, inputs.avail)
@@ -146,6 +153,10 @@ ADVANTAGES: dict[str, AdvantageSpec] = {
                              "Shapley credit: COMA's counterfactual advantage averaged over M = algo.shapley_samples "
                              "random coalitions (Wang et al. 2020; Li et al. 2021)",
                              fn_params=(("n_samples", "shapley_samples"),)),
+    "shapley_lambda": AdvantageSpec(shapley_lambda, "q", _same("gamma", "lam"),
+                                    "Shapley credit with the TD(λ) return of the taken joint action in place of "
+                                    "the critic's Q(s, u): G^λ − Q(s, u) + the Shapley advantage",
+                                    fn_params=(("n_samples", "shapley_samples"),)),
     "dop": AdvantageSpec(dop, "dop", _same("gamma", "lam"),
                          "DOP's decomposed critic Q_tot = Σ k_i(s) Q_i(s, u_i) + b(s), advantage k_i (Q_i(u_i) − "
                          "E_π Q_i) (Wang et al. 2021)"),

@@ -219,6 +219,27 @@ def shapley_advantage(q_all: Tensor, logits: Tensor, actions: Tensor, avail: Ten
     return coma_advantage(q_all.mean(-3), logits, actions, avail)
 
 
+def shapley_lambda_advantage(returns: Tensor, q_taken: Tensor, q_all: Tensor, logits: Tensor, actions: Tensor,
+                             avail: Tensor | None = None) -> Tensor:
+    """``shapley_advantage`` with the critic's value of the taken joint action replaced by its
+    λ-return: ``A_i = G^λ − Q(s, u) + (1/M) Σ_m [Q_m(s, u_i) − Σ_u' π_i(u') Q_m(s, u')]``.
+
+    Intuition: as COMA-λ is to COMA. The return says what the joint action led to; the Shapley
+    term says how much of it agent i's action earned, and the critic's error on the taken joint
+    action, ``G^λ − Q(s, u)``, is shared by every agent instead of being trusted. With the one
+    "ordering" in which every other agent precedes i, this is ``coma_lambda_advantage``.
+
+    Args:
+        returns: ``[..., N]`` λ-returns of the taken joint action (the critic's targets).
+        q_taken: ``[..., N]`` the critic's Q(s, u) of the taken joint action (agent i's row).
+        q_all, logits, actions, avail: as in ``shapley_advantage``.
+
+    Returns:
+        ``[..., N]`` advantage. Detach it before using it in the actor loss.
+    """
+    return returns - q_taken + shapley_advantage(q_all, logits, actions, avail)
+
+
 def _subset_weights(n_agents: int, dtype: torch.dtype, device) -> Tensor:
     """``W [2**N, N]`` with ``exact_shapley(v) = v @ W``: ``+w(|S|)`` at ``S ∪ {i}``, ``−w(|S|)`` at S."""
     masks = torch.arange(2 ** n_agents, device=device)
@@ -280,14 +301,18 @@ def permutation_shapley(values: Tensor, coalitions: Tensor) -> Tensor:
 
 
 def shapley_credit(coalition_q, state: Tensor, logits: Tensor, actions: Tensor, avail: Tensor | None,
-                   n_samples: int, generator: torch.Generator | None = None, obs: Tensor | None = None) -> Tensor:
+                   n_samples: int, generator: torch.Generator | None = None, obs: Tensor | None = None,
+                   returns: Tensor | None = None, q_taken: Tensor | None = None) -> Tensor:
     """The whole Shapley pipeline of the module docstring for a rollout: M sampled orderings, the
     outside agents' actions re-sampled from their policies, the COMA critic on every (ordering,
-    agent) row, and ``shapley_advantage``. ``coalition_q`` maps critic inputs ``[..., M, N, D]`` to
+    agent) row, and ``shapley_advantage`` (or, given ``returns`` and ``q_taken``,
+    ``shapley_lambda_advantage``). ``coalition_q`` maps critic inputs ``[..., M, N, D]`` to
     Q ``[..., M, N, A]`` (in return units). Returns ``[..., N]``; ``M·N`` critic rows per step."""
     N, A = logits.shape[-2], logits.shape[-1]
     coalitions = sample_coalitions(N, n_samples, generator)
     resampled = sample_actions(logits, n_samples, avail, generator)
     joints = coalition_joint_actions(actions, resampled, coalitions)
     q_all = coalition_q(shapley_critic_inputs(state, joints, A, obs))
+    if returns is not None:
+        return shapley_lambda_advantage(returns, q_taken, q_all, logits, actions, avail)
     return shapley_advantage(q_all, logits, actions, avail)

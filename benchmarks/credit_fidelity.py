@@ -40,6 +40,7 @@ METHODS = {
     "GAE, central V, mixed α=0.5": ["env.reward=mixed", "env.alpha=0.5"],
     "difference rewards (re-simulated), GAE": ["env.reward=difference"],
     "Shapley, M=8 (PPO actor)": ["algo.advantage=shapley", "algo.lam=0.8"],
+    "Shapley-λ, M=8 (PPO actor)": ["algo.advantage=shapley_lambda", "algo.lam=0.8"],
     "DOP (PPO actor)": ["algo.advantage=dop", "algo.lam=0.8"],
     "DOP-λ (PPO actor)": ["algo.advantage=dop_lambda", "algo.lam=0.8"],
 }
@@ -52,6 +53,7 @@ METHOD_CONFIGS = {"lazy_agent": {
     "COMA (PPO actor)": "configs/diag_lazy_agent_coma.yaml",
     "difference rewards (re-simulated), GAE": "configs/diag_lazy_agent_difference.yaml",
     "Shapley, M=8 (PPO actor)": "configs/diag_lazy_agent_shapley.yaml",
+    "Shapley-λ, M=8 (PPO actor)": "configs/diag_lazy_agent_shapley_lambda.yaml",
     "DOP (PPO actor)": "configs/diag_lazy_agent_dop.yaml",
     "DOP-λ (PPO actor)": "configs/diag_lazy_agent_dop_lambda.yaml",
 }}

@@ -463,13 +463,14 @@ def _refuse_ignored_options(cfg: Config) -> None:
     a, spec = cfg.algo, ADVANTAGES[cfg.algo.advantage]
     reads = spec.fields
     q_critic = spec.critic in ("q", "dop")
+    counterfactual = ", ".join(name for name, other in ADVANTAGES.items() if other.critic in ("q", "dop"))
     ignored = [
         ("algo.critic", a.critic, defaults.algo.critic, q_critic,
          f"{a.advantage!r} uses its own counterfactual Q critic"),
         ("algo.critic_obs", a.critic_obs, defaults.algo.critic_obs, not q_critic,
-         f"only the counterfactual modules (coma, coma_lambda, shapley, dop) read it, not {a.advantage!r}"),
+         f"only the counterfactual modules ({counterfactual}) read it, not {a.advantage!r}"),
         ("algo.target_update_every", a.target_update_every, defaults.algo.target_update_every, not q_critic,
-         f"only the counterfactual modules (coma, coma_lambda, shapley, dop) have a target critic, not "
+         f"only the counterfactual modules ({counterfactual}) have a target critic, not "
          f"{a.advantage!r}"),
         ("algo.n_step", a.n_step, defaults.algo.n_step, "n_step" not in reads, f"{a.advantage!r} does not read it"),
         ("algo.shapley_samples", a.shapley_samples, defaults.algo.shapley_samples, "shapley_samples" not in reads,

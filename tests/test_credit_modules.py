@@ -63,7 +63,7 @@ def test_an_env_that_cannot_be_copied_has_no_exact_difference_rewards():
     venv.close()
 
 
-@pytest.mark.parametrize("advantage", ["shapley", "dop", "dop_lambda"])
+@pytest.mark.parametrize("advantage", ["shapley", "shapley_lambda", "dop", "dop_lambda"])
 def test_shapley_and_dop_train_and_report_per_agent_credit(advantage):
     cfg = config_from_dict(tiny_config(env=LAZY, algo={"advantage": advantage, "rollout_steps": 4, "minibatches": 2}))
     trainer = Trainer(cfg)
@@ -148,7 +148,7 @@ def test_module_config_errors_name_the_key(overrides, key):
 
 
 def test_the_new_modules_are_registered():
-    assert {"shapley", "dop", "dop_lambda"} <= set(ADVANTAGES)
+    assert {"shapley", "shapley_lambda", "dop", "dop_lambda"} <= set(ADVANTAGES)
     assert ADVANTAGES["shapley"].fields == {"gamma", "lam", "shapley_samples"}
 
 

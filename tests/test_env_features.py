@@ -207,7 +207,7 @@ def test_shapley_and_dop_learn_with_agents_that_leave(tmp_path, advantage):
     assert evaluation["team_return_mean"] >= 17.0
 
 
-@pytest.mark.parametrize("advantage", ["gae", "coma", "shapley", "dop", "dop_lambda"])
+@pytest.mark.parametrize("advantage", ["gae", "coma", "shapley", "shapley_lambda", "dop", "dop_lambda"])
 def test_padded_steps_leak_into_nothing(advantage):
     """Junk written into every padded entry (observation, action, reward, flags) of a rollout with
     agents that leave changes no advantage, target, statistic or loss of a real entry; the

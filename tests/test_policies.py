@@ -94,7 +94,7 @@ def test_coma_with_continuous_actions_is_refused_with_a_message():
         Trainer(config_from_dict(tiny_config(env={"id": REACH, "kwargs": {}}, algo={"advantage": "coma"})))
 
 
-@pytest.mark.parametrize("advantage", ["coma", "coma_lambda", "shapley", "dop", "dop_lambda"])
+@pytest.mark.parametrize("advantage", ["coma", "coma_lambda", "shapley", "shapley_lambda", "dop", "dop_lambda"])
 def test_counterfactual_modules_with_continuous_actions_are_refused_before_a_run_dir_is_made(tmp_path, capsys,
                                                                                           advantage):
     import yaml

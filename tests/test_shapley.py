@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from marl.algorithms.coma import coma_advantage, coma_critic_inputs
+from marl.algorithms.coma import coma_advantage, coma_critic_inputs, coma_lambda_advantage
 from marl.algorithms.shapley import (all_coalitions, coalition_joint_actions, coalitions_from_permutations,
                                 exact_shapley, permutation_shapley, sample_actions, sample_coalitions,
-                                shapley_advantage, shapley_critic_inputs)
+                                shapley_advantage, shapley_critic_inputs, shapley_credit,
+                                shapley_lambda_advantage)
 
 seeds = st.integers(0, 2**31 - 1)
 
@@ -393,6 +394,51 @@ def test_advantage_is_coma_when_every_coalition_is_all_others(N, A, M, seed):
         adv = shapley_advantage(critic(shapley_critic_inputs(state, joints, A)), logits, actions)
         coma = coma_advantage(critic(coma_critic_inputs(state, F.one_hot(actions, A))), logits, actions)
     torch.testing.assert_close(adv, coma)
+
+
+def test_lambda_advantage_hand_worked():
+    # The case above, with Q(s, u) = 4 for agent 0's row and 2 for agent 1's, and a λ-return of 6:
+    # agent 0: 6 − 4 + 1 = 3; agent 1: 6 − 2 + 0.25 = 4.25.
+    q = torch.tensor([[[1.0, 3.0], [2.0, 0.0]], [[3.0, 5.0], [4.0, 4.0]]]).reshape(1, 2, 2, 2)
+    logits = torch.tensor([[0.0, 0.0], [math.log(3), 0.0]]).reshape(1, 2, 2)
+    adv = shapley_lambda_advantage(torch.tensor([[6.0, 6.0]]), torch.tensor([[4.0, 2.0]]), q, logits,
+                                   torch.tensor([[1, 0]]))
+    np.testing.assert_allclose(adv.flatten(), [3.0, 4.25], rtol=1e-6)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 4), seeds)
+def test_lambda_advantage_is_coma_lambda_when_every_coalition_is_all_others(N, A, M, seed):
+    g = torch.Generator().manual_seed(seed)
+    T, B, S = 2, 2, 3
+    state = torch.randn(T, B, S, generator=g, dtype=torch.float64)
+    logits = torch.randn(T, B, N, A, generator=g, dtype=torch.float64)
+    actions = torch.randint(0, A, (T, B, N), generator=g)
+    returns = torch.randn(T, B, N, generator=g, dtype=torch.float64)
+    critic = torch.nn.Sequential(torch.nn.Linear(S + N * A + N, 16), torch.nn.Tanh(), torch.nn.Linear(16, A)).double()
+    everyone = (~torch.eye(N, dtype=torch.bool)).expand(M, N, N)
+    joints = coalition_joint_actions(actions, sample_actions(logits, M, generator=g), everyone)
+    with torch.no_grad():
+        q_coma = critic(coma_critic_inputs(state, F.one_hot(actions, A)))
+        q_taken = q_coma.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        adv = shapley_lambda_advantage(returns, q_taken, critic(shapley_critic_inputs(state, joints, A)), logits,
+                                       actions)
+    torch.testing.assert_close(adv, coma_lambda_advantage(returns, q_coma, logits))
+
+
+def test_credit_pipeline_with_returns_adds_the_shared_return_error():
+    g = torch.Generator().manual_seed(0)
+    T, B, N, A, S, M = 3, 2, 3, 4, 5, 6
+    state = torch.randn(T, B, S, generator=g, dtype=torch.float64)
+    logits = torch.randn(T, B, N, A, generator=g, dtype=torch.float64)
+    actions = torch.randint(0, A, (T, B, N), generator=g)
+    returns, q_taken = torch.randn(2, T, B, N, generator=g, dtype=torch.float64)
+    critic = torch.nn.Sequential(torch.nn.Linear(S + N * A + N, 16), torch.nn.Tanh(), torch.nn.Linear(16, A)).double()
+    with torch.no_grad():
+        plain = shapley_credit(critic, state, logits, actions, None, M, torch.Generator().manual_seed(1))
+        with_returns = shapley_credit(critic, state, logits, actions, None, M, torch.Generator().manual_seed(1),
+                                      returns=returns, q_taken=q_taken)
+    torch.testing.assert_close(with_returns, plain + returns - q_taken)
 
 
 def marginalised_q(game, pi, actions, coalitions):
