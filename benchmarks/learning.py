@@ -90,13 +90,14 @@ def table_markdown(table: list[dict], steps: int, seeds: list[int], reps: int = 
              f"per seed ({_seed_list(seeds)}) | train env steps/s (median) |", "|---|---|---|---|---|---|"]
     for row in table:
         by_seed = dict(zip(row["seed_list"], row["per_seed"]))
+        d = 2 if max(abs(x) for x in row["per_seed"]) < 10 else 1   # LBF's returns lie in [0, 1]
         if row["seed_list"] == list(seeds):
-            per_seed = ", ".join(f"{x:.1f}" for x in row["per_seed"])
+            per_seed = ", ".join(f"{x:.{d}f}" for x in row["per_seed"])
         else:   # some runs failed (or extra seeds): name each seed
-            per_seed = ", ".join(f"s{s}: {by_seed[s]:.1f}" if s in by_seed else f"s{s}: failed"
+            per_seed = ", ".join(f"s{s}: {by_seed[s]:.{d}f}" if s in by_seed else f"s{s}: failed"
                                  for s in sorted(set(seeds) | set(by_seed)))
-        lines.append(f"| {row['label']} | {row['seeds']} | **{format_interval(row['iqm'], row['ci'])}** | "
-                     f"{row['mean']:.1f} ± {row['std']:.1f} | {per_seed} | {row['steps_per_s']:.0f} |")
+        lines.append(f"| {row['label']} | {row['seeds']} | **{format_interval(row['iqm'], row['ci'], d)}** | "
+                     f"{row['mean']:.{d}f} ± {row['std']:.{d}f} | {per_seed} | {row['steps_per_s']:.0f} |")
     lines.append(f"\nIQM = interquartile mean over seeds; 95% stratified-bootstrap CI from rliable "
                  f"({reps:,} resamples; no CI for a single seed).")
     return "\n".join(lines)
