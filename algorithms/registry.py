@@ -24,12 +24,13 @@ from marl.algorithms.shapley import shapley_credit
 
 @dataclass
 class CounterfactualInputs:
-    """What a ``"q"`` or ``"dop"`` module reads of a rollout, ``[T, B, N, ...]``, in return units.
+    """What a ``"q"`` or ``"dop"`` module reads of a rollout, ``[T, B, N, ...]``, in return units
+    (except DOP's utilities ``q_all``, whose scale is carried by ``weights``).
 
     Attributes:
         returns: ``[T, B, N]`` the TD(λ) returns of the taken joint action (the critic's targets).
         q_all: ``[T, B, N, A]`` Q(s, (u^{-a}, ·)) for each of agent a's actions (COMA's critic), or
-            DOP's per-agent utilities Q_a(s, ·).
+            DOP's per-agent utilities Q_a(s, ·) in the critic's (normalised) units.
         logits: ``[T, B, N, A]`` the actor's masked logits.
         actions: ``[T, B, N]`` the actions taken.
         avail: bool ``[..., N, A]`` the legal actions.

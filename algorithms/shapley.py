@@ -77,14 +77,17 @@ def sample_coalitions(n_agents: int, n_samples: int, generator: torch.Generator 
     Args:
         n_agents: N ≥ 1.
         n_samples: M ≥ 1 orderings, independent and uniform over the N! orderings.
-        generator: optional ``torch.Generator`` (CPU) for reproducible draws.
+        generator: optional ``torch.Generator`` for reproducible draws, on any device.
 
     Returns:
-        bool ``[M, N, N]`` on the CPU; ``(m, i, j)`` is True when j precedes i in ordering m.
+        bool ``[M, N, N]`` on the generator's device (the CPU without one); ``(m, i, j)`` is True
+        when j precedes i in ordering m.
     """
     _check_count(n_agents, "n_agents", 1)
     _check_count(n_samples, "n_samples", 1)
-    perms = torch.argsort(torch.rand(n_samples, n_agents, generator=generator, dtype=torch.float64), dim=1)
+    device = None if generator is None else generator.device
+    perms = torch.argsort(torch.rand(n_samples, n_agents, generator=generator, dtype=torch.float64, device=device),
+                          dim=1)
     return coalitions_from_permutations(perms)
 
 

@@ -153,15 +153,20 @@ class BatchedVectorEnv:
 
     def _counterfactual_team_rewards(self, actions: torch.Tensor) -> torch.Tensor:
         """``G(s, (u_-i, c_i))`` ``[B, N]``: the env's state is copied (its own tensors) and stepped
-        once per agent with that agent's action replaced by ``reward.default_action``, then restored."""
+        once per agent with that agent's action replaced by ``reward.default_action`` (or, for an
+        agent that does not have that action, its first legal one, as on the PettingZoo path), then
+        restored."""
         if self.continuous:
             raise EnvError("env.reward 'difference' needs discrete actions (a default action c_i)")
+        default = self.reward.default_action
+        legal = self._avail[0]                                                         # [N, A], static
+        defaults = torch.where(legal[:, default], default, legal.to(torch.int8).argmax(-1))
         state = self.env.get_state()
         columns = []
         for i in range(self.n_agents):
             self.env.set_state(state)
             changed = actions.clone()
-            changed[:, i] = self.reward.default_action
+            changed[:, i] = defaults[i]
             raw = self.env.step(changed)["reward"]
             columns.append(apply_reward_mode_tensor(raw, "shared", self.reward.team)[:, 0])
         self.env.set_state(state)

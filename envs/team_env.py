@@ -173,7 +173,7 @@ class TeamEnv:
             return np.asarray(value, dtype=np.float32).reshape(-1)
         return np.asarray(spaces.flatten(self._obs_spaces[i], value), dtype=np.float32)
 
-    def _obs_array(self, obs: dict, alive: np.ndarray) -> np.ndarray:
+    def _obs_array(self, obs: dict) -> np.ndarray:
         if self._uniform_obs and len(obs) == self.n_agents and not self._any_mask_in_obs and self._box_obs:
             return np.stack([np.asarray(obs[a], dtype=np.float32).reshape(-1) for a in self.agents])
         out = np.zeros((self.n_agents, self.obs_dim), dtype=np.float32)
@@ -270,7 +270,7 @@ class TeamEnv:
                            f"in possible_agents {self.agents}")
         self._t = 0
         alive = self._alive(obs)
-        obs_array = self._obs_array(obs, alive)
+        obs_array = self._obs_array(obs)
         self._check_finite(obs, obs_array, np.zeros(1, np.float32))
         return TeamObs(obs_array, self._state(obs_array), self._avail(obs, infos or {}, alive), alive)
 
@@ -308,7 +308,7 @@ class TeamEnv:
         if len(remaining) < self.n_agents:
             left = self._alive(acting) & ~alive & ~(terminated | truncated)
             truncated |= left   # an agent removed without flags was cut: treat it as a truncation
-        obs_array = self._obs_array(obs, self._alive(obs))
+        obs_array = self._obs_array(obs)
         if self.check_values:
             self._check_finite(obs, obs_array, reward)
         else:

@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
     p = sub.add_parser("eval", help="greedy (and with --sample, stochastic) evaluation of a run's checkpoint")
     p.add_argument("run_dir")
-    p.add_argument("--episodes", type=int, default=32)
+    p.add_argument("--episodes", type=_positive, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--gif", metavar="PATH", help="render one greedy episode to a GIF")
@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(--attribution ig) attribute the critic's value and the actors' choices to "
                                       "each agent's inputs")
     p.add_argument("run_dir")
-    p.add_argument("--episodes", type=int, default=32, help="episodes played (default 32)")
+    p.add_argument("--episodes", type=_positive, default=32, help="episodes played (default 32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--behaviour", choices=["uniform", "policy"], default=None,

@@ -425,12 +425,15 @@ def validate(cfg: Config) -> Config:
                "Q_tot learns the team's return)")
         _check(cfg.backend == "local", "algo.advantage", a.advantage, f"not {a.advantage!r} with backend 'rllib' "
                "(its loss mixes every agent's Q, and RLlib's rows are per agent)")
-    _check(t.device == "cpu" or t.device == "cuda" or t.device.startswith("cuda:"), "train.device", t.device,
-           "'cpu', 'cuda' or 'cuda:K'")
+    index = t.device[len("cuda:"):] if t.device.startswith("cuda:") else "0"
+    _check(t.device in ("cpu", "cuda") or (t.device.startswith("cuda:") and index.isdigit()), "train.device",
+           t.device, "'cpu', 'cuda' or 'cuda:K'")
     if t.device != "cpu":
         import torch
         _check(torch.cuda.is_available(), "train.device", t.device,
                "'cpu' on this machine (torch.cuda.is_available() is False: no GPU or a CPU build of torch)")
+        _check(int(index) < torch.cuda.device_count(), "train.device", t.device,
+               f"a GPU index below {torch.cuda.device_count()} (the GPUs torch sees here)")
         _check(cfg.backend == "local", "train.device", t.device, "'cpu' with backend 'rllib' (RLlib places its own "
                "Learners)")
         _check(e.workers == 0, "train.device", t.device, "'cpu' with env.workers > 0 (worker processes act on the CPU)")

@@ -136,10 +136,13 @@ def build_critic(cfg: Config, n_agents: int, obs_dim: int, state_dim: int, n_act
     return LocalCritic(n_agents, obs_dim, agent_state=a.critic == "agent_state", state_dim=state_dim, **common)
 
 
-def refuse_unfit_env(cfg: Config, continuous: bool) -> None:
+def refuse_unfit_env(cfg: Config, continuous: bool, n_actions: int) -> None:
     """The config checks that need the env's spaces (``marl.run.check_env`` runs them before a run
     directory is made; the learner again, for direct users). Raises ``ConfigError``."""
     a = cfg.algo
+    if cfg.env.reward == "difference" and not continuous and not cfg.env.default_action < n_actions:
+        raise ConfigError(f"config key 'env.default_action': expected an action of env {cfg.env.id!r}, an int in "
+                          f"[0, {n_actions}), got {cfg.env.default_action!r}")
     if continuous and get_advantage(a.advantage).critic in ("q", "dop"):
         raise ConfigError(f"config key 'algo.advantage': {a.advantage!r} is counterfactual over a discrete action "
                           f"set, and env {cfg.env.id!r} has continuous (Box) actions; use a V-critic module "
@@ -173,7 +176,7 @@ class CreditLearner:
         self.advantage = get_advantage(a.advantage)
         self.uses_q = self.advantage.critic in ("q", "dop")   # a critic over actions (counterfactual modules)
         self.continuous = continuous
-        refuse_unfit_env(cfg, continuous)
+        refuse_unfit_env(cfg, continuous, n_actions)
         self.actor = build_actor(cfg, N, obs_dim, n_actions, action_mask, continuous)
         self.critic = build_critic(cfg, N, obs_dim, state_dim, n_actions)
         self.device = torch.device(device)
@@ -249,7 +252,8 @@ class CreditLearner:
     # -- phase 1: advantages and targets -----------------------------------------------------------
     def prepare(self, b: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Advantages, critic targets and credit diagnostics for a rollout, all ``[T, B, N]``, from
-        the current networks (no gradients). ``generator`` draws COMA's bootstrap actions.
+        the current networks (no gradients). ``generator`` draws the counterfactual modules'
+        bootstrap actions, and Shapley's orderings and re-sampled actions.
 
         A padded entry (``alive`` False) is treated as a terminated step of its own, so that no
         advantage or target of a real step reads it. A recurrent critic runs over the rollout from

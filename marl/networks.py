@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from marl.algorithms import coma_critic_inputs
+from marl.algorithms.dop import dop_mix, positive_weights
 from marl.distributions import Categorical, DiagGaussian
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
@@ -358,12 +359,12 @@ class DOPCritic(Critic):
     def mix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The mixing weights ``k [..., N]`` (≥ 0) and bias ``b [...]`` of the state in rows ``x``."""
         out = self.mixer(x[..., :1, :self.state_dim]).squeeze(-2)
-        return out[..., :-1].abs(), out[..., -1]
+        return positive_weights(out[..., :-1]), out[..., -1]
 
     def prediction(self, out, x, actions):
         """Q_tot of the taken joint action, the same for every agent ``[..., N]``."""
         k, b = self.mix(x)
-        q_tot = (k * out.gather(-1, actions.unsqueeze(-1)).squeeze(-1)).sum(-1) + b
+        q_tot = dop_mix(k, out.gather(-1, actions.unsqueeze(-1)).squeeze(-1), b)
         return q_tot.unsqueeze(-1).expand_as(k)
 
 

@@ -100,10 +100,13 @@ class OnlineRedistribution:
         """``[T, B, N, D]`` reward-model inputs of a rollout batch."""
         obs, actions = b["obs"], b["actions"]
         acted = actions.float() if self.continuous else F.one_hot(actions, self.n_actions).float()
+        # An absent agent sent no action to the env (its slot holds a sampled one): zero it, so that
+        # nothing it did not do reaches the model (AREL's attention reads every agent's features).
+        acted = acted * b["alive"].unsqueeze(-1).to(acted.dtype)
         eye = torch.eye(self.n_agents, device=obs.device).expand(*obs.shape[:-1], self.n_agents)
         parts = [obs, acted, eye]
         if self.joint:   # every present agent's action, the same for each agent (absent agents' are 0)
-            joint = (acted * b["alive"].unsqueeze(-1).to(acted.dtype)).flatten(-2)
+            joint = acted.flatten(-2)
             parts.append(joint.unsqueeze(-2).expand(*obs.shape[:-1], joint.shape[-1]))
         if self.with_state:
             parts.insert(0, b["state"].unsqueeze(-2).expand(*obs.shape[:-1], b["state"].shape[-1]))

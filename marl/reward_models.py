@@ -120,7 +120,7 @@ class AgentTemporalTransformer(nn.Module):
     need small batches.
     """
 
-    def __init__(self, n_agents: int, feature_dim: int, hidden: int, heads: int, blocks: int):
+    def __init__(self, feature_dim: int, hidden: int, heads: int, blocks: int):
         super().__init__()
         if hidden % heads:
             raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
@@ -192,7 +192,7 @@ class RewardRedistributor:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.model = (StepRewardModel(n_agents, feature_dim, hidden, layers) if method == "rrd"
-                          else AgentTemporalTransformer(n_agents, feature_dim, hidden, heads, layers))
+                          else AgentTemporalTransformer(feature_dim, hidden, heads, layers))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.generator = torch.Generator().manual_seed(seed)
         self._features = torch.zeros(capacity, 0, n_agents, feature_dim)

@@ -37,10 +37,12 @@ def check_env(cfg: Config) -> None:
 
     if cfg.backend == "rllib":
         from marl.rllib.algorithm import env_spec as rllib_env_spec   # its own refusals too (no ray import)
-        continuous = rllib_env_spec(cfg)["continuous"]
+        spec = rllib_env_spec(cfg)
+        continuous, n_actions = spec["continuous"], spec["n_actions"]
     else:
-        continuous = env_spec(cfg.env.id, cfg.env.kwargs, batched=cfg.env.batched).continuous
-    refuse_unfit_env(cfg, continuous)
+        spec = env_spec(cfg.env.id, cfg.env.kwargs, batched=cfg.env.batched)
+        continuous, n_actions = spec.continuous, spec.n_actions
+    refuse_unfit_env(cfg, continuous, n_actions)
 
 
 def new_run(cfg: Config, run_dir: str | Path) -> Trainer:

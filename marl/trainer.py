@@ -196,15 +196,16 @@ class Trainer(TrainingLoop):
         return episodes
 
     def update(self) -> dict:
-        b = self.rollout.tensors()
+        # On the learner's device: a PettingZoo rollout is stored on the CPU whatever train.device is.
+        b = {k: v.to(self.device) for k, v in self.rollout.tensors().items()}
         if self.critic_hidden is not None:
             b["critic_h0"] = self.critic_hidden
         extra = {}
         # a learned reward the learner trains on: redistributed dense rewards, or learned difference rewards
         learned = self.redistribution if self.redistribution is not None else self.difference
         if learned is not None:
-            b = {**b, "reward": None}
-            b["reward"], extra = learned.process({**self.rollout.tensors()})
+            reward, extra = learned.process(self.rollout.tensors())
+            b["reward"] = reward.to(self.device)
         metrics = self.learner.update(b, self.generator)
         metrics.update(extra)
         if self.critic_hidden is not None:

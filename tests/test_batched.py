@@ -110,3 +110,9 @@ def test_batched_config_errors_name_the_key(overrides, key):
 def test_cuda_without_a_gpu_is_a_clear_config_error():
     with pytest.raises(ConfigError, match=r"'train.device'.*torch.cuda.is_available\(\) is False"):
         config_from_dict(tiny_config(train={"device": "cuda"}))
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:", "cuda:abc", "cuda:-1", "CPU"])
+def test_a_malformed_device_is_a_clear_config_error(device):
+    with pytest.raises(ConfigError, match=r"'train.device'.*'cpu', 'cuda' or 'cuda:K'"):
+        config_from_dict(tiny_config(train={"device": device}))

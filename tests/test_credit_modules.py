@@ -54,6 +54,25 @@ def test_difference_rewards_on_a_batched_env_copy_its_tensors():
     torch.testing.assert_close(plain.step(actions).obs, step.obs)
 
 
+def test_on_a_batched_env_an_agent_without_the_default_action_uses_its_first_legal_one():
+    """agent_1 has actions 0 and 1 only; with c = 2 it is replaced by its first legal action (0),
+    as on the PettingZoo path: D_0 = hit_0 − [target_0 = 2], D_1 = hit_1 − [target_1 = 0]."""
+    env = make_batched_env("tests.user_envs:batched_match_target", {"legal": [3, 2]}, 64)
+    venv = BatchedVectorEnv(env, RewardSpec("difference", "sum", default_action=2))
+    targets = venv.reset(3)["obs"].argmax(-1)
+    assert (targets[:, 1] < 2).all() and (targets[:, 0] == 2).any() and (targets[:, 1] == 0).any()
+    actions = torch.randint(0, 2, (64, 2), generator=torch.Generator().manual_seed(1))
+    step = venv.step(actions)
+    hits = (actions == targets).float()
+    expected = hits - torch.stack([(targets[:, 0] == 2).float(), (targets[:, 1] == 0).float()], -1)
+    torch.testing.assert_close(step.reward, expected)
+
+
+def test_a_default_action_no_agent_has_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"'env.default_action'.*\[0, 3\), got 3"):
+        Trainer(config_from_dict(tiny_config(env={**LAZY, "reward": "difference", "default_action": 3})))
+
+
 def test_an_env_that_cannot_be_copied_has_no_exact_difference_rewards():
     venv = make_vector_env("tests.user_envs:unpicklable", {}, 1, RewardSpec("difference"))
     venv.reset([0])

@@ -215,7 +215,7 @@ def test_config_errors_name_the_key(overrides, key):
 def test_box_actions_and_an_out_of_range_default_action_are_refused():
     cfg = learned_config()
     with pytest.raises(ConfigError, match="'env.reward'.*continuous"):
-        refuse_unfit_env(cfg, continuous=True)
+        refuse_unfit_env(cfg, continuous=True, n_actions=3)
     with pytest.raises(ConfigError, match="'env.difference'.*continuous"):
         OnlineDifference(cfg, 3, 5, 3, True)
     with pytest.raises(ConfigError, match="'env.default_action'"):

@@ -199,9 +199,9 @@ def features(lengths, N=3, D=5, seed=0, junk=float("nan")):
     return torch.where(valid[..., None, None], x, junk), valid
 
 
-def arel(N=3, D=5, seed=0, blocks=2):
+def arel(D=5, seed=0, blocks=2):
     torch.manual_seed(seed)
-    return AgentTemporalTransformer(N, D, hidden=16, heads=2, blocks=blocks)
+    return AgentTemporalTransformer(D, hidden=16, heads=2, blocks=blocks)
 
 
 def test_arel_padding_invariance_and_masked_attention():
@@ -238,7 +238,7 @@ def test_models_are_agent_permutation_equivariant(method):
         out, out_perm = model(x), model(x[:, :, perm])
         out, out_perm = torch.where(valid[..., None], out, 0.0), torch.where(valid[..., None], out_perm, 0.0)
     else:
-        model = arel(N=4)
+        model = arel()
         out, out_perm = model(x, valid).rewards, model(x[:, :, perm], valid).rewards
     torch.testing.assert_close(out_perm, out[:, :, perm], rtol=1e-5, atol=1e-6)
 

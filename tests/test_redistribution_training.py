@@ -48,6 +48,24 @@ def test_redistribution_trains_with_every_kind_of_module(method, advantage):
         trainer.close()
 
 
+@pytest.mark.parametrize("method", ["rrd", "arel"])
+def test_an_absent_agents_slot_does_not_reach_the_reward_model(method):
+    """Agents arrive and leave (Departures): whatever action an absent agent's slot holds, the model's
+    features, and so the redistributed rewards, are the same."""
+    cfg = config_from_dict(tiny_config(env={"id": DEPARTURES, "kwargs": {}, "episodic_reward": True, "num_envs": 4},
+                                       algo={"redistribution": method, "rollout_steps": 12}))
+    trainer = Trainer(cfg)
+    try:
+        trainer.collect()
+        b = trainer.rollout.tensors()
+        assert not b["alive"].all()
+        junk = {**b, "actions": torch.where(b["alive"], b["actions"], (b["actions"] + 1) % 3)}
+        redistribution = trainer.redistribution
+        torch.testing.assert_close(redistribution.features(junk), redistribution.features(b))
+    finally:
+        trainer.close()
+
+
 def test_the_learner_trains_on_the_redistributed_rewards():
     cfg = config_from_dict(tiny_config(env={"episodic_reward": True}, algo={"redistribution": "rrd"}))
     trainer = Trainer(cfg)

@@ -360,17 +360,19 @@ def fails_later(**kwargs):
 class BatchedMatchTarget:
     """A batched env of our own (the protocol of ``docs/batched_envs.md``, not an mpe2 twin): each
     of N agents sees a one-hot target and scores 1 for choosing it; episodes of ``length`` steps.
-    Optimum ``N * length``; uniform random play ``N * length / n_actions``."""
+    ``legal`` gives each agent's own number of actions (its targets among them; default all
+    ``n_actions``). Optimum ``N * length``; uniform random play ``Σ_i length / legal_i``."""
 
     def __init__(self, num_envs: int, device="cpu", seed: int = 0, n_agents: int = 2, n_actions: int = 3,
-                 length: int = 5):
+                 length: int = 5, legal=None):
         import torch
 
         self.torch = torch
         self.num_envs, self.n_agents, self.n_actions, self.length = num_envs, n_agents, n_actions, length
         self.agents = [f"agent_{i}" for i in range(n_agents)]
         self.obs_dim, self.state_dim = n_actions, n_agents * n_actions
-        self.action_mask = torch.ones(n_agents, n_actions, dtype=torch.bool)
+        self._legal = torch.tensor(legal if legal is not None else [n_actions] * n_agents)
+        self.action_mask = torch.arange(n_actions) < self._legal[:, None]
         self.continuous = False
         self.device = torch.device(device)
         self._generator = torch.Generator().manual_seed(seed)
@@ -378,7 +380,7 @@ class BatchedMatchTarget:
 
     def _draw(self, rows=None):
         t = self.torch
-        fresh = t.randint(self.n_actions, (self.num_envs, self.n_agents), generator=self._generator)
+        fresh = t.randint(self.n_actions, (self.num_envs, self.n_agents), generator=self._generator) % self._legal
         self._targets = fresh if rows is None else t.where(rows[:, None], fresh, self._targets)
 
     def observe(self):
