@@ -65,7 +65,7 @@ def ray_instance():
 
 # -- smoke ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("runners, advantage, loss", [(0, "coma", "a2c"), (2, "gae", "ppo")])
+@pytest.mark.parametrize("runners, advantage, loss", [(0, "coma", "a2c"), (2, "gae", "ppo"), (0, "shapley_lambda", "ppo")])
 def test_one_iteration_writes_a_run_dir_that_evaluates_locally(tmp_path, ray_instance, runners, advantage, loss):
     cfg = config_from_dict(rllib_config(rllib={"num_env_runners": runners},
                                         algo={"advantage": advantage, "loss": loss}))
