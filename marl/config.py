@@ -108,20 +108,14 @@ class AlgoConfig:
     much to a constant spread over the rest; the penalty makes the sparse decomposition the best
     fit, as long as the model's buffer holds failing episodes it can fit (see
     ``redistribution_capacity`` and ``redistribution_joint_action``). It identifies the step for
-    rrd, whose steps see only their own features, and for arel with ``redistribution_attention:
-    future``; with full attention every step can read the deciding step and carry its outcome. It biases predicted returns towards 0 by about λ / 2. 0: no penalty."""
+    rrd, whose steps see only their own features, not for arel, whose attention can carry the
+    outcome to every step. It biases predicted returns towards 0 by about λ / 2. 0: no penalty."""
     redistribution_joint_action: bool = False
     """Give the reward model, beside agent i's own action, the joint action of every agent at the
     step (RRD's ``r̂(s, u)``). Without it a per-(step, agent) model is additive over agents and
     cannot fit an outcome that needs several agents at once (e.g. "both chose 1"); failures it
     cannot fit then look like partial successes, and ``redistribution_sparsity`` cannot tell the
     deciding step from the rest."""
-    redistribution_attention: str = "full"
-    """``arel``: ``full`` temporal attention over the whole episode (as in the paper), or
-    ``future``: step t attends to steps t..T only, so a step's reward can depend on what followed
-    it but not on what came before, and the earliest step that explains the outcome carries it
-    (with ``redistribution_sparsity``, the step-level identification rrd gets from its per-step
-    model)."""
     redistribution_capacity: int = 1000
     """Finished episodes the reward model's buffer keeps (the oldest go first). With
     ``redistribution_sparsity`` the buffer must still hold episodes of different outcomes: once the
@@ -419,8 +413,6 @@ def validate(cfg: Config) -> Config:
     _check(a.redistribution_lr > 0, "algo.redistribution_lr", a.redistribution_lr, "a float > 0")
     _check(a.redistribution_subset >= 1, "algo.redistribution_subset", a.redistribution_subset, "an int >= 1")
     _check(a.redistribution_capacity >= 1, "algo.redistribution_capacity", a.redistribution_capacity, "an int >= 1")
-    _check(a.redistribution_attention in ("full", "future"), "algo.redistribution_attention",
-           a.redistribution_attention, "'full' or 'future'")
     _check(0 <= a.redistribution_sparsity < math.inf, "algo.redistribution_sparsity", a.redistribution_sparsity,
            "a finite float >= 0")
     if a.redistribution != "none":
@@ -508,9 +500,6 @@ def _refuse_ignored_options(cfg: Config) -> None:
                         "algo.redistribution is 'none' (no reward model)"))
     ignored.append(("algo.redistribution_subset", a.redistribution_subset, defaults.algo.redistribution_subset,
                     a.redistribution == "arel", "only algo.redistribution: rrd reads it, not 'arel'"))
-    ignored.append(("algo.redistribution_attention", a.redistribution_attention,
-                    defaults.algo.redistribution_attention, a.redistribution != "arel",
-                    f"only algo.redistribution: arel has attention, not {a.redistribution!r}"))
     for key, value, default, unused, why in ignored:
         if unused and value != default:
             raise ConfigError(f"config key '{key}': set to {value!r}, but {why}; remove it or leave it at "

@@ -88,7 +88,7 @@ class OnlineRedistribution:
         self.model = RewardRedistributor(a.redistribution, self.feature_dim, n_agents, hidden=cfg.model.hidden,
                                          lr=a.redistribution_lr, subset_size=a.redistribution_subset,
                                          sparsity=a.redistribution_sparsity, capacity=a.redistribution_capacity,
-                                         future_only=a.redistribution_attention == "future", seed=cfg.seed)
+                                         seed=cfg.seed)
         # per env: its current episode so far, features [L, N, D], learner rewards [L, N], alive [L, N],
         # and (arel) the sum of the dense rewards the learner has been paid for it
         self._features = [torch.zeros(0, n_agents, self.feature_dim) for _ in range(num_envs)]

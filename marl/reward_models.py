@@ -87,10 +87,9 @@ class _AttentionBlock(nn.Module):
         self.norm_ff = nn.LayerNorm(hidden)
         self.ff = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.ReLU(), nn.Linear(2 * hidden, hidden))
 
-    def forward(self, x: Tensor, key_padding_mask: Tensor | None,
-                attn_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None) -> tuple[Tensor, Tensor]:
         h = self.norm_attn(x)
-        out, weights = self.attn(h, h, h, key_padding_mask=key_padding_mask, attn_mask=attn_mask, need_weights=True)
+        out, weights = self.attn(h, h, h, key_padding_mask=key_padding_mask, need_weights=True)
         x = x + out
         return x + self.ff(self.norm_ff(x)), weights
 
@@ -110,9 +109,8 @@ class AgentTemporalTransformer(nn.Module):
     ArelOutput``.
 
     Each (t, i) is embedded (a linear map plus a sinusoidal code of t), then ``blocks`` times:
-    temporal self-attention over the whole episode for each agent (padded steps are masked keys;
-    with ``future_only`` step t attends to steps t..T only), then agent self-attention over the N
-    agents at each step. A linear head gives the
+    temporal self-attention over the whole episode for each agent (not causal; padded steps are
+    masked keys), then agent self-attention over the N agents at each step. A linear head gives the
     per-(t, i) reward; their sum is the predicted return. Padded features are zeroed first, so junk
     (even NaN) in padding cannot leak into valid outputs, and appending padded steps changes nothing.
 
@@ -120,19 +118,13 @@ class AgentTemporalTransformer(nn.Module):
     to reward (a planted linear reward, 1 block of width 32, 400 updates: correlation 0.96, against
     0.89 with a final norm). Memory grows as ``E · N · heads · T²`` per block, so long episodes
     need small batches.
-
-    ``future_only``: the reward of step t may depend on step t and what followed it, not on what
-    came before. With full attention every step can read the deciding step's features, so nothing
-    in the loss says which step earned the outcome; looking only forward, the earliest step whose
-    features explain the outcome is the one that can carry it (our variant; the paper attends over
-    the whole episode).
     """
 
-    def __init__(self, feature_dim: int, hidden: int, heads: int, blocks: int, future_only: bool = False):
+    def __init__(self, feature_dim: int, hidden: int, heads: int, blocks: int):
         super().__init__()
         if hidden % heads:
             raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
-        self.hidden, self.future_only = hidden, future_only
+        self.hidden = hidden
         self.embed = nn.Linear(feature_dim, hidden)
         self.temporal = nn.ModuleList(_AttentionBlock(hidden, heads) for _ in range(blocks))
         self.agent = nn.ModuleList(_AttentionBlock(hidden, heads) for _ in range(blocks))
@@ -144,11 +136,9 @@ class AgentTemporalTransformer(nn.Module):
         x = self.embed(torch.where(mask, features, 0.0))
         x = x + sinusoidal_positions(T, self.hidden).to(x)[:, None, :]
         pad_keys = (~valid)[:, None, :].expand(E, N, T).reshape(E * N, T)
-        steps = torch.arange(T, device=features.device)
-        past = steps[None, :] < steps[:, None] if self.future_only else None   # [query, key]: True = masked
         temporal, agent = [], []
         for time_block, agent_block in zip(self.temporal, self.agent):
-            xt, wt = time_block(x.transpose(1, 2).reshape(E * N, T, -1), pad_keys, past)
+            xt, wt = time_block(x.transpose(1, 2).reshape(E * N, T, -1), pad_keys)
             x = xt.reshape(E, N, T, -1).transpose(1, 2)
             xa, wa = agent_block(x.reshape(E * T, N, -1), None)   # every agent is present at a step
             x = xa.reshape(E, T, N, -1)
@@ -178,14 +168,13 @@ class RewardRedistributor:
         subset_size: RRD's K, steps drawn per episode (rrd).
         sparsity: λ ≥ 0 of an L1 penalty ``λ · sparsity_penalty(r̂)`` (the mean over the batch's
             episodes of ``Σ_{t,i} |r̂_{t,i}|``) added to the loss; 0 (the default) leaves it out.
-        future_only: arel's temporal attention looks only forward (``AgentTemporalTransformer``).
         seed: seeds the model's initialisation (inside ``torch.random.fork_rng``, so the global RNG is
             left as it was) and the generator that draws batches and RRD subsets.
     """
 
     def __init__(self, method: str, feature_dim: int, n_agents: int, *, hidden: int = 64, layers: int = 2,
                  heads: int = 4, lr: float = 1e-3, capacity: int = 1000, batch_size: int = 32,
-                 subset_size: int = 8, sparsity: float = 0.0, future_only: bool = False, seed: int = 0):
+                 subset_size: int = 8, sparsity: float = 0.0, seed: int = 0):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         for name, value in [("feature_dim", feature_dim), ("n_agents", n_agents), ("hidden", hidden),
@@ -203,7 +192,7 @@ class RewardRedistributor:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.model = (StepRewardModel(n_agents, feature_dim, hidden, layers) if method == "rrd"
-                          else AgentTemporalTransformer(feature_dim, hidden, heads, layers, future_only))
+                          else AgentTemporalTransformer(feature_dim, hidden, heads, layers))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.generator = torch.Generator().manual_seed(seed)
         self._features = torch.zeros(capacity, 0, n_agents, feature_dim)

@@ -176,19 +176,6 @@ def test_arel_scores_a_segment_in_its_whole_episodes_context():
     torch.testing.assert_close(paid_second[2:, 0], fresh)       # the next episode starts at position 0
 
 
-def test_the_attention_option_is_arels():
-    from marl.redistribute import OnlineRedistribution
-
-    with pytest.raises(ConfigError, match="'algo.redistribution_attention': expected 'full' or 'future'"):
-        config_from_dict(tiny_config(algo={"redistribution": "arel", "redistribution_attention": "past"}))
-    for method in ("none", "rrd"):
-        with pytest.raises(ConfigError, match=f"'algo.redistribution_attention'.*not '{method}'"):
-            config_from_dict(tiny_config(algo={"redistribution": method, "redistribution_attention": "future"}))
-    for attention, future_only in (("full", False), ("future", True)):
-        cfg = config_from_dict(tiny_config(algo={"redistribution": "arel", "redistribution_attention": attention}))
-        assert OnlineRedistribution(cfg, 2, 3, 4, 3, False, 1).model.model.future_only is future_only
-
-
 def test_sparsity_capacity_and_joint_action_options():
     from marl.redistribute import OnlineRedistribution
 
