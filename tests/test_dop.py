@@ -37,15 +37,20 @@ def masked_pi(logits, avail):
 
 
 # -- hand-worked --------------------------------------------------------------------------------------
-def test_hand_worked_two_agents():
-    # Agent 0: k = 2, Q = [1, 2, 3], π = [1/4, 1/4, 1/2], took 2: 2 · (3 − 2.25) = 1.5.
-    # Agent 1: k = 1/2, action 1 unavailable (Q = -inf, logit nan), Q = [4, ·, 0], π = [3/4, 0, 1/4],
-    # took 2: 0.5 · (0 − 3) = −1.5.
+def hand_worked_case():
+    """Two agents. Agent 0: k = 2, Q = [1, 2, 3], π = [1/4, 1/4, 1/2], took 2. Agent 1: k = 1/2,
+    action 1 unavailable (Q = -inf, logit nan), Q = [4, ·, 0], π = [3/4, 0, 1/4], took 2."""
     k = torch.tensor([[2.0, 0.5]])
     q = torch.tensor([[[1.0, 2.0, 3.0], [4.0, -math.inf, 0.0]]])
     logits = torch.tensor([[[0.0, 0.0, math.log(2)], [math.log(3), math.nan, 0.0]]])
     avail = torch.tensor([[True, True, True], [True, False, True]])
     actions = torch.tensor([[2, 2]])
+    return k, q, logits, avail, actions
+
+
+def test_hand_worked_two_agents():
+    # Agent 0: 2 · (3 − 2.25) = 1.5; agent 1: 0.5 · (0 − 3) = −1.5.
+    k, q, logits, avail, actions = hand_worked_case()
     np.testing.assert_allclose(dop_advantage(k, q, logits, actions, avail).flatten(), [1.5, -1.5], rtol=1e-6)
     # Q_tot = 2 · 3 + 0.5 · 0 + b, with b = 1, given as [...] or as a team signal [..., 1].
     q_taken = torch.tensor([[3.0, 0.0]])
@@ -58,11 +63,7 @@ def test_hand_worked_dop_lambda():
     # Agent 0: 5 − 7 + 1.5 = −0.5; agent 1: 5 − 7 − 1.5 = −3.5. By hand from the definition, agent
     # 0's baseline Σ_u' π(u') Q_tot(u', u_1) = 1/4 (2 + 1) + 1/4 (4 + 1) + 1/2 (6 + 1) = 5.5, and
     # 5 − 5.5 = −0.5.
-    k = torch.tensor([[2.0, 0.5]])
-    q = torch.tensor([[[1.0, 2.0, 3.0], [4.0, -math.inf, 0.0]]])
-    logits = torch.tensor([[[0.0, 0.0, math.log(2)], [math.log(3), math.nan, 0.0]]])
-    avail = torch.tensor([[True, True, True], [True, False, True]])
-    actions = torch.tensor([[2, 2]])
+    k, q, logits, avail, actions = hand_worked_case()
     returns = torch.tensor([[5.0, 5.0]])
     for q_tot in (torch.tensor([[7.0, 7.0]]), torch.tensor([7.0])):   # per agent, or one team value
         np.testing.assert_allclose(dop_lambda_advantage(returns, q_tot, k, q, logits, actions, avail).flatten(),
