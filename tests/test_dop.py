@@ -32,6 +32,18 @@ def taken(q, actions):
     return q.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
 
 
+def deviated_q_tot(k, q, actions, b):
+    """``[..., N, A]``: Q_tot with agent i's action replaced by u, the others' as taken, by a loop."""
+    q_taken = taken(q, actions)
+    out = torch.empty_like(q)
+    for i in range(q.shape[-2]):
+        for u in range(q.shape[-1]):
+            deviated = q_taken.clone()
+            deviated[..., i] = q[..., i, u]
+            out[..., i, u] = dop_mix(k, deviated, b)
+    return out
+
+
 def masked_pi(logits, avail):
     return torch.where(avail, torch.softmax(torch.where(avail, logits, torch.finfo(logits.dtype).min), -1), 0.0)
 
@@ -76,13 +88,7 @@ def test_dop_lambda_is_coma_lambda_on_the_mixed_q_tot(N, A, seed):
     # COMA-λ's baseline on Q_tot(s, (u_{-i}, u')) for every u' of agent i, by enumeration.
     k, q, logits, avail, actions, b = random_case(seed, N=N, A=A)
     returns = torch.randn(actions.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=q.dtype)
-    q_taken = taken(q, actions)
-    q_tot_all = torch.empty_like(q)
-    for i in range(N):
-        for u in range(A):
-            deviated = q_taken.clone()
-            deviated[..., i] = q[..., i, u]
-            q_tot_all[..., i, u] = dop_mix(k, deviated, b)
+    q_taken, q_tot_all = taken(q, actions), deviated_q_tot(k, q, actions, b)
     q_tot = dop_mix(k, q_taken, b).unsqueeze(-1).expand_as(returns)
     torch.testing.assert_close(dop_lambda_advantage(returns, q_tot, k, q, logits, actions, avail),
                                coma_lambda_advantage(returns, torch.where(avail, q_tot_all, 0.0), logits, avail))
@@ -115,15 +121,8 @@ def test_is_k_times_comas_advantage_of_the_agents_own_critic(N, A, seed):
 def test_is_comas_advantage_of_the_mixed_q_tot(N, A, seed):
     # COMA on Q_tot(s, (u_{-i}, u')) for every u' of agent i: the other agents' terms and b cancel.
     k, q, logits, avail, actions, b = random_case(seed, N=N, A=A)
-    q_taken = taken(q, actions)
-    q_tot_all = torch.empty_like(q)
-    for i in range(N):
-        for u in range(A):
-            deviated = q_taken.clone()
-            deviated[..., i] = q[..., i, u]
-            q_tot_all[..., i, u] = dop_mix(k, deviated, b)
     torch.testing.assert_close(dop_advantage(k, q, logits, actions, avail),
-                               coma_advantage(q_tot_all, logits, actions, avail))
+                               coma_advantage(deviated_q_tot(k, q, actions, b), logits, actions, avail))
 
 
 # -- what the linear decomposition implies ------------------------------------------------------------

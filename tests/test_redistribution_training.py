@@ -118,7 +118,7 @@ def test_arel_training_rewards_sum_to_each_episodes_outcome_across_rollouts():
         return original(b, generator)
 
     trainer.learner.prepare = spy
-    outcomes, rewards, ends = [], [], []
+    rewards, ends = [], []
     try:
         for _ in range(7):
             trainer.collect()
