@@ -230,6 +230,15 @@ def test_credit_attribution_refuses_combinations(lazy_run, capsys, args, message
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["eval", "credit"])
+@pytest.mark.parametrize("episodes", ["0", "-3"])
+def test_episodes_below_one_are_refused_in_one_line(lazy_run, capsys, command, episodes):
+    with pytest.raises(SystemExit) as info:
+        main([command, str(lazy_run), "--episodes", episodes])
+    assert info.value.code == 2
+    assert f"argument --episodes: expected an int >= 1, got '{episodes}'" in capsys.readouterr().err
+
+
 def test_tensorboard_attribution_and_reward_model_views(tmp_path):
     run = tmp_path / "arel"
     records, _ = train_run(tiny_config(env={"id": "diag:lazy_agent", "kwargs": {}, "episodic_reward": True},
