@@ -37,7 +37,8 @@ class CounterfactualInputs:
         state: ``[T, B, S]`` and ``obs`` (``[T, B, N, O]`` or None): what the critic reads.
         coalition_q: maps COMA critic inputs ``[..., M, N, D]`` to Q ``[..., M, N, A]`` (Shapley).
         weights: ``[T, B, N]`` DOP's mixing weights k_a(s) ≥ 0, in return units.
-        q_taken: ``[T, B, N]`` DOP's Q_tot(s, u) of the taken joint action, in return units.
+        q_taken: ``[T, B, N]`` the critic's value of the taken joint action, in return units: agent
+            a's row Q(s, u) (COMA's critic), or Q_tot(s, u) (DOP's).
         generator: for the modules that sample.
     """
 
@@ -115,9 +116,8 @@ def shapley(inputs: CounterfactualInputs, n_samples: int) -> torch.Tensor:
 
 def shapley_lambda(inputs: CounterfactualInputs, n_samples: int) -> torch.Tensor:
     """Shapley credit with the λ-return of the taken joint action in place of the critic's Q(s, u)."""
-    q_taken = inputs.q_all.gather(-1, inputs.actions.unsqueeze(-1)).squeeze(-1)
     return shapley_credit(inputs.coalition_q, inputs.state, inputs.logits, inputs.actions, inputs.avail, n_samples,
-                          inputs.generator, inputs.obs, returns=inputs.returns, q_taken=q_taken)
+                          inputs.generator, inputs.obs, returns=inputs.returns, q_taken=inputs.q_taken)
 
 
 def dop(inputs: CounterfactualInputs) -> torch.Tensor:

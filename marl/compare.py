@@ -387,13 +387,9 @@ def _stem(names: list[str]) -> str:
 
 
 def _label_groups(groups: list[RunGroup], differing: list[str], shown: int = 3) -> None:
-    if not differing:
-        for g in groups:
-            g.label = _stem([r.name for r in g.runs])
-        return
     stems = [_stem([r.name for r in g.runs]) for g in groups]
-    if len(differing) > shown and len(set(stems)) == len(stems):
-        # Many keys differ (two different configs): the run directories' names say it better.
+    # Nothing differs, or many keys do (two different configs): the run directories' names say it better.
+    if not differing or (len(differing) > shown and len(set(stems)) == len(stems)):
         for g, stem in zip(groups, stems):
             g.label = stem
         return

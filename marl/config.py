@@ -418,7 +418,7 @@ def validate(cfg: Config) -> Config:
     if a.redistribution != "none":
         _check(cfg.backend == "local", "algo.redistribution", a.redistribution, "'none' with backend 'rllib'")
     _check(a.shapley_samples >= 1, "algo.shapley_samples", a.shapley_samples, "an int >= 1")
-    if a.advantage in ("dop", "dop_lambda"):   # DOP's decomposed critic
+    if ADVANTAGES[a.advantage].critic == "dop":   # DOP's decomposed critic (dop, dop_lambda)
         _check(not m.recurrent, "model.recurrent", m.recurrent, f"false with algo.advantage {a.advantage!r} (its "
                "decomposed critic is feed-forward)")
         _check(e.reward == "shared", "env.reward", e.reward, f"'shared' with algo.advantage {a.advantage!r} (its "

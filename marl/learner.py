@@ -347,11 +347,12 @@ class CreditLearner:
         avail = self.actor.action_mask if avail is None else avail
         inputs = CounterfactualInputs(returns=target, q_all=out, logits=logits, actions=actions, avail=avail,
                                       state=b["state"], obs=b["obs"] if a.critic_obs else None, generator=generator,
-                                      coalition_q=self._coalition_q(b["state"].shape[-1], valid, prep))
+                                      coalition_q=self._coalition_q(b["state"].shape[-1], valid, prep),
+                                      q_taken=q_taken)
         extra = {}
         if self.critic.mixed:   # DOP: utilities stay in the critic's units; the weights carry the scale
             k, _ = self.critic.mix(critic_in)
-            inputs.weights, inputs.q_taken = k * self._value_scale(), q_taken
+            inputs.weights = k * self._value_scale()
         else:
             inputs.q_all = self._to_return_space(out, per_action=True)
             extra["coma_baseline"] = coma_baseline(inputs.q_all, logits, avail)

@@ -204,7 +204,7 @@ class Trainer(TrainingLoop):
         # a learned reward the learner trains on: redistributed dense rewards, or learned difference rewards
         learned = self.redistribution if self.redistribution is not None else self.difference
         if learned is not None:
-            reward, extra = learned.process(self.rollout.tensors())
+            reward, extra = learned.process(b)
             b["reward"] = reward.to(self.device)
         metrics = self.learner.update(b, self.generator)
         metrics.update(extra)
