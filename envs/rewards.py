@@ -12,16 +12,15 @@ DIFFERENCE_COUNTERFACTUALS = ("resimulate", "reward_model")   # env.difference (
 
 
 def team_reward(raw: np.ndarray, team: str, present: np.ndarray | None = None) -> np.ndarray:
-    """The team reward ``[..., 1]``: the sum or mean of the agents' raw rewards ``[..., N]``; with
-    ``present`` (bool ``[..., N]``) the mean is over the agents present (absent ones have reward 0)."""
-    if team == "sum":
-        return raw.sum(axis=-1, keepdims=True)
-    if team == "mean":
-        if present is None:
-            return raw.mean(axis=-1, keepdims=True)
-        count = np.maximum(present.sum(axis=-1, keepdims=True), 1)
-        return np.where(present, raw, 0.0).sum(axis=-1, keepdims=True) / count
-    raise ValueError(f"env.team_reward must be one of {TEAM_REDUCTIONS}, got {team!r}")
+    """The team reward ``[..., 1]``: the sum, or the mean over all N agents (``sum / N``), of the
+    agents' raw rewards ``[..., N]``; with ``present`` (bool ``[..., N]``) absent agents' rewards
+    are left out. The mean always divides by N, present or not, so that ``mean`` and ``sum`` ask for
+    the same policies: a mean over the agents present would weigh a step by how many agents are
+    left, and so change the team's objective whenever one leaves (``docs/envs.md``)."""
+    if team not in TEAM_REDUCTIONS:
+        raise ValueError(f"env.team_reward must be one of {TEAM_REDUCTIONS}, got {team!r}")
+    total = (raw if present is None else np.where(present, raw, 0.0)).sum(axis=-1, keepdims=True)
+    return total if team == "sum" else total / raw.shape[-1]
 
 
 def apply_reward_mode(raw: np.ndarray, mode: str, team: str = "mean", alpha: float = 0.5,
@@ -36,8 +35,8 @@ def apply_reward_mode(raw: np.ndarray, mode: str, team: str = "mean", alpha: flo
     ``marl.envs.vector.EnvSlice``; with a learned counterfactual the env pays ``shared`` and the
     learner replaces it, see ``RewardSpec.from_config``.)
 
-    ``present`` (bool ``[..., N]``, default all) marks the agents that acted; the team mean is over
-    them. Rewards of absent agents are the caller's to zero.
+    ``present`` (bool ``[..., N]``, default all) marks the agents that acted; the team reward leaves
+    the others out. Rewards of absent agents are the caller's to zero.
     """
     if mode == "individual":
         return raw.astype(np.float32, copy=True)

@@ -191,6 +191,11 @@ class CreditLearner:
         self.updates = 0
         self.last_advantage: list[torch.Tensor] | None = None   # per agent, the valid advantages of the last update
         self.critic_h_final: torch.Tensor | None = None   # a recurrent critic's hidden after the last rollout
+        # A team value head learns the team's return, which an agent's departure does not end (see
+        # _team_returns); per-agent reward streams (episodic payouts, learned redistributions) end
+        # where their agent leaves.
+        self.team_returns = bool(getattr(self.critic, "team_value", False)) and not cfg.env.episodic_reward \
+            and a.redistribution == "none"
 
     def state_dict(self) -> dict:
         state = {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
@@ -271,10 +276,30 @@ class CreditLearner:
                 value = self._to_return_space(out)
                 next_out = self.critic(next_in) if ends is None else self.critic.step(next_in, ends)[0]
                 next_value = self._to_return_space(next_out)
-                adv, target = self.advantage.fn(b["reward"], value, next_value, terminated, b["truncated"],
-                                                **self.advantage.kwargs(a))
+                if valid is not None and self.team_returns:
+                    adv, target = self._team_returns(b, value, next_value, valid)
+                else:
+                    adv, target = self.advantage.fn(b["reward"], value, next_value, terminated, b["truncated"],
+                                                    **self.advantage.kwargs(a))
                 return {**prep, "adv": adv, "target": target, "value": value, "critic_in": critic_in}
             return self._prepare_q(b, generator, valid, terminated)
+
+    def _team_returns(self, b: dict, value: torch.Tensor, next_value: torch.Tensor, valid: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Advantages and targets ``[T, B, N]`` of a team value head when agents come and go: one
+        return for the team, which goes on while any agent is present, so an agent's departure is no
+        end for V(s) (its last action is scored by the team's return after it, as the shared reward
+        asks); the team's episode ends by truncation if a present agent was truncated, else by
+        termination. Each present agent gets the team's advantage; absent ones get 0."""
+        ended = b["terminated"] | b["truncated"] | ~valid
+        team_end = ended.all(-1, keepdim=True)
+        truncated = team_end & (b["truncated"] & valid).any(-1, keepdim=True)
+        count = valid.sum(-1, keepdim=True)
+        reward = torch.where(valid, b["reward"], 0.0).sum(-1, keepdim=True) / count.clamp_min(1)
+        terminated = (team_end & ~truncated) | (count == 0)
+        adv, target = self.advantage.fn(reward, value[..., :1], next_value[..., :1], terminated, truncated,
+                                        **self.advantage.kwargs(self.cfg.algo))
+        return torch.where(valid, adv, 0.0), target.expand_as(valid)
 
     def _critic_pass(self, critic: Critic, critic_in: torch.Tensor, b: dict
                      ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
@@ -421,8 +446,10 @@ class CreditLearner:
         metrics.update({f"value_error/{ag}": float(value_error[i]) for i, ag in enumerate(self.agents)})
         self.last_advantage = [adv[..., i] if valid is None else adv[..., i][valid[..., i]]
                                for i in range(len(self.agents))]
-        if a.normalize_value:
-            self.value_norm.update(target, valid)
+        if a.normalize_value:   # a team head's target is the team's wherever any agent is present
+            team_valid = valid.any(-1, keepdim=True).expand_as(valid) if valid is not None and self.team_returns \
+                else valid
+            self.value_norm.update(target, team_valid)
             target = self.value_norm.normalize(target)
         if a.normalize_advantage:
             if valid is None:

@@ -271,6 +271,7 @@ class CentralCritic(Critic):
         net = RecurrentAgentMLP if recurrent else AgentMLP
         super().__init__(net(1, state_dim, 1 if team_value else n_agents, hidden, layers, activation, shared=True), 1)
         self.n_agents = n_agents
+        self.team_value = team_value
 
     def inputs(self, state, obs, actions=None, alive=None):
         return state

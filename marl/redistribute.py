@@ -284,11 +284,10 @@ class OnlineDifference:
                                          seed=cfg.seed, device=device)
 
     def team_reward(self, raw: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
-        """G ``[...]``: the sum or mean (over the agents present) of the raw rewards ``[..., N]``,
-        as ``marl.envs.rewards.team_reward``."""
-        live = alive.to(raw.dtype)
-        g = (raw * live).sum(-1)
-        return g / live.sum(-1).clamp_min(1.0) if self.team == "mean" else g
+        """G ``[...]``: the sum, or the mean over all N agents, of the present agents' raw rewards
+        ``[..., N]``, as ``marl.envs.rewards.team_reward``."""
+        g = (raw * alive.to(raw.dtype)).sum(-1)
+        return g / raw.shape[-1] if self.team == "mean" else g
 
     def defaults(self, avail: torch.Tensor) -> torch.Tensor:
         """``c_i`` per step ``[..., N]``: ``env.default_action`` where ``avail [..., N, A]`` marks it

@@ -4,7 +4,8 @@
 - ``MaskedChoice``: per-step action masks (in a Dict observation or in the infos), and the env
   raises on an illegal action; ``LateMasks``: masks in the infos only from a later step on;
 - ``Departures``: agents that leave at different times (by termination or truncation), and one that
-  arrives late;
+  arrives late; ``Handover``: agents that leave, with a team score paid by one of three conventions
+  and a departing agent's last action that pays the team after it has left;
 - ``AnySpaces``: observations of every flattenable Gymnasium space;
 - ``Unpicklable``: holds a lock, so its live state cannot be snapshot.
 
@@ -217,6 +218,77 @@ class Departures(_TargetEnv):
         return obs, hits, terms, truncs, {a: {} for a in seen}
 
 
+class Handover(Departures):
+    """``Departures`` with a team score and a hand-over: each present agent scores ``hit`` for
+    choosing its target and ``miss`` otherwise; at its last step (its observation says so) an agent
+    that instead chooses the action after its target (mod ``n_actions``) scores ``miss`` but hands
+    over: the team gets ``bonus`` at every later step of the episode. A departing agent's last
+    action pays off only after it has left. ``payout`` says who is paid the team's step score R:
+    ``split`` (R / n to each of the n agents present), ``team`` (R to each present agent) or
+    ``leaver`` (each agent its own score, the bonus split among the agents present).
+
+    With the defaults, handing over is worth it for both agents that leave early; the optimum is
+    ``optimum()``, and never handing over scores 1.5 less under ``split`` and ``leaver``.
+    """
+
+    def __init__(self, payout: str = "split", hit: float = 0.1, miss: float = -0.5, bonus: float = 0.3,
+                 stay=(3, 6, 9), arrive=(0, 0, 0), truncate=(), **kwargs):
+        super().__init__(stay=stay, arrive=arrive, truncate=truncate, **kwargs)
+        if payout not in ("split", "team", "leaver"):
+            raise ValueError(f"payout must be split, team or leaver, got {payout!r}")
+        self.payout, self.hit, self.miss, self.bonus = payout, hit, miss, bonus
+        self._obs_space = spaces.Box(0.0, 1.0, (self.n_actions + 1,), np.float32)
+
+    def _is_last(self, agent) -> bool:
+        i = self.possible_agents.index(agent)
+        return self._t + 1 == self.arrive[i] + self.stay[i]
+
+    def _observe_all(self, agents):
+        return {a: np.append(np.eye(self.n_actions, dtype=np.float32)[self._targets[a]],
+                             np.float32(self._is_last(a))) for a in agents}
+
+    def _observe(self):
+        return self._observe_all(self.agents)
+
+    def reset(self, seed=None, options=None):
+        self._unlocked = 0
+        return super().reset(seed, options)
+
+    def handover_action(self, agent) -> int:
+        return (self._targets[agent] + 1) % self.n_actions
+
+    def step(self, actions):
+        present = list(self.agents)
+        handing = {a for a in present if self._is_last(a) and int(actions[a]) == self.handover_action(a)}
+        _, hits, terms, truncs, infos = super().step(actions)
+        score = {a: self.hit if hits[a] else self.miss for a in present}
+        bonus = self.bonus * self._unlocked
+        self._unlocked += len(handing)
+        team = sum(score.values()) + bonus
+        for a in hits:
+            if a not in present:
+                hits[a] = 0.0
+            elif self.payout == "split":
+                hits[a] = team / len(present)
+            elif self.payout == "team":
+                hits[a] = team
+            else:
+                hits[a] = score[a] + bonus / len(present)
+        return self._observe_all(list(hits)), hits, terms, truncs, infos
+
+    def optimum(self, episodes: int = 1, hand_over: bool = True) -> float:
+        """The mean team return (rewards summed over agents and steps) of hitting every target and,
+        with ``hand_over``, handing over at each agent's last step (agent_2's is worth nothing)."""
+        total = 0.0
+        for seed in range(episodes):
+            self.reset(seed=seed)
+            while self.agents:
+                choice = {a: self.handover_action(a) if hand_over and self._is_last(a) and a != self.possible_agents[-1]
+                          else self._targets[a] for a in self.agents}
+                total += sum(self.step(choice)[1].values())
+        return total / episodes
+
+
 class AnySpaces(ParallelEnv):
     """One agent per kind of observation space; rewards 1 when agent i's action equals the parity of
     the first entry of its observation (just enough to be an env)."""
@@ -305,6 +377,10 @@ def late_masks(**kwargs):
 
 def departures(**kwargs):
     return Departures(**kwargs)
+
+
+def handover(**kwargs):
+    return Handover(**kwargs)
 
 
 def any_spaces(**kwargs):
