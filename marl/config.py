@@ -128,7 +128,9 @@ class AlgoConfig:
     """Passes over each batch. With ``loss: a2c`` only the critic takes them all; the actor takes
     one pass (its policy gradient holds only for the behaviour policy)."""
     minibatches: int = 4
-    """Minibatches per epoch; must divide ``rollout_steps * env.num_envs``."""
+    """Minibatches per epoch: the batch's ``rollout_steps * env.num_envs`` rows (or, for recurrent
+    networks, its chunks) are shuffled and cut into this many parts of near-equal size (at most one
+    part per row)."""
     lr: float = 5e-4
     """Adam learning rate of the actor."""
     critic_lr: float = 5e-4
@@ -164,9 +166,10 @@ class ModelConfig:
     """A GRU after the first layer of actor and critic (MAPPO's recurrent policy), for partially
     observed tasks: hidden states are carried across steps and rollouts and reset where an episode
     starts; training back-propagates through time over chunks of ``model.chunk_length`` steps."""
-    chunk_length: int = 10
+    chunk_length: int = 0
     """With ``model.recurrent``: steps per chunk of truncated back-propagation through time (the
-    MAPPO repo's ``data_chunk_length``); must divide ``algo.rollout_steps``."""
+    MAPPO repo's ``data_chunk_length``); must divide ``algo.rollout_steps``. 0 (the default) picks
+    the smallest divisor of ``algo.rollout_steps`` that is at least 10 (the MAPPO repo's value)."""
     log_std_init: float = -0.5
     """Continuous (Box) actions: the initial log standard deviation of the Gaussian policy (a
     learned, state-independent parameter per action dimension)."""
@@ -239,7 +242,7 @@ class RLlibConfig:
 @dataclass
 class Config:
     seed: int = 0
-    """Seed for torch, the action sampler and env resets."""
+    """Seed for torch, the action sampler and env resets: an int in [0, 2**32)."""
     backend: str = "local"
     """``local`` (the single-process trainer) or ``rllib`` (Ray RLlib, see the ``rllib`` section)."""
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -283,6 +286,11 @@ def _coerce(value: Any, tp, key: str):
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        if isinstance(value, str):  # PyYAML reads '1e5' (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif tp is float:
@@ -327,13 +335,15 @@ def _check(ok: bool, key: str, value, expected: str):
 
 
 def validate(cfg: Config) -> Config:
-    """Range and consistency checks; returns ``cfg`` unchanged or raises ``ConfigError``."""
+    """Range and consistency checks, with derived defaults filled in (``model.chunk_length: 0``);
+    returns ``cfg`` or raises ``ConfigError``."""
     from marl.algorithms import ADVANTAGES
     from marl.envs import REWARD_MODES, TEAM_REDUCTIONS
     from marl.envs.rewards import DIFFERENCE_COUNTERFACTUALS
 
     a, e, m, t = cfg.algo, cfg.env, cfg.model, cfg.train
     _check(cfg.backend in ("local", "rllib"), "backend", cfg.backend, "'local' or 'rllib'")
+    _check(0 <= cfg.seed < 2**32, "seed", cfg.seed, "an int in [0, 2**32)")
     r = cfg.rllib
     for key in ("num_env_runners", "num_learners", "max_env_runner_restarts"):
         _check(getattr(r, key) >= 0, f"rllib.{key}", getattr(r, key), "an int >= 0")
@@ -373,9 +383,7 @@ def validate(cfg: Config) -> Config:
     _check(a.target_update_every >= 0, "algo.target_update_every", a.target_update_every, "an int >= 0")
     _check(a.rollout_steps >= 1, "algo.rollout_steps", a.rollout_steps, "an int >= 1")
     _check(a.epochs >= 1, "algo.epochs", a.epochs, "an int >= 1")
-    batch = a.rollout_steps * e.num_envs
-    _check(a.minibatches >= 1 and batch % a.minibatches == 0, "algo.minibatches", a.minibatches,
-           f"a divisor of the batch algo.rollout_steps * env.num_envs = {batch}")
+    _check(a.minibatches >= 1, "algo.minibatches", a.minibatches, "an int >= 1")
     for key in ("lr", "critic_lr"):
         value = getattr(a, key)
         _check(value > 0.0, f"algo.{key}", value, "a float > 0")
@@ -395,14 +403,14 @@ def validate(cfg: Config) -> Config:
     _check(t.eval_episodes >= 0, "train.eval_episodes", t.eval_episodes, "an int >= 0")
     _check(t.eval_every >= 0, "train.eval_every", t.eval_every, "an int >= 0")
     _check(t.eval_every_episodes >= 1, "train.eval_every_episodes", t.eval_every_episodes, "an int >= 1")
-    _check(m.chunk_length >= 1, "model.chunk_length", m.chunk_length, "an int >= 1")
+    _check(m.chunk_length >= 0, "model.chunk_length", m.chunk_length, "an int >= 0 (0: derived from "
+           "algo.rollout_steps)")
     if m.recurrent:
+        if m.chunk_length == 0:   # a derived default: it adapts to the rollout instead of refusing it
+            m.chunk_length = min(d for d in range(1, a.rollout_steps + 1)
+                                 if a.rollout_steps % d == 0 and d >= min(10, a.rollout_steps))
         _check(a.rollout_steps % m.chunk_length == 0, "model.chunk_length", m.chunk_length,
-               f"a divisor of algo.rollout_steps = {a.rollout_steps}")
-        chunks = a.rollout_steps // m.chunk_length * e.num_envs
-        _check(chunks % a.minibatches == 0, "algo.minibatches", a.minibatches,
-               f"a divisor of the {chunks} chunks (algo.rollout_steps / model.chunk_length * env.num_envs) "
-               f"that recurrent training shuffles")
+               f"a divisor of algo.rollout_steps = {a.rollout_steps}, or 0 to derive one")
         _check(cfg.backend == "local", "model.recurrent", m.recurrent,
                "false with backend 'rllib' (its RLModule here is not stateful; train recurrent policies "
                "with the local backend)")
@@ -521,8 +529,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    for text in overrides:
-        path, value = parse_override(text)
+    """``data`` with each ``--set key=value`` applied in order. An override that changes ``env.id``
+    drops the config's ``env.kwargs`` (they were the old env's); ``env.kwargs`` overrides then apply
+    to the new env."""
+    parsed = [(text, *parse_override(text)) for text in overrides]
+    env = data.get("env")
+    if isinstance(env, dict) and any(path == ["env", "id"] and value != env.get("id") for _, path, value in parsed):
+        env.pop("kwargs", None)
+    for text, path, value in parsed:
         node = data
         for part in path[:-1]:
             child = node.get(part)
@@ -565,10 +579,15 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     return _merged(_read_yaml(base, seen + (path.resolve(),)), data)
 
 
-def _merged(base: dict, variant: dict) -> dict:
+def _merged(base: dict, variant: dict, path: tuple[str, ...] = ()) -> dict:
+    """``variant`` merged over ``base``, section by section. A variant that changes ``env.id`` does
+    not inherit the base's ``env.kwargs`` (those were the base env's)."""
     out = dict(base)
+    if path == ("env",) and "id" in variant and variant["id"] != base.get("id"):
+        out.pop("kwargs", None)
     for key, value in variant.items():
-        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (_merged(out[key], value, path + (key,)) if isinstance(value, dict) and isinstance(out.get(key), dict)
+                    else value)
     return out
 
 

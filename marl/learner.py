@@ -474,7 +474,8 @@ class CreditLearner:
     # -- phase 3: optimisation (local backend) -----------------------------------------------------
     def optimise(self, b: dict[str, torch.Tensor], prep: dict[str, torch.Tensor], adv: torch.Tensor,
                  target: torch.Tensor, generator: torch.Generator, valid: torch.Tensor | None = None) -> dict:
-        """``algo.epochs`` passes of ``algo.minibatches`` PPO/A2C steps over the batch ``b``, with the
+        """``algo.epochs`` passes of ``algo.minibatches`` PPO/A2C steps (near-equal parts of the shuffled
+        rows, at most one per row) over the batch ``b``, with the
         advantages and targets from ``finalise``. Returns the loss diagnostics. Recurrent networks
         train by truncated back-propagation through time over chunks of ``model.chunk_length``
         steps, each starting from the hidden state stored at collection (the actor's) or computed
@@ -495,7 +496,8 @@ class CreditLearner:
             items = {k: v.reshape(-1, *v.shape[2:]) for k, v in rows.items()}   # [T * B, ...]
             starts = {}
         count = next(iter(items.values())).shape[0]
-        mb_size = count // a.minibatches
+        parts = min(a.minibatches, count)
+        bounds = [part * count // parts for part in range(parts + 1)]   # near-equal parts, in order
         params = list(self.actor.parameters()) + list(self.critic.parameters())
         steps = []
         for epoch in range(a.epochs):
@@ -505,8 +507,8 @@ class CreditLearner:
             perm = torch.randperm(count, generator=generator, device=adv.device)
             # index_select (4x faster than v[perm] here), so that minibatches are contiguous views
             shuffled = {k: v.index_select(0, perm) for k, v in {**items, **starts}.items()}
-            for start in range(0, count, mb_size):
-                mb = {k: v[start:start + mb_size] for k, v in shuffled.items()}
+            for start, stop in zip(bounds[:-1], bounds[1:]):
+                mb = {k: v[start:stop] for k, v in shuffled.items()}
                 steps.append(self._minibatch_step(mb, params, train_actor))
         return self._minibatch_metrics(steps)
 

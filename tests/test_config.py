@@ -1,6 +1,7 @@
 """Config loading: typed dataclasses, one clear error line per class of bad input, CLI overrides."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -49,9 +50,52 @@ def test_negative_learning_rate():
         config_from_dict({"algo": {"lr": -1e-3}})
 
 
-def test_minibatches_must_divide_batch():
-    with pytest.raises(ConfigError, match=r"'algo.minibatches': expected a divisor of the batch .* = 100"):
-        config_from_dict({"env": {"num_envs": 4}, "algo": {"rollout_steps": 25, "minibatches": 3}})
+def test_derived_defaults_adapt_to_the_rollout_instead_of_refusing(tmp_path):
+    """Switches flipped alone on the default config: recurrent networks get a chunk length that fits
+    the rollout, and minibatches need not divide the batch (two envs of 25 steps, 4 minibatches)."""
+    from tests.conftest import train_run, tiny_config
+
+    default = Path(__file__).parent.parent / "configs" / "spread_mappo.yaml"
+    assert load_config(default, ["model.recurrent=true"]).model.chunk_length == 25
+    assert load_config(default, ["model.recurrent=true", "algo.rollout_steps=40"]).model.chunk_length == 10
+    assert load_config(default, ["model.recurrent=true", "algo.rollout_steps=7"]).model.chunk_length == 7
+    assert load_config(default, ["env.num_envs=2"]).algo.minibatches == 4
+    records, _ = train_run(tiny_config(env={"num_envs": 2}, algo={"rollout_steps": 5, "minibatches": 4}),
+                           tmp_path / "run")
+    assert records[-1]["env_steps"] == 400
+
+
+def test_numbers_users_write_are_read_as_they_mean_them():
+    assert load_config_text("train: {total_env_steps: 1e5}").train.total_env_steps == 100_000
+    with pytest.raises(ConfigError, match="'train.total_env_steps': expected int, got float 1.5"):
+        load_config_text("train: {total_env_steps: 1.5}")
+    for seed in (-1, 2**32):
+        with pytest.raises(ConfigError, match=r"config key 'seed': expected an int in \[0, 2\*\*32\)"):
+            config_from_dict({"seed": seed})
+
+
+def load_config_text(text: str) -> Config:
+    return config_from_dict(yaml.safe_load(text))
+
+
+def test_a_new_env_id_starts_from_no_kwargs(tmp_path):
+    """The default config's kwargs belong to simple_spread; a variant or --set that names another
+    env does not hand them to it."""
+    default = Path(__file__).parent.parent / "configs" / "spread_mappo.yaml"
+    cfg = load_config(default, ["env.id=tests.user_envs:handover"])
+    assert cfg.env.kwargs == {}
+    cfg = load_config(default, ["env.id=tests.user_envs:handover", "env.kwargs.payout=team"])
+    assert cfg.env.kwargs == {"payout": "team"}
+    variant = tmp_path / "v.yaml"
+    variant.write_text(f"base: {default}\nenv: {{id: 'tests.user_envs:handover', kwargs: {{payout: split}}}}\n")
+    assert load_config(variant).env.kwargs == {"payout": "split"}
+    variant.write_text(f"base: {default}\nenv: {{num_envs: 4}}\n")
+    assert load_config(variant).env.kwargs["N"] == 3
+
+
+def test_minibatches_must_be_positive():
+    with pytest.raises(ConfigError, match=r"'algo.minibatches': expected an int >= 1, got 0"):
+        config_from_dict({"algo": {"minibatches": 0}})
 
 
 def test_bad_choices_name_the_options():
@@ -105,7 +149,7 @@ def test_shipped_configs_load():
     ({"algo": {"gama": 0.9}}, "did you mean 'algo.gamma'"),
     ({"algo": {"gamma": 2}}, "'algo.gamma'"),
     ({"algo": {"lr": -1}}, "'algo.lr'"),
-    ({"env": {"num_envs": 4}, "algo": {"minibatches": 3}}, "'algo.minibatches'"),
+    ({"algo": {"minibatches": 0}}, "'algo.minibatches'"),
     ({"env": {"num_envs": "x"}}, "'env.num_envs'"),
 ])
 def test_cli_prints_one_line_and_exits_nonzero(tmp_path, content, needle):

@@ -280,7 +280,6 @@ def test_a_recurrent_run_evaluates_from_its_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("overrides, key", [
     ({"model": {"recurrent": True, "chunk_length": 7}}, "model.chunk_length"),
-    ({"model": {"recurrent": True, "chunk_length": 5}, "algo": {"minibatches": 8}}, "algo.minibatches"),
     ({"model": {"recurrent": True, "chunk_length": 5}, "backend": "rllib"}, "model.recurrent"),
     ({"model": {"chunk_length": 5}}, "model.chunk_length"),
     ({"algo": {"advantage": "coma", "critic": "local"}}, "algo.critic"),
