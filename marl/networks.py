@@ -67,7 +67,12 @@ class AgentGRUCell(nn.Module):
         self.hidden_gates = AgentLinear(n_agents, hidden, 3 * hidden, shared, 1.0)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        i_r, i_z, i_n = self.input_gates(x).chunk(3, -1)
+        return self.from_input_gates(self.input_gates(x), h)
+
+    def from_input_gates(self, gates_in: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """One step from the input's gate pre-activations ``[..., N, 3H]`` (computed ahead for a
+        whole sequence by ``unroll``) and the hidden ``h [..., N, H]``."""
+        i_r, i_z, i_n = gates_in.chunk(3, -1)
         h_r, h_z, h_n = self.hidden_gates(h).chunk(3, -1)
         reset, update = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
         candidate = torch.tanh(i_n + reset * h_n)
@@ -103,16 +108,47 @@ def unroll(net: RecurrentAgentMLP, x: torch.Tensor, h0: torch.Tensor, first: tor
     """Run ``net`` over a sequence ``x [T, *B, R, in]`` from hidden ``h0 [*B, R, H]``, zeroing the
     hidden where ``first [T, *B]`` marks an episode's first step. Returns the outputs
     ``[T, *B, R, out]``, the hiddens each step starts from (after the reset) and the hiddens after
-    each step, both ``[T, *B, R, H]``."""
-    keep = (~first).to(x.dtype).unsqueeze(-1).unsqueeze(-1)
-    outs, starts, ends, h = [], [], [], h0
-    for t in range(x.shape[0]):
-        h = h * keep[t]
-        starts.append(h)
-        out, h = net.step(x[t], h)
-        outs.append(out)
-        ends.append(h)
-    return torch.stack(outs), torch.stack(starts), torch.stack(ends)
+    each step, both ``[T, *B, R, H]``.
+
+    The layers before and after the GRU run once over the whole sequence; only the recurrence is
+    sequential. A shared GRU runs as PyTorch's fused GRU over each stretch of steps in which no
+    row resets (one stretch when episodes start only where chunks do), so no Python loop runs per
+    step; per-agent GRU weights step a cell whose input gates were computed for all steps at once."""
+    keep = (~first).to(x.dtype).unsqueeze(-1).unsqueeze(-1)   # [T, *B, 1, 1]
+    z = net.first(x)                                          # [T, *B, R, H]
+    cell = net.gru
+    if cell.input_gates.shared:
+        ends = _fused_gru(cell, z, h0, first, keep)
+    else:
+        gates_in = cell.input_gates(z)
+        out, h = [], h0
+        for t in range(z.shape[0]):
+            h = cell.from_input_gates(gates_in[t], h * keep[t])
+            out.append(h)
+        ends = torch.stack(out)
+    starts = torch.cat([h0.unsqueeze(0), ends[:-1]]) * keep
+    return net.head(net.rest(ends)), starts, ends
+
+
+def _fused_gru(cell: AgentGRUCell, z: torch.Tensor, h0: torch.Tensor, first: torch.Tensor,
+               keep: torch.Tensor) -> torch.Tensor:
+    """The hiddens after each step ``[T, *B, R, H]`` of a shared ``cell`` over inputs ``z``, with
+    ``torch.gru`` (the same gates: r, z, n, with the reset gate applied to ``W_hn h + b_hn``) run
+    over the stretches between the steps at which some row resets."""
+    T, H = z.shape[0], z.shape[-1]
+    rows = z[0].numel() // z.shape[-1]
+    params = [cell.input_gates.weight, cell.hidden_gates.weight, cell.input_gates.bias, cell.hidden_gates.bias]
+    resets = first.reshape(T, -1).any(-1)
+    resets[0] = True
+    cuts = resets.nonzero().flatten().tolist() + [T]
+    flat_keep = keep.expand(*z.shape[:-1], 1).reshape(T, rows, 1)
+    flat_z, h = z.reshape(T, rows, z.shape[-1]), h0.reshape(1, rows, H)
+    pieces = []
+    for start, stop in zip(cuts[:-1], cuts[1:]):
+        out, h = torch.gru(flat_z[start:stop], h * flat_keep[start], params, True, 1, 0.0, cell.training, False,
+                           False)
+        pieces.append(out)
+    return torch.cat(pieces).reshape(*z.shape[:-1], H)
 
 
 def with_agent_id(x: torch.Tensor) -> torch.Tensor:

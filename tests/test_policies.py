@@ -188,20 +188,28 @@ def test_bptt_over_one_chunk_covering_the_rollout_equals_the_full_sequence_gradi
         trainer.close()
 
 
-def test_unroll_equals_stepping_and_resets_at_first_steps():
+@pytest.mark.parametrize("shared", [True, False])
+def test_unroll_equals_stepping_and_resets_at_first_steps(shared):
+    """The batched unroll (a fused GRU over the stretches between resets, when shared) against
+    stepping the cell one step at a time: outputs, hiddens and gradients."""
     from marl.networks import RecurrentAgentMLP
 
-    net = RecurrentAgentMLP(3, 4, 2, 8, 2, shared=False)
-    x, h0 = torch.randn(5, 2, 3, 4), torch.randn(2, 3, 8)
+    net = RecurrentAgentMLP(3, 4, 2, 8, 2, shared=shared).double()
+    x, h0 = torch.randn(5, 2, 3, 4, dtype=torch.float64, requires_grad=True), torch.randn(2, 3, 8).double()
     first = torch.tensor([[False, False], [False, True], [False, False], [True, False], [False, False]])
     out, starts, ends = unroll(net, x, h0, first)
-    h = h0
+    h, outs = h0, []
     for t in range(5):
         h = torch.where(first[t][:, None, None], torch.zeros_like(h), h)
         torch.testing.assert_close(starts[t], h)
         o, h = net.step(x[t], h)
+        outs.append(o)
         torch.testing.assert_close(out[t], o)
         torch.testing.assert_close(ends[t], h)
+    weights = torch.randn_like(out)
+    grad, = torch.autograd.grad((out * weights).sum(), x)
+    reference, = torch.autograd.grad((torch.stack(outs) * weights).sum(), x)
+    torch.testing.assert_close(grad, reference)
 
 
 @pytest.mark.parametrize("overrides", [
