@@ -53,8 +53,7 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:   # torch's zip writer reports a failed write as RuntimeError
         _unlink(tmp)
-        kept = "the previous checkpoint is kept" if path.exists() else "there is no earlier checkpoint"
-        raise RunDirError(f"could not write {path} ({_last_line(exc)}); {kept}") from None
+        raise RunDirError(f"could not write {path} ({_last_line(exc)})") from None
     except BaseException:
         _unlink(tmp)
         raise
