@@ -118,10 +118,10 @@ class TrainingLoop:
                 state.pop(key, None)
         elif env_state == "verify" and isinstance(state.get("env_state"), list) and not signature_ok(
                 _env_parts(state["env_state"]), state.get("env_state_hmac")):
-            raise CheckpointError(f"the env state in {self.run_dir / CHECKPOINT_NAME if self.run_dir else 'the checkpoint'}"
-                                  f" is not signed by this user's key (a checkpoint from another user or machine, or "
-                                  f"tampered with) and unpickling it could run code; resume with {TRUST_FLAG} only "
-                                  f"if you trust where it came from")
+            where = self.run_dir / CHECKPOINT_NAME if self.run_dir else "the checkpoint"
+            raise CheckpointError(f"the env state in {where} is not signed by this user's key (a checkpoint from "
+                                  f"another user or machine, or tampered with) and unpickling it could run code; "
+                                  f"resume with {TRUST_FLAG} only if you trust where it came from")
         self.iteration, self.env_steps = int(state["iteration"]), int(state["env_steps"])
         self._pending = [_array_episode(ep) for ep in state.get("pending_episodes", [])]
         self.last_team_return = state.get("last_team_return")

@@ -188,7 +188,8 @@ def test_the_lock_of_a_dead_process_is_taken_over(tmp_path):
 
 # -- every stop is saved -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("signum, workers", [(signal.SIGTERM, 0), pytest.param(signal.SIGHUP, 2, marks=pytest.mark.slow),
+@pytest.mark.parametrize("signum, workers", [(signal.SIGTERM, 0),
+                                             pytest.param(signal.SIGHUP, 2, marks=pytest.mark.slow),
                                              pytest.param(signal.SIGTERM, 2, marks=pytest.mark.slow)])
 def test_sigterm_and_sighup_save_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path, signum, workers):
     cfg = _cfg(total_env_steps=200_000, checkpoint_every=1000)

@@ -294,7 +294,7 @@ def test_cli_train_eval_list_and_gif(tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["episodes"] == 3 and {"team_return_mean", "team_return_std", "return/agent_2"} <= result.keys()
-    assert json.loads((run / "eval.json").read_text()) == result
+    assert [json.loads(p.read_text()) for p in run.glob("eval_*.json")] == [result]   # beside eval.json
     assert (tmp_path / "ep.gif").read_bytes()[:6] in (b"GIF89a", b"GIF87a")
     proc = _cli("list")
     assert proc.returncode == 0 and "mpe2:simple_spread_v3" in proc.stdout and "gae" in proc.stdout
