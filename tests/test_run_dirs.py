@@ -3,7 +3,8 @@ a checkpoint, two writers, every stop signal, resume that cannot be honoured, a 
 checkpoint, a dead env worker, a damaged metrics file, inspection commands over a run's records.
 
 Each test asserts the one-line message, that nothing saved is lost, and, where resume is promised,
-that the resumed run's metrics equal an uninterrupted run's."""
+that the resumed run's metrics equal an uninterrupted run's. Tests that run several CLI processes
+are marked slow (``.ci/run`` runs them)."""
 import json
 import os
 import pickle
@@ -164,6 +165,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     assert len(read_metrics(run)) == 2 and load_checkpoint(run / CHECKPOINT_NAME)["iteration"] == 2
 
 
+@pytest.mark.slow   # several CLI processes
 def test_two_runs_started_together_on_one_directory_leave_one_clean_run(tmp_path):
     cfg, run = _write_cfg(tmp_path, _cfg(total_env_steps=400)), tmp_path / "runs" / "one"
     procs = [_popen("train", str(cfg), "--run-dir", str(run)) for _ in range(2)]
@@ -174,6 +176,7 @@ def test_two_runs_started_together_on_one_directory_leave_one_clean_run(tmp_path
     assert _strip(read_metrics(run)) == _strip(_train(_cfg(total_env_steps=400), tmp_path / "alone"))
 
 
+@pytest.mark.slow   # several CLI processes
 def test_the_lock_of_a_dead_process_is_taken_over(tmp_path):
     run = tmp_path / "run"
     _train(_cfg(total_env_steps=200), run)
@@ -188,7 +191,7 @@ def test_the_lock_of_a_dead_process_is_taken_over(tmp_path):
 
 # -- every stop is saved -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("signum, workers", [(signal.SIGTERM, 0),
+@pytest.mark.parametrize("signum, workers", [pytest.param(signal.SIGTERM, 0, marks=pytest.mark.slow),
                                              pytest.param(signal.SIGHUP, 2, marks=pytest.mark.slow),
                                              pytest.param(signal.SIGTERM, 2, marks=pytest.mark.slow)])
 def test_sigterm_and_sighup_save_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path, signum, workers):
@@ -262,6 +265,7 @@ def test_a_second_signal_during_an_iteration_abandons_it_and_keeps_the_last_chec
     assert _strip(_resume(tmp_path / "cut")) == _strip(full)
 
 
+@pytest.mark.slow   # several CLI processes
 def test_cli_two_ctrl_c_in_quick_succession_end_without_a_traceback(tmp_path):
     run = tmp_path / "run"
     proc = _popen("train", str(_write_cfg(tmp_path, _cfg(total_env_steps=200_000, checkpoint_every=1000))),
@@ -278,6 +282,7 @@ def test_cli_two_ctrl_c_in_quick_succession_end_without_a_traceback(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.slow   # several CLI processes
 def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(tmp_path):
     cfg = _cfg(total_env_steps=200_000, checkpoint_every=1000)
     run = tmp_path / "run"
@@ -347,6 +352,7 @@ def test_a_hand_edited_config_that_no_longer_fits_the_checkpoint_is_refused(tmp_
 
 # -- faults end in one line ---------------------------------------------------------------------------
 
+@pytest.mark.slow   # several CLI processes
 def test_a_corrupt_checkpoint_is_one_line_and_a_good_copy_resumes(tmp_path):
     run = tmp_path / "run"
     _train(_cfg(total_env_steps=200), run)
@@ -394,6 +400,7 @@ def test_a_killed_env_worker_is_named_with_its_exit_and_the_run_resumes_exactly(
     assert _strip(read_metrics(run)) == _strip(full)
 
 
+@pytest.mark.slow   # several CLI processes
 def test_an_unreadable_metrics_file_is_one_line(tmp_path):
     run = tmp_path / "run"
     _train(_cfg(total_env_steps=300), run)
@@ -466,6 +473,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_resume_works_afterwards(tmp_p
 
 # -- inspection commands never overwrite a run's records ----------------------------------------------
 
+@pytest.mark.slow   # several CLI processes
 def test_eval_writes_its_own_file_and_compare_a_new_directory(tmp_path):
     run = tmp_path / "run"
     proc = _cli("train", str(_write_cfg(tmp_path, tiny_config(train={"total_env_steps": 200, "eval_episodes": 3}))),
