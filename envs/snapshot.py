@@ -51,7 +51,9 @@ def snapshot(obj) -> bytes:
 
 
 def restore(data: bytes):
-    """The object a ``snapshot`` was taken of, as it was then."""
+    """The object a ``snapshot`` was taken of, as it was then. This unpickles ``data``, which runs
+    whatever code it names: pass only bytes this process made, or that were authenticated (a
+    checkpoint's env state is signed; see ``marl.checkpoint``)."""
     return pickle.loads(data)
 
 

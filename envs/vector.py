@@ -338,9 +338,11 @@ def _shared_views(buffers: dict, layout: dict, rows: slice) -> dict[str, np.ndar
 
 
 def _worker(conn, env_id, kwargs, rows, reward, buffers, layout):
-    # A terminal's Ctrl-C reaches the whole process group: the learner decides when to stop (it
-    # finishes the iteration and saves a checkpoint) and then closes its workers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A terminal's Ctrl-C (and Slurm's SIGTERM, a closed terminal's SIGHUP) reaches the whole process
+    # group: the learner decides when to stop (it finishes the iteration and saves a checkpoint) and
+    # then closes its workers. A worker whose learner died sees its pipe close and exits.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     try:
         env_slice = EnvSlice(env_id, kwargs, rows.stop - rows.start, reward, _shared_views(buffers, layout, rows))
     except Exception as exc:   # nothing to serve: report and exit
@@ -402,6 +404,7 @@ class ProcessVectorEnv:
         sizes = [num_envs // workers + (i < num_envs % workers) for i in range(workers)]
         bounds = np.cumsum([0] + sizes)
         self._rows = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        self._env_id, self._started = env_id, False
         self._conns, self._procs = [], []
         for rows in self._rows:
             parent, child = ctx.Pipe()
@@ -412,35 +415,58 @@ class ProcessVectorEnv:
             self._conns.append(parent)
             self._procs.append(proc)
         self._recv_all()
+        self._started = True
 
     def _recv_all(self) -> list:
         """One reply from every worker, in worker order; all are read before an error is raised, so
         no reply is left behind in a pipe."""
         replies, error = [], None
-        for conn in self._conns:
+        for w in range(len(self._conns)):
             try:
-                replies.append(self._recv(conn))
+                replies.append(self._recv(w))
             except EnvError as exc:
                 error = error or exc
         if error is not None:
             raise error
         return replies
 
-    @staticmethod
-    def _recv(conn):
+    def _recv(self, w: int):
         try:
-            status, payload = conn.recv()
-        except EOFError:
-            raise EnvError("an env worker process exited unexpectedly (when starting workers from a script, "
-                           "guard its entry point with `if __name__ == '__main__':`)") from None
+            status, payload = self._conns[w].recv()
+        except (EOFError, OSError):
+            raise self._dead(w) from None
         if status == "error":
             raise EnvError(f"env worker failed: {payload}")
         return payload
 
+    def _send(self, w: int, message) -> None:
+        try:
+            self._conns[w].send(message)
+        except OSError:   # BrokenPipeError, ConnectionResetError: the worker is gone
+            raise self._dead(w) from None
+
+    def _dead(self, w: int) -> EnvError:
+        """The error for worker ``w``, which is gone: how it ended, and which envs it stepped."""
+        proc, rows = self._procs[w], self._rows[w]
+        proc.join(timeout=2)
+        code = proc.exitcode
+        if code is None:
+            how = "stopped answering"
+        elif code < 0:
+            how = f"was killed by {signal.Signals(-code).name} (exit code {code})"
+        else:
+            how = f"exited with code {code}"
+        message = (f"env worker {w} of {len(self._procs)} (envs {rows.start}-{rows.stop - 1} of "
+                   f"{self._env_id!r}) {how}")
+        if not self._started:
+            message += (" while starting (when starting workers from a script, guard its entry point with "
+                        "`if __name__ == '__main__':`)")
+        return EnvError(message)
+
     def reset(self, seeds) -> dict[str, np.ndarray]:
         seeds = np.asarray(seeds)
-        for conn, rows in zip(self._conns, self._rows):
-            conn.send(("reset", seeds[rows]))
+        for w, rows in enumerate(self._rows):
+            self._send(w, ("reset", seeds[rows]))
         self._recv_all()
         return self.current()
 
@@ -468,14 +494,14 @@ class ProcessVectorEnv:
         function, since it travels to the workers by name."""
         if len(args_per_worker) != len(self._conns):
             raise ValueError(f"{len(self._conns)} workers, but arguments for {len(args_per_worker)}")
-        for conn, args in zip(self._conns, args_per_worker):
-            conn.send(("call", (fn, args)))
+        for w, args in enumerate(args_per_worker):
+            self._send(w, ("call", (fn, args)))
         return self._recv_all()
 
     def step(self, actions: np.ndarray, autoreset: bool = True) -> StepBatch:
         self._arrays["actions"][:] = actions
-        for conn in self._conns:
-            conn.send(("step", autoreset))
+        for w in range(len(self._conns)):
+            self._send(w, ("step", autoreset))
         episodes = [ep for worker_episodes in self._recv_all() for ep in worker_episodes]
         return StepBatch.copied_from(self._arrays, episodes)
 
@@ -489,7 +515,7 @@ class ProcessVectorEnv:
         for proc in self._procs:
             proc.join(timeout=5)
             if proc.is_alive():
-                proc.terminate()
+                proc.kill()   # it ignores SIGTERM (see _worker)
 
 
 def make_vector_env(env_id: str, kwargs: dict, num_envs: int, reward: RewardSpec, workers: int = 0):

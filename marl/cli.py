@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,23 +16,32 @@ def _cmd_train(args) -> int:
     from marl.run import default_run_dir, final_evaluation, new_run, resume_run
     from marl.trainer import TrainingInterrupted
 
+    from marl.checkpoint import RunDirError
+    from marl.envs import EnvError
+
     if args.resume:
         if args.config:
             raise _UsageError("give either CONFIG or --resume RUN_DIR, not both")
-        trainer = resume_run(args.resume, args.set)
+        trainer = resume_run(args.resume, args.set, trust_env_state=args.trust_env_state)
     else:
         if not args.config:
             raise _UsageError("marl train needs a CONFIG file (or --resume RUN_DIR)")
+        if args.trust_env_state:
+            raise _UsageError("--trust-env-state goes with --resume RUN_DIR")
         cfg = load_config(args.config, args.set)
         trainer = new_run(cfg, args.run_dir or default_run_dir(args.config))
+    resume = f"marl train --resume {trainer.run_dir}"
     try:
         print(f"run directory: {trainer.run_dir}", file=sys.stderr)
         try:
             summary = trainer.train()
         except TrainingInterrupted as exc:
-            print(f"\n{exc}; checkpoint saved. Continue with: marl train --resume {trainer.run_dir}",
-                  file=sys.stderr)
+            print(f"\n{exc}. Continue with: {resume}", file=sys.stderr)
             return 130
+        except (EnvError, RunDirError) as exc:   # a dead env worker, a full disk: say what is kept
+            kept = ("no checkpoint was written yet" if trainer.saved_iteration is None else
+                    f"the checkpoint of iteration {trainer.saved_iteration} is kept")
+            raise type(exc)(f"{exc}; {kept}: continue with {resume}") from None
         result = final_evaluation(trainer)
     finally:
         trainer.close()
@@ -51,7 +61,7 @@ def _fmt(x) -> str:
 
 def _cmd_eval(args) -> int:
     from marl.evaluate import evaluate_batched, evaluator, render_gif
-    from marl.run import EVAL_NAME, load_actor
+    from marl.run import load_actor
 
     actor, cfg = load_actor(args.run_dir)
     # The real env by default, whatever the run trained on; --batched: the batched twin (fast).
@@ -59,7 +69,7 @@ def _cmd_eval(args) -> int:
     result = run(actor, cfg.env.id, cfg.env.kwargs, args.episodes, seed=args.seed)
     if args.sample:   # the stochastic policy on the same episodes' seeds, beside the greedy one
         result["sampled"] = run(actor, cfg.env.id, cfg.env.kwargs, args.episodes, seed=args.seed, greedy=False)
-    (Path(args.run_dir) / EVAL_NAME).write_text(json.dumps(result, indent=2) + "\n")
+    out = _write_new(Path(args.out) if args.out else None, Path(args.run_dir), json.dumps(result, indent=2) + "\n")
     if args.gif:
         render_gif(actor, cfg.env.id, cfg.env.kwargs, args.gif, seed=args.seed)
     if args.json:
@@ -74,7 +84,30 @@ def _cmd_eval(args) -> int:
                 print(f"  {key[len('return/'):]}: {value:.2f}")
     if args.gif:
         print(f"gif: {args.gif}")
+    print(f"wrote {out}")
     return 0
+
+
+def _write_new(out: Path | None, run_dir: Path, text: str) -> Path:
+    """Write ``text`` to ``out``, or to a new ``eval_<time>[-k].json`` in ``run_dir``; never over an
+    existing file (the training's ``eval.json`` included)."""
+    from marl.run import EVAL_NAME
+
+    if out is not None:
+        candidates = [out]
+    else:
+        stem = run_dir / f"{Path(EVAL_NAME).stem}_{time.strftime('%Y%m%d-%H%M%S')}"
+        candidates = [Path(f"{stem}.json")] + [Path(f"{stem}-{k}.json") for k in range(1, 100)]
+    for path in candidates:
+        try:
+            with open(path, "x") as f:
+                f.write(text)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise _UsageError(f"cannot write {path} ({exc.strerror})") from None
+    raise _UsageError(f"{candidates[-1]} already exists; pick another --out")
 
 
 def _cmd_credit(args) -> int:
@@ -239,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set algo.lr=3e-4 (repeatable)")
     p.add_argument("--run-dir", help="where to write the run (default runs/<config>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument("--trust-env-state", action="store_true",
+                   help="--resume: restore the checkpoint's env state (a pickle, so code) even though this user's "
+                        "key did not sign it, e.g. a run copied from another machine you trust")
     p.set_defaults(func=_cmd_train)
     p = sub.add_parser("eval", help="greedy (and with --sample, stochastic) evaluation of a run's checkpoint")
     p.add_argument("run_dir")
@@ -250,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate on the env's batched twin (fast) instead of the PettingZoo env")
     p.add_argument("--sample", action="store_true",
                    help="also evaluate the stochastic policy (actions sampled), beside the greedy one")
+    p.add_argument("--out", metavar="PATH", help="where to write the result (default: a new eval_<time>.json in "
+                                                  "RUN_DIR, beside the training's eval.json); never overwritten")
     p.set_defaults(func=_cmd_eval)
     p = sub.add_parser("credit", help="score a run's credit against a diagnostic env's true credit, or (--oracle) "
                                       "against Monte-Carlo counterfactual advantages on any copyable env, or "
@@ -293,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from marl.envs import EnvError
-    from marl.checkpoint import CheckpointError
+    from marl.checkpoint import RunDirError
     from marl.compare import CompareError
     from marl.config import ConfigError
     from marl.learner import TrainingDiverged
@@ -304,9 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CheckpointError, CompareError, ConfigError, EnvError, _UsageError) as exc:
+    except (CompareError, ConfigError, EnvError, RunDirError, _UsageError) as exc:
         print(f"marl {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:   # outside training (which saves and says so): nothing to save
+        print(f"\nmarl {args.command}: interrupted", file=sys.stderr)
+        return 130
     except TrainingDiverged as exc:
         print(f"marl {args.command}: training diverged: {exc}", file=sys.stderr)
         return 3

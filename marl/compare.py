@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -691,8 +692,9 @@ def comparison_markdown(summaries: list[dict], differing: list[str], reps: int =
 def add_arguments(parser) -> None:
     """The ``marl compare`` arguments (cheap: imports nothing heavy)."""
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories to compare")
-    parser.add_argument("--out-png", default="compare.png", help="figure path (default compare.png)")
-    parser.add_argument("--out-md", default="compare.md", help="markdown report path (default compare.md)")
+    parser.add_argument("--out", metavar="DIR", help="a new (or empty) directory for compare.png and compare.md "
+                                                      "(default: a new compare-<time> directory here); an earlier "
+                                                      "comparison is never overwritten")
     parser.add_argument("--reps", type=int, default=DEFAULT_REPS, help="bootstrap resamples")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.add_argument("--target", type=float, action="append", default=[], metavar="R",
@@ -702,13 +704,39 @@ def add_arguments(parser) -> None:
 
 def run_from_args(args, print_fn: Callable[[str], None] = print) -> int:
     """Run ``compare_runs`` for parsed ``add_arguments`` args; prints the report (or JSON)."""
-    result = compare_runs([Path(d) for d in args.run_dirs], Path(args.out_png), Path(args.out_md), reps=args.reps,
-                          targets=args.target)
+    out = _output_dir(args.out)
+    try:
+        result = compare_runs([Path(d) for d in args.run_dirs], out / "compare.png", out / "compare.md",
+                              reps=args.reps, targets=args.target)
+    except BaseException:
+        if not any(out.iterdir()):
+            out.rmdir()
+        raise
     if args.json:
         print_fn(json.dumps(result))
     else:
         print_fn(Path(result["md"]).read_text() + f"\nwrote {result['png']} and {result['md']}")
     return 0
+
+
+def _output_dir(out: str | None) -> Path:
+    """``out`` (created; it must be absent or empty), or a new ``compare-<time>[-k]`` directory here:
+    ``os.mkdir`` makes it, so two comparisons never share one."""
+    if out is not None:
+        path = Path(out)
+        path.mkdir(parents=True, exist_ok=True)
+        if any(path.iterdir()):
+            raise CompareError(f"--out {str(path)!r} is not empty (an earlier comparison?); pick a new directory")
+        return path
+    stem = time.strftime("compare-%Y%m%d-%H%M%S")
+    for k in range(1000):
+        path = Path(stem if k == 0 else f"{stem}-{k}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise CompareError(f"could not create a new {stem}-* directory here; name one with --out")
 
 
 if __name__ == "__main__":

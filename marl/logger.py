@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
+
+from marl.checkpoint import RunDirError
 
 METRICS_NAME = "metrics.jsonl"
 
@@ -43,8 +46,11 @@ class RunLogger:
 
     def __init__(self, run_dir: str | Path, agents: list[str], purge_step: int | None = None):
         self.run_dir = Path(run_dir)
+        try:
+            self._metrics = open(self.run_dir / METRICS_NAME, "a")
+        except OSError as exc:
+            raise RunDirError(f"cannot write {self.run_dir / METRICS_NAME} ({exc.strerror})") from None
         self.writer = SummaryWriter(str(self.run_dir), purge_step=purge_step)
-        self._metrics = open(self.run_dir / METRICS_NAME, "a")
         self._layout_done = False
         self.agents = agents
 
@@ -61,8 +67,11 @@ class RunLogger:
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 self.writer.add_scalar(key, value, step)
         record = {k: _jsonable(v) for k, v in metrics.items()}
-        self._metrics.write(json.dumps(record) + "\n")
-        self._metrics.flush()
+        try:
+            self._metrics.write(json.dumps(record) + "\n")
+            self._metrics.flush()
+        except OSError as exc:   # e.g. a full disk; a resume cuts a half-written row back
+            raise RunDirError(f"could not write {self.run_dir / METRICS_NAME} ({exc.strerror})") from None
 
     def log_histogram(self, tag: str, values, step: int) -> None:
         self.writer.add_histogram(tag, values, step)
@@ -73,18 +82,62 @@ class RunLogger:
 
     def close(self) -> None:
         self.writer.close()
-        self._metrics.close()
+        try:
+            self._metrics.close()
+        except OSError:   # the buffer was already refused (a full disk), and said so
+            pass
+
+
+def _read_records(path: Path) -> tuple[list[dict], int]:
+    """The records of a metrics file, and the size in bytes of a half-written last line (a run
+    killed, or a disk filled, while writing it; 0 if none).
+
+    Raises:
+        RunDirError: when the file cannot be read, or a line before the last is not JSON.
+    """
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not text"
+        raise RunDirError(f"cannot read {path} ({reason})") from None
+    lines = text.split("\n")
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:   # no newline after it: cut short while being written
+                return records, len(line.encode())
+            raise RunDirError(f"{path} line {i + 1} is not JSON (the file was edited or damaged); fix or remove "
+                              f"that line") from None
+    return records, 0
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The complete records of ``run_dir``'s metrics file (a half-written last line is left out)."""
     path = Path(run_dir) / METRICS_NAME
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return _read_records(path)[0]
 
 
 def truncate_metrics(run_dir: str | Path, last_iteration: int) -> None:
-    """Keep only records with ``iteration <= last_iteration`` (those covered by the checkpoint)."""
+    """Keep only records with ``iteration <= last_iteration`` (those covered by the checkpoint),
+    cutting a half-written last line, with one line on stderr saying so."""
     path = Path(run_dir) / METRICS_NAME
-    kept = [r for r in read_metrics(run_dir) if r.get("iteration", 0) <= last_iteration]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    if not path.exists():
+        return
+    records, cut = _read_records(path)
+    if cut:
+        print(f"[marl] {path}: cut a half-written last line ({cut} bytes) back to the last complete row",
+              file=sys.stderr)
+    kept = [r for r in records if r.get("iteration", 0) <= last_iteration]
+    tmp = path.with_name(path.name + ".tmp")   # then renamed: a kill meanwhile loses no row
+    try:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise RunDirError(f"cannot write {path} ({exc.strerror})") from None

@@ -19,19 +19,32 @@ local backend, ``marl.rllib.trainer.RLlibTrainer`` the RLlib one.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from marl.checkpoint import CHECKPOINT_NAME, load_checkpoint_into, save_checkpoint
+from marl.checkpoint import (CHECKPOINT_NAME, TRUST_FLAG, CheckpointError, changed_settings, load_checkpoint_into,
+                             save_checkpoint, settings_fingerprint, sign_parts, signature_ok)
 from marl.config import Config
 from marl.logger import RunLogger, truncate_metrics
 
+# Ctrl-C, and what Slurm pre-emption, `docker stop`, `timeout` (SIGTERM) and a closed terminal (SIGHUP) send.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# What a checkpoint's pickled env state may do on load: "verify" its signature first, "trust" it, or
+# "skip" it (the networks and counters only; the envs start fresh episodes).
+ENV_STATE_POLICIES = ("verify", "trust", "skip")
+
 
 class TrainingInterrupted(RuntimeError):
-    """Ctrl-C: a checkpoint was written at the last iteration boundary."""
+    """A stop signal: the run saved a checkpoint at an iteration boundary (``saved``), or a second
+    signal abandoned the iteration and the last checkpoint on disk stands."""
+
+    def __init__(self, message: str, saved: bool = True):
+        super().__init__(message)
+        self.saved = saved
 
 
 class TrainingLoop:
@@ -49,6 +62,11 @@ class TrainingLoop:
         self.last_team_return: float | None = None   # of the last logged episodes
         self._pending: list[dict] = []   # finished episodes not yet logged
         self._stop_requested = False
+        self._stop_signal = signal.SIGINT
+        self._saving = False
+        self.saved_iteration: int | None = None   # the iteration of the checkpoint on disk
+        self.resumed = False             # restored from the run directory (its checkpoint, or none yet)
+        self.run_lock = None             # the run directory's lock (``marl.run``), released by ``close``
         self._has_true_credit: bool | None = None
 
     # -- the backend protocol -------------------------------------------------------------------
@@ -77,12 +95,33 @@ class TrainingLoop:
         return self.cfg.total_iterations
 
     def state_dict(self) -> dict:
-        """The checkpoint: the loop's counters and episode bookkeeping, and the backend's state."""
-        return {**self.backend_state(), "iteration": self.iteration, "env_steps": self.env_steps,
-                "agents": self.agents, "pending_episodes": [_plain_episode(ep) for ep in self._pending],
-                "last_team_return": self.last_team_return, "wall_s": self.wall_s}
+        """The checkpoint: the loop's counters and episode bookkeeping, the backend's state, the
+        fingerprint of the settings that shape it, and the signature of pickled env state."""
+        state = {**self.backend_state(), "iteration": self.iteration, "env_steps": self.env_steps,
+                 "agents": self.agents, "pending_episodes": [_plain_episode(ep) for ep in self._pending],
+                 "last_team_return": self.last_team_return, "wall_s": self.wall_s,
+                 "settings": settings_fingerprint(self.cfg)}
+        if isinstance(state.get("env_state"), list):   # pickles (a batched env's state is plain tensors)
+            state["env_state_hmac"] = sign_parts(_env_parts(state["env_state"]))
+        return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, env_state: str = "skip") -> None:
+        """Load a checkpoint; ``env_state`` (one of ``ENV_STATE_POLICIES``) says what may happen to
+        its pickled env state. Only a resume restores it: anything else reads networks and counters.
+
+        Raises:
+            CheckpointError: under "verify", for env state this user's key did not sign.
+        """
+        state = dict(state)
+        if env_state == "skip":
+            for key in ("env_state", "prefetched_rollout", "prefetched_episodes"):
+                state.pop(key, None)
+        elif env_state == "verify" and isinstance(state.get("env_state"), list) and not signature_ok(
+                _env_parts(state["env_state"]), state.get("env_state_hmac")):
+            where = self.run_dir / CHECKPOINT_NAME if self.run_dir else "the checkpoint"
+            raise CheckpointError(f"the env state in {where} is not signed by this user's key (a checkpoint from "
+                                  f"another user or machine, or tampered with) and unpickling it could run code; "
+                                  f"resume with {TRUST_FLAG} only if you trust where it came from")
         self.iteration, self.env_steps = int(state["iteration"]), int(state["env_steps"])
         self._pending = [_array_episode(ep) for ep in state.get("pending_episodes", [])]
         self.last_team_return = state.get("last_team_return")
@@ -90,15 +129,44 @@ class TrainingLoop:
         self.load_backend_state(state)
 
     def save(self) -> Path | None:
+        """Write the checkpoint; a stop signal meanwhile waits for it (see ``_request_stop``)."""
         if self.run_dir is None:
             return None
-        self.sync_learner()
-        return save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.state_dict())
+        self._saving = True
+        try:
+            self.sync_learner()
+            path = save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.state_dict())
+        finally:
+            self._saving = False
+        self.saved_iteration = self.iteration
+        return path
 
-    def restore(self) -> None:
-        """Load the run directory's checkpoint and trim logs written after it."""
-        load_checkpoint_into(self.load_state_dict, self.run_dir / CHECKPOINT_NAME)
+    def restore(self, trust_env_state: bool = False) -> None:
+        """Load the run directory's checkpoint (its env state only if signed by this user's key, or
+        ``trust_env_state``) and trim logs written after it. A run stopped before its first
+        checkpoint starts again from the beginning."""
+        path = self.run_dir / CHECKPOINT_NAME
+        if path.is_file():
+            policy = "trust" if trust_env_state else "verify"
+            load_checkpoint_into(lambda state: self._load_resumed(state, policy), path)
+            self.saved_iteration = self.iteration
+        else:
+            print(f"[marl] {self.run_dir} has no checkpoint yet (stopped before the first one): starting it from "
+                  f"the beginning", file=sys.stderr)
+        self.resumed = True
         truncate_metrics(self.run_dir, self.iteration)
+
+    def _load_resumed(self, state: dict, policy: str) -> None:
+        """Refuse a checkpoint written under other state-shaping settings than the run's config now
+        names (e.g. ``config.yaml`` edited by hand), then load it."""
+        saved, now = state.get("settings") or {}, settings_fingerprint(self.cfg)
+        changed = changed_settings(saved, now)
+        if changed:
+            key = changed[0]
+            raise CheckpointError(f"{self.run_dir / CHECKPOINT_NAME} was written with {key}={saved[key]}, but the "
+                                  f"run's config now says {now[key]}; that setting shapes the run's state, so "
+                                  f"resuming cannot honour the change (put it back, or start a new run)")
+        self.load_state_dict(state, env_state=policy)
 
     # -- what gets logged -------------------------------------------------------------------------
     def _episode_metrics(self, episodes: list[dict]) -> dict:
@@ -206,20 +274,25 @@ class TrainingLoop:
 
     # -- the loop -----------------------------------------------------------------------------------
     def _request_stop(self, signum, frame):
-        if self._stop_requested:  # a second Ctrl-C stops at once
+        """The first stop signal ends the run at the next iteration boundary, with a checkpoint; a
+        second one abandons the iteration, unless a checkpoint is being written: that one is finished."""
+        if self._stop_requested and not self._saving:
             raise KeyboardInterrupt
+        if not self._stop_requested:
+            self._stop_signal = signum
         self._stop_requested = True
 
     def train(self, progress: bool | None = None) -> dict:
         """Run to ``train.total_env_steps``. Returns a summary dict.
 
-        Ctrl-C finishes the current iteration, writes a checkpoint and raises
-        ``TrainingInterrupted``; a second Ctrl-C stops at once.
+        Ctrl-C, SIGTERM or SIGHUP finishes the current iteration, writes a checkpoint and raises
+        ``TrainingInterrupted``; a second one abandons the iteration (the checkpoint on disk stands),
+        but never a checkpoint being written.
         """
         cfg = self.cfg
         progress = cfg.train.progress if progress is None else progress
         if self.run_dir is not None and self.logger is None:
-            purge = self.env_steps + 1 if self.iteration else None   # a resumed run drops later events
+            purge = self.env_steps + 1 if self.resumed else None   # a resumed run drops later events
             self.logger = RunLogger(self.run_dir, self.agents, purge_step=purge)
             if self.iteration == 0:
                 self.logger.log_text("config", "```\n" + cfg.to_yaml() + "\n```")
@@ -229,13 +302,12 @@ class TrainingLoop:
             from tqdm.auto import tqdm
             bar = tqdm(total=self.total_iterations * self.steps_per_iteration, initial=self.env_steps,
                        unit="step", dynamic_ncols=True, desc="train")
-        previous = signal.signal(signal.SIGINT, self._request_stop) if _main_thread() else None
+        previous = {s: signal.signal(s, self._request_stop) for s in STOP_SIGNALS} if _main_thread() else {}
         start, start_steps = time.perf_counter(), self.env_steps
         try:
             while self.iteration < self.total_iterations:
                 if self._stop_requested:
-                    self.save()
-                    raise TrainingInterrupted(f"interrupted at {self.env_steps} env steps")
+                    self._stop_and_save()
                 t0 = time.perf_counter()
                 outcome = self.run_iteration()
                 if outcome is None:
@@ -256,10 +328,18 @@ class TrainingLoop:
                     if self.last_team_return is not None:
                         postfix["ret"] = f"{self.last_team_return:.2f}"
                     bar.set_postfix(postfix)
-            self.save()
+            if self.saved_iteration != self.iteration:
+                self.save()
+            if self._stop_requested:   # the run is complete; a resume runs its final evaluation
+                self._stop_and_save()
+        except KeyboardInterrupt:
+            kept = ("no checkpoint yet: a resume starts from the beginning" if self.saved_iteration is None else
+                    f"the checkpoint of iteration {self.saved_iteration} is kept")
+            raise TrainingInterrupted(f"stopped by a second {signal.Signals(self._stop_signal).name} during iteration "
+                                      f"{self.iteration + 1}, which was abandoned; {kept}", saved=False) from None
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             if bar is not None:
                 bar.close()
             if self.logger is not None:
@@ -268,6 +348,12 @@ class TrainingLoop:
         return {"env_steps": self.env_steps, "wall_s": wall,
                 "env_steps_per_s": (self.env_steps - start_steps) / max(wall, 1e-9),
                 "team_return": self.last_team_return, "run_dir": str(self.run_dir) if self.run_dir else None}
+
+    def _stop_and_save(self) -> None:
+        if self.saved_iteration != self.iteration:
+            self.save()
+        raise TrainingInterrupted(f"stopped by {signal.Signals(self._stop_signal).name} at {self.env_steps} env steps "
+                                  f"(iteration {self.iteration}); checkpoint saved")
 
     def _log_iteration(self, metrics: dict, steps: int, wall: float, update_s: float) -> None:
         metrics.update(self._episode_metrics(self._pending))
@@ -286,6 +372,9 @@ class TrainingLoop:
         if self.logger is not None:
             self.logger.close()
             self.logger = None
+        if self.run_lock is not None:
+            self.run_lock.release()
+            self.run_lock = None
 
 
 def _plain_episode(ep: dict) -> dict:
@@ -295,6 +384,11 @@ def _plain_episode(ep: dict) -> dict:
 
 def _array_episode(ep: dict) -> dict:
     return {**ep, "raw_return": np.asarray(ep["raw_return"]), "return": np.asarray(ep["return"])}
+
+
+def _env_parts(parts: list) -> list[bytes]:
+    """The pickled env state's bytes, from a checkpoint's uint8 tensors."""
+    return [part.numpy().tobytes() for part in parts]
 
 
 def _main_thread() -> bool:

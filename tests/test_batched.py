@@ -69,8 +69,9 @@ def test_a_twin_run_evaluates_on_mpe2_by_default_and_on_the_twin_when_asked(tmp_
 
     _train(tiny_config(env={"batched": True, "num_envs": 8}, train={"eval_episodes": 0}), tmp_path / "run")
     for args, batched in (([], False), (["--batched"], True)):
-        assert main(["eval", str(tmp_path / "run"), "--episodes", "6", *args]) == 0
-        result = json.loads((tmp_path / "run" / "eval.json").read_text())
+        out = tmp_path / f"eval-batched-{batched}.json"
+        assert main(["eval", str(tmp_path / "run"), "--episodes", "6", "--out", str(out), *args]) == 0
+        result = json.loads(out.read_text())
         assert result.get("batched", False) == batched and math.isfinite(result["team_return_mean"])
 
 

@@ -184,11 +184,15 @@ def test_bad_input_errors(runs, tmp_path):
 def test_cli_helpers(runs, tmp_path):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args([str(runs["gae-s0"]), str(runs["gae-s1"]), "--out-png", str(tmp_path / "c.png"),
-                              "--out-md", str(tmp_path / "c.md"), "--reps", str(REPS)])
+    args = parser.parse_args([str(runs["gae-s0"]), str(runs["gae-s1"]), "--out", str(tmp_path / "c"),
+                              "--reps", str(REPS)])
     printed = []
     assert run_from_args(args, printed.append) == 0
-    assert "| gae |" in printed[0] and (tmp_path / "c.png").is_file()
+    assert "| gae |" in printed[0] and (tmp_path / "c" / "compare.png").is_file()
+    before = (tmp_path / "c" / "compare.md").read_text()
+    with pytest.raises(CompareError, match="--out .* is not empty"):   # never over an older result
+        run_from_args(args, printed.append)
+    assert (tmp_path / "c" / "compare.md").read_text() == before
 
 
 def test_bootstrap_interval_is_rliable_iqm_and_deterministic():

@@ -280,8 +280,8 @@ def test_a_recurrent_run_evaluates_from_its_checkpoint(tmp_path):
     from marl.cli import main
 
     _train(_memory_config(True, steps=400), tmp_path / "run")
-    assert main(["eval", str(tmp_path / "run"), "--episodes", "4", "--sample"]) == 0
-    assert json.loads((tmp_path / "run" / "eval.json").read_text())["sampled"]["episodes"] == 4
+    assert main(["eval", str(tmp_path / "run"), "--episodes", "4", "--sample", "--out", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["sampled"]["episodes"] == 4
 
 
 # -- config ---------------------------------------------------------------------------------------------

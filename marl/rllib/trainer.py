@@ -27,6 +27,8 @@ from marl.loop import TrainingLoop
 
 FAULTS_NAME = "env_faults.jsonl"
 MAX_EMPTY_ITERATIONS = 20
+NOT_REPRODUCIBLE = ("rllib backend: runs are not reproducible from a seed (EnvRunners sample with RNGs no "
+                    "checkpoint holds and finish in varying order); for exact, seeded runs use backend: local")
 INEXACT_RESUME = ("rllib backend: checkpoints hold the networks, the optimiser, the value normaliser and the "
                   "counters, but not the episodes in flight on RLlib's EnvRunners; a run resumed from a checkpoint "
                   "starts fresh episodes there, so it does not reproduce an uninterrupted run exactly (the local "
@@ -104,6 +106,7 @@ class RLlibTrainer(TrainingLoop):
             where = f"the Ray cluster at {r.address}" if r.address else f"a local Ray instance ({r.num_cpus} CPUs)"
             print(f"rllib backend: {where}, {r.num_env_runners} EnvRunners x {r.num_envs_per_env_runner} envs, "
                   f"{r.num_learners} Learner workers", file=sys.stderr)
+        print(f"[marl] {NOT_REPRODUCIBLE}", file=sys.stderr)
         self._owns_ray = start_ray(cfg)
         try:
             self._build()
