@@ -85,7 +85,9 @@ class TurnBasedEnv(ParallelEnv):
         return obs, infos
 
     def reset(self, seed=None, options=None):
-        self.aec.reset(seed=seed, options=options)
+        """A new game; ``seed`` is taken modulo 2^31, since OpenSpiel games (PettingZoo's Hanabi, through
+        Shimmy) take it as a C++ int."""
+        self.aec.reset(seed=None if seed is None else int(seed) % 2**31, options=options)
         self._in_play = set(self.aec.agents)
         self._last_view = {}
         self._skip_dead({}, {}, {})
