@@ -87,7 +87,7 @@ class StepBatch:
     next_avail: np.ndarray   # [B, N, A] bool
     acted: np.ndarray        # [B, N] bool
     raw_reward: np.ndarray   # [B, N] as the env gave it
-    reward: np.ndarray       # [B, N] after the reward mode (0 for agents that did not act)
+    reward: np.ndarray       # [B, N] after the reward mode (0 for agents that did not act, but for waiting players)
     terminated: np.ndarray   # [B, N] bool
     truncated: np.ndarray    # [B, N] bool
     done: np.ndarray         # [B] bool: the episode ended at this step
