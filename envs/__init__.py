@@ -26,6 +26,8 @@ class EnvSpec:
     action_mask: np.ndarray   # bool [N, A]: the actions (or, continuous, the action dims) each agent has
     dynamic_mask: bool
     continuous: bool
+    turn_based: bool = False   # one player acts per step (marl.envs.turns)
+    zero_sum: bool = False     # a zero-sum game (marl.envs.turns.ZERO_SUM)
 
 
 def env_spec(env_id: str, kwargs: dict | None = None, batched: bool = False) -> EnvSpec:
@@ -38,7 +40,7 @@ def env_spec(env_id: str, kwargs: dict | None = None, batched: bool = False) -> 
     else:
         env = TeamEnv(env_id, kwargs)
         spec = EnvSpec(list(env.agents), env.obs_dim, env.state_dim, env.n_actions, env.action_mask, env.dynamic_mask,
-                       env.continuous)
+                       env.continuous, env.turn_based, env.zero_sum)
     close = getattr(env, "close", None)
     if close is not None:
         close()

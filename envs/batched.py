@@ -77,6 +77,7 @@ class BatchedVectorEnv:
 
     on_tensors = True
     dynamic_mask = False
+    turn_based = False
 
     def __init__(self, env, reward):
         if reward.shaping:

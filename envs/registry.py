@@ -1,7 +1,8 @@
 """Environment lookup: registered short names, registered prefixes, or any ``package.module:factory``.
 
-Every factory must return a PettingZoo ``ParallelEnv`` or ``AECEnv``; AEC envs are converted with
-PettingZoo's own ``aec_to_parallel``.
+Every factory must return a PettingZoo ``ParallelEnv`` or ``AECEnv``. An AEC env that declares
+``is_parallelizable`` is converted with PettingZoo's own ``aec_to_parallel``; a turn-based one (it
+does not) runs as it is, one player at a time (``marl.envs.turns.TurnBasedEnv``).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pettingzoo.utils.conversions import aec_to_parallel
 from pettingzoo.utils.env import AECEnv, ParallelEnv
 
 from marl.envs.errors import EnvError, error_summary
+from marl.envs.turns import TurnBasedEnv, is_turn_based
 
 # Short name -> "module:factory". Kept as strings so that listing them imports nothing.
 ENVS: dict[str, str] = {
@@ -79,7 +81,7 @@ def make_parallel_env(env_id: str, kwargs: dict | None = None, render_mode: str 
     except Exception as exc:
         raise EnvError(f"env.id {env_id!r}: the factory raised {error_summary(exc)}") from exc
     if isinstance(env, AECEnv):
-        env = aec_to_parallel(env)
+        env = TurnBasedEnv(env, env_id) if is_turn_based(env) else aec_to_parallel(env)
     if not isinstance(env, ParallelEnv):
         raise EnvError(
             f"env.id {env_id!r}: the factory returned {type(env).__name__}, not a PettingZoo "

@@ -104,6 +104,8 @@ class TeamEnv:
         if not self.agents:
             raise EnvError(f"env {env_id!r} has no agents in possible_agents")
         self.n_agents = len(self.agents)
+        self.turn_based = bool(getattr(self.env, "turn_based", False))
+        self.zero_sum = bool(getattr(self.env, "zero_sum", False))
         self._index = {agent: i for i, agent in enumerate(self.agents)}
         obs_sizes, act_sizes, self._obs_spaces, self._mask_in_obs, self._action_start = [], [], [], [], []
         act_spaces = [self.env.action_space(agent) for agent in self.agents]
@@ -305,7 +307,7 @@ class TeamEnv:
         terminated = np.array([bool(term.get(a, False)) for a in self.agents])
         truncated = np.array([bool(trunc.get(a, False)) for a in self.agents])
         alive = self._alive(remaining)
-        if len(remaining) < self.n_agents:
+        if len(remaining) < self.n_agents and not self.turn_based:
             left = self._alive(acting) & ~alive & ~(terminated | truncated)
             truncated |= left   # an agent removed without flags was cut: treat it as a truncation
         obs_array = self._obs_array(obs)

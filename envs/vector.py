@@ -87,7 +87,7 @@ class StepBatch:
     next_avail: np.ndarray   # [B, N, A] bool
     acted: np.ndarray        # [B, N] bool
     raw_reward: np.ndarray   # [B, N] as the env gave it
-    reward: np.ndarray       # [B, N] after the reward mode (0 for agents that did not act)
+    reward: np.ndarray       # [B, N] after the reward mode (0 for agents that did not act, but for waiting players)
     terminated: np.ndarray   # [B, N] bool
     truncated: np.ndarray    # [B, N] bool
     done: np.ndarray         # [B] bool: the episode ended at this step
@@ -157,6 +157,7 @@ class EnvSlice:
         self._potential = resolve_potential(reward.shaping) if reward.shaping else None
         self._phi = np.zeros((n, 1), np.float32)
         self._held = np.zeros((n, self.n_agents), np.float64)   # the episodic mode's withheld rewards
+        self.turn_based = e.turn_based
 
     def _phi_of(self, i: int) -> float:
         return float(self._potential(self.envs[i].env))
@@ -194,6 +195,8 @@ class EnvSlice:
              o["terminated"][i], o["truncated"][i], o["done"][i]) = env.step(actions[i])
         raw, term, acted = o["raw_reward"], o["terminated"], o["acted"]
         self._check_values()
+        if self.turn_based:   # every player is paid, waiting or not (marl.envs.turns)
+            acted = np.ones_like(acted)
         everyone = acted.all()
         if self.reward.mode == "difference":
             reward = self._difference(raw, counterfactual, acted)
@@ -281,6 +284,7 @@ def _describe(venv, probe: TeamEnv, num_envs: int) -> None:
     venv.action_mask = probe.action_mask
     venv.dynamic_mask = not probe.continuous
     venv.continuous = probe.continuous
+    venv.turn_based = probe.turn_based
 
 
 class SyncVectorEnv:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from marl.algorithms import CounterfactualInputs, coma_baseline, get_advantage, td_lambda
+from marl.algorithms.turns import from_turns, own_turns
 from marl.config import Config, ConfigError
 from marl.distributions import Categorical
 from marl.networks import Actor, CentralCritic, Critic, DOPCritic, LocalCritic, QCritic, ValueNorm
@@ -136,10 +137,23 @@ def build_critic(cfg: Config, n_agents: int, obs_dim: int, state_dim: int, n_act
     return LocalCritic(n_agents, obs_dim, agent_state=a.critic == "agent_state", state_dim=state_dim, **common)
 
 
-def refuse_unfit_env(cfg: Config, continuous: bool, n_actions: int) -> None:
-    """The config checks that need the env's spaces (``marl.run.check_env`` runs them before a run
-    directory is made; the learner again, for direct users). Raises ``ConfigError``."""
+def refuse_unfit_env(cfg: Config, continuous: bool, n_actions: int, turn_based: bool = False,
+                     zero_sum: bool = False) -> None:
+    """The config checks that need the env's spaces and kind (``marl.run.check_env`` runs them before a
+    run directory is made; the learner again, for direct users). Raises ``ConfigError``."""
     a = cfg.algo
+    if zero_sum and cfg.env.reward in ("shared", "difference"):
+        raise ConfigError(f"config key 'env.reward': env {cfg.env.id!r} is a zero-sum game (its players' rewards sum "
+                          f"to 0 at every step), so a team reward ({cfg.env.reward!r}) is always 0 and there is "
+                          f"nothing to learn; set env.reward: individual to train its players against each other")
+    if turn_based and cfg.env.reward == "difference":
+        raise ConfigError(f"config key 'env.reward': 'difference' re-simulates one step, and env {cfg.env.id!r} is "
+                          f"turn-based (a move's reward arrives over the turns that follow); use shared, individual "
+                          f"or mixed")
+    if turn_based and get_advantage(a.advantage).critic in ("q", "dop"):
+        raise ConfigError(f"config key 'algo.advantage': {a.advantage!r} values the joint action of one step, and "
+                          f"env {cfg.env.id!r} is turn-based (one player moves per step, and its reward arrives over "
+                          f"the turns that follow); use a V-critic module (gae, td_lambda, n_step, mc)")
     if cfg.env.reward == "difference" and not continuous and not cfg.env.default_action < n_actions:
         raise ConfigError(f"config key 'env.default_action': expected an action of env {cfg.env.id!r}, an int in "
                           f"[0, {n_actions}), got {cfg.env.default_action!r}")
@@ -166,7 +180,7 @@ class CreditLearner:
 
     def __init__(self, cfg: Config, agents: list[str], obs_dim: int, state_dim: int, n_actions: int,
                  action_mask: torch.Tensor, dynamic_mask: bool = False, device: torch.device | str = "cpu",
-                 continuous: bool = False):
+                 continuous: bool = False, turn_based: bool = False):
         a = cfg.algo
         self.cfg = cfg
         self.agents = list(agents)
@@ -176,7 +190,8 @@ class CreditLearner:
         self.advantage = get_advantage(a.advantage)
         self.uses_q = self.advantage.critic in ("q", "dop")   # a critic over actions (counterfactual modules)
         self.continuous = continuous
-        refuse_unfit_env(cfg, continuous, n_actions)
+        self.turn_based = turn_based
+        refuse_unfit_env(cfg, continuous, n_actions, turn_based)
         self.actor = build_actor(cfg, N, obs_dim, n_actions, action_mask, continuous)
         self.critic = build_critic(cfg, N, obs_dim, state_dim, n_actions)
         self.device = torch.device(device)
@@ -261,7 +276,9 @@ class CreditLearner:
         bootstrap actions, and Shapley's orderings and re-sampled actions.
 
         A padded entry (``alive`` False) is treated as a terminated step of its own, so that no
-        advantage or target of a real step reads it. A recurrent critic runs over the rollout from
+        advantage or target of a real step reads it. With a turn-based env (``turn_based``) the
+        advantages run over each agent's own turns instead (``_turn_credit``), and ``valid`` in the
+        result is the mask the losses use. A recurrent critic runs over the rollout from
         ``b["critic_h0"]`` (zeros if absent), reset at ``b["first"]``; its hiddens are returned
         (``critic_starts`` ``[T, B, rows, H]``, and ``critic_h_final``, where the next rollout's
         critic starts)."""
@@ -276,6 +293,8 @@ class CreditLearner:
                 value = self._to_return_space(out)
                 next_out = self.critic(next_in) if ends is None else self.critic.step(next_in, ends)[0]
                 next_value = self._to_return_space(next_out)
+                if self.turn_based:
+                    return {**prep, **self._turn_credit(b, value, next_value), "value": value, "critic_in": critic_in}
                 if valid is not None and self.team_returns:
                     adv, target = self._team_returns(b, value, next_value, valid)
                 else:
@@ -300,6 +319,16 @@ class CreditLearner:
         adv, target = self.advantage.fn(reward, value[..., :1], next_value[..., :1], terminated, truncated,
                                         **self.advantage.kwargs(self.cfg.algo))
         return torch.where(valid, adv, 0.0), target.expand_as(valid)
+
+    def _turn_credit(self, b: dict, value: torch.Tensor, next_value: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A turn-based rollout's advantages and targets over each agent's own turns
+        (``marl.algorithms.turns``), at the rows where it moved; ``valid`` marks the moves whose turn
+        is complete, the entries every loss and statistic reads."""
+        turns = own_turns(b["reward"], value, next_value, b["terminated"], b["truncated"], b["alive"], b["first"])
+        adv, target = self.advantage.fn(turns.reward, turns.value, turns.next_value, turns.terminated,
+                                        turns.truncated, **self.advantage.kwargs(self.cfg.algo))
+        return {"adv": from_turns(adv, turns.order), "target": from_turns(target, turns.order),
+                "valid": from_turns(turns.complete, turns.order)}
 
     def _critic_pass(self, critic: Critic, critic_in: torch.Tensor, b: dict
                      ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
@@ -597,8 +626,8 @@ class CreditLearner:
     def update(self, b: dict[str, torch.Tensor], generator: torch.Generator) -> dict:
         """One update on rollout ``b``: the four phases (see the module docstring). Returns metrics
         (per-agent credit statistics included)."""
-        valid = self.valid_mask(b)
         prep = self.prepare(b, generator)
+        valid = prep.get("valid", self.valid_mask(b))
         self.critic_h_final = prep.get("critic_h_final")
         adv, target, metrics = self.finalise(prep, valid)
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]

@@ -87,11 +87,10 @@ def check_env(cfg: Config) -> None:
     if cfg.backend == "rllib":
         from marl.rllib.algorithm import env_spec as rllib_env_spec   # its own refusals too (no ray import)
         spec = rllib_env_spec(cfg)
-        continuous, n_actions = spec["continuous"], spec["n_actions"]
+        refuse_unfit_env(cfg, spec["continuous"], spec["n_actions"])
     else:
         spec = env_spec(cfg.env.id, cfg.env.kwargs, batched=cfg.env.batched)
-        continuous, n_actions = spec.continuous, spec.n_actions
-    refuse_unfit_env(cfg, continuous, n_actions)
+        refuse_unfit_env(cfg, spec.continuous, spec.n_actions, spec.turn_based, spec.zero_sum)
 
 
 def _refuse_used(run_dir: Path) -> None:

@@ -63,7 +63,8 @@ class Trainer(TrainingLoop):
         v = self.venv
         self.agents, N = list(v.agents), v.n_agents
         self.learner = CreditLearner(cfg, self.agents, v.obs_dim, v.state_dim, v.n_actions,
-                                     torch.from_numpy(v.action_mask), v.dynamic_mask, self.device, v.continuous)
+                                     torch.from_numpy(v.action_mask), v.dynamic_mask, self.device, v.continuous,
+                                     v.turn_based)
         self.actor = self.learner.actor
         sizes = (a.rollout_steps, e.num_envs, N, v.obs_dim, v.state_dim, v.n_actions,
                  self.device if e.batched else None, v.continuous, self.actor.hidden_size)

@@ -73,11 +73,14 @@ def env_spec(cfg) -> dict:
     from marl.envs import env_spec as probe
 
     spec = probe(cfg.env.id, cfg.env.kwargs)
+    if spec.turn_based:
+        raise ConfigError(f"config key 'backend': 'rllib' does not credit the rewards a player receives between its "
+                          f"turns, and env {cfg.env.id!r} is turn-based; train it with backend 'local'")
     if spec.continuous and not spec.action_mask.all():
         raise ConfigError(f"config key 'backend': 'rllib' shares one RLModule (one Box action space) over the agents, "
                           f"and env {cfg.env.id!r} has continuous actions of different sizes per agent; train it "
                           f"with backend 'local'")
-    return dataclasses.asdict(spec)
+    return {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("turn_based", "zero_sum")}
 
 
 def build_config(cfg, agents, obs_dim: int, state_dim: int, n_actions: int, action_mask,
