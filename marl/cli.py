@@ -49,8 +49,12 @@ def _cmd_train(args) -> int:
             f"({summary['env_steps_per_s']:.0f} env steps/s), last team return "
             f"{_fmt(summary['team_return'])}")
     if result is not None:
-        line += f", greedy eval {result['team_return_mean']:.2f} ± {result['team_return_std']:.2f}"
+        sampled = result["sampled"]
+        line += (f", eval greedy {result['team_return_mean']:.2f} ± {result['team_return_std']:.2f}, sampled "
+                 f"{sampled['team_return_mean']:.2f} ± {sampled['team_return_std']:.2f}")
     print(line + f", run directory {trainer.run_dir}")
+    if result is not None and "note" in result:
+        print(f"note: {result['note']}")
     print(f"TensorBoard: tensorboard --logdir {trainer.run_dir}")
     return 0
 
@@ -60,28 +64,28 @@ def _fmt(x) -> str:
 
 
 def _cmd_eval(args) -> int:
-    from marl.evaluate import evaluate_batched, evaluator, render_gif
+    from marl.evaluate import evaluate_batched, evaluate_both, evaluator, render_gif
     from marl.run import load_actor
 
     actor, cfg = load_actor(args.run_dir)
     # The real env by default, whatever the run trained on; --batched: the batched twin (fast).
     run = evaluator(cfg, args.batched)
-    result = run(actor, cfg.env.id, cfg.env.kwargs, args.episodes, seed=args.seed)
-    if args.sample:   # the stochastic policy on the same episodes' seeds, beside the greedy one
-        result["sampled"] = run(actor, cfg.env.id, cfg.env.kwargs, args.episodes, seed=args.seed, greedy=False)
+    result = evaluate_both(run, actor, cfg.env.id, cfg.env.kwargs, args.episodes, seed=args.seed)
     out = _write_new(Path(args.out) if args.out else None, Path(args.run_dir), json.dumps(result, indent=2) + "\n")
     if args.gif:
         render_gif(actor, cfg.env.id, cfg.env.kwargs, args.gif, seed=args.seed)
     if args.json:
         print(json.dumps(result))
         return 0
-    for label, res in [("greedy", result)] + ([("sampled", result["sampled"])] if args.sample else []):
+    for label, res in [("greedy", result), ("sampled", result["sampled"])]:
         where = " (batched env)" if run is evaluate_batched else ""
         print(f"team return {res['team_return_mean']:.2f} ± {res['team_return_std']:.2f} over {res['episodes']} "
               f"{label} episodes{where}")
         for key, value in res.items():
             if key.startswith("return/"):
                 print(f"  {key[len('return/'):]}: {value:.2f}")
+    if "note" in result:
+        print(f"note: {result['note']}")
     if args.gif:
         print(f"gif: {args.gif}")
     print(f"wrote {out}")
@@ -276,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--resume: restore the checkpoint's env state (a pickle, so code) even though this user's "
                         "key did not sign it, e.g. a run copied from another machine you trust")
     p.set_defaults(func=_cmd_train)
-    p = sub.add_parser("eval", help="greedy (and with --sample, stochastic) evaluation of a run's checkpoint")
+    p = sub.add_parser("eval", help="greedy and sampled (stochastic) evaluation of a run's checkpoint, side by side")
     p.add_argument("run_dir")
     p.add_argument("--episodes", type=_positive, default=32)
     p.add_argument("--seed", type=int, default=0)
@@ -284,8 +288,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gif", metavar="PATH", help="render one greedy episode to a GIF")
     p.add_argument("--batched", action="store_true",
                    help="evaluate on the env's batched twin (fast) instead of the PettingZoo env")
-    p.add_argument("--sample", action="store_true",
-                   help="also evaluate the stochastic policy (actions sampled), beside the greedy one")
     p.add_argument("--out", metavar="PATH", help="where to write the result (default: a new eval_<time>.json in "
                                                   "RUN_DIR, beside the training's eval.json); never overwritten")
     p.set_defaults(func=_cmd_eval)

@@ -86,6 +86,33 @@ def evaluator(cfg, batched: bool = False):
     return evaluate_batched if use_batched else evaluate
 
 
+def evaluate_both(run, actor: Actor, env_id: str, env_kwargs: dict, episodes: int, seed: int = 0) -> dict:
+    """The greedy policy and the sampled (stochastic) one on the same episodes' seeds, with ``run``
+    (``evaluate`` or ``evaluate_batched``): the greedy result, with the sampled one under
+    ``sampled`` and, where greedy play falls short of sampled play by more than the sampled mean's
+    95% interval, a one-line ``note`` saying so (``greedy_gap_note``)."""
+    result = run(actor, env_id, env_kwargs, episodes, seed=seed)
+    result["sampled"] = run(actor, env_id, env_kwargs, episodes, seed=seed, greedy=False)
+    note = greedy_gap_note(result, result["sampled"])
+    if note:
+        result["note"] = note
+    return result
+
+
+def greedy_gap_note(greedy: dict, sampled: dict) -> str | None:
+    """A line flagging a greedy policy that scores below its sampled one by more than the sampled
+    mean's 95% interval (1.96 standard errors), or None. Greedy play can be far worse than the
+    policy that was trained (ties broken the same way every step, a deterministic loop), and the
+    sampled figure is then the one that says what the policy learned."""
+    n = max(int(sampled["episodes"]), 1)
+    gap = sampled["team_return_mean"] - greedy["team_return_mean"]
+    half_width = 1.96 * sampled["team_return_std"] / np.sqrt(n)
+    if gap <= half_width or gap <= 1e-9:
+        return None
+    return (f"the greedy policy scores {gap:.2f} below the sampled one ({greedy['team_return_mean']:.2f} vs "
+            f"{sampled['team_return_mean']:.2f} ± {half_width:.2f}); report the sampled figure for this env")
+
+
 def render_gif(actor: Actor, env_id: str, env_kwargs: dict, path: str | Path, seed: int = 0, fps: int = 10) -> Path:
     """Render one greedy episode to an animated GIF. The env must support ``render_mode='rgb_array'``."""
     from PIL import Image

@@ -17,7 +17,7 @@ from pathlib import Path
 from marl.checkpoint import (CHECKPOINT_NAME, SAFE_ON_RESUME, RunDirError, changed_settings, load_checkpoint_into,
                              settings_fingerprint)
 from marl.config import Config, ConfigError, load_config
-from marl.evaluate import evaluator
+from marl.evaluate import evaluate_both, evaluator
 from marl.trainer import Trainer
 
 CONFIG_NAME = "config.yaml"
@@ -187,12 +187,13 @@ def resume_run(run_dir: str | Path, overrides: list[str] = (), trust_env_state: 
 
 
 def final_evaluation(trainer: Trainer) -> dict | None:
-    """Greedy evaluation written to ``eval.json`` at the end of training (``marl eval`` writes its
-    own files beside it)."""
+    """Greedy and sampled evaluation (``marl.evaluate.evaluate_both``) written to ``eval.json`` at the
+    end of training (``marl eval`` writes its own files beside it)."""
     cfg = trainer.cfg
     if cfg.train.eval_episodes == 0:
         return None
-    result = evaluator(cfg)(trainer.actor, cfg.env.id, cfg.env.kwargs, cfg.train.eval_episodes, seed=cfg.seed)
+    result = evaluate_both(evaluator(cfg), trainer.actor, cfg.env.id, cfg.env.kwargs, cfg.train.eval_episodes,
+                           seed=cfg.seed)
     result["env_steps"] = trainer.env_steps
     if trainer.run_dir is not None:
         (trainer.run_dir / EVAL_NAME).write_text(json.dumps(result, indent=2) + "\n")

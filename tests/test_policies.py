@@ -280,7 +280,7 @@ def test_a_recurrent_run_evaluates_from_its_checkpoint(tmp_path):
     from marl.cli import main
 
     _train(_memory_config(True, steps=400), tmp_path / "run")
-    assert main(["eval", str(tmp_path / "run"), "--episodes", "4", "--sample", "--out", str(tmp_path / "e.json")]) == 0
+    assert main(["eval", str(tmp_path / "run"), "--episodes", "4", "--out", str(tmp_path / "e.json")]) == 0
     assert json.loads((tmp_path / "e.json").read_text())["sampled"]["episodes"] == 4
 
 

@@ -346,11 +346,24 @@ def test_periodic_greedy_evaluation_is_logged(tmp_path):
                if r["iteration"] in evaluated)
 
 
-def test_eval_sample_reports_the_stochastic_policy_beside_the_greedy_one(tmp_path):
+def test_eval_reports_the_stochastic_policy_beside_the_greedy_one(tmp_path):
     _train(tiny_config(), tmp_path / "run")
-    proc = _cli("eval", str(tmp_path / "run"), "--episodes", "4", "--sample", "--json")
+    training = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert training["greedy"] and not training["sampled"]["greedy"] and training["sampled"]["episodes"] == 2
+    proc = _cli("eval", str(tmp_path / "run"), "--episodes", "4", "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["greedy"] and not result["sampled"]["greedy"] and result["sampled"]["episodes"] == 4
-    proc = _cli("eval", str(tmp_path / "run"), "--episodes", "4", "--sample")
+    proc = _cli("eval", str(tmp_path / "run"), "--episodes", "4")
     assert "over 4 greedy episodes" in proc.stdout and "over 4 sampled episodes" in proc.stdout
+
+
+def test_a_greedy_policy_far_below_its_sampled_one_is_flagged():
+    from marl.evaluate import greedy_gap_note
+
+    sampled = {"team_return_mean": 8.0, "team_return_std": 0.5, "episodes": 32}
+    note = greedy_gap_note({"team_return_mean": 4.5}, sampled)
+    assert note.startswith("the greedy policy scores 3.50 below the sampled one (4.50 vs 8.00")
+    assert note.endswith("report the sampled figure for this env")
+    assert greedy_gap_note({"team_return_mean": 7.9}, sampled) is None   # within the sampled interval
+    assert greedy_gap_note({"team_return_mean": 9.0}, sampled) is None
