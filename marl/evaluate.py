@@ -104,10 +104,10 @@ def greedy_gap_note(greedy: dict, sampled: dict) -> str | None:
     mean's 95% interval (1.96 standard errors), or None. Greedy play can be far worse than the
     policy that was trained (ties broken the same way every step, a deterministic loop), and the
     sampled figure is then the one that says what the policy learned."""
-    n = max(int(sampled["episodes"]), 1)
+    n = int(sampled["episodes"])
     gap = sampled["team_return_mean"] - greedy["team_return_mean"]
-    half_width = 1.96 * sampled["team_return_std"] / np.sqrt(n)
-    if gap <= half_width or gap <= 1e-9:
+    half_width = 1.96 * sampled["team_return_std"] / np.sqrt(max(n, 1))
+    if n < 2 or gap <= half_width or gap <= 1e-9:   # one episode gives no interval
         return None
     return (f"the greedy policy scores {gap:.2f} below the sampled one ({greedy['team_return_mean']:.2f} vs "
             f"{sampled['team_return_mean']:.2f} ± {half_width:.2f}); report the sampled figure for this env")

@@ -23,4 +23,4 @@ def test_a_users_own_envs_and_algorithms_packages_do_not_break_marl(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "marl.cli", "train", "tiny.yaml", "--run-dir", "run"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "greedy eval" in proc.stdout
+    assert "eval greedy" in proc.stdout

@@ -550,7 +550,7 @@ def test_cli_trains_resumes_and_evaluates_an_rllib_run(tmp_path):
 
     proc = cli("train", str(cfg), "--run-dir", str(run), "--set", "rllib.num_env_runners=1")
     assert proc.returncode == 0, proc.stderr
-    assert "env steps/s" in proc.stdout and "greedy eval" in proc.stdout
+    assert "env steps/s" in proc.stdout and "eval greedy" in proc.stdout
     assert proc.stderr.count("rllib backend: runs are not reproducible from a seed") == 1   # said at the start
     proc = cli("train", "--resume", str(run), "--set", "train.total_env_steps=120")
     assert proc.returncode == 0, proc.stderr
