@@ -28,6 +28,9 @@ class EnvSpec:
     continuous: bool
     turn_based: bool = False   # one player acts per step (marl.envs.turns)
     zero_sum: bool = False     # a zero-sum game (marl.envs.turns.ZERO_SUM)
+    obs_image: object = None     # the ImageLayout of image observations (marl.envs.team_env), or None
+    state_image: object = None   # the ImageLayout of an image env.state(), or None
+    state_is_obs: bool = False   # the state is the agents' observations side by side
 
 
 def env_spec(env_id: str, kwargs: dict | None = None, batched: bool = False) -> EnvSpec:
@@ -40,7 +43,8 @@ def env_spec(env_id: str, kwargs: dict | None = None, batched: bool = False) -> 
     else:
         env = TeamEnv(env_id, kwargs)
         spec = EnvSpec(list(env.agents), env.obs_dim, env.state_dim, env.n_actions, env.action_mask, env.dynamic_mask,
-                       env.continuous, env.turn_based, env.zero_sum)
+                       env.continuous, env.turn_based, env.zero_sum, env.obs_image, env.state_image,
+                       env.state_is_obs)
     close = getattr(env, "close", None)
     if close is not None:
         close()

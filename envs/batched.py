@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 
 from marl.envs.errors import EnvError
@@ -78,6 +79,9 @@ class BatchedVectorEnv:
     on_tensors = True
     dynamic_mask = False
     turn_based = False
+    obs_image = state_image = None   # flat float observations and state (no image encoder)
+    state_is_obs = False
+    obs_dtype = state_dtype = np.float32
 
     def __init__(self, env, reward):
         if reward.shaping:

@@ -6,7 +6,8 @@ arguments and re-runs ``__init__`` on load. A snapshot instead pickles such obje
 ``__dict__`` (the live state: positions, step counters, ``np_random``), and drops rendering handles
 (pygame surfaces and fonts, pyglet windows), which cannot be pickled and are not part of the state.
 An env restored from a snapshot continues exactly where the original was (tested on mpe2), but it
-cannot render.
+cannot render. A ``Box`` space with the same bound everywhere is pickled by its bounds and shape
+(an image env's spaces are otherwise 4 arrays of the image's size each).
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import copyreg
 import io
 import pickle
 
+import numpy as np
+from gymnasium import spaces
 from gymnasium.utils.ezpickle import EzPickle
 
 from marl.envs.errors import EnvError
@@ -25,10 +28,22 @@ def _restore_dict(obj, state: dict) -> None:
     obj.__dict__.update(state)
 
 
+def _box(low, high, shape: tuple, dtype: str, np_random) -> spaces.Box:
+    box = spaces.Box(low, high, shape, np.dtype(dtype))
+    box._np_random = np_random
+    return box
+
+
+def _uniform(values: np.ndarray) -> bool:
+    return values.size > 0 and bool((values == values.flat[0]).all())
+
+
 class _StatePickler(pickle.Pickler):
     def reducer_override(self, obj):
         if isinstance(obj, type):
             return NotImplemented
+        if type(obj) is spaces.Box and obj.low.size > 64 and _uniform(obj.low) and _uniform(obj.high):
+            return _box, (obj.low.flat[0], obj.high.flat[0], obj.shape, obj.dtype.str, obj._np_random)
         if (type(obj).__module__ or "").partition(".")[0] in _RENDER_MODULES:
             return type(None), ()
         if isinstance(obj, EzPickle):

@@ -13,8 +13,12 @@
 - **Agents that come and go.** ``alive [N]`` marks the agents in ``env.agents``: the ones that act
   next. An agent that is absent (it terminated or truncated on its own, or has not arrived yet) has
   zero observations and reward and gets no action; the episode ends when no agent is left.
+- **Images.** Where every agent observes the same image-shaped ``Box`` (``image_layout``), ``obs_image``
+  describes it for the networks' image encoder; uint8 images stay uint8 (``obs_dtype``), 4× less
+  memory than float32 in every buffer (the learner converts them). ``state_image``/``state_dtype``
+  do the same for an image ``env.state()``.
 - **Global state:** ``env.state()`` where the env implements it, else the concatenation of the
-  agents' (unpadded) observations; for the envs in ``marl.envs.registry.STATE_IS_OBSERVATIONS`` that
+  agents' (unpadded) observations (``state_is_obs``); for the envs in ``marl.envs.registry.STATE_IS_OBSERVATIONS`` that
   concatenation is what ``state()`` computes anyway, so it is built directly.
 - **Bad env output is an error** (``EnvError``) naming the env, agent, step and key: a NaN or
   infinite observation, reward or global state (``env.state()``, named by index), no legal action
@@ -59,6 +63,29 @@ class TeamStep(NamedTuple):
     done: bool
 
 
+class ImageLayout(NamedTuple):
+    """An image-shaped array: ``shape`` as the env gives it (H×W×C or C×H×W), where its channels
+    are (``channels_last``) and whether its pixels are uint8 (0–255)."""
+
+    shape: tuple
+    channels_last: bool
+    uint8: bool
+
+
+def image_layout(shape: tuple, dtype) -> ImageLayout | None:
+    """The layout of an image-shaped array (3-d, 1–4 channels last or else first, both other sides
+    at least 8 pixels), or None for any other shape."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) != 3:
+        return None
+    uint8 = np.dtype(dtype) == np.uint8
+    if shape[2] <= 4 and min(shape[:2]) >= 8:
+        return ImageLayout(shape, True, uint8)
+    if shape[0] <= 4 and min(shape[1:]) >= 8:
+        return ImageLayout(shape, False, uint8)
+    return None
+
+
 def _network_space(env_id: str, agent: str, space: spaces.Space) -> tuple[spaces.Space, str | None]:
     """The part of an observation space the network sees, and how to take it out of an observation
     that carries an action mask: ``None`` (no mask), ``"observation"`` (the value under that key) or
@@ -91,6 +118,10 @@ class TeamEnv:
     Attributes:
         agents: sorted agent ids (length N).
         obs_dim, state_dim, n_actions: padded sizes.
+        obs_image, state_image: the ``ImageLayout`` of every agent's observation (all the same
+            image) and of ``env.state()``, or None; ``obs_dtype``, ``state_dtype``: uint8 for uint8
+            images, else float32. ``state_is_obs``: the state is the agents' observations
+            concatenated (no ``env.state()``).
         action_mask: bool ``[N, A]``, True where the action exists for that agent.
         dynamic_mask: the env has given per-step action masks so far (in a Dict observation, or in
             the infos of any reset or step it took). Vector envs do not wait for it: their policy
@@ -147,6 +178,11 @@ class TeamEnv:
         self._any_mask_in_obs = any(self._mask_in_obs)
         self._offsets = any(self._action_start)
         self._has_state = env_id not in STATE_IS_OBSERVATIONS
+        first_space = self._obs_spaces[0]
+        self.obs_image = image_layout(first_space.shape, first_space.dtype) if self._box_obs and all(
+            s.shape == first_space.shape and s.dtype == first_space.dtype for s in self._obs_spaces) else None
+        self.obs_dtype = np.uint8 if self.obs_image and self.obs_image.uint8 else np.float32
+        self.state_image, self.state_dtype = None, np.float32
         # read-only arrays returned on the fast paths of step (every agent present, no per-step mask)
         # False where the caller checks a whole batch of steps at once (marl.envs.vector.EnvSlice)
         # and asks check_step / check_state for the message only when that finds a NaN or inf
@@ -160,6 +196,17 @@ class TeamEnv:
         self._info_masks = False
         first = self.reset(seed=0)
         self.state_dim = first.state.shape[0]
+        self.state_is_obs = not self._has_state
+        if self.state_is_obs:
+            self.state_dtype = self.obs_dtype
+        else:
+            state = np.asarray(self.env.state())
+            self.state_image = image_layout(state.shape, state.dtype)
+            if self.state_image and self.state_image.uint8:
+                self.state_dtype = np.uint8
+
+    def __getstate__(self) -> dict:   # a snapshot (marl.envs.snapshot) holds no copy of the last observations
+        return {**self.__dict__, "_last_obs": {}}
 
     @property
     def dynamic_mask(self) -> bool:
@@ -172,13 +219,13 @@ class TeamEnv:
         elif self._mask_in_obs[i] == "dict":
             value = {k: v for k, v in value.items() if k != MASK_KEY}
         if self._box_obs:
-            return np.asarray(value, dtype=np.float32).reshape(-1)
+            return np.asarray(value, dtype=self.obs_dtype).reshape(-1)
         return np.asarray(spaces.flatten(self._obs_spaces[i], value), dtype=np.float32)
 
     def _obs_array(self, obs: dict) -> np.ndarray:
         if self._uniform_obs and len(obs) == self.n_agents and not self._any_mask_in_obs and self._box_obs:
-            return np.stack([np.asarray(obs[a], dtype=np.float32).reshape(-1) for a in self.agents])
-        out = np.zeros((self.n_agents, self.obs_dim), dtype=np.float32)
+            return np.stack([np.asarray(obs[a], dtype=self.obs_dtype).reshape(-1) for a in self.agents])
+        out = np.zeros((self.n_agents, self.obs_dim), dtype=self.obs_dtype)
         for agent, value in obs.items():
             i = self._index[agent]
             out[i, : self._obs_sizes[i]] = self._flatten(i, value)
@@ -187,7 +234,7 @@ class TeamEnv:
     def _state(self, obs_array: np.ndarray) -> np.ndarray:
         if self._has_state:
             try:
-                state = np.asarray(self.env.state(), dtype=np.float32).reshape(-1)
+                state = np.asarray(self.env.state(), dtype=self.state_dtype).reshape(-1)
             except (NotImplementedError, AttributeError):
                 self._has_state = False
             else:

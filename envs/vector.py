@@ -104,17 +104,17 @@ class StepBatch:
 CURRENT = ("obs", "state", "avail", "alive", "first")   # what agents act on; see ``current()``
 
 
-def _step_layout(n: int, n_agents: int, obs_dim: int, state_dim: int, n_actions: int,
-                 continuous: bool = False) -> dict[str, tuple[tuple, type]]:
-    """Shapes and dtypes of the arrays a vectorised step fills, for ``n`` envs (plus ``actions``)."""
-    agents = (n, n_agents)
-    actions = (agents + (n_actions,), np.float32) if continuous else (agents, np.int64)
-    return {"obs": (agents + (obs_dim,), np.float32), "state": ((n, state_dim), np.float32),
-            "avail": (agents + (n_actions,), bool), "alive": (agents, bool),
-            "next_obs": (agents + (obs_dim,), np.float32), "next_state": ((n, state_dim), np.float32),
-            "next_avail": (agents + (n_actions,), bool), "acted": (agents, bool),
-            "raw_reward": (agents, np.float32), "reward": (agents, np.float32), "terminated": (agents, bool),
-            "truncated": (agents, bool), "done": ((n,), bool), "first": ((n,), bool), "actions": actions}
+def _step_layout(n: int, env: TeamEnv) -> dict[str, tuple[tuple, type]]:
+    """Shapes and dtypes of the arrays a vectorised step of ``n`` copies of ``env`` fills (plus
+    ``actions``); images stay uint8 where the env gives uint8."""
+    agents = (n, env.n_agents)
+    obs, state = (agents + (env.obs_dim,), env.obs_dtype), ((n, env.state_dim), env.state_dtype)
+    actions = (agents + (env.n_actions,), np.float32) if env.continuous else (agents, np.int64)
+    return {"obs": obs, "state": state, "avail": (agents + (env.n_actions,), bool), "alive": (agents, bool),
+            "next_obs": obs, "next_state": state, "next_avail": (agents + (env.n_actions,), bool),
+            "acted": (agents, bool), "raw_reward": (agents, np.float32), "reward": (agents, np.float32),
+            "terminated": (agents, bool), "truncated": (agents, bool), "done": ((n,), bool), "first": ((n,), bool),
+            "actions": actions}
 
 
 def episode_seed(base: int, episode: int) -> int:
@@ -144,9 +144,9 @@ class EnvSlice:
         self.reward = reward
         self.n, self.n_agents, self.obs_dim, self.state_dim = n, e.n_agents, e.obs_dim, e.state_dim
         self.n_actions, self.continuous = e.n_actions, e.continuous
+        self.obs_dtype, self.state_dtype = e.obs_dtype, e.state_dtype
         if out is None:
-            out = {k: np.zeros(shape, dtype) for k, (shape, dtype) in
-                   _step_layout(n, e.n_agents, e.obs_dim, e.state_dim, e.n_actions, e.continuous).items()}
+            out = {k: np.zeros(shape, dtype) for k, (shape, dtype) in _step_layout(n, e).items()}
         self.out = out
         shape = (n, self.n_agents)
         self._raw_return = np.zeros(shape, np.float64)
@@ -234,7 +234,8 @@ class EnvSlice:
         """One test for a NaN or inf anywhere in this step's observations, states and rewards (they
         sum to a finite number); where it fails, the env that caused it raises its ``EnvError``."""
         o = self.out
-        if math.isfinite(float(o["next_obs"].sum()) + float(o["next_state"].sum()) + float(o["raw_reward"].sum())):
+        floats = [o[k] for k in ("next_obs", "next_state", "raw_reward") if o[k].dtype.kind == "f"]   # not uint8 images
+        if math.isfinite(sum(float(x.sum()) for x in floats)):
             return
         for i, env in enumerate(self.envs):
             env.check_step(o["next_obs"][i], o["raw_reward"][i])
@@ -282,6 +283,8 @@ def _describe(venv, probe: TeamEnv, num_envs: int) -> None:
     venv.agents, venv.n_agents = probe.agents, probe.n_agents
     venv.obs_dim, venv.state_dim, venv.n_actions = probe.obs_dim, probe.state_dim, probe.n_actions
     venv.action_mask = probe.action_mask
+    venv.obs_image, venv.state_image, venv.state_is_obs = probe.obs_image, probe.state_image, probe.state_is_obs
+    venv.obs_dtype, venv.state_dtype = probe.obs_dtype, probe.state_dtype
     venv.dynamic_mask = not probe.continuous
     venv.continuous = probe.continuous
     venv.turn_based = probe.turn_based
@@ -400,8 +403,7 @@ class ProcessVectorEnv:
         probe.close()
         _describe(self, probe, num_envs)
         ctx = mp.get_context("spawn")
-        layout = _step_layout(num_envs, probe.n_agents, probe.obs_dim, probe.state_dim, probe.n_actions,
-                              probe.continuous)
+        layout = _step_layout(num_envs, probe)
         buffers = {k: ctx.RawArray("b", max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize))
                    for k, (shape, dtype) in layout.items()}
         self._arrays = _shared_views(buffers, layout, slice(None))

@@ -148,6 +148,8 @@ def _value_note(trainer) -> str | None:
     """Why the value view does not apply to ``trainer`` (None where it does)."""
     from marl.networks import CentralCritic
     critic, a = trainer.learner.critic, trainer.cfg.algo
+    if isinstance(critic, CentralCritic) and (critic.state_encoder or critic.obs_encoder):
+        return "the value view attributes a flat state, and this critic reads an image state through a CNN encoder"
     if isinstance(critic, CentralCritic):
         return None
     why = (f"algo.advantage {a.advantage!r} uses a critic over actions ({type(critic).__name__})" if critic.q
@@ -156,6 +158,8 @@ def _value_note(trainer) -> str | None:
 
 
 def _actor_note(trainer) -> str | None:
+    if trainer.actor.encoder is not None:
+        return "the actor view attributes flat observations, and this actor reads images through a CNN encoder"
     if trainer.actor.continuous:
         return ("continuous actions: the log-probability of the mean action does not depend on the observation "
                 "(the log-std is state-independent), so there is nothing to attribute")

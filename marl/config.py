@@ -170,6 +170,10 @@ class ModelConfig:
     """With ``model.recurrent``: steps per chunk of truncated back-propagation through time (the
     MAPPO repo's ``data_chunk_length``); must divide ``algo.rollout_steps``. 0 (the default) picks
     the smallest divisor of ``algo.rollout_steps`` that is at least 10 (the MAPPO repo's value)."""
+    encoder: str = "auto"
+    """What reads observations and the critic's global state: ``mlp`` (flat), ``cnn`` (a small CNN,
+    ``marl.networks.ImageEncoder``, for the image-shaped inputs: a Box H×W×C or C×H×W) or ``auto``
+    (the CNN for image-shaped inputs, the MLP for the rest). See docs/envs.md."""
     log_std_init: float = -0.5
     """Continuous (Box) actions: the initial log standard deviation of the Gaussian policy (a
     learned, state-independent parameter per action dimension)."""
@@ -393,6 +397,10 @@ def validate(cfg: Config) -> Config:
     _check(m.hidden >= 1, "model.hidden", m.hidden, "an int >= 1")
     _check(m.layers >= 1, "model.layers", m.layers, "an int >= 1")
     _check(m.activation in ("relu", "tanh"), "model.activation", m.activation, "'relu' or 'tanh'")
+    _check(m.encoder in ("auto", "mlp", "cnn"), "model.encoder", m.encoder, "'auto', 'mlp' or 'cnn'")
+    _check(m.encoder != "cnn" or cfg.backend == "local", "model.encoder", m.encoder,
+           "'auto' or 'mlp' with backend 'rllib' (its RLModule reads observations flat; train image envs with "
+           "the local backend)")
     _check(t.total_env_steps >= 1, "train.total_env_steps", t.total_env_steps, "an int >= 1")
     _check(t.log_every >= 1, "train.log_every", t.log_every, "an int >= 1")
     _check(t.checkpoint_every >= 1, "train.checkpoint_every", t.checkpoint_every, "an int >= 1")

@@ -18,6 +18,7 @@ the longest episode chunk. Padded entries take no part in any loss, statistic or
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,8 @@ from marl.algorithms import CounterfactualInputs, coma_baseline, get_advantage, 
 from marl.algorithms.turns import from_turns, own_turns
 from marl.config import Config, ConfigError
 from marl.distributions import Categorical
-from marl.networks import Actor, CentralCritic, Critic, DOPCritic, LocalCritic, QCritic, ValueNorm
+from marl.envs.team_env import ImageLayout
+from marl.networks import Actor, CentralCritic, Critic, DOPCritic, ImageEncoder, LocalCritic, QCritic, ValueNorm
 
 
 class TrainingDiverged(RuntimeError):
@@ -114,17 +116,46 @@ def per_agent_std(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     return ((centred ** 2).sum((0, 1)) / (n - 1).clamp_min(1.0)).sqrt()
 
 
+class ImageInputs(NamedTuple):
+    """An env's image inputs: the layouts of its observations and of its global state (None where
+    flat), and whether the state is the observations side by side (``marl.envs.team_env.TeamEnv``'s
+    attributes of the same names)."""
+
+    obs_image: ImageLayout | None = None
+    state_image: ImageLayout | None = None
+    state_is_obs: bool = False
+
+    @classmethod
+    def of(cls, env) -> ImageInputs:
+        """The image inputs of a ``TeamEnv``, vector env or ``EnvSpec`` (none for a batched env)."""
+        return cls(getattr(env, "obs_image", None), getattr(env, "state_image", None),
+                   bool(getattr(env, "state_is_obs", False)))
+
+
+def encoded_images(cfg: Config, images: ImageInputs | None) -> ImageInputs:
+    """The image inputs that ``model.encoder`` sends through a CNN encoder (the MLP reads the rest
+    flat): all of them under ``auto`` and ``cnn``, none under ``mlp``."""
+    if images is None or cfg.model.encoder == "mlp":
+        return ImageInputs()
+    return images
+
+
 def build_actor(cfg: Config, n_agents: int, obs_dim: int, n_actions: int, action_mask: torch.Tensor,
-                continuous: bool = False) -> Actor:
-    """The one place that builds the policy network of ``cfg.model`` for an env's sizes."""
+                continuous: bool = False, images: ImageInputs | None = None) -> Actor:
+    """The one place that builds the policy network of ``cfg.model`` for an env's sizes (and image
+    observations, ``images``)."""
     m = cfg.model
+    layout = encoded_images(cfg, images).obs_image
     return Actor(n_agents, obs_dim, n_actions, action_mask, m.hidden, m.layers, m.activation, m.share_actor,
-                 continuous=continuous, recurrent=m.recurrent, log_std_init=m.log_std_init)
+                 continuous=continuous, recurrent=m.recurrent, log_std_init=m.log_std_init,
+                 encoder=None if layout is None else ImageEncoder(layout, m.hidden))
 
 
-def build_critic(cfg: Config, n_agents: int, obs_dim: int, state_dim: int, n_actions: int) -> Critic:
+def build_critic(cfg: Config, n_agents: int, obs_dim: int, state_dim: int, n_actions: int,
+                 images: ImageInputs | None = None) -> Critic:
     """The one place that picks the critic: COMA's Q critic for a Q-critic advantage module, else
-    the V critic ``algo.critic`` names (one team head under a shared reward)."""
+    the V critic ``algo.critic`` names (one team head under a shared reward). Image inputs get their
+    own encoders (the actor's are separate networks, as MAPPO's actor and critic are)."""
     a, m = cfg.algo, cfg.model
     common = {"hidden": m.hidden, "layers": m.layers, "activation": m.activation, "recurrent": m.recurrent}
     kind = get_advantage(a.advantage).critic
@@ -132,13 +163,18 @@ def build_critic(cfg: Config, n_agents: int, obs_dim: int, state_dim: int, n_act
         return QCritic(n_agents, state_dim, obs_dim, n_actions, with_obs=a.critic_obs, **common)
     if kind == "dop":
         return DOPCritic(n_agents, state_dim, obs_dim, n_actions, with_obs=a.critic_obs, **common)
+    enc = encoded_images(cfg, images)
+    obs_encoder = None if enc.obs_image is None else ImageEncoder(enc.obs_image, m.hidden)
     if a.critic == "central":
-        return CentralCritic(n_agents, state_dim, team_value=cfg.env.reward == "shared", **common)
-    return LocalCritic(n_agents, obs_dim, agent_state=a.critic == "agent_state", state_dim=state_dim, **common)
+        state_encoder = None if enc.state_image is None else ImageEncoder(enc.state_image, m.hidden)
+        return CentralCritic(n_agents, state_dim, team_value=cfg.env.reward == "shared", state_encoder=state_encoder,
+                             obs_encoder=obs_encoder if enc.state_is_obs else None, **common)
+    return LocalCritic(n_agents, obs_dim, agent_state=a.critic == "agent_state", state_dim=state_dim,
+                       obs_encoder=obs_encoder, **common)
 
 
 def refuse_unfit_env(cfg: Config, continuous: bool, n_actions: int, turn_based: bool = False,
-                     zero_sum: bool = False) -> None:
+                     zero_sum: bool = False, images: ImageInputs | None = None) -> None:
     """The config checks that need the env's spaces and kind (``marl.run.check_env`` runs them before a
     run directory is made; the learner again, for direct users). Raises ``ConfigError``."""
     a = cfg.algo
@@ -165,6 +201,21 @@ def refuse_unfit_env(cfg: Config, continuous: bool, n_actions: int, turn_based: 
         raise ConfigError(f"config key 'env.reward': 'difference' puts a default action c_i (env.default_action) in "
                           f"each agent's place, and env {cfg.env.id!r} has continuous (Box) actions; use shared, "
                           f"individual or mixed")
+    images = images or ImageInputs()
+    if cfg.model.encoder == "cnn" and images.obs_image is None and images.state_image is None:
+        raise ConfigError(f"config key 'model.encoder': 'cnn' needs image observations or an image state (a Box "
+                          f"shaped H×W×C or C×H×W, 1-4 channels, sides of 8 pixels or more), and env "
+                          f"{cfg.env.id!r} has neither; use auto or mlp")
+    enc = encoded_images(cfg, images)
+    if enc.obs_image is not None or enc.state_image is not None:
+        if get_advantage(a.advantage).critic in ("q", "dop"):
+            raise ConfigError(f"config key 'algo.advantage': {a.advantage!r} has a Q critic that reads the raw "
+                              f"state, and env {cfg.env.id!r} has images, which it cannot encode; use a V-critic "
+                              f"module (gae, td_lambda, n_step, mc), or model.encoder: mlp")
+        if a.critic == "agent_state":
+            raise ConfigError(f"config key 'algo.critic': 'agent_state' reads the raw state beside each "
+                              f"observation, and env {cfg.env.id!r} has images, which it cannot encode; use central "
+                              f"or local, or model.encoder: mlp")
 
 
 class CreditLearner:
@@ -180,7 +231,7 @@ class CreditLearner:
 
     def __init__(self, cfg: Config, agents: list[str], obs_dim: int, state_dim: int, n_actions: int,
                  action_mask: torch.Tensor, dynamic_mask: bool = False, device: torch.device | str = "cpu",
-                 continuous: bool = False, turn_based: bool = False):
+                 continuous: bool = False, turn_based: bool = False, images: ImageInputs | None = None):
         a = cfg.algo
         self.cfg = cfg
         self.agents = list(agents)
@@ -191,9 +242,9 @@ class CreditLearner:
         self.uses_q = self.advantage.critic in ("q", "dop")   # a critic over actions (counterfactual modules)
         self.continuous = continuous
         self.turn_based = turn_based
-        refuse_unfit_env(cfg, continuous, n_actions, turn_based)
-        self.actor = build_actor(cfg, N, obs_dim, n_actions, action_mask, continuous)
-        self.critic = build_critic(cfg, N, obs_dim, state_dim, n_actions)
+        refuse_unfit_env(cfg, continuous, n_actions, turn_based, images=images)
+        self.actor = build_actor(cfg, N, obs_dim, n_actions, action_mask, continuous, images)
+        self.critic = build_critic(cfg, N, obs_dim, state_dim, n_actions, images)
         self.device = torch.device(device)
         self.actor.to(self.device)
         self.critic.to(self.device)

@@ -1,5 +1,6 @@
 """Actor and critic networks. Every network maps ``[..., N, in]`` to ``[..., N, out]`` in one call,
-so policy inference is batched over envs and agents with no Python loop."""
+so policy inference is batched over envs and agents with no Python loop. Image observations and
+states go through an ``ImageEncoder`` (a small CNN) first, where ``model.encoder`` says so."""
 from __future__ import annotations
 
 import math
@@ -11,6 +12,7 @@ from torch import nn
 from marl.algorithms import coma_critic_inputs
 from marl.algorithms.dop import dop_mix, positive_weights
 from marl.distributions import Categorical, DiagGaussian
+from marl.envs.team_env import ImageLayout
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -36,6 +38,64 @@ class AgentLinear(nn.Module):
         if self.shared:
             return F.linear(x, self.weight, self.bias)
         return torch.einsum("...ni,nio->...no", x, self.weight) + self.bias
+
+
+def as_float(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as float32 (uint8 images are kept as uint8 until a network reads them)."""
+    return x if x.is_floating_point() else x.to(torch.float32)
+
+
+IMAGE_PIXELS = 2048   # an image is subsampled to about this many pixels before the first convolution
+
+
+class ImageEncoder(nn.Module):
+    """A small CNN from flattened images ``[..., D]`` (``D = H·W·C`` in ``layout``'s order) to features
+    ``[..., hidden]``, in two stages:
+
+    - ``prepare(x) -> [..., C, h, w]`` float, no parameters (the learner runs it once per batch, not
+      once per epoch): every k-th pixel in each direction, k so that about ``IMAGE_PIXELS`` remain
+      (8 on a 280×480 screen, 1 up to 45×45), channels first, uint8 scaled by 1/255. An object
+      smaller than k pixels can fall between the kept ones;
+    - ``forward``: a 4×4 stride-4 convolution (16 channels), a 3×3 stride-2 one (32 channels) where
+      the map is still 3×3 or larger, then a linear layer to ``hidden``, each with a ReLU (the
+      Nature-DQN layout, cut down so that 15 PPO epochs on a 280×480 env run on one CPU thread).
+    """
+
+    def __init__(self, layout: ImageLayout, hidden: int):
+        super().__init__()
+        self.layout = layout
+        h, w, c = layout.shape if layout.channels_last else (*layout.shape[1:], layout.shape[0])
+        self.stride = max(1, min(int(math.sqrt(h * w / IMAGE_PIXELS)), min(h, w) // 8))
+        h, w = -(-h // self.stride), -(-w // self.stride)
+        convs = [nn.Conv2d(c, 16, 4, 4), nn.ReLU()]
+        h, w = h // 4, w // 4
+        if min(h, w) >= 3:
+            convs += [nn.Conv2d(16, 32, 3, 2), nn.ReLU()]
+            h, w = (h - 3) // 2 + 1, (w - 3) // 2 + 1
+        self.convs = nn.Sequential(*convs)
+        self.out = nn.Sequential(nn.Linear(convs[-2].out_channels * h * w, hidden), nn.ReLU())
+        self.out_dim = hidden
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.orthogonal_(m.weight, gain=math.sqrt(2))
+                nn.init.zeros_(m.bias)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Flat images ``[..., D]`` (uint8 or float) -> the network's input ``[..., C, h, w]`` float32."""
+        k, lead = self.stride, x.shape[:-1]
+        x = x.reshape(*lead, *self.layout.shape)
+        x = x[..., ::k, ::k, :] if self.layout.channels_last else x[..., ::k, ::k]
+        x = x.to(torch.float32)   # copies the kept pixels only
+        if self.layout.channels_last:
+            x = x.movedim(-1, -3)
+        x = x.contiguous()
+        return x * (1.0 / 255.0) if self.layout.uint8 else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``prepare``'s output ``[..., C, h, w]`` -> features ``[..., hidden]``."""
+        lead = x.shape[:-3]
+        y = self.convs(x.reshape(-1, *x.shape[-3:]))
+        return self.out(y.reshape(*lead, -1))
 
 
 class AgentMLP(nn.Module):
@@ -170,15 +230,17 @@ class Actor(nn.Module):
     Gaussian for continuous ones, with a learned state-independent log-std (``action_mask`` then
     marks each agent's action dims). ``distribution(out)`` turns it into a
     ``marl.distributions`` object. A recurrent actor has a GRU after its first layer
-    (``hidden_size``), stepped by ``step`` and ``unroll``.
+    (``hidden_size``), stepped by ``step`` and ``unroll``. With an ``encoder`` (image observations)
+    the MLP reads each agent's image features instead of its observation.
     """
 
     def __init__(self, n_agents: int, obs_dim: int, n_actions: int, action_mask: torch.Tensor,
                  hidden: int, layers: int, activation: str, shared: bool, continuous: bool = False,
-                 recurrent: bool = False, log_std_init: float = -0.5):
+                 recurrent: bool = False, log_std_init: float = -0.5, encoder: ImageEncoder | None = None):
         super().__init__()
         self.shared, self.continuous, self.n_agents = shared, continuous, n_agents
-        in_dim = obs_dim + (n_agents if shared else 0)
+        self.encoder = encoder
+        in_dim = (encoder.out_dim if encoder is not None else obs_dim) + (n_agents if shared else 0)
         net = RecurrentAgentMLP if recurrent else AgentMLP
         self.net = net(n_agents, in_dim, n_actions, hidden, layers, activation, shared, out_gain=0.01)
         self.recurrent = recurrent
@@ -189,8 +251,18 @@ class Actor(nn.Module):
             self.log_std = nn.Parameter(torch.full((n_actions,) if shared else (n_agents, n_actions), log_std_init))
 
     def inputs(self, obs: torch.Tensor) -> torch.Tensor:
-        """What the network reads: ``obs [..., N, O]``, with the one-hot agent id when shared."""
-        return with_agent_id(obs) if self.shared else obs
+        """What the network reads, from ``obs [..., N, O]`` (the update builds it once per batch): the
+        observation with the one-hot agent id when shared, or the encoder's prepared images
+        ``[..., N, C, h, w]``."""
+        if self.encoder is not None:
+            return self.encoder.prepare(obs)
+        return self._with_id(as_float(obs))
+
+    def _with_id(self, x: torch.Tensor) -> torch.Tensor:
+        return with_agent_id(x) if self.shared else x
+
+    def _net_input(self, inputs: torch.Tensor) -> torch.Tensor:
+        return inputs if self.encoder is None else self._with_id(self.encoder(inputs))
 
     def dist_inputs(self, raw: torch.Tensor, avail: torch.Tensor | None = None) -> torch.Tensor:
         """The network's raw output as a distribution's input: logits masked by ``avail`` (or the
@@ -204,7 +276,7 @@ class Actor(nn.Module):
     def logits(self, inputs: torch.Tensor, avail: torch.Tensor | None = None) -> torch.Tensor:
         """``dist_inputs`` from ``inputs(obs)`` for a feed-forward actor (the update builds the
         inputs once per batch)."""
-        return self.dist_inputs(self.net(inputs), avail)
+        return self.dist_inputs(self.net(self._net_input(inputs)), avail)
 
     def forward(self, obs: torch.Tensor, avail: torch.Tensor | None = None) -> torch.Tensor:
         """``dist_inputs [..., N, A]`` of a feed-forward actor (a recurrent one needs ``step``)."""
@@ -223,7 +295,7 @@ class Actor(nn.Module):
         """One step ``obs [..., N, O]`` from ``hidden [..., N, H]``: ``(dist_inputs, next hidden)``."""
         if not self.recurrent:
             return self.logits(self.inputs(obs), avail), None
-        out, hidden = self.net.step(self.inputs(obs), hidden)
+        out, hidden = self.net.step(self._net_input(self.inputs(obs)), hidden)
         return self.dist_inputs(out, avail), hidden
 
     def unroll(self, obs: torch.Tensor, avail: torch.Tensor | None, h0: torch.Tensor | None,
@@ -232,7 +304,7 @@ class Actor(nn.Module):
         reset where ``first [T, *B]`` marks an episode's first step (see ``unroll``)."""
         if not self.recurrent:
             return self.logits(self.inputs(obs), avail)
-        out, _, _ = unroll(self.net, self.inputs(obs), h0, first)
+        out, _, _ = unroll(self.net, self._net_input(self.inputs(obs)), h0, first)
         return self.dist_inputs(out, avail)
 
     def distribution(self, out: torch.Tensor):
@@ -298,46 +370,71 @@ class CentralCritic(Critic):
 
     With a team reward (``team_value=True``) one head gives the team's value to every agent, as in
     MAPPO/MAA2C; otherwise each agent gets its own head for its own (individual or mixed) return.
+    An image state goes through ``state_encoder``; a state that is the agents' image observations
+    side by side (an env without ``state()``) goes through ``obs_encoder`` agent by agent, and the
+    MLP reads the N agents' features, never their raw images.
     """
 
     per_agent_inputs = False
 
     def __init__(self, n_agents: int, state_dim: int, hidden: int, layers: int, activation: str,
-                 team_value: bool = False, recurrent: bool = False):
+                 team_value: bool = False, recurrent: bool = False, state_encoder: ImageEncoder | None = None,
+                 obs_encoder: ImageEncoder | None = None):
+        if state_encoder is not None:
+            state_dim = state_encoder.out_dim
+        elif obs_encoder is not None:
+            state_dim = n_agents * obs_encoder.out_dim
         net = RecurrentAgentMLP if recurrent else AgentMLP
         super().__init__(net(1, state_dim, 1 if team_value else n_agents, hidden, layers, activation, shared=True), 1)
         self.n_agents = n_agents
         self.team_value = team_value
+        self.state_encoder, self.obs_encoder = state_encoder, obs_encoder
 
     def inputs(self, state, obs, actions=None, alive=None):
-        return state
+        """``state``, or its prepared images: ``[..., C, h, w]`` (``state_encoder``) or ``[..., N, C, h,
+        w]`` (``obs_encoder``)."""
+        if self.state_encoder is not None:
+            return self.state_encoder.prepare(state)
+        if self.obs_encoder is not None:
+            return self.obs_encoder.prepare(state.reshape(*state.shape[:-1], self.n_agents, -1))
+        return as_float(state)
 
     def _net_input(self, x):
+        if self.state_encoder is not None:
+            x = self.state_encoder(x)
+        elif self.obs_encoder is not None:
+            x = self.obs_encoder(x).flatten(-2)
         return x.unsqueeze(-2)
 
     def _output(self, out, x):
-        return out.squeeze(-2).expand(*x.shape[:-1], self.n_agents)
+        return out.squeeze(-2).expand(*out.shape[:-2], self.n_agents)
 
 
 class LocalCritic(Critic):
     """A value per agent from per-agent inputs, shared with a one-hot agent id: ``x [..., N, D] -> [..., N]``.
-    With ``x = o_i`` it is the decentralised V(o_i) (IPPO/IA2C); with ``x = [s, o_i]``
-    (``agent_state``) MAPPO's agent-specific V(s, o_i, i)."""
+    With ``x = o_i`` it is the decentralised V(o_i) (IPPO/IA2C), image observations through
+    ``obs_encoder``; with ``x = [s, o_i]`` (``agent_state``) MAPPO's agent-specific V(s, o_i, i)."""
 
     def __init__(self, n_agents: int, obs_dim: int, hidden: int, layers: int, activation: str,
-                 agent_state: bool = False, state_dim: int = 0, recurrent: bool = False):
+                 agent_state: bool = False, state_dim: int = 0, recurrent: bool = False,
+                 obs_encoder: ImageEncoder | None = None):
+        if obs_encoder is not None:
+            obs_dim = obs_encoder.out_dim
         in_dim = obs_dim + (state_dim if agent_state else 0)
         net = RecurrentAgentMLP if recurrent else AgentMLP
         super().__init__(net(n_agents, in_dim + n_agents, 1, hidden, layers, activation, shared=True), n_agents)
-        self.agent_state = agent_state
+        self.agent_state, self.obs_encoder = agent_state, obs_encoder
 
     def inputs(self, state, obs, actions=None, alive=None):
+        if self.obs_encoder is not None:
+            return self.obs_encoder.prepare(obs)
+        state, obs = as_float(state), as_float(obs)
         if self.agent_state:
             return torch.cat([state.unsqueeze(-2).expand(*obs.shape[:-1], state.shape[-1]), obs], -1)
         return obs
 
     def _net_input(self, x):
-        return with_agent_id(x)
+        return with_agent_id(x if self.obs_encoder is None else self.obs_encoder(x))
 
     def _output(self, out, x):
         return out.squeeze(-1)
@@ -359,6 +456,7 @@ class QCritic(Critic):
         self.n_actions, self.with_obs = n_actions, with_obs
 
     def inputs(self, state, obs, actions=None, alive=None):
+        state, obs = as_float(state), as_float(obs)
         onehot = F.one_hot(actions, self.n_actions).to(state.dtype)
         if alive is not None:
             onehot = onehot * alive.unsqueeze(-1).to(state.dtype)
@@ -387,6 +485,7 @@ class DOPCritic(Critic):
         self.state_dim, self.with_obs = state_dim, with_obs
 
     def inputs(self, state, obs, actions=None, alive=None):
+        state, obs = as_float(state), as_float(obs)
         parts = [state.unsqueeze(-2).expand(*obs.shape[:-1], state.shape[-1]),
                  torch.eye(obs.shape[-2], dtype=state.dtype, device=state.device).expand(*obs.shape[:-1], obs.shape[-2])]
         if self.with_obs:

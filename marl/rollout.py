@@ -40,13 +40,14 @@ class Rollout:
 
     @classmethod
     def allocate(cls, T, B, N, obs_dim, state_dim, n_actions, device: torch.device | str | None = None,
-                 continuous: bool = False, hidden: int = 0):
-        """Zeroed storage: numpy arrays, or with ``device`` torch tensors there (the batched-env path)."""
+                 continuous: bool = False, hidden: int = 0, obs_dtype=np.float32, state_dtype=np.float32):
+        """Zeroed storage: numpy arrays, or with ``device`` torch tensors there (the batched-env path).
+        ``obs_dtype``/``state_dtype``: the env's (uint8 for uint8 images, converted by the networks)."""
         actions = ((T, B, N, n_actions), np.float32) if continuous else ((T, B, N), np.int64)
-        shapes = {"obs": ((T, B, N, obs_dim), np.float32), "state": ((T, B, state_dim), np.float32),
+        shapes = {"obs": ((T, B, N, obs_dim), obs_dtype), "state": ((T, B, state_dim), state_dtype),
                   "avail": ((T, B, N, n_actions), bool), "alive": ((T, B, N), bool), "first": ((T, B), bool),
                   "actor_h": ((T, B, N, hidden), np.float32),
-                  "next_obs": ((T, B, N, obs_dim), np.float32), "next_state": ((T, B, state_dim), np.float32),
+                  "next_obs": ((T, B, N, obs_dim), obs_dtype), "next_state": ((T, B, state_dim), state_dtype),
                   "next_avail": ((T, B, N, n_actions), bool), "actions": actions,
                   "logp": ((T, B, N), np.float32), "raw_reward": ((T, B, N), np.float32),
                   "reward": ((T, B, N), np.float32), "terminated": ((T, B, N), bool),
@@ -61,7 +62,7 @@ class Rollout:
         return {k: torch.as_tensor(v) for k, v in vars(self).items()}
 
 
-_TORCH_DTYPES = {np.float32: torch.float32, bool: torch.bool, np.int64: torch.long}
+_TORCH_DTYPES = {np.float32: torch.float32, bool: torch.bool, np.int64: torch.long, np.uint8: torch.uint8}
 
 
 class PolicyStep(NamedTuple):
@@ -153,7 +154,8 @@ def act_in_worker(env_slice, pickled_actor: bytes, T: int, action_seed: int,
     torch.set_num_threads(1)
     actor = pickle.loads(pickled_actor)
     buf = Rollout.allocate(T, env_slice.n, env_slice.n_agents, env_slice.obs_dim, env_slice.state_dim,
-                           env_slice.n_actions, continuous=env_slice.continuous, hidden=actor.hidden_size)
+                           env_slice.n_actions, continuous=env_slice.continuous, hidden=actor.hidden_size,
+                           obs_dtype=env_slice.obs_dtype, state_dtype=env_slice.state_dtype)
     episodes, last = collect_rollout(SyncVectorEnv(env_slice), buf, actor, torch.Generator().manual_seed(action_seed),
                                      None if hidden is None else torch.from_numpy(hidden))
     return vars(buf), episodes, None if last is None else last.numpy()

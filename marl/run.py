@@ -82,7 +82,7 @@ def check_env(cfg: Config) -> None:
     errors (``EnvError``: a factory that returns no env, a space that cannot be flattened, mixed
     action kinds) and the config checks that need its spaces (``ConfigError``)."""
     from marl.envs import env_spec
-    from marl.learner import refuse_unfit_env
+    from marl.learner import ImageInputs, refuse_unfit_env
 
     if cfg.backend == "rllib":
         from marl.rllib.algorithm import env_spec as rllib_env_spec   # its own refusals too (no ray import)
@@ -90,7 +90,8 @@ def check_env(cfg: Config) -> None:
         refuse_unfit_env(cfg, spec["continuous"], spec["n_actions"])
     else:
         spec = env_spec(cfg.env.id, cfg.env.kwargs, batched=cfg.env.batched)
-        refuse_unfit_env(cfg, spec.continuous, spec.n_actions, spec.turn_based, spec.zero_sum)
+        refuse_unfit_env(cfg, spec.continuous, spec.n_actions, spec.turn_based, spec.zero_sum,
+                         ImageInputs.of(spec))
 
 
 def _refuse_used(run_dir: Path) -> None:
@@ -206,13 +207,13 @@ def load_actor(run_dir: str | Path):
 
     from marl.envs import env_spec
     from marl.envs.batched import TWINS
-    from marl.learner import build_actor
+    from marl.learner import ImageInputs, build_actor
 
     cfg = load_run_config(run_dir)
     # A run on a batched simulator without a PettingZoo twin has only the batched env to probe.
     spec = env_spec(cfg.env.id, cfg.env.kwargs, batched=cfg.env.batched and cfg.env.id not in TWINS)
     actor = build_actor(cfg, len(spec.agents), spec.obs_dim, spec.n_actions, torch.from_numpy(spec.action_mask),
-                        spec.continuous)
+                        spec.continuous, ImageInputs.of(spec))
     load_checkpoint_into(lambda state: actor.load_state_dict(state["actor"]), Path(run_dir) / CHECKPOINT_NAME)
     actor.eval()
     return actor, cfg

@@ -36,7 +36,7 @@ import torch
 from marl.config import Config
 from marl.envs import EnvError, RewardSpec, make_vector_env
 from marl.envs.batched import BatchedVectorEnv, make_batched_env
-from marl.learner import CreditLearner
+from marl.learner import CreditLearner, ImageInputs
 from marl.loop import TrainingInterrupted, TrainingLoop, _array_episode, _plain_episode
 from marl.rollout import Rollout, act_in_worker, collect_rollout, worker_seed
 
@@ -64,10 +64,10 @@ class Trainer(TrainingLoop):
         self.agents, N = list(v.agents), v.n_agents
         self.learner = CreditLearner(cfg, self.agents, v.obs_dim, v.state_dim, v.n_actions,
                                      torch.from_numpy(v.action_mask), v.dynamic_mask, self.device, v.continuous,
-                                     v.turn_based)
+                                     v.turn_based, ImageInputs.of(v))
         self.actor = self.learner.actor
         sizes = (a.rollout_steps, e.num_envs, N, v.obs_dim, v.state_dim, v.n_actions,
-                 self.device if e.batched else None, v.continuous, self.actor.hidden_size)
+                 self.device if e.batched else None, v.continuous, self.actor.hidden_size, v.obs_dtype, v.state_dtype)
         self.rollout = Rollout.allocate(*sizes)
         if cfg.train.async_collection:
             # The actor that collects the next rollout (the policy before the last update), and the
