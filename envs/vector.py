@@ -158,6 +158,7 @@ class EnvSlice:
         self._phi = np.zeros((n, 1), np.float32)
         self._held = np.zeros((n, self.n_agents), np.float64)   # the episodic mode's withheld rewards
         self.turn_based = e.turn_based
+        self._restorable = False   # a restored copy of these envs has been seen to step
 
     def _phi_of(self, i: int) -> float:
         return float(self._potential(self.envs[i].env))
@@ -251,11 +252,27 @@ class EnvSlice:
 
     def snapshot(self) -> bytes:
         """Everything ``load_snapshot`` needs to continue exactly: the envs' live state, the episode
-        bookkeeping and the current observations (``EnvError`` if an env cannot be snapshot)."""
+        bookkeeping and the current observations (``EnvError`` if an env cannot be snapshot, or its
+        restored copy cannot step, see ``_check_restorable``)."""
+        if not self._restorable:
+            self._check_restorable()
         current = {k: self.out[k].copy() for k in CURRENT}
         return snapshot({"envs": self.envs, "raw_return": self._raw_return, "return": self._return,
                          "length": self._length, "seeds": self._seeds, "episode": self._episode, "phi": self._phi,
                          "held": self._held, "current": current})
+
+    def _check_restorable(self) -> None:
+        """Restore a copy of the first env from its snapshot and step it once (the original does not
+        move): ``EnvError`` where that fails. A snapshot drops pygame objects, and an env that draws
+        its observations on a pygame surface (PettingZoo's butterfly envs) cannot step without it."""
+        env = self.envs[0]
+        actions = (np.zeros((env.n_agents, env.n_actions), np.float32) if env.continuous
+                   else env._avail_now.argmax(-1))
+        try:
+            restore(snapshot(env)).step(actions)
+        except EnvError as exc:
+            raise EnvError(f"a copy restored from its snapshot cannot step ({exc})") from None
+        self._restorable = True
 
     def load_snapshot(self, data: bytes) -> None:
         state = restore(data)
