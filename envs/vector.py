@@ -268,8 +268,9 @@ class EnvSlice:
         env = self.envs[0]
         actions = (np.zeros((env.n_agents, env.n_actions), np.float32) if env.continuous
                    else env._avail_now.argmax(-1))
+        blob = snapshot(env)
         try:
-            restore(snapshot(env)).step(actions)
+            restore(blob).step(actions)
         except EnvError as exc:
             raise EnvError(f"a copy restored from its snapshot cannot step ({exc})") from None
         self._restorable = True

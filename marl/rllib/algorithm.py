@@ -80,7 +80,9 @@ def env_spec(cfg) -> dict:
         raise ConfigError(f"config key 'backend': 'rllib' shares one RLModule (one Box action space) over the agents, "
                           f"and env {cfg.env.id!r} has continuous actions of different sizes per agent; train it "
                           f"with backend 'local'")
-    return {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("turn_based", "zero_sum")}
+    # not build_config's: refused above (turns), or read flat by the RLModule (no image encoder)
+    left_out = ("turn_based", "zero_sum", "obs_image", "state_image", "state_is_obs")
+    return {k: v for k, v in dataclasses.asdict(spec).items() if k not in left_out}
 
 
 def build_config(cfg, agents, obs_dim: int, state_dim: int, n_actions: int, action_mask,
