@@ -180,15 +180,33 @@ def test_an_image_env_is_learned_with_the_default_config(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("env_id", ["pettingzoo.butterfly.cooperative_pong_v6:parallel_env",
-                                    "pettingzoo.butterfly.pistonball_v6:parallel_env"])
-def test_butterfly_image_envs_train_with_the_default_config(tmp_path, env_id):
-    """Two iterations with the default config (its 32 envs included): no error, a checkpoint of
-    the networks only (these envs draw their observations on pygame surfaces, which a snapshot
-    cannot hold, so their live state is not saved) under 50 MB."""
-    records, _ = train_run({**_default_config(env_id, {}, 1_600), "train": {
-        "total_env_steps": 1_600, "progress": False, "eval_episodes": 1}}, tmp_path / "run")
+@pytest.mark.parametrize("env_id, num_envs", [
+    ("pettingzoo.butterfly.cooperative_pong_v6:parallel_env", 32),   # the default config as it is
+    ("pettingzoo.butterfly.pistonball_v6:parallel_env", 4),   # 20 agents: 32 envs would hold 7.7 GB of images
+])
+def test_butterfly_image_envs_train_with_the_default_config(tmp_path, env_id, num_envs):
+    """Two iterations with the default config: no error, and a checkpoint of the networks only
+    (these envs draw their observations on a pygame surface, which a snapshot cannot hold, so their
+    live state is not saved), under 50 MB."""
+    cfg = _default_config(env_id, {}, 50 * num_envs)
+    cfg["env"]["num_envs"] = num_envs
+    cfg["train"]["eval_episodes"] = 1
+    records, _ = train_run(cfg, tmp_path / "run")
     assert len(records) == 2 and all(np.isfinite(r["losses/value"]) for r in records)
     checkpoint = tmp_path / "run" / CHECKPOINT_NAME
     assert checkpoint.stat().st_size < 50e6
     assert "env_state" not in load_checkpoint(checkpoint)
+
+
+def test_a_rotated_screen_view_is_copied_pixel_by_pixel_in_c_order():
+    """PettingZoo's butterfly envs return their screen as a rotated and flipped view."""
+    from marl.envs.team_env import _write_image
+
+    screen = np.random.default_rng(0).integers(0, 256, (48, 28, 3), dtype=np.uint8)
+    view = np.fliplr(np.rot90(screen, k=3))
+    row = np.empty(view.size, np.uint8)
+    _write_image(row, view)
+    np.testing.assert_array_equal(row, np.ascontiguousarray(view).reshape(-1))
+    as_float = np.empty(view.size, np.float32)
+    _write_image(as_float, view)   # and converted where the dtypes differ
+    np.testing.assert_array_equal(as_float, row.astype(np.float32))
