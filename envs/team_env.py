@@ -362,6 +362,9 @@ class TeamEnv:
         if len(acting) == self.n_agents:
             action_dict = dict(zip(self.agents, values))
         else:
+            unknown = [agent for agent in acting if agent not in self._index]
+            if unknown:
+                self._contract.fail(unknown[0], self._t, "env.agents", f"is not in possible_agents {self.agents}")
             action_dict = {agent: values[self._index[agent]] for agent in acting}
         self._t += 1
         try:
