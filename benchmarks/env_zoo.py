@@ -52,7 +52,7 @@ ZOO: list[tuple[str, str, str, dict]] = (
     + [("classic", name, f"pettingzoo.classic.{name}:env", {}) for name in CLASSIC]
     + [("lbf", name, f"lbf:{name}", {}) for name in
        ["Foraging-8x8-2p-2f-coop-v3", "Foraging-2s-8x8-2p-2f-coop-v3", "Foraging-10x10-3p-3f-v3",
-        "Foraging-15x15-4p-5f-v3"]]
+        "Foraging-15x15-4p-4f-v3"]]
     + [("rware", name, f"rware:{name}", {}) for name in
        ["rware-tiny-2ag-v2", "rware-tiny-4ag-v2", "rware-small-4ag-v2"]]
     + [("mamujoco", f"{scenario} {conf}", "gymnasium_robotics.mamujoco_v1:parallel_env",

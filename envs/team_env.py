@@ -17,8 +17,9 @@
   agents' (unpadded) observations; for the envs in ``marl.envs.registry.STATE_IS_OBSERVATIONS`` that
   concatenation is what ``state()`` computes anyway, so it is built directly.
   ``state()`` is probed at the first reset: its length there is the state's length (where it
-  differs from the env's ``state_space``, that is said once); a later ``state()`` of another
-  length is an error. Where ``state()`` raises at the last step of an episode that every agent
+  differs from the env's ``state_space``, that is said once; where it raises, the observations
+  make the state, said once unless it raised ``NotImplementedError``); a later ``state()`` of
+  another length is an error. Where ``state()`` raises at the last step of an episode that every agent
   terminated (multiwalker's does, once a walker has fallen), that state, never bootstrapped from,
   is zeros (said once).
 - **Bad env output is an error** (``EnvError``) naming the env, agent, step and key: output that
@@ -213,8 +214,11 @@ class TeamEnv:
             try:
                 state = np.asarray(self.env.state(), dtype=np.float32).reshape(-1)
             except Exception as exc:
-                if self.state_dim is None and isinstance(exc, (NotImplementedError, AttributeError)):
-                    self._has_state = False   # no state() at the first reset: the observations make it
+                if self.state_dim is None:   # no usable state() at the first reset: the observations make it
+                    self._has_state = False
+                    if not isinstance(exc, NotImplementedError):
+                        notice(f"env {self.env_id!r}: state() raised {error_summary(exc)} at the first reset; the "
+                               f"critic's global state is the agents' observations, concatenated")
                 elif terminal:
                     notice(f"env {self.env_id!r}: state() raised {error_summary(exc)} at the last step of an "
                            f"episode that every agent terminated; that state is never bootstrapped from, so "

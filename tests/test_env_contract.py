@@ -101,6 +101,23 @@ def test_a_state_that_is_gone_at_a_terminal_step_is_zeros_said_once(capsys):
     assert capsys.readouterr().err.count("that state is never bootstrapped from, so zeros stand for it") == 1
 
 
+def test_a_state_that_raises_at_the_first_reset_is_replaced_by_the_observations_said_once(capsys):
+    env = make_env(ANY, {"bad": "state_broken"})
+    obs = env.reset(seed=0).obs
+    assert env.state_dim == sum(spaces.flatdim(s) for s in AnySpaces.SPACES.values()) and obs.shape[0] == 6
+    assert capsys.readouterr().err.count("state() raised TypeError: 'dict' object is not callable (at ") == 1
+
+
+def test_an_env_holding_a_c_pointer_cannot_be_snapshot_and_says_so():
+    """magent2 keeps its C engine behind ctypes pointers, which pickle refuses with a ValueError."""
+    import ctypes
+
+    from marl.envs.snapshot import snapshot
+
+    with pytest.raises(EnvError, match=r"cannot snapshot the env \(ValueError: ctypes objects containing pointers"):
+        snapshot({"engine": ctypes.pointer(ctypes.c_int(1))})
+
+
 def test_image_dtypes_are_checked_within_their_kind():
     image = spaces.Box(0, 255, (4, 4, 3), np.uint8)
     assert space_problem(image, np.zeros((4, 4, 3), np.uint8)) is None

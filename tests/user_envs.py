@@ -300,7 +300,8 @@ class AnySpaces(ParallelEnv):
     ('ghost' in env.agents), ``reward_vector`` (a reward of shape (2,)), ``reward_size_one``
     (every reward of shape (1,), at every step: allowed), ``action_space`` (box's becomes
     Discrete(3)), ``state_length`` (state() of 3 values, 4 at step 2), ``state_space`` (a
-    state_space of 5 values for a state() of 3: allowed), ``state_gone`` (state() raises once the
+    state_space of 5 values for a state() of 3: allowed), ``state_broken`` (state() always raises
+    TypeError, as rps_v2's does: allowed), ``state_gone`` (state() raises once the
     episode has ended, by termination: allowed) and ``state_gone_truncated`` (the same at a
     truncation); in reset: ``reset_swapped`` ((infos, observations)), ``reset_obs_only``; in step:
     ``step_four`` (the pre-truncation 4-tuple)."""
@@ -351,6 +352,8 @@ class AnySpaces(ParallelEnv):
         return obs
 
     def state(self):
+        if self.bad == "state_broken":
+            raise TypeError("'dict' object is not callable")
         if self.bad in ("state_gone", "state_gone_truncated") and not self.agents:
             raise AttributeError("'NoneType' object has no attribute 'position'")
         if self.bad not in ("nan_state", "state_length", "state_space", "state_gone", "state_gone_truncated"):
