@@ -200,7 +200,7 @@ def table(results: list[Result], steps: int, num_envs: int) -> str:
         return "—" if x is None else f"{x:g}"
 
     for r in results:
-        reason = r.reason.replace("|", "\\|")
+        reason = (r.reason if len(r.reason) <= 200 else r.reason[:199] + "…").replace("|", "\\|")
         rows.append(f"| {r.family} | {r.name} | {r.outcome} | {fmt(r.train_sps)} | {fmt(r.raw_sps)} | "
                     f"{fmt(r.checkpoint_mb)} | {fmt(r.peak_mb)} | {reason} |")
     return "\n".join(rows) + "\n"
