@@ -82,8 +82,8 @@ def _run_child(args: list[str], timeout: float, log: Path) -> tuple[int | None, 
     start = time.perf_counter()
     with open(log, "w") as out:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT, cwd=log.parent,
+                                env=env, start_new_session=True)   # cwd: MuJoCo writes its log there
         timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, 9))
         timer.start()
         _, status, usage = os.wait4(proc.pid, 0)
