@@ -1,6 +1,7 @@
 """Errors raised for environments that cannot be used as given."""
 from __future__ import annotations
 
+import sys
 import traceback
 
 
@@ -18,3 +19,13 @@ def error_summary(exc: BaseException) -> str:
     where = f" (at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
     message = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {message[0] if message else ''}{where}"
+
+
+_noticed: set[str] = set()
+
+
+def notice(message: str) -> None:
+    """Tell the user ``message`` once per process, in one line on stderr (prefixed ``[marl]``)."""
+    if message not in _noticed:
+        _noticed.add(message)
+        print(f"[marl] {message}", file=sys.stderr)

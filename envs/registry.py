@@ -6,14 +6,16 @@ does not) runs as it is, one player at a time (``marl.envs.turns.TurnBasedEnv``)
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+import warnings
 from typing import Any, Callable
 
 from pettingzoo.utils.conversions import aec_to_parallel
 from pettingzoo.utils.env import AECEnv, ParallelEnv
 
-from marl.envs.errors import EnvError, error_summary
+from marl.envs.errors import EnvError, error_summary, notice
 from marl.envs.turns import TurnBasedEnv, is_turn_based
 
 # Short name -> "module:factory". Kept as strings so that listing them imports nothing.
@@ -41,6 +43,54 @@ STATE_IS_OBSERVATIONS = frozenset({"mpe2:simple_spread_v3", "mpe2:simple_speaker
                                    "mpe2:simple_reference_v3"})
 
 
+def _import(env_id: str, module_name: str) -> Any:
+    """The module ``module_name``, or the object that its last dotted parts name as attributes of
+    an importable package: ``gymnasium_robotics.mamujoco_v1`` is a module that its package
+    re-exports as an attribute, and PettingZoo's ``pettingzoo.butterfly.cooperative_pong_v5`` is a
+    ``DeprecatedModule`` whose factories raise PettingZoo's own hint (use v6)."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing != module_name and not module_name.startswith(missing + "."):
+            # the module exists but imports one that does not: say which
+            raise EnvError(f"env.id {env_id!r}: importing {module_name!r} failed: {exc}; install it") from None
+        error = exc
+    except ImportError as exc:
+        raise EnvError(f"env.id {env_id!r}: importing {module_name!r} failed: {exc}") from None
+    parts = module_name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for part in parts[cut:]:
+                found = getattr(found, part)
+        except AttributeError:
+            break
+        return found
+    raise EnvError(f"env.id {env_id!r}: cannot import module {module_name!r} ({error}); install it or fix the "
+                   f"module path") from None
+
+
+@contextlib.contextmanager
+def _passing_on_deprecations(env_id: str):
+    """Show the deprecation warnings that an env's package gives while it is imported or built
+    (Python hides them outside ``__main__``, and PettingZoo's name the env version to use): each
+    once per process, in one line. Other warnings go on to Python's filters as usual; those that
+    the import machinery gives about itself (``<frozen ...>``) are dropped."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        if issubclass(w.category, DeprecationWarning):
+            if not w.filename.startswith("<frozen"):
+                notice(f"env.id {env_id!r}: {' '.join(str(w.message).split())}")
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
 def resolve_factory(env_id: str) -> Callable[..., Any]:
     """The callable behind ``env_id`` (a registered name, a registered prefix or
     ``package.module:factory``)."""
@@ -55,11 +105,8 @@ def resolve_factory(env_id: str) -> Callable[..., Any]:
         raise EnvError(
             f"env.id {env_id!r} is neither a registered env ({', '.join(sorted(ENVS))}), nor a registered "
             f"prefix ({', '.join(p + ':<name>' for p in PREFIXES)}), nor of the form 'package.module:factory'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise EnvError(f"env.id {env_id!r}: cannot import module {module_name!r} ({exc}); "
-                       f"install it or fix the module path") from None
+    with _passing_on_deprecations(env_id):
+        module = _import(env_id, module_name)
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
         raise EnvError(f"env.id {env_id!r}: module {module_name!r} has no callable {attr!r}")
@@ -73,9 +120,12 @@ def make_parallel_env(env_id: str, kwargs: dict | None = None, render_mode: str 
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
     try:
-        env = factory(**kwargs)
+        with _passing_on_deprecations(env_id):
+            env = factory(**kwargs)
     except EnvError:
         raise
+    except ImportError as exc:   # e.g. PettingZoo's DeprecatedEnv: "..._v5 is now deprecated, use ..._v6 instead"
+        raise EnvError(f"env.id {env_id!r}: {exc}") from None
     except TypeError as exc:
         raise EnvError(f"env.id {env_id!r}: factory rejected env.kwargs {kwargs}: {exc}") from None
     except Exception as exc:

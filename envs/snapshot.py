@@ -60,7 +60,8 @@ def snapshot(obj) -> bytes:
     buffer = io.BytesIO()
     try:
         _StatePickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
-    except (pickle.PicklingError, TypeError, AttributeError, RecursionError) as exc:
+    except (pickle.PicklingError, TypeError, AttributeError, RecursionError, ValueError) as exc:
+        # ValueError: ctypes objects holding pointers (magent2's C engine)
         raise EnvError(f"cannot snapshot the env ({type(exc).__name__}: {exc})") from None
     return buffer.getvalue()
 

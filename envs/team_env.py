@@ -20,9 +20,17 @@
 - **Global state:** ``env.state()`` where the env implements it, else the concatenation of the
   agents' (unpadded) observations (``state_is_obs``); for the envs in ``marl.envs.registry.STATE_IS_OBSERVATIONS`` that
   concatenation is what ``state()`` computes anyway, so it is built directly.
-- **Bad env output is an error** (``EnvError``) naming the env, agent, step and key: a NaN or
-  infinite observation, reward or global state (``env.state()``, named by index), no legal action
-  for a live agent, an exception raised by the env (summarised in one line).
+  ``state()`` is probed at the first reset: its length there is the state's length (where it
+  differs from the env's ``state_space``, that is said once; where it raises, the observations
+  make the state, said once unless it raised ``NotImplementedError``); a later ``state()`` of
+  another length is an error. Where ``state()`` raises at the last step of an episode that every agent
+  terminated (multiwalker's does, once a walker has fallen), that state, never bootstrapped from,
+  is zeros (said once).
+- **Bad env output is an error** (``EnvError``) naming the env, agent, step and key: output that
+  breaks the PettingZoo API or the env's declared spaces (``marl.envs.contract``; checked on the
+  first episode, or on every one with ``check="always"``), a NaN or infinite observation, reward
+  or global state (``env.state()``, named by index), no legal action for a live agent, an
+  exception raised by the env (summarised in one line).
 """
 from __future__ import annotations
 
@@ -33,10 +41,12 @@ from typing import NamedTuple
 import numpy as np
 from gymnasium import spaces
 
-from marl.envs.errors import EnvError, error_summary
+from marl.envs.contract import CHECKS, Contract
+from marl.envs.errors import EnvError, error_summary, notice
 from marl.envs.registry import STATE_IS_OBSERVATIONS, make_parallel_env
 
 MASK_KEY = "action_mask"
+UNREADABLE = (KeyError, ValueError, TypeError, IndexError, AttributeError)   # what bad output raises in conversion
 
 
 class TeamObs(NamedTuple):
@@ -139,10 +149,18 @@ class TeamEnv:
         dynamic_mask: the env has given per-step action masks so far (in a Dict observation, or in
             the infos of any reset or step it took). Vector envs do not wait for it: their policy
             reads ``avail`` at every step of every Discrete env (``marl.envs.vector._describe``).
+
+    ``check``: ``"first"`` checks every output of the first episode against the API and the
+    declared spaces (``marl.envs.contract``), ``"always"`` of every episode.
     """
 
-    def __init__(self, env_id: str, kwargs: dict | None = None, render_mode: str | None = None):
+    def __init__(self, env_id: str, kwargs: dict | None = None, render_mode: str | None = None,
+                 check: str = "first"):
+        if check not in CHECKS:
+            raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
         self.env_id = env_id
+        self.check = check
+        self._checking = True   # until the first episode ends, with check="first"
         self.env = make_parallel_env(env_id, kwargs, render_mode)
         self.agents = sorted(self.env.possible_agents)
         if not self.agents:
@@ -164,6 +182,7 @@ class TeamEnv:
                            f"Discrete or all Box")
         self.continuous = isinstance(act_spaces[0], spaces.Box)
         self._act_spaces = act_spaces
+        self._contract = Contract(env_id, self.env, self.agents)
         for agent, act_space in zip(self.agents, act_spaces):
             obs_space = self.env.observation_space(agent)
             space, in_obs = _network_space(env_id, agent, obs_space)
@@ -207,6 +226,7 @@ class TeamEnv:
         self._static_avail.setflags(write=False)
         self._t = 0
         self._info_masks = False
+        self.state_dim: int | None = None   # set by the first reset
         first = self.reset(seed=0)
         self.state_dim = first.state.shape[0]
         self.state_is_obs = not self._has_state
@@ -242,14 +262,19 @@ class TeamEnv:
                 _write_image(out[i], obs[agent])
             return out
         if self._uniform_obs and len(obs) == self.n_agents and not self._any_mask_in_obs and self._box_obs:
-            return np.stack([np.asarray(obs[a], dtype=self.obs_dtype).reshape(-1) for a in self.agents])
+            out = np.stack([np.asarray(obs[a], dtype=self.obs_dtype).reshape(-1) for a in self.agents])
+            if out.shape[1] != self.obs_dim:
+                raise ValueError(f"observations of {out.shape[1]} values, {self.obs_dim} declared")
+            return out
         out = np.zeros((self.n_agents, self.obs_dim), dtype=self.obs_dtype)
         for agent, value in obs.items():
             i = self._index[agent]
             out[i, : self._obs_sizes[i]] = self._flatten(i, value)
         return out
 
-    def _state(self, obs_array: np.ndarray) -> np.ndarray:
+    def _state(self, obs_array: np.ndarray, terminal: bool = False) -> np.ndarray:
+        """The global state ``[S]``; ``terminal``: the episode has just ended with every agent
+        terminated (nothing bootstraps from this state)."""
         if self._has_state:
             try:
                 if self.state_image is not None:
@@ -257,15 +282,57 @@ class TeamEnv:
                     _write_image(state, self.env.state())
                 else:
                     state = np.asarray(self.env.state(), dtype=self.state_dtype).reshape(-1)
-            except (NotImplementedError, AttributeError):
-                self._has_state = False
+            except Exception as exc:
+                if self.state_dim is None:   # no usable state() at the first reset: the observations make it
+                    self._has_state = False
+                    if not isinstance(exc, NotImplementedError):
+                        notice(f"env {self.env_id!r}: state() raised {error_summary(exc)} at the first reset; the "
+                               f"critic's global state is the agents' observations, concatenated")
+                elif terminal:
+                    notice(f"env {self.env_id!r}: state() raised {error_summary(exc)} at the last step of an "
+                           f"episode that every agent terminated; that state is never bootstrapped from, so "
+                           f"zeros stand for it")
+                    return np.zeros(self.state_dim, self.state_dtype)
+                else:
+                    self._contract.fail(None, self._t, "state()", f"raised {error_summary(exc)}")
             else:
+                if self.state_dim is None:
+                    self._declared_state(state)
+                elif state.shape[0] != self.state_dim:
+                    self._contract.fail(None, self._t, "state()", f"returned {state.shape[0]} values, "
+                                                                  f"{self.state_dim} at the first reset")
                 if self.check_values or self._t == 0:   # a reset is always checked here
                     self.check_state(state)
                 return state
         if self._uniform_obs:   # the unpadded observations, concatenated: the rows of obs_array
             return obs_array.reshape(-1)
         return np.concatenate([obs_array[i, :size] for i, size in enumerate(self._obs_sizes)])
+
+    def _declared_state(self, state: np.ndarray) -> None:
+        """Say once where ``state()`` disagrees with the env's ``state_space``: its actual length is used."""
+        declared = getattr(self.env, "state_space", None)
+        if isinstance(declared, spaces.Space) and declared.shape is not None \
+                and int(np.prod(declared.shape)) != state.shape[0]:
+            notice(f"env {self.env_id!r}: state() returns {state.shape[0]} values but its state_space says "
+                   f"{declared.shape}; the critic takes the {state.shape[0]} that state() returns")
+
+    def _unreadable(self, exc: Exception, check) -> None:
+        """Raise what ``check()`` (the contract's full check of this output) finds wrong, else the
+        conversion error ``exc`` in one line."""
+        check()
+        raise EnvError(f"env {self.env_id!r}: its output at {'reset' if self._t == 0 else f'step {self._t}'} could "
+                       f"not be read: {error_summary(exc)}") from exc
+
+    def _rewards(self, rew) -> np.ndarray:
+        """``[N]`` float32; a reward of size 1 (e.g. shape ``(1,)``) counts as its number."""
+        try:
+            reward = np.array([rew.get(a, 0.0) for a in self.agents], dtype=np.float32)
+        except (TypeError, ValueError):
+            reward = None
+        if reward is None or reward.shape != (self.n_agents,):
+            self._contract.check_rewards(rew, self._t)
+            reward = np.array([np.asarray(rew.get(a, 0.0), np.float32).reshape(-1)[0] for a in self.agents])
+        return reward
 
     def _avail(self, obs: dict, infos: dict, alive: np.ndarray) -> np.ndarray:
         if not self._any_mask_in_obs:
@@ -332,18 +399,22 @@ class TeamEnv:
     def reset(self, seed: int | None = None) -> TeamObs:
         """A new episode (seeded with ``seed``); see ``TeamObs``."""
         try:
-            obs, infos = self.env.reset(seed=seed)
+            result = self.env.reset(seed=seed)
         except Exception as exc:
             raise EnvError(f"env {self.env_id!r} raised in reset(seed={seed}): {error_summary(exc)}") from exc
-        unknown = set(obs) - set(self._index)
-        if unknown:
-            raise EnvError(f"env {self.env_id!r}: reset returned observations for {sorted(unknown)}, which are not "
-                           f"in possible_agents {self.agents}")
         self._t = 0
-        alive = self._alive(obs)
-        obs_array = self._obs_array(obs)
-        self._check_finite(obs, obs_array, np.zeros(1, np.float32))
-        return TeamObs(obs_array, self._state(obs_array), self._avail(obs, infos or {}, alive), alive)
+        obs, infos = self._contract.reset_result(result)
+        if self._checking:
+            self._contract.check_reset(obs, infos)
+        try:
+            alive = self._alive(obs)
+            obs_array = self._obs_array(obs)
+            self._check_finite(obs, obs_array, np.zeros(1, np.float32))
+            return TeamObs(obs_array, self._state(obs_array), self._avail(obs, infos, alive), alive)
+        except EnvError:
+            raise
+        except UNREADABLE as exc:
+            self._unreadable(exc, lambda: self._contract.check_reset(obs, infos))
 
     def _env_actions(self, actions: np.ndarray) -> list:
         """Per-agent actions as the env takes them: Discrete indices (with the space's ``start``), or
@@ -364,28 +435,42 @@ class TeamEnv:
         if len(acting) == self.n_agents:
             action_dict = dict(zip(self.agents, values))
         else:
+            unknown = [agent for agent in acting if agent not in self._index]
+            if unknown:
+                self._contract.fail(unknown[0], self._t, "env.agents", f"is not in possible_agents {self.agents}")
             action_dict = {agent: values[self._index[agent]] for agent in acting}
         self._t += 1
         try:
-            obs, rew, term, trunc, infos = self.env.step(action_dict)
+            result = self.env.step(action_dict)
         except Exception as exc:
             raise EnvError(f"env {self.env_id!r} raised in step {self._t} of its episode: "
                            f"{error_summary(exc)}") from exc
-        remaining = self.env.agents
-        reward = np.array([rew.get(a, 0.0) for a in self.agents], dtype=np.float32)
-        terminated = np.array([bool(term.get(a, False)) for a in self.agents])
-        truncated = np.array([bool(trunc.get(a, False)) for a in self.agents])
-        alive = self._alive(remaining)
-        if len(remaining) < self.n_agents and not self.turn_based:
-            left = self._alive(acting) & ~alive & ~(terminated | truncated)
-            truncated |= left   # an agent removed without flags was cut: treat it as a truncation
-        obs_array = self._obs_array(obs)
-        if self.check_values:
-            self._check_finite(obs, obs_array, reward)
-        else:
-            self._last_obs = obs
-        return TeamStep(obs_array, self._state(obs_array), self._avail(obs, infos or {}, alive), alive,
-                        reward, terminated, truncated, not remaining)
+        obs, rew, term, trunc, infos = self._contract.step_result(result, self._t)
+        if self._checking:
+            self._contract.check_step(obs, rew, term, trunc, infos, self._t)
+        try:
+            remaining = self.env.agents
+            reward = self._rewards(rew)
+            terminated = np.array([bool(term.get(a, False)) for a in self.agents])
+            truncated = np.array([bool(trunc.get(a, False)) for a in self.agents])
+            alive = self._alive(remaining)
+            if len(remaining) < self.n_agents and not self.turn_based:
+                left = self._alive(acting) & ~alive & ~(terminated | truncated)
+                truncated |= left   # an agent removed without flags was cut: treat it as a truncation
+            obs_array = self._obs_array(obs)
+            if self.check_values:
+                self._check_finite(obs, obs_array, reward)
+            else:
+                self._last_obs = obs
+            state = self._state(obs_array, terminal=not remaining and not truncated.any())
+            avail = self._avail(obs, infos, alive)
+        except EnvError:
+            raise
+        except UNREADABLE as exc:
+            self._unreadable(exc, lambda: self._contract.check_step(obs, rew, term, trunc, infos, self._t))
+        if not remaining and self.check == "first":
+            self._checking = False
+        return TeamStep(obs_array, state, avail, alive, reward, terminated, truncated, not remaining)
 
     def render(self):
         return self.env.render()

@@ -135,8 +135,8 @@ class EnvSlice:
     """
 
     def __init__(self, env_id: str, kwargs: dict, n: int, reward: RewardSpec,
-                 out: dict[str, np.ndarray] | None = None, render_mode: str | None = None):
-        self.envs = [TeamEnv(env_id, kwargs, render_mode) for _ in range(n)]
+                 out: dict[str, np.ndarray] | None = None, render_mode: str | None = None, check: str = "first"):
+        self.envs = [TeamEnv(env_id, kwargs, render_mode, check) for _ in range(n)]
         for env in self.envs:   # step checks its whole batch for NaN/inf at once (_check_values)
             env.check_values = False
         e = self.envs[0]
@@ -362,14 +362,15 @@ def _shared_views(buffers: dict, layout: dict, rows: slice) -> dict[str, np.ndar
     return {k: np.frombuffer(buffers[k], dtype=dtype).reshape(shape)[rows] for k, (shape, dtype) in layout.items()}
 
 
-def _worker(conn, env_id, kwargs, rows, reward, buffers, layout):
+def _worker(conn, env_id, kwargs, rows, reward, buffers, layout, check):
     # A terminal's Ctrl-C (and Slurm's SIGTERM, a closed terminal's SIGHUP) reaches the whole process
     # group: the learner decides when to stop (it finishes the iteration and saves a checkpoint) and
     # then closes its workers. A worker whose learner died sees its pipe close and exits.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     try:
-        env_slice = EnvSlice(env_id, kwargs, rows.stop - rows.start, reward, _shared_views(buffers, layout, rows))
+        env_slice = EnvSlice(env_id, kwargs, rows.stop - rows.start, reward, _shared_views(buffers, layout, rows),
+                             check=check)
     except Exception as exc:   # nothing to serve: report and exit
         conn.send(("error", _worker_error(exc)))
         return
@@ -414,7 +415,8 @@ class ProcessVectorEnv:
     of rows); the pipes carry only commands and finished-episode summaries.
     """
 
-    def __init__(self, env_id: str, kwargs: dict, num_envs: int, reward: RewardSpec, workers: int):
+    def __init__(self, env_id: str, kwargs: dict, num_envs: int, reward: RewardSpec, workers: int,
+                 check: str = "first"):
         if not 1 <= workers <= num_envs:
             raise EnvError(f"env.workers must be in [1, env.num_envs={num_envs}], got {workers}")
         probe = TeamEnv(env_id, kwargs)   # sizes the shared arrays before any worker starts
@@ -432,7 +434,7 @@ class ProcessVectorEnv:
         self._conns, self._procs = [], []
         for rows in self._rows:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, env_id, kwargs, rows, reward, buffers, layout),
+            proc = ctx.Process(target=_worker, args=(child, env_id, kwargs, rows, reward, buffers, layout, check),
                                daemon=True)
             proc.start()
             child.close()
@@ -542,8 +544,10 @@ class ProcessVectorEnv:
                 proc.kill()   # it ignores SIGTERM (see _worker)
 
 
-def make_vector_env(env_id: str, kwargs: dict, num_envs: int, reward: RewardSpec, workers: int = 0):
-    """``workers == 0`` steps envs in this process; otherwise in that many worker processes."""
+def make_vector_env(env_id: str, kwargs: dict, num_envs: int, reward: RewardSpec, workers: int = 0,
+                    check: str = "first"):
+    """``workers == 0`` steps envs in this process; otherwise in that many worker processes.
+    ``check``: which episodes of each env are checked against the API (``TeamEnv``)."""
     if workers:
-        return ProcessVectorEnv(env_id, kwargs, num_envs, reward, workers)
-    return SyncVectorEnv(EnvSlice(env_id, kwargs, num_envs, reward))
+        return ProcessVectorEnv(env_id, kwargs, num_envs, reward, workers, check)
+    return SyncVectorEnv(EnvSlice(env_id, kwargs, num_envs, reward, check=check))

@@ -60,6 +60,12 @@ class EnvConfig:
     """Step the envs as one batched simulator on tensors (``docs/batched_envs.md``): the validated
     twin of a registered mpe2 task, ``vmas:<scenario>``, or a ``package.module:factory`` returning
     a batched env. ``env.num_envs`` is then the batch size B."""
+    check: str = "first"
+    """Which episodes of each env are checked against the PettingZoo API and the env's declared
+    spaces (observation shapes and dtypes, agent names, scalar rewards, the ``reset``/``step``
+    tuples, an action space that changes; ``marl.envs.contract``): ``first`` or ``always``
+    (slower: every step). A violation stops the run in one line naming the env, agent, step and
+    key; the last checkpoint is kept."""
 
 
 @dataclass
@@ -375,6 +381,7 @@ def validate(cfg: Config) -> Config:
         except EnvError as exc:
             raise ConfigError(f"config key 'env.shaping': {exc}") from None
     _check(e.num_envs >= 1, "env.num_envs", e.num_envs, "an int >= 1")
+    _check(e.check in ("first", "always"), "env.check", e.check, "'first' or 'always'")
     _check(0 <= e.workers <= e.num_envs, "env.workers", e.workers, f"an int in [0, env.num_envs={e.num_envs}]")
     _check(a.advantage in ADVANTAGES, "algo.advantage", a.advantage, f"one of {sorted(ADVANTAGES)}")
     _check(a.critic in ("central", "agent_state", "local"), "algo.critic", a.critic,

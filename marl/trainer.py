@@ -59,7 +59,7 @@ class Trainer(TrainingLoop):
             batched = make_batched_env(e.id, e.kwargs, e.num_envs, cfg.train.device, cfg.seed)
             self.venv = BatchedVectorEnv(batched, reward)
         else:
-            self.venv = make_vector_env(e.id, e.kwargs, e.num_envs, reward, e.workers)
+            self.venv = make_vector_env(e.id, e.kwargs, e.num_envs, reward, e.workers, e.check)
         v = self.venv
         self.agents, N = list(v.agents), v.n_agents
         self.learner = CreditLearner(cfg, self.agents, v.obs_dim, v.state_dim, v.n_actions,

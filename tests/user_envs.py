@@ -291,7 +291,20 @@ class Handover(Departures):
 
 class AnySpaces(ParallelEnv):
     """One agent per kind of observation space; rewards 1 when agent i's action equals the parity of
-    the first entry of its observation (just enough to be an env)."""
+    the first entry of its observation (just enough to be an env). 5-step episodes.
+
+    ``bad`` breaks it on purpose at step 2 of every episode, or of its ``bad_episode``-th only
+    (counting resets from 1), or in the reset: ``nan_obs``, ``inf_reward``, ``nan_state``, ``raise`` (in step 3);
+    ``obs_shape`` (the box agent's observation has 4 values), ``obs_dtype`` (strings),
+    ``obs_discrete`` (2.5 for a Discrete), ``unknown_agent`` (a reward for 'ghost'), ``unknown_live``
+    ('ghost' in env.agents), ``reward_vector`` (a reward of shape (2,)), ``reward_size_one``
+    (every reward of shape (1,), at every step: allowed), ``action_space`` (box's becomes
+    Discrete(3)), ``state_length`` (state() of 3 values, 4 at step 2), ``state_space`` (a
+    state_space of 5 values for a state() of 3: allowed), ``state_broken`` (state() always raises
+    TypeError, as rps_v2's does: allowed), ``state_gone`` (state() raises once the
+    episode has ended, by termination: allowed) and ``state_gone_truncated`` (the same at a
+    truncation); in reset: ``reset_swapped`` ((infos, observations)), ``reset_obs_only``; in step:
+    ``step_four`` (the pre-truncation 4-tuple)."""
 
     metadata = {"name": "any_spaces_v0", "render_modes": []}
     SPACES = {
@@ -303,10 +316,13 @@ class AnySpaces(ParallelEnv):
         "tuple": spaces.Tuple((spaces.Discrete(2), spaces.Box(0.0, 1.0, (1,), np.float32))),
     }
 
-    def __init__(self, render_mode=None, bad: str = ""):
+    def __init__(self, render_mode=None, bad: str = "", bad_episode: int = 0):
         self.possible_agents = sorted(self.SPACES)
         self.render_mode = render_mode
         self.bad = bad
+        self.bad_episode, self._episode = bad_episode, 0
+        if bad == "state_space":
+            self.state_space = spaces.Box(0.0, 9.0, (5,), np.float32)
         self._spaces = {a: s for a, s in self.SPACES.items()}
         for s in self._spaces.values():
             s.seed(0)
@@ -316,19 +332,34 @@ class AnySpaces(ParallelEnv):
         return self._spaces[agent]
 
     def action_space(self, agent):
+        if self._broken("action_space") and agent == "box":
+            return spaces.Discrete(3)
         return self._act_spaces[agent]
+
+    def _broken(self, kind: str, t: int = 2) -> bool:
+        return self.bad == kind and self.bad_episode in (0, self._episode) and getattr(self, "_t", -1) == t
 
     def _observe(self):
         obs = {a: self._spaces[a].sample() for a in self.agents}
-        if self.bad == "nan_obs" and self._t == 2:
+        if self._broken("nan_obs"):
             obs["dict"]["pos"] = np.array([np.nan, 0.0], np.float32)
+        if self._broken("obs_shape"):
+            obs["box"] = np.zeros(4, np.float32)
+        if self._broken("obs_dtype"):
+            obs["box"] = np.full((2, 3), "x")
+        if self._broken("obs_discrete"):
+            obs["discrete"] = 2.5
         return obs
 
     def state(self):
-        if self.bad != "nan_state":
+        if self.bad == "state_broken":
+            raise TypeError("'dict' object is not callable")
+        if self.bad in ("state_gone", "state_gone_truncated") and not self.agents:
+            raise AttributeError("'NoneType' object has no attribute 'position'")
+        if self.bad not in ("nan_state", "state_length", "state_space", "state_gone", "state_gone_truncated"):
             raise NotImplementedError   # the adapter concatenates the observations
-        state = np.full(3, float(self._t), np.float32)
-        if self._t == 2:
+        state = np.full(4 if self._broken("state_length") else 3, float(self._t), np.float32)
+        if self._broken("nan_state"):
             state[1] = np.nan
         return state
 
@@ -338,20 +369,37 @@ class AnySpaces(ParallelEnv):
                 s.seed(seed + i)
         self.agents = list(self.possible_agents)
         self._t = 0
-        return self._observe(), {a: {} for a in self.agents}
+        self._episode += 1
+        obs, infos = self._observe(), {a: {} for a in self.agents}
+        if self._broken("reset_swapped", 0):
+            return infos, obs
+        if self._broken("reset_obs_only", 0):
+            return obs
+        return obs, infos
 
     def step(self, actions):
         self._t += 1
-        if self.bad == "raise" and self._t == 3:
+        if self._broken("raise", 3):
             raise RuntimeError("the simulator lost its connection")
         rewards = {a: 1.0 for a in self.agents}
-        if self.bad == "inf_reward" and self._t == 2:
+        if self._broken("inf_reward"):
             rewards["tuple"] = float("inf")
+        if self._broken("unknown_agent"):
+            rewards["ghost"] = 1.0
+        if self._broken("reward_vector"):
+            rewards["box"] = np.array([1.0, 0.0])
+        if self.bad == "reward_size_one":
+            rewards = {a: np.array([r]) for a, r in rewards.items()}
         done = self._t >= 5
-        out = (self._observe(), rewards, {a: False for a in self.agents}, {a: done for a in self.agents},
-               {a: {} for a in self.agents})
+        ends_by_termination = self.bad == "state_gone"
+        out = (self._observe(), rewards, {a: done and ends_by_termination for a in self.agents},
+               {a: done and not ends_by_termination for a in self.agents}, {a: {} for a in self.agents})
         if done:
             self.agents = []
+        if self._broken("unknown_live"):
+            self.agents = self.agents + ["ghost"]
+        if self._broken("step_four"):
+            return out[0], out[1], {a: out[2][a] or out[3][a] for a in out[2]}, out[4]
         return out
 
 
@@ -576,3 +624,15 @@ def cue_memory(**kwargs):
 
 def reach_target(**kwargs):
     return ReachTarget(**kwargs)
+
+
+class LateRewardArrays(LateReward):
+    """``LateReward`` paying each reward as an array of shape (1,), as Gymnasium-style envs often do."""
+
+    def step(self, actions):
+        obs, rewards, terms, truncs, infos = super().step(actions)
+        return obs, {a: np.array([r], np.float32) for a, r in rewards.items()}, terms, truncs, infos
+
+
+def late_reward_arrays(**kwargs):
+    return LateRewardArrays(**kwargs)
