@@ -59,6 +59,16 @@ def check_goal_env(env: Any, name: str = "env") -> tuple[int, ...]:
     return shapes.pop()
 
 
+def goal_slices(space: spaces.Dict) -> tuple[slice, slice]:
+    """Where ``achieved_goal`` and ``desired_goal`` lie in ``gymnasium.spaces.flatten(space, obs)``
+    (the flat observation ``TeamEnv`` gives the learner), as ``(achieved, desired)`` slices."""
+    found, offset = {}, 0
+    for key, sub in space.spaces.items():
+        found[key] = slice(offset, offset + spaces.flatdim(sub))
+        offset = found[key].stop
+    return found["achieved_goal"], found["desired_goal"]
+
+
 class GridGoals(ParallelEnv):
     """N agents, each to its own goal cell; a sparse team reward while all stand on theirs.
 
