@@ -150,7 +150,8 @@ class QPLEXMixer(nn.Module):
             actions = torch.where(alive.bool()[..., None], actions.to(state.dtype), 0.0)
         qs, vs = _present(agent_qs, alive), _present(max_qs, alive)
         advantage = w * (qs - vs)
-        return (w * vs + b).sum(dim=-1, keepdim=True) + (self.lambdas(state, actions) * advantage).sum(dim=-1, keepdim=True)
+        mixed = w * vs + b + self.lambdas(state, actions) * advantage
+        return mixed.sum(dim=-1, keepdim=True)
 
 
 MIXERS = {"vdn": VDNMixer, "qmix": QMixer, "qplex": QPLEXMixer}

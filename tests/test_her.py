@@ -33,8 +33,10 @@ def collect(env, episodes, seed=0, limit=None):
         T = len(rows["actions"])
         ends = torch.zeros(T, 1, 1, dtype=torch.bool)
         ends[-1] = True
-        replay.add({"obs": torch.tensor(np.array(rows["obs"]))[:, None], "state": torch.tensor(np.array(rows["state"]))[:, None],
-                    "avail": torch.ones(T + 1, 1, N, 5, dtype=torch.bool), "alive": torch.ones(T + 1, 1, N, dtype=torch.bool),
+        replay.add({"obs": torch.tensor(np.array(rows["obs"]))[:, None],
+                    "state": torch.tensor(np.array(rows["state"]))[:, None],
+                    "avail": torch.ones(T + 1, 1, N, 5, dtype=torch.bool),
+                    "alive": torch.ones(T + 1, 1, N, dtype=torch.bool),
                     "actions": torch.tensor(rows["actions"])[:, None], "reward": torch.tensor(rows["reward"])[:, None],
                     "terminated": torch.zeros_like(ends), "truncated": ends}, torch.tensor([T]))
     return replay
