@@ -249,7 +249,8 @@ class CreditLearner:
         self.actor.to(self.device)
         self.critic.to(self.device)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False) if a.target_update_every else None
-        self.value_norm = ValueNorm(N).to(self.device)
+        # One column of value statistics per critic head: a team head has one (the team's return).
+        self.value_norm = ValueNorm(1 if getattr(self.critic, "team_value", False) else N).to(self.device)
         self.optimizer = torch.optim.Adam([
             {"params": self.actor.parameters(), "lr": a.lr},
             {"params": self.critic.parameters(), "lr": a.critic_lr},
@@ -526,10 +527,8 @@ class CreditLearner:
         metrics.update({f"value_error/{ag}": float(value_error[i]) for i, ag in enumerate(self.agents)})
         self.last_advantage = [adv[..., i] if valid is None else adv[..., i][valid[..., i]]
                                for i in range(len(self.agents))]
-        if a.normalize_value:   # a team head's target is the team's wherever any agent is present
-            team_valid = valid.any(-1, keepdim=True).expand_as(valid) if valid is not None and self.team_returns \
-                else valid
-            self.value_norm.update(target, team_valid)
+        if a.normalize_value:
+            self.update_value_norm(target, valid)
             target = self.value_norm.normalize(target)
         if a.normalize_advantage:
             if valid is None:
@@ -537,6 +536,18 @@ class CreditLearner:
             else:
                 adv = (adv - per_agent_mean(adv, valid)) / (per_agent_std(adv, valid) + 1e-8)
         return adv, target, metrics
+
+    def update_value_norm(self, target: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """Fold the value targets ``[T, B, N]`` (over the ``valid`` entries) into the value
+        normaliser. A team head's one column sees the team's target wherever the team is present
+        (the same for every agent there), or, where its targets are per agent (episodic payouts,
+        learned redistributions), every valid agent's target."""
+        if self.value_norm.mean.numel() == target.shape[-1]:
+            self.value_norm.update(target, valid)
+        elif self.team_returns:
+            self.value_norm.update(target[..., :1], None if valid is None else valid.any(-1, keepdim=True))
+        else:
+            self.value_norm.update(target.unsqueeze(-1), None if valid is None else valid.unsqueeze(-1))
 
     def _credit_metrics(self, adv: torch.Tensor, valid: torch.Tensor | None = None) -> dict:
         """Per-agent advantage statistics before normalisation: who got how much credit."""

@@ -505,7 +505,8 @@ class DOPCritic(Critic):
 
 
 class ValueNorm(nn.Module):
-    """Running mean and variance of value targets per agent; critics learn in normalised space.
+    """Running mean and variance of value targets per critic head (one per agent, or one for a team
+    head); critics learn in normalised space.
 
     The statistics (and each agent's sample count) live in buffers, so they are saved with the model.
     """
@@ -543,6 +544,11 @@ class ValueNorm(nn.Module):
         count = state_dict.get(prefix + "count")
         if count is not None and count.dim() == 0:   # checkpoints before per-agent counts
             state_dict[prefix + "count"] = count.expand_as(self.count).clone()
+        if self.mean.numel() == 1:   # a team head's statistics, saved per agent before 2026-12-07 (all equal)
+            for name in ("mean", "var", "count"):
+                saved = state_dict.get(prefix + name)
+                if saved is not None and saved.dim() == 1 and saved.numel() > 1:
+                    state_dict[prefix + name] = saved[:1].clone()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -173,7 +173,7 @@ def test_bptt_over_one_chunk_covering_the_rollout_equals_the_full_sequence_gradi
         learner.optimise(b, prep, adv, target, torch.Generator().manual_seed(0))
         # the same step by hand: the whole rollout unrolled from the stored first hiddens
         r = reference
-        r.value_norm.update(prep["target"])
+        r.update_value_norm(prep["target"])
         dist = r.actor.distribution(r.actor.unroll(b["obs"], None, b["actor_h"][0], b["first"]))
         values = r.critic.unroll(prep["critic_in"], b["critic_h0"], b["first"])[0]
         out = actor_critic_loss(dist, b["actions"], b["logp"], adv, values, target, cfg.algo, True, 1)

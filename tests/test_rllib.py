@@ -234,8 +234,8 @@ def test_rllib_pipeline_matches_local_advantages_and_targets(advantage, rollout,
                                                        "critic": critic, "normalize_advantage": normalize,
                                                        "normalize_value": normalize}))
     local = Trainer(cfg)
-    n_agents = len(local.agents)
-    local.learner.value_norm.update(torch.randn(64, n_agents) * 3 - 5)  # a non-trivial value normaliser
+    heads = local.learner.value_norm.mean.numel()
+    local.learner.value_norm.update(torch.randn(64, heads) * 3 - 5)  # a non-trivial value normaliser
     local.collect()
     batch = local.rollout.tensors()
     learner, rllib_env = build_learner(cfg)
@@ -244,7 +244,7 @@ def test_rllib_pipeline_matches_local_advantages_and_targets(advantage, rollout,
     prep = local.learner.prepare(batch, torch.Generator().manual_seed(7))
     adv, target = prep["adv"], prep["target"]
     if normalize:  # what CreditLearner.update does next
-        local.learner.value_norm.update(target)
+        local.learner.update_value_norm(target)
         target = local.learner.value_norm.normalize(target)
         adv = (adv - adv.mean((0, 1))) / (adv.std((0, 1)) + 1e-8)
 
