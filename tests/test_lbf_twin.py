@@ -75,7 +75,7 @@ def test_matches_lbforaging_for_100_random_episodes(task):
 @pytest.mark.parametrize("task", TASKS)
 def test_matches_lbforaging_for_500_random_episodes(task):
     env_name, kwargs = TASKS[task]
-    assert _assert_matches_package(env_name, episodes=500, seed=1, **kwargs).any() or "coop" in task
+    _assert_matches_package(env_name, episodes=500, seed=1, **kwargs)
 
 
 def test_matches_lbforaging_with_penalty_and_levels():
