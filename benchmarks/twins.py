@@ -45,8 +45,7 @@ def _child(config: str, overrides: list[str], iterations: int, queue) -> None:
 
 def train_rate(config: str, env_id: str, kwargs: dict, iterations: int) -> float:
     """Training env steps/s (collection + updates) of ``config`` on ``env_id``, in a fresh process."""
-    overrides = [f"env.id={env_id}", f"env.kwargs={json.dumps(kwargs)}", "train.eval_every=0",
-                 "train.checkpoint_every=0"]
+    overrides = [f"env.id={env_id}", f"env.kwargs={json.dumps(kwargs)}"]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(config, overrides, iterations, queue))
@@ -78,7 +77,8 @@ def throughput(tasks: list[str], repeats: int, iterations: int, pz_iterations: i
 
 
 def fidelity(run_dir: str, episodes: int, seed: int) -> dict:
-    from marl.evaluate import evaluate, evaluate_batched, load_actor
+    from marl.evaluate import evaluate, evaluate_batched
+    from marl.run import load_actor
 
     actor, cfg = load_actor(run_dir)
     out = {}
