@@ -22,16 +22,22 @@ from marl.envs.registry import resolve_factory
 from marl.algorithms.difference import difference_rewards
 from marl.envs.rewards import apply_reward_mode_tensor, pay_at_episode_end
 
-# env.id -> the MPETwin scenario of its batched twin
-TWINS = {"mpe2:simple_spread_v3": "simple_spread_v3",
-         "mpe2:simple_speaker_listener_v4": "simple_speaker_listener_v4",
-         "mpe2:simple_reference_v3": "simple_reference_v3"}
+# env.id -> (the class of its batched twin, the task it is built with)
+TWINS = {**{f"mpe2:{task}": ("marl.envs.mpe_twin:MPETwin", task)
+            for task in ("simple_spread_v3", "simple_speaker_listener_v4", "simple_reference_v3")},
+         **{f"lbf:{task}": ("marl.envs.lbf_twin:LBFTwin", task)
+            for task in ("Foraging-8x8-2p-2f-coop-v3", "Foraging-2s-8x8-2p-2f-coop-v3", "Foraging-8x8-2p-3f-v3",
+                         "Foraging-10x10-3p-3f-v3", "Foraging-2s-10x10-3p-3f-v3", "Foraging-15x15-3p-4f-v3",
+                         "Foraging-15x15-4p-3f-v3", "Foraging-15x15-4p-4f-v3")},
+         **{f"rware:{task}": ("marl.envs.rware_twin:RwareTwin", task)
+            for task in ("rware-tiny-2ag-v2", "rware-tiny-4ag-v2", "rware-small-4ag-v2",
+                         "rware-tiny-2ag-hard-v2", "rware-tiny-4ag-hard-v2", "rware-small-4ag-hard-v2")}}
 # env.id prefixes whose factory is a batched simulator, taking the rest of the id first
 BATCHED_PREFIXES = {"vmas": "marl.envs.vmas_adapter:vmas_env"}
 
 
 def make_batched_env(env_id: str, kwargs: dict, num_envs: int, device: str = "cpu", seed: int = 0):
-    """The batched env for ``env_id``: the twin of a registered mpe2 task, a registered batched
+    """The batched env for ``env_id``: the twin of a registered mpe2, LBF or RWARE task, a registered batched
     prefix (``vmas:<scenario>``), or a ``package.module:factory`` called with ``num_envs``,
     ``device``, ``seed`` and ``env.kwargs``.
 
@@ -41,9 +47,9 @@ def make_batched_env(env_id: str, kwargs: dict, num_envs: int, device: str = "cp
     from marl.envs.registry import ENVS, PREFIXES
 
     if env_id in TWINS:
-        from marl.envs.mpe_twin import MPETwin
+        twin, task = TWINS[env_id]
         try:
-            return MPETwin(TWINS[env_id], num_envs, device=device, seed=seed, **kwargs)
+            return resolve_factory(twin)(task, num_envs, device=device, seed=seed, **kwargs)
         except ValueError as exc:
             raise EnvError(f"env {env_id!r} (batched twin): {exc}") from None
     prefix, _, rest = env_id.partition(":")

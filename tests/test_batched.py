@@ -85,7 +85,7 @@ def test_periodic_evaluation_of_a_batched_run_uses_the_batched_env(tmp_path):
 
 @pytest.mark.parametrize("overrides, match", [
     ({"env": {"id": "diag:lazy_agent", "kwargs": {}, "batched": True}}, r"has no batched twin.*mpe2:simple_spread_v3"),
-    ({"env": {"id": "lbf:Foraging-8x8-2p-2f-coop-v3", "kwargs": {}, "batched": True}}, r"has no batched twin"),
+    ({"env": {"id": "lbf:Foraging-5x5-2p-1f-v3", "kwargs": {}, "batched": True}}, r"has no batched twin"),
     ({"env": {"batched": True, "kwargs": {"N": 3, "bogus": 1}}}, r"unsupported keyword argument"),
     ({"env": {"id": "tests.user_envs:late_reward", "kwargs": {}, "batched": True}}, r"batched factory rejected"),
 ])
