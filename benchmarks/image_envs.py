@@ -88,8 +88,8 @@ def main() -> None:
     result.update(env=args.env, steps=args.steps, raw_steps_per_s=raw, raw_before=before, raw_after=after,
                   ratio=result["train_steps_per_s"] / raw, steady_ratio=result["steady_steps_per_s"] / raw)
     print(f"env {args.env}, {args.steps} training steps ({result['iterations']} iterations)")
-    print(f"| raw env steps/s | training steps/s (ratio) | steady state (ratio) | checkpoint | peak RSS |")
-    print(f"|---|---|---|---|---|")
+    print("| raw env steps/s | training steps/s (ratio) | steady state (ratio) | checkpoint | peak RSS |")
+    print("|---|---|---|---|---|")
     print(f"| {raw:.0f} ({before:.0f} before, {after:.0f} after) | {result['train_steps_per_s']:.0f} "
           f"({result['ratio']:.2f}×) | {result['steady_steps_per_s']:.0f} ({result['steady_ratio']:.2f}×) | "
           f"{result['checkpoint_mb']:.1f} MB | {result['peak_rss_mb']:.0f} MB |")
