@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from marl.envs.gym_multiagent import agent_names
 from marl.envs.mpe_twin import _positive_int
+from marl.envs.twin_state import TensorState
 
 N_ACTIONS = 6
 _NONE, _NORTH, _SOUTH, _WEST, _EAST, _LOAD = range(N_ACTIONS)
@@ -47,7 +48,6 @@ _MOVES = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1), (0, 0))
 _KWARGS = ("players", "min_player_level", "max_player_level", "min_food_level", "max_food_level", "field_size",
            "max_num_food", "sight", "force_coop", "normalize_reward", "grid_observation", "observe_agent_levels",
            "penalty", "render_mode")
-_STATE_KEYS = ("pos", "level", "food_cell", "food_level", "food_spawned", "steps", "placed", "rng")
 
 
 def lbf_kwargs(env_name: str, overrides: dict) -> dict[str, Any]:
@@ -78,7 +78,7 @@ def _per(value, count: int, name: str) -> np.ndarray:
     return array
 
 
-class LBFTwin:
+class LBFTwin(TensorState):
     """B copies of an LBF task as torch tensors (see the module docstring for the rules).
 
     Shapes, with B = ``num_envs``, N players, F = ``max_num_food``: observations ``[B, N, 3F + 3N]``
@@ -89,6 +89,8 @@ class LBFTwin:
     """
 
     continuous = False
+
+    STATE_KEYS = ("pos", "level", "food_cell", "food_level", "food_spawned", "steps", "placed")
 
     def __init__(self, env_name: str, num_envs: int, *, device="cpu", seed: int = 0, **kwargs):
         self.env_name = env_name.removeprefix("lbf:")
@@ -314,25 +316,6 @@ class LBFTwin:
         return out[:, :, :slots]
 
     # -- snapshots -------------------------------------------------------------------------------
-    def get_state(self) -> dict[str, torch.Tensor]:
-        """Copies of everything the continuation depends on (batch-first tensors, and ``rng``)."""
-        return {"pos": self._pos.clone(), "level": self._level.clone(), "food_cell": self._food_cell.clone(),
-                "food_level": self._food_level.clone(), "food_spawned": self._food_spawned.clone(),
-                "steps": self._steps.clone(), "placed": self._placed.clone(), "rng": self._generator.get_state()}
-
-    def set_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore a ``get_state`` snapshot of a twin of the same task and B."""
-        if set(state) != set(_STATE_KEYS):
-            raise ValueError(f"set_state: expected keys {sorted(_STATE_KEYS)}, got {sorted(state)}")
-        current = self.get_state()
-        for key in _STATE_KEYS[:-1]:
-            value = torch.as_tensor(state[key])
-            if value.shape != current[key].shape or value.dtype != current[key].dtype:
-                raise ValueError(f"set_state: {key!r} must be {current[key].dtype} {tuple(current[key].shape)}, "
-                                 f"got {value.dtype} {tuple(value.shape)}")
-            getattr(self, f"_{key}").copy_(value)
-        self._generator.set_state(torch.as_tensor(state["rng"], dtype=torch.uint8).cpu())
-
     def load_package_env(self, b: int, env) -> None:
         """Copy the state of an ``lbforaging`` env (raw, Gymnasium-wrapped, or behind
         ``GymMultiAgentEnv``) into env ``b``: players, food (its levels and the spawned total), step."""
@@ -360,6 +343,3 @@ class LBFTwin:
         self._food_spawned[b] = int(raw._food_spawned)
         self._steps[b] = int(raw.current_step)
         self._placed[b] = True
-
-    # The oracle (marl/oracle.py) loads a PettingZoo env's state into a twin under this name.
-    load_mpe2_world = load_package_env

@@ -124,7 +124,7 @@ class MPETwin:
     Episodes end by truncation after ``max_cycles`` steps (never termination), and ``step``
     auto-resets the envs that ended. Returned tensors may share storage with each other (``obs``
     is ``next_obs`` where nothing reset; ``state`` may be a view of ``obs``): treat them as read-only.
-    ``observe()`` gives the current obs and state, e.g. after ``set_state`` or ``load_mpe2_world``.
+    ``observe()`` gives the current obs and state, e.g. after ``set_state`` or ``load_package_env``.
 
     The tasks are those of the multi-agent particle environments of Lowe et al. (2017),
     "Multi-Agent Actor-Critic for Mixed Cooperative-Competitive Environments", NeurIPS, as
@@ -522,14 +522,14 @@ class MPETwin:
         self._set_world(self._assemble_world(restored))
         self._steps.copy_(restored["steps"])
 
-    def load_mpe2_world(self, b: int, env) -> None:
+    def load_package_env(self, b: int, env) -> None:
         """Copy the current world of an mpe2 env (raw, AEC-wrapped or parallel) into env ``b``."""
         if not 0 <= b < self.num_envs:
-            raise ValueError(f"load_mpe2_world: env index {b} out of range [0, {self.num_envs})")
+            raise ValueError(f"load_package_env: env index {b} out of range [0, {self.num_envs})")
         raw = getattr(env, "unwrapped", env)
         name = getattr(raw, "metadata", {}).get("name")
         if name != self.scenario:
-            raise ValueError(f"load_mpe2_world: env is {name!r}, this twin is {self.scenario!r}")
+            raise ValueError(f"load_package_env: env is {name!r}, this twin is {self.scenario!r}")
         expected = {"agents": self.agents, "max_cycles": self.max_cycles,
                     "continuous_actions": self.continuous, "local_ratio": self.local_ratio}
         found = {"agents": sorted(raw.possible_agents), "max_cycles": raw.max_cycles,
@@ -541,7 +541,7 @@ class MPETwin:
             found.update({key: getattr(raw.scenario, key) for key in options})
         mismatched = [key for key in expected if found[key] != expected[key]]
         if mismatched:
-            raise ValueError(f"load_mpe2_world: env has {({k: found[k] for k in mismatched})}, the twin "
+            raise ValueError(f"load_package_env: env has {({k: found[k] for k in mismatched})}, the twin "
                              f"{({k: expected[k] for k in mismatched})}")
         world = raw.world
         parts = {"agent_pos": np.zeros((1, self.n_agents, 2)), "agent_vel": np.zeros((1, self.n_agents, 2)),

@@ -32,6 +32,7 @@ import torch
 
 from marl.envs.gym_multiagent import agent_names
 from marl.envs.mpe_twin import _positive_int
+from marl.envs.twin_state import TensorState
 
 N_ACTIONS = 5
 _NOOP, _FORWARD, _LEFT, _RIGHT, _TOGGLE = range(N_ACTIONS)
@@ -39,7 +40,6 @@ _NOOP, _FORWARD, _LEFT, _RIGHT, _TOGGLE = range(N_ACTIONS)
 _AHEAD = ((0, -1), (0, 1), (-1, 0), (1, 0))
 _TURN_LEFT = (2, 3, 1, 0)
 _TURN_RIGHT = (3, 2, 0, 1)
-_STATE_KEYS = ("pos", "dir", "carry", "shelf_pos", "requested", "steps", "inactive", "rng")
 
 
 def _package_env(env_name: str, kwargs: dict):
@@ -80,7 +80,7 @@ def _package_commits(starts: list[tuple[int, int]], targets: list[tuple[int, int
     return committed
 
 
-class RwareTwin:
+class RwareTwin(TensorState):
     """B copies of an RWARE task as torch tensors (see the module docstring for the rules).
 
     Shapes, with B = ``num_envs``, N robots, S shelves: observations ``[B, N, 8 + 7 (2r + 1)^2]``
@@ -90,6 +90,8 @@ class RwareTwin:
     """
 
     continuous = False
+
+    STATE_KEYS = ("pos", "dir", "carry", "shelf_pos", "requested", "steps", "inactive")
 
     def __init__(self, env_name: str, num_envs: int, *, device="cpu", seed: int = 0, **kwargs):
         from rware.warehouse import RewardType
@@ -316,25 +318,6 @@ class RwareTwin:
         return obs, obs.view(b, -1)
 
     # -- snapshots -------------------------------------------------------------------------------
-    def get_state(self) -> dict[str, torch.Tensor]:
-        """Copies of everything the continuation depends on (batch-first tensors, and ``rng``)."""
-        return {"pos": self._pos.clone(), "dir": self._dir.clone(), "carry": self._carry.clone(),
-                "shelf_pos": self._shelf_pos.clone(), "requested": self._requested.clone(),
-                "steps": self._steps.clone(), "inactive": self._inactive.clone(), "rng": self._generator.get_state()}
-
-    def set_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore a ``get_state`` snapshot of a twin of the same task and B."""
-        if set(state) != set(_STATE_KEYS):
-            raise ValueError(f"set_state: expected keys {sorted(_STATE_KEYS)}, got {sorted(state)}")
-        current = self.get_state()
-        for key in _STATE_KEYS[:-1]:
-            value = torch.as_tensor(state[key])
-            if value.shape != current[key].shape or value.dtype != current[key].dtype:
-                raise ValueError(f"set_state: {key!r} must be {current[key].dtype} {tuple(current[key].shape)}, "
-                                 f"got {value.dtype} {tuple(value.shape)}")
-            getattr(self, f"_{key}").copy_(value)
-        self._generator.set_state(torch.as_tensor(state["rng"], dtype=torch.uint8).cpu())
-
     def load_package_env(self, b: int, env) -> None:
         """Copy the state of an ``rware`` env (raw, Gymnasium-wrapped, or behind ``GymMultiAgentEnv``)
         into env ``b``: robots, shelves, requests and step counters."""
@@ -360,7 +343,4 @@ class RwareTwin:
         self._requested[b, as_tensor([s.id - 1 for s in raw.request_queue])] = True
         self._steps[b] = int(raw._cur_steps)
         self._inactive[b] = int(raw._cur_inactive_steps)
-
-    # The oracle (marl/oracle.py) loads a PettingZoo env's state into a twin under this name.
-    load_mpe2_world = load_package_env
 

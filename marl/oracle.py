@@ -24,7 +24,7 @@ counts only the rewards it saw.
 Two backends:
 
 - **twin** (envs in ``marl.envs.batched.TWINS``): each sampled mpe2 world is loaded into an
-  ``MPETwin`` (``load_mpe2_world``) and replicated to its N·A·K rows; the rows of many states are
+  ``MPETwin`` (``load_package_env``) and replicated to its N·A·K rows; the rows of many states are
   stepped together as ``[R, N]`` tensors, with one batched actor forward per step;
 - **pettingzoo** (any env that ``marl.envs.snapshot`` can copy): the ``EnvSlice`` of the episode is
   snapshot at every step and restored into a pool of one-env slices, stepped one by one with
@@ -247,7 +247,7 @@ class _SliceBranches:
 
 class _TwinBranches:
     """Rows on a batched twin (``MPETwin``): each state's mpe2 world is loaded into the twin
-    (``load_mpe2_world``) and replicated to its rows (``get_state``/``set_state``); stepping goes
+    (``load_package_env``) and replicated to its rows (``get_state``/``set_state``); stepping goes
     through ``BatchedVectorEnv``, the run's reward pipeline on tensors. Every row is stepped every
     step (a finished one auto-resets and is ignored)."""
 
@@ -265,7 +265,7 @@ class _TwinBranches:
         """Row r becomes state ``row_state[r]``'s world (``blobs`` indexed by state)."""
         for s, blob in enumerate(blobs):
             self.scratch.load_snapshot(blob)
-            self.twin.load_mpe2_world(s, self.scratch.envs[0].env)
+            self.twin.load_package_env(s, self.scratch.envs[0].env)
         full = self.twin.get_state()
         self.twin.set_state({k: v if k == "rng" else v.index_select(0, torch.as_tensor(row_state, device=v.device))
                              for k, v in full.items()})

@@ -44,7 +44,7 @@ def _run_mpe2(env, twin, actions):
     rewards, truncated, terminated = np.zeros(shape), np.zeros(shape, bool), np.zeros(shape, bool)
     for e in range(episodes):
         initial, _ = env.reset(seed=e)
-        twin.load_mpe2_world(e, env)
+        twin.load_package_env(e, env)
         for k, agent in enumerate(agents):
             first_obs[e, k, :len(initial[agent])] = initial[agent]
         for t in range(CYCLES):
@@ -139,7 +139,7 @@ def test_state_is_mpe2_state_reordered_to_sorted_agents():
     twin = MPETwin("simple_speaker_listener_v4", 1)
     env.reset(seed=5)
     env.step({"speaker_0": 2, "listener_0": 3})
-    twin.load_mpe2_world(0, env)
+    twin.load_package_env(0, env)
     _, state = twin.observe()
     mpe2_state = env.state()   # [speaker (3), listener (11)]
     np.testing.assert_allclose(state[0].numpy(), np.concatenate([mpe2_state[3:], mpe2_state[:3]]), atol=1e-6)
@@ -286,14 +286,14 @@ def test_bad_actions_raise_value_error():
         cont.step(torch.zeros(2, 2, 5))
 
 
-def test_load_mpe2_world_accepts_raw_aec_and_parallel_envs():
+def test_load_package_env_accepts_raw_aec_and_parallel_envs():
     from mpe2 import simple_reference_v3
 
     envs = [simple_reference_v3.raw_env(), simple_reference_v3.env(), simple_reference_v3.parallel_env()]
     twin = MPETwin("simple_reference_v3", len(envs))
     for b, env in enumerate(envs):
         env.reset(seed=3)
-        twin.load_mpe2_world(b, env)
+        twin.load_package_env(b, env)
     obs, _ = twin.observe()
     raw = envs[0]
     expected = np.stack([raw.observe(agent) for agent in twin.agents])
@@ -301,11 +301,11 @@ def test_load_mpe2_world_accepts_raw_aec_and_parallel_envs():
         np.testing.assert_allclose(obs[b].numpy(), expected, atol=1e-6)
 
 
-def test_load_mpe2_world_rejects_a_different_task():
+def test_load_package_env_rejects_a_different_task():
     twin = MPETwin("simple_spread_v3", 2, local_ratio=0.3)
     with pytest.raises(ValueError, match="local_ratio"):
-        twin.load_mpe2_world(0, _mpe2_env("simple_spread_v3", False))
+        twin.load_package_env(0, _mpe2_env("simple_spread_v3", False))
     with pytest.raises(ValueError, match="simple_reference_v3"):
-        twin.load_mpe2_world(0, _mpe2_env("simple_reference_v3", False))
+        twin.load_package_env(0, _mpe2_env("simple_reference_v3", False))
     with pytest.raises(ValueError, match="out of range"):
-        MPETwin("simple_spread_v3", 2).load_mpe2_world(2, _mpe2_env("simple_spread_v3", False))
+        MPETwin("simple_spread_v3", 2).load_package_env(2, _mpe2_env("simple_spread_v3", False))

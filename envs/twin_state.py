@@ -1,0 +1,30 @@
+"""Snapshots of a batched twin whose continuation is a few batch-first tensors and a generator."""
+from __future__ import annotations
+
+import torch
+
+
+class TensorState:
+    """``get_state``/``set_state`` for a twin whose whole continuation is its tensors ``_<key>``
+    for each key in ``STATE_KEYS`` and its ``_generator`` (saved as ``rng``)."""
+
+    STATE_KEYS: tuple[str, ...] = ()
+
+    def get_state(self) -> dict[str, torch.Tensor]:
+        """Copies of everything the continuation depends on (batch-first tensors, and ``rng``)."""
+        return {**{key: getattr(self, f"_{key}").clone() for key in self.STATE_KEYS},
+                "rng": self._generator.get_state()}
+
+    def set_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore a ``get_state`` snapshot of a twin of the same task and B."""
+        keys = (*self.STATE_KEYS, "rng")
+        if set(state) != set(keys):
+            raise ValueError(f"set_state: expected keys {sorted(keys)}, got {sorted(state)}")
+        for key in self.STATE_KEYS:
+            current, value = getattr(self, f"_{key}"), torch.as_tensor(state[key])
+            if value.shape != current.shape or value.dtype != current.dtype:
+                raise ValueError(f"set_state: {key!r} must be {current.dtype} {tuple(current.shape)}, "
+                                 f"got {value.dtype} {tuple(value.shape)}")
+        for key in self.STATE_KEYS:
+            getattr(self, f"_{key}").copy_(torch.as_tensor(state[key]))
+        self._generator.set_state(torch.as_tensor(state["rng"], dtype=torch.uint8).cpu())
