@@ -75,8 +75,9 @@ class AlgoConfig:
     critic: str = "central"
     """``central``: V(state) (MAPPO/MAA2C); ``agent_state``: V(state, o_i, i), MAPPO's agent-specific
     global state (Yu et al., 2022); ``local``: V(o_i) (IPPO/IA2C)."""
-    loss: str = "ppo"
-    """Actor loss: ``ppo`` (clipped surrogate) or ``a2c`` (policy gradient)."""
+    learner: str = "ppo"
+    """The learner (``marl.learners.LEARNERS``): ``ppo`` (actor-critic, PPO's clipped surrogate) or
+    ``a2c`` (actor-critic, the plain policy gradient). ``algo.loss`` is read as its old name."""
     gamma: float = 0.99
     """Discount factor in (0, 1]."""
     lam: float = 0.95
@@ -131,7 +132,7 @@ class AlgoConfig:
     rollout_steps: int = 25
     """Steps T collected from each env per iteration."""
     epochs: int = 10
-    """Passes over each batch. With ``loss: a2c`` only the critic takes them all; the actor takes
+    """Passes over each batch. With ``learner: a2c`` only the critic takes them all; the actor takes
     one pass (its policy gradient holds only for the behaviour policy)."""
     minibatches: int = 4
     """Minibatches per epoch: the batch's ``rollout_steps * env.num_envs`` rows (or, for recurrent
@@ -386,7 +387,8 @@ def validate(cfg: Config) -> Config:
     _check(a.advantage in ADVANTAGES, "algo.advantage", a.advantage, f"one of {sorted(ADVANTAGES)}")
     _check(a.critic in ("central", "agent_state", "local"), "algo.critic", a.critic,
            "'central', 'agent_state' or 'local'")
-    _check(a.loss in ("ppo", "a2c"), "algo.loss", a.loss, "'ppo' or 'a2c'")
+    from marl.learners import LEARNERS
+    _check(a.learner in LEARNERS, "algo.learner", a.learner, f"one of {sorted(LEARNERS)}")
     _check(a.lr_schedule in ("constant", "linear"), "algo.lr_schedule", a.lr_schedule, "'constant' or 'linear'")
     _check(0.0 < a.gamma <= 1.0, "algo.gamma", a.gamma, "a float in (0, 1]")
     _check(0.0 <= a.lam <= 1.0, "algo.lam", a.lam, "a float in [0, 1]")
@@ -510,8 +512,8 @@ def _refuse_ignored_options(cfg: Config) -> None:
          f"only env.reward: difference reads it, not {cfg.env.reward!r}"),
         ("model.chunk_length", cfg.model.chunk_length, defaults.model.chunk_length, not cfg.model.recurrent,
          "only recurrent networks (model.recurrent: true) read it"),
-        ("algo.clip", a.clip, defaults.algo.clip, a.loss != "ppo",
-         f"only the PPO loss (algo.loss: ppo) clips its ratio, not {a.loss!r}"),
+        ("algo.clip", a.clip, defaults.algo.clip, a.learner != "ppo",
+         f"only the PPO learner (algo.learner: ppo) clips its ratio, not {a.learner!r}"),
         ("env.team_reward", cfg.env.team_reward, defaults.env.team_reward, cfg.env.reward == "individual",
          "env.reward: individual pays each agent its own reward and never forms a team reward"),
         ("train.eval_every_episodes", cfg.train.eval_every_episodes, defaults.train.eval_every_episodes,
@@ -569,8 +571,19 @@ def config_from_dict(data: dict, overrides: list[str] = ()) -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config must be a mapping at the top level, got {type(data).__name__}")
-    data = apply_overrides(_deep_copy(data), list(overrides))
+    data = _renamed_keys(apply_overrides(_deep_copy(data), list(overrides)))
     return validate(_build(Config, data))
+
+
+def _renamed_keys(data: dict) -> dict:
+    """``data`` with old key names read as their new ones: ``algo.loss`` is ``algo.learner``."""
+    algo = data.get("algo")
+    if isinstance(algo, dict) and "loss" in algo:
+        loss = algo.pop("loss")
+        if algo.setdefault("learner", loss) != loss:
+            raise ConfigError(f"config key 'algo.loss' (the old name of 'algo.learner') is {loss!r} and "
+                              f"'algo.learner' is {algo['learner']!r}; keep one")
+    return data
 
 
 def _deep_copy(data):

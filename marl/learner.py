@@ -60,7 +60,7 @@ def actor_critic_loss(dist, actions: torch.Tensor, behaviour_logp: torch.Tensor,
     entropy = dist.entropy()
     log_ratio = logp - behaviour_logp
     ratio = log_ratio.exp()
-    if algo.loss == "ppo":
+    if algo.learner == "ppo":
         policy_loss = -weighted_mean(torch.min(ratio * adv, ratio.clamp(1 - algo.clip, 1 + algo.clip) * adv), weight)
     else:
         policy_loss = -weighted_mean(logp * adv, weight)
@@ -258,11 +258,16 @@ class CreditLearner:
         self.updates = 0
         self.last_advantage: list[torch.Tensor] | None = None   # per agent, the valid advantages of the last update
         self.critic_h_final: torch.Tensor | None = None   # a recurrent critic's hidden after the last rollout
+        self.critic_hidden: torch.Tensor | None = None    # where the next rollout's critic starts (None: zeros)
         # A team value head learns the team's return, which an agent's departure does not end (see
         # _team_returns); per-agent reward streams (episodic payouts, learned redistributions) end
         # where their agent leaves.
         self.team_returns = bool(getattr(self.critic, "team_value", False)) and not cfg.env.episodic_reward \
             and a.redistribution == "none"
+
+    def credit_values(self) -> list[torch.Tensor] | None:
+        """Per agent, the valid advantages of the last update (None before the first)."""
+        return self.last_advantage
 
     def state_dict(self) -> dict:
         state = {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
@@ -270,6 +275,8 @@ class CreditLearner:
                  "updates": self.updates}
         if self.target_critic is not None:
             state["target_critic"] = self.target_critic.state_dict()
+        if self.critic_hidden is not None:
+            state["critic_hidden"] = self.critic_hidden.cpu()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -279,6 +286,8 @@ class CreditLearner:
             self.target_critic.load_state_dict(state["target_critic"])
         self.value_norm.load_state_dict(state["value_norm"])
         self.optimizer.load_state_dict(state["optimizer"])
+        hidden = state.get("critic_hidden")
+        self.critic_hidden = hidden.to(self.device) if hidden is not None and self.critic.recurrent else None
         self.updates = int(state["updates"])
         self.apply_lr_schedule()
 
@@ -594,7 +603,7 @@ class CreditLearner:
         for epoch in range(a.epochs):
             # A2C's policy gradient is only valid for the behaviour policy: one actor pass, while the
             # critic keeps fitting its targets for all epochs (like COMA's repeated critic training).
-            train_actor = a.loss == "ppo" or epoch == 0
+            train_actor = a.learner == "ppo" or epoch == 0
             perm = torch.randperm(count, generator=generator, device=adv.device)
             # index_select (4x faster than v[perm] here), so that minibatches are contiguous views
             shuffled = {k: v.index_select(0, perm) for k, v in {**items, **starts}.items()}
@@ -687,10 +696,16 @@ class CreditLearner:
 
     def update(self, b: dict[str, torch.Tensor], generator: torch.Generator) -> dict:
         """One update on rollout ``b``: the four phases (see the module docstring). Returns metrics
-        (per-agent credit statistics included)."""
+        (per-agent credit statistics included). A recurrent critic runs over the rollout from where
+        it stopped at the end of the last one (``critic_hidden``; zeros at first), so rollouts
+        collected back to back continue its hidden state."""
+        if self.critic_hidden is not None and "critic_h0" not in b:
+            b = {**b, "critic_h0": self.critic_hidden}
         prep = self.prepare(b, generator)
         valid = prep.get("valid", self.valid_mask(b))
         self.critic_h_final = prep.get("critic_h_final")
+        if self.critic.recurrent:
+            self.critic_hidden = self.critic_h_final
         adv, target, metrics = self.finalise(prep, valid)
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         metrics.update(self.optimise(b, prep, adv, target, generator, valid))

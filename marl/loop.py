@@ -183,7 +183,11 @@ class TrainingLoop:
         return out
 
     def _credit_views_due(self) -> bool:
+        """Whether this iteration draws the episode views or scores credit fidelity (both read the
+        learner's ``prepare``, which a learner without per-step credit does not have)."""
         log, it = self.cfg.log, self.iteration
+        if not callable(getattr(self.learner, "prepare", None)):
+            return False
         image = log.credit_image_every and (it % log.credit_image_every == 0 or it == 1) and self.has_pettingzoo_env
         return bool(image or (log.fidelity_every and it % log.fidelity_every == 0 and self.has_true_credit))
 
@@ -195,8 +199,9 @@ class TrainingLoop:
         from marl.evaluate import EVAL_SEED_OFFSET
 
         log, it, step = self.cfg.log, self.iteration, self.env_steps
-        if log.histogram_every and it % log.histogram_every == 0 and self.learner.last_advantage is not None:
-            for agent, values in zip(self.agents, self.learner.last_advantage):
+        credit = self.learner.credit_values() if log.histogram_every and it % log.histogram_every == 0 else None
+        if credit is not None:
+            for agent, values in zip(self.agents, credit):
                 if values.numel():
                     self.logger.log_histogram(f"credit/adv_hist/{agent}", values, step)
         if not self._credit_views_due():

@@ -36,7 +36,7 @@ import torch
 from marl.config import Config
 from marl.envs import EnvError, RewardSpec, make_vector_env
 from marl.envs.batched import BatchedVectorEnv, make_batched_env
-from marl.learner import CreditLearner, ImageInputs
+from marl.learners import EnvShape, build_learner
 from marl.loop import TrainingInterrupted, TrainingLoop, _array_episode, _plain_episode
 from marl.rollout import Rollout, act_in_worker, collect_rollout, worker_seed
 
@@ -62,9 +62,7 @@ class Trainer(TrainingLoop):
             self.venv = make_vector_env(e.id, e.kwargs, e.num_envs, reward, e.workers, e.check)
         v = self.venv
         self.agents, N = list(v.agents), v.n_agents
-        self.learner = CreditLearner(cfg, self.agents, v.obs_dim, v.state_dim, v.n_actions,
-                                     torch.from_numpy(v.action_mask), v.dynamic_mask, self.device, v.continuous,
-                                     v.turn_based, ImageInputs.of(v))
+        self.learner = build_learner(cfg, EnvShape.of(v), self.device)
         self.actor = self.learner.actor
         sizes = (a.rollout_steps, e.num_envs, N, v.obs_dim, v.state_dim, v.n_actions,
                  self.device if e.batched else None, v.continuous, self.actor.hidden_size, v.obs_dtype, v.state_dtype)
@@ -87,9 +85,8 @@ class Trainer(TrainingLoop):
         if e.reward == "difference" and e.difference == "reward_model":
             from marl.redistribute import OnlineDifference
             self.difference = OnlineDifference(cfg, N, v.state_dim, v.n_actions, v.continuous, self.device)
-        # A recurrent actor's and critic's hidden states where the envs are now ([B, N, H], [B, rows, H]).
+        # A recurrent actor's hidden state where the envs are now ([B, N, H]; the learner keeps its critic's).
         self.actor_hidden: torch.Tensor | None = self.actor.initial_hidden(e.num_envs, device=self.device)
-        self.critic_hidden: torch.Tensor | None = self.learner.critic.initial_hidden(e.num_envs, device=self.device)
 
     # -- persistence ------------------------------------------------------------------------------
     def backend_state(self) -> dict:
@@ -98,7 +95,7 @@ class Trainer(TrainingLoop):
         state = {**self.learner.state_dict(), "generator": self.generator.get_state(),
                  "torch_rng": torch.get_rng_state()}
         if self.actor.recurrent:
-            state["actor_hidden"], state["critic_hidden"] = self.actor_hidden.cpu(), self.critic_hidden.cpu()
+            state["actor_hidden"] = self.actor_hidden.cpu()
         if self.redistribution is not None:
             state["redistribution"] = self.redistribution.state_dict()
         if self.difference is not None:
@@ -145,7 +142,6 @@ class Trainer(TrainingLoop):
             self.difference.load_state_dict(state["difference_model"])
         if self.actor.recurrent:
             self.actor_hidden = state["actor_hidden"].to(self.device)
-            self.critic_hidden = state["critic_hidden"].to(self.device)
         self._envs_started = False
         if "env_state" in state:
             envs = state["env_state"]
@@ -199,8 +195,6 @@ class Trainer(TrainingLoop):
     def update(self) -> dict:
         # On the learner's device: a PettingZoo rollout is stored on the CPU whatever train.device is.
         b = {k: v.to(self.device) for k, v in self.rollout.tensors().items()}
-        if self.critic_hidden is not None:
-            b["critic_h0"] = self.critic_hidden
         extra = {}
         # a learned reward the learner trains on: redistributed dense rewards, or learned difference rewards
         learned = self.redistribution if self.redistribution is not None else self.difference
@@ -209,8 +203,6 @@ class Trainer(TrainingLoop):
             b["reward"] = reward.to(self.device)
         metrics = self.learner.update(b, self.generator)
         metrics.update(extra)
-        if self.critic_hidden is not None:
-            self.critic_hidden = self.learner.critic_h_final   # where the next rollout's critic starts
         return metrics
 
     def run_iteration(self) -> tuple[int, list[dict], dict, float] | None:

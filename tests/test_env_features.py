@@ -222,7 +222,7 @@ def test_agents_that_leave_are_learned_with_the_default_config(tmp_path, payout)
 def test_shapley_and_dop_learn_with_agents_that_leave(tmp_path, advantage):
     """The team's summed hits under a shared reward: optimum 18, random 6. DOP's utilities see
     the agent's own observation (``critic_obs``); Shapley's critic is COMA's."""
-    algo = {"advantage": advantage, "loss": "a2c", "lam": 0.8, "critic_obs": advantage == "dop"}
+    algo = {"advantage": advantage, "learner": "a2c", "lam": 0.8, "critic_obs": advantage == "dop"}
     records, evaluation = _train(_learning_config(DEPARTURES, {}, 6000, algo=algo, env={"team_reward": "sum"}),
                                  tmp_path / "run")
     assert records[0]["team_return"] < 10.0

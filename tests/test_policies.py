@@ -165,7 +165,7 @@ def test_bptt_over_one_chunk_covering_the_rollout_equals_the_full_sequence_gradi
     try:
         trainer.collect()
         b = trainer.rollout.tensors()
-        b["critic_h0"] = trainer.critic_hidden
+        b["critic_h0"] = trainer.learner.critic.initial_hidden(cfg.env.num_envs)
         learner = trainer.learner
         reference = copy.deepcopy(learner)
         prep = learner.prepare(b, torch.Generator().manual_seed(0))
@@ -219,8 +219,8 @@ def test_unroll_equals_stepping_and_resets_at_first_steps(shared):
     {"algo": {"advantage": "td_lambda"}},
     {"algo": {"advantage": "n_step"}},
     {"algo": {"advantage": "mc"}},
-    {"algo": {"advantage": "coma_lambda", "loss": "a2c"}},
-    {"algo": {"advantage": "shapley", "loss": "a2c", "shapley_samples": 2}},
+    {"algo": {"advantage": "coma_lambda", "learner": "a2c"}},
+    {"algo": {"advantage": "shapley", "learner": "a2c", "shapley_samples": 2}},
     {"env": {"id": REACH, "kwargs": {}}},
 ], ids=["separate_actors", "local_critic", "agent_state_critic", "td_lambda", "n_step", "mc", "coma_lambda",
         "shapley", "continuous"])
@@ -243,7 +243,7 @@ def test_recurrent_shapley_steps_each_coalition_row_from_the_rollouts_hidden_sta
     """Shapley's coalition rows go through the recurrent critic from the hidden state its own
     inputs left at that step: fed the rollout's own joint action (the COMA coalition), it gives
     the critic's unrolled Q back."""
-    cfg = config_from_dict(tiny_config(algo={"advantage": "shapley", "loss": "a2c"},
+    cfg = config_from_dict(tiny_config(algo={"advantage": "shapley", "learner": "a2c"},
                                        model={"recurrent": True, "hidden": 16, "chunk_length": 5}))
     trainer = Trainer(cfg)
     try:
@@ -296,7 +296,7 @@ def test_a_recurrent_run_evaluates_from_its_checkpoint(tmp_path):
     ({"algo": {"n_step": 3}}, "algo.n_step"),
     ({"algo": {"advantage": "mc", "lam": 0.8}}, "algo.lam"),
     ({"env": {"alpha": 0.3}}, "env.alpha"),
-    ({"algo": {"loss": "a2c", "clip": 0.1}}, "algo.clip"),
+    ({"algo": {"learner": "a2c", "clip": 0.1}}, "algo.clip"),
     ({"algo": {"redistribution_steps": 4}}, "algo.redistribution_steps"),
     ({"algo": {"redistribution_state": False}}, "algo.redistribution_state"),
     ({"algo": {"redistribution_lr": 1e-4}}, "algo.redistribution_lr"),

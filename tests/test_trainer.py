@@ -265,7 +265,7 @@ def test_a_checkpoint_that_does_not_fit_the_networks_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("share_actor, critic", [(False, "central"), (True, "local"), (True, "agent_state")])
 def test_actor_and_critic_variants_train(tmp_path, share_actor, critic):
-    records = _train(tiny_config(model={"share_actor": share_actor}, algo={"critic": critic, "loss": "a2c"}),
+    records = _train(tiny_config(model={"share_actor": share_actor}, algo={"critic": critic, "learner": "a2c"}),
                      tmp_path / "run")
     assert len(records) == 4 and all(math.isfinite(r["losses/value"]) for r in records)
 

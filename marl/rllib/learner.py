@@ -69,7 +69,7 @@ class CreditPPOLearner(PPOTorchLearner):
         # A2C's policy gradient holds only for the behaviour policy: the actor learns during the first
         # pass over the batch, the critic during all ``algo.epochs`` passes (as CreditLearner.update).
         seen = self._rows_seen.get(module_id, 0)
-        train_actor = a.loss == "ppo" or seen < self.credit_piece.rows.get(module_id, 0)
+        train_actor = a.learner == "ppo" or seen < self.credit_piece.rows.get(module_id, 0)
         self._rows_seen[module_id] = seen + len(batch[Columns.ACTIONS])
         weight = batch.get(WEIGHT)
         actions = batch[Columns.ACTIONS] if module.continuous else batch[Columns.ACTIONS].long()

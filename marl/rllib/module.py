@@ -20,7 +20,8 @@ from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 
 from marl.config import config_from_dict
 from marl.distributions import Categorical, DiagGaussian
-from marl.learner import CreditLearner, build_actor
+from marl.learner import build_actor
+from marl.learners import EnvShape, build_learner
 from marl.networks import MASKED_LOGIT
 
 MODULE_ID = "shared"
@@ -58,8 +59,8 @@ class CreditRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
             self.credit = None
             self.actor = build_actor(self.cfg, self.n_agents, self.obs_dim, int(mc["n_actions"]), mask, self.continuous)
             return
-        self.credit = CreditLearner(self.cfg, self.agents, self.obs_dim, int(mc["state_dim"]), int(mc["n_actions"]),
-                                    mask, self.dynamic_mask, continuous=self.continuous)
+        self.credit = build_learner(self.cfg, EnvShape(self.agents, self.obs_dim, int(mc["state_dim"]),
+                                                       int(mc["n_actions"]), mask, self.dynamic_mask, self.continuous))
         self.actor = self.credit.actor
         self.critic = self.credit.critic
         self.value_norm = self.credit.value_norm

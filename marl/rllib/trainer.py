@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from marl.config import Config, ConfigError
-from marl.learner import CreditLearner, TrainingDiverged
+from marl.learner import TrainingDiverged
+from marl.learners import EnvShape, build_learner
 from marl.loop import TrainingLoop
 
 FAULTS_NAME = "env_faults.jsonl"
@@ -87,9 +88,10 @@ class RLlibTrainer(TrainingLoop):
         self._spec = env_spec(cfg)
         self.agents = self._spec["agents"]
         # Built like the local trainer's, so both backends start from the same weights.
-        self.learner = CreditLearner(cfg, self.agents, self._spec["obs_dim"], self._spec["state_dim"],
-                                     self._spec["n_actions"], torch.from_numpy(self._spec["action_mask"]),
-                                     self._spec["dynamic_mask"], continuous=self._spec["continuous"])
+        spec = self._spec
+        self.learner = build_learner(cfg, EnvShape(self.agents, spec["obs_dim"], spec["state_dim"], spec["n_actions"],
+                                                   torch.from_numpy(spec["action_mask"]), spec["dynamic_mask"],
+                                                   spec["continuous"]))
         self.actor = self.learner.actor
         self._learner_generator: torch.Tensor | None = None
         self.fault_log = (self.run_dir.resolve() / FAULTS_NAME) if self.run_dir is not None else None

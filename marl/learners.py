@@ -1,0 +1,84 @@
+"""The learner registry: every learner the training loop and both backends build, in one dict.
+
+A learner is a family's networks and update rule (the on-policy actor-critic of ``CreditLearner``
+today; the off-policy value-decomposition learner next). Nothing builds one but ``build_learner``,
+from ``LEARNERS[cfg.algo.learner]``. What the loop and the backends call (``Learner``):
+
+- ``actor``: the decentralised policy that acts (``marl.networks.Actor``);
+- ``update(batch, generator) -> metrics``: learn from a batch of steps (``marl.rollout.Rollout``);
+- ``credit_values() -> list[Tensor] | None``: per agent, the credit values of the last update
+  (the advantage histograms of TensorBoard);
+- ``state_dict()`` / ``load_state_dict(state)``: its part of a checkpoint;
+- optionally ``prepare(batch, generator) -> dict`` with ``adv`` ``[T, B, N]``: per-step credit of a
+  batch, for the credit views (heatmaps, credit fidelity, the oracle); without it they are skipped.
+
+To add a learner: write its module, give it these members, and add one entry here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+
+from marl.config import Config
+from marl.learner import CreditLearner, ImageInputs
+from marl.networks import Actor
+
+
+@dataclass(frozen=True)
+class EnvShape:
+    """What a learner is sized for: the env's agents, spaces and kind."""
+
+    agents: list[str]
+    obs_dim: int
+    state_dim: int
+    n_actions: int
+    action_mask: torch.Tensor    # bool [N, A]: the actions each agent has at all
+    dynamic_mask: bool = False   # per-step legal actions
+    continuous: bool = False     # Box actions
+    turn_based: bool = False     # one agent acts per step (an AEC env)
+    images: ImageInputs | None = None
+
+    @classmethod
+    def of(cls, venv) -> EnvShape:
+        """The shape of a vector env (``marl.envs.vector`` or ``marl.envs.batched``)."""
+        return cls(list(venv.agents), venv.obs_dim, venv.state_dim, venv.n_actions,
+                   torch.from_numpy(venv.action_mask), venv.dynamic_mask, venv.continuous, venv.turn_based,
+                   ImageInputs.of(venv))
+
+
+class Learner(Protocol):
+    """What the training loop and both backends call on a learner (see the module docstring)."""
+
+    actor: Actor
+
+    def update(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict: ...
+
+    def credit_values(self) -> list[torch.Tensor] | None: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass(frozen=True)
+class LearnerSpec:
+    build: Callable[[Config, EnvShape, torch.device | str], Learner]
+    summary: str
+
+
+def _actor_critic(cfg: Config, env: EnvShape, device: torch.device | str) -> CreditLearner:
+    return CreditLearner(cfg, env.agents, env.obs_dim, env.state_dim, env.n_actions, env.action_mask,
+                         env.dynamic_mask, device, env.continuous, env.turn_based, env.images)
+
+
+LEARNERS: dict[str, LearnerSpec] = {
+    "ppo": LearnerSpec(_actor_critic, "actor-critic with PPO's clipped surrogate (MAPPO, IPPO, COMA-PPO ...)"),
+    "a2c": LearnerSpec(_actor_critic, "actor-critic with the plain policy gradient (MAA2C, COMA ...)"),
+}
+
+
+def build_learner(cfg: Config, env: EnvShape, device: torch.device | str = "cpu") -> Learner:
+    """The learner ``cfg.algo.learner`` names, sized for ``env``, on ``device``."""
+    return LEARNERS[cfg.algo.learner].build(cfg, env, device)
