@@ -200,7 +200,7 @@ def _trainable(params: dict) -> None:
     from ray import tune
 
     spec = params["spec"]
-    tune.report({"record": run_trial(Trial(**spec["trial"]), spec["run_dir"])})
+    tune.report({"record": json.dumps(run_trial(Trial(**spec["trial"]), spec["run_dir"]))})
 
 
 # -- Ray ----------------------------------------------------------------------------------------------
@@ -226,6 +226,10 @@ def _start_ray(address: str, jobs: int | None) -> None:
         ray.init(num_cpus=jobs or os.cpu_count() or 1, **kwargs)
 
 
+def _tune_name(tune_trial) -> str:
+    return tune_trial.config["spec"]["trial"]["name"]
+
+
 def _cpus_per_trial(trial: Trial) -> int:
     import yaml
     env = yaml.safe_load(trial.resolved).get("env", {})
@@ -237,7 +241,6 @@ def run_sweep(out: str | Path, jobs: int | None = None, address: str = "", print
     Returns it (see ``write_summary``), with ``interrupted`` True when some trial did not end (a
     Ctrl-C: continue with ``--resume``)."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")   # the quiet console reporter (verbose=0)
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")   # Tune's own CSV/JSON/TensorBoard copies
     out = Path(out).resolve()
     trials = load_plan(out)
     done = {name for name, r in trial_records(out).items() if r.get("status") == "done"}
@@ -263,7 +266,7 @@ def _tune(out: Path, todo: list[Trial], jobs: int | None, address: str, print_fn
         """Writes each trial's outcome as it arrives (so a Ctrl-C keeps it) and prints one line."""
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            record = result["record"]
+            record = json.loads(result["record"])
             _write_json(out / TRIALS_DIR / f"{record['trial']}.json", record)
             if record["status"] == "done":
                 ret = record["greedy_return"]
@@ -291,7 +294,8 @@ def _tune(out: Path, todo: list[Trial], jobs: int | None, address: str, print_fn
         tuner = tune.Tuner(
             tune.with_resources(_trainable, {"cpu": cpus}),
             param_space={"spec": tune.grid_search(params)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=jobs),
+            tune_config=tune.TuneConfig(max_concurrent_trials=jobs, trial_name_creator=_tune_name,
+                                        trial_dirname_creator=_tune_name),
             run_config=tune.RunConfig(storage_path=str(out / ".tune"), name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
                                       verbose=0, callbacks=[Record()],
                                       failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))

@@ -76,7 +76,7 @@ def _sweep(*args, **kwargs):
 @pytest.mark.timeout(600)
 def test_sweep_runs_trials_reports_a_failure_and_matches_marl_train(tmp_path):
     cfg = _config(tmp_path)
-    failing = cfg + "@env.id=tests.user_envs:fails_later,env.kwargs={fail_after: 150}"
+    failing = cfg + "@env.id=tests.user_envs:fails_later,env.kwargs={fail_after: 20}"
     out = tmp_path / "sweep"
     proc = _sweep(cfg, failing, "--seeds", "1", "2", "--set", "algo.epochs=1,2", "--out", str(out))
     stdout, stderr = proc.communicate(timeout=560)
