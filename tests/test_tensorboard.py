@@ -107,3 +107,33 @@ def test_histograms_heatmaps_layout_and_config_are_served(served_run):
         assert any(pattern == f"^{re.escape(tag)}$" for run_tags in tags.values() for tag in run_tags), title
     text = _get(port, "/data/plugin/text/tags")["."]
     assert "config/text_summary" in text
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_custom_scalars_screenshot_shows_one_coloured_line_per_agent(served_run, tmp_path):
+    """A real browser renders the Custom Scalars tab: the agents' runs are drawn in TensorBoard's
+    first run colours (agent_0 blue, agent_1 red, agent_2 light blue after the team run '.')."""
+    import shutil
+
+    import numpy as np
+    from matplotlib.image import imread
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no chromium (apt-get install chromium)")
+    _, port = served_run
+    shot = tmp_path / "tb.png"
+    subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1500,1100",
+                    "--virtual-time-budget=25000", f"--screenshot={shot}", f"http://127.0.0.1:{port}/#custom_scalars"],
+                   check=True, capture_output=True, timeout=240)
+    pixels = (imread(shot)[..., :3] * 255).round().astype(int)
+    assert pixels.shape[:2] == (1100, 1500)
+    colours = {tuple(c) for c in pixels[:, 400:].reshape(-1, 3)}   # the charts, right of the runs list
+    # TensorBoard's palette for runs 2-4 (agent_0, agent_1, agent_2), as drawn in the charts
+    for rgb in ((0, 119, 187), (204, 51, 17), (51, 187, 238)):
+        assert any(max(abs(a - b) for a, b in zip(rgb, c)) <= 6 for c in colours), rgb
