@@ -518,6 +518,13 @@ def compare_runs(run_dirs: list[Path], out_png: Path, out_md: Path, reps: int = 
     return {"groups": summaries, "differing_keys": differing, "png": str(out_png), "md": str(out_md)}
 
 
+def comparison_figure_of(run_dirs: list[str | Path], reps: int = DEFAULT_REPS, seed: int = 0,
+                         ignore=GROUP_IGNORE):
+    """The figure of ``compare_runs`` for ``run_dirs``, writing nothing (for notebooks)."""
+    groups, _ = group_runs([load_run(d) for d in run_dirs], ignore)
+    return comparison_figure(groups, [_group_summary(g, reps, seed) for g in groups], reps, seed)
+
+
 def comparison_figure(groups: list[RunGroup], summaries: list[dict], reps: int = DEFAULT_REPS, seed: int = 0):
     """The three-panel ``matplotlib.figure.Figure`` described in ``compare_runs``."""
     from matplotlib.figure import Figure
@@ -548,10 +555,17 @@ def comparison_figure(groups: list[RunGroup], summaries: list[dict], reps: int =
                 ax.fill_between(x, low, high, color=color, alpha=0.2, lw=0)
     names = {EVAL_KEY: "greedy eval team return", TRAIN_KEY: "training team return"}
     ylabel = " / ".join(names[k] for k in sorted(sources)) or "team return"
+    from matplotlib.ticker import EngFormatter
+
+    ax_steps.xaxis.set_major_formatter(EngFormatter(sep=""))   # 200k, not 200000: tick labels never collide
     for ax, xlabel in ((ax_steps, "env steps"), (ax_time, "wall-clock time (s)")):
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
+        ends = [line.get_xdata()[-1] for line in ax.get_lines() if len(line.get_xdata())]
+        if ends and min(ends) > 0 and max(ends) / min(ends) >= 10:   # runs 10x apart: a log axis shows both
+            ax.set_xscale("log")
+            ax.set_xlabel(xlabel + " (log scale: runs differ 10x in length)")
     ax_steps.set_title("return vs env steps (mean, 95% bootstrap band)")
     ax_time.set_title("return vs wall-clock time")
     handles, labels = ax_steps.get_legend_handles_labels()

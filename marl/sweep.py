@@ -149,6 +149,21 @@ def load_plan(out: str | Path) -> list[Trial]:
         raise SweepError(f"cannot read {path} ({exc})") from None
 
 
+def record_trial(out: str | Path, record: dict) -> None:
+    """Write one trial's outcome record (``run_trial``'s return) to ``out/trials/<trial>.json``."""
+    (Path(out) / TRIALS_DIR).mkdir(exist_ok=True)
+    _write_json(Path(out) / TRIALS_DIR / f"{record['trial']}.json", record)
+
+
+def load_summary(out: str | Path) -> dict:
+    """``out/summary.json`` of a sweep (see ``write_summary``)."""
+    path = Path(out) / SUMMARY_JSON
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SweepError(f"cannot read {path} ({exc}); finish the sweep or run marl sweep --resume {out}") from None
+
+
 def trial_records(out: str | Path) -> dict[str, dict]:
     """The outcome records written so far, by trial name."""
     records = {}
@@ -267,7 +282,7 @@ def _tune(out: Path, todo: list[Trial], jobs: int | None, address: str, print_fn
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             record = json.loads(result["record"])
-            _write_json(out / TRIALS_DIR / f"{record['trial']}.json", record)
+            record_trial(out, record)
             if record["status"] == "done":
                 ret = record["greedy_return"]
                 ret = f"greedy return {ret:.2f}" if ret is not None else f"train return {record['train_team_return']}"
@@ -278,11 +293,10 @@ def _tune(out: Path, todo: list[Trial], jobs: int | None, address: str, print_fn
         def on_trial_error(self, iteration, trials, trial, **info):   # the worker died (not an exception)
             params = trial.config["spec"]
             name = params["trial"]["name"]
-            error = str(trial.error_msg or "the trial's worker died").strip().splitlines()[-1]
-            _write_json(out / TRIALS_DIR / f"{name}.json",
-                        {"trial": name, "config": params["trial"]["config"], "seed": params["trial"]["seed"],
-                         "overrides": params["trial"]["overrides"], "run_dir": params["run_dir"],
-                         "status": "failed", "error": error})
+            error = str(getattr(trial, "error_msg", None) or "the trial's worker died").strip().splitlines()[-1]
+            record_trial(out, {"trial": name, "config": params["trial"]["config"], "seed": params["trial"]["seed"],
+                               "overrides": params["trial"]["overrides"], "run_dir": params["run_dir"],
+                               "status": "failed", "error": error})
             print_fn(f"  {name}: FAILED: {error}")
 
     started = not ray.is_initialized()
