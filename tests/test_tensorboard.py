@@ -137,3 +137,32 @@ def test_custom_scalars_screenshot_shows_one_coloured_line_per_agent(served_run,
     # TensorBoard's palette for runs 2-4 (agent_0, agent_1, agent_2), as drawn in the charts
     for rgb in ((0, 119, 187), (204, 51, 17), (51, 187, 238)):
         assert any(max(abs(a - b) for a, b in zip(rgb, c)) <= 6 for c in colours), rgb
+
+
+def _layout(run_dir):
+    """The Custom Scalars layout TensorBoard uses for ``run_dir``: the last one written."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    events = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    events.Reload()
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(events.Tensors(metadata.CONFIG_SUMMARY_TAG)[-1].tensor_proto.string_val[0])
+    return {c.title: [chart.title for chart in c.chart] for c in layout.category}
+
+
+def test_layout_lists_only_the_families_logged_and_keeps_them_on_resume(tmp_path):
+    from marl.logger import RunLogger
+
+    logger = RunLogger(tmp_path, ["a", "b"])
+    logger.log({"iteration": 1, "env_steps": 10, "team_return": 3.0, "return/a": 1.0, "return/b": 2.0}, 10)
+    logger.log({"iteration": 2, "env_steps": 20, "credit/share/a": 0.5, "credit/share/b": 0.5}, 20)
+    logger.close()
+    assert _layout(tmp_path) == {"returns per agent": ["episode return (raw env reward)"],
+                                 "credit per agent": ["credit share mean|A_i| / sum_j mean|A_j|"]}
+    logger = RunLogger(tmp_path, ["a", "b"], purge_step=21)   # a resume: the families seen so far stay listed
+    logger.log({"iteration": 3, "env_steps": 30, "entropy/a": 1.0, "entropy/b": 1.1}, 30)
+    logger.close()
+    assert _layout(tmp_path) == {"returns per agent": ["episode return (raw env reward)"],
+                                 "credit per agent": ["credit share mean|A_i| / sum_j mean|A_j|"],
+                                 "policy and critic per agent": ["policy entropy"]}
