@@ -239,8 +239,12 @@ class MLflowTracker:
     """One MLflow run per run directory (continued on resume), through ``mlflow.MlflowClient``."""
 
     def __init__(self, run_dir: Path, config: dict, state: dict):
+        import logging
+
         from mlflow import MlflowClient
         from mlflow.entities import Param
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)   # not its INFO lines about creating tables
 
         uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
         self.client = MlflowClient(uri)
