@@ -308,8 +308,10 @@ def _tune(out: Path, todo: list[Trial], jobs: int | None, address: str, print_fn
         tuner = tune.Tuner(
             tune.with_resources(_trainable, {"cpu": cpus}),
             param_space={"spec": tune.grid_search(params)},
+            # reuse_actors: a trial runs in a worker left by an earlier one, not a new process (each new
+            # one imports torch and marl again: ~5 s under load, more than a short trial's training)
             tune_config=tune.TuneConfig(max_concurrent_trials=jobs, trial_name_creator=_tune_name,
-                                        trial_dirname_creator=_tune_name),
+                                        trial_dirname_creator=_tune_name, reuse_actors=True),
             run_config=tune.RunConfig(storage_path=str(out / ".tune"), name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
                                       verbose=0, callbacks=[Record()],
                                       failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
