@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import re
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -364,8 +363,8 @@ def summary_markdown(summary: dict) -> str:
         per_seed = ", ".join(f"s{s}: {_fmt(v)}" for s, v in zip(g["seeds"], fr["per_run"]))
         lines.append(f"| {g['label']} | {len(g['seeds'])} | **{format_interval(fr['iqm'], fr['ci'], 2)}** | "
                      f"{per_seed} |")
-    lines += ["", "IQM = interquartile mean over seeds of each run's final greedy evaluation return (see "
-              "compare.md for how a run without one is scored); 95% stratified-bootstrap CI from rliable.", "",
+    lines += ["", ("IQM = interquartile mean over seeds of each run's final greedy evaluation return (see "
+                   "compare.md for how a run without one is scored); 95% stratified-bootstrap CI from rliable."), "",
               "| trial | status | greedy return | sampled return | env steps | wall s | run directory |",
               "|---|---|---|---|---|---|---|"]
     for e in summary["trials"]:

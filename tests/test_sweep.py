@@ -129,7 +129,7 @@ def test_sweep_stopped_by_ctrl_c_resumes_keeping_finished_trials(tmp_path):
     assert any(e["status"] == "not run" for e in summary["trials"])
 
     proc = _sweep("--resume", str(out))
-    stdout, stderr = proc.communicate(timeout=400)
+    _, stderr = proc.communicate(timeout=400)
     assert proc.returncode == 0, stderr
     assert "keeping 1 finished trial" in stderr
     summary = json.loads((out / "summary.json").read_text())

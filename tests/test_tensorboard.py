@@ -89,7 +89,7 @@ def test_per_agent_scalars_are_one_series_per_agent_matching_metrics_jsonl(serve
 def test_histograms_heatmaps_layout_and_config_are_served(served_run):
     from marl.logger import CHART_GROUPS
 
-    run, port = served_run
+    _, port = served_run
     histograms = _get(port, "/data/plugin/histograms/tags")
     assert all("credit/adv_hist" in histograms[f"agent_{i}"] for i in range(3))
     images = _get(port, "/data/plugin/images/tags")["."]
@@ -120,7 +120,6 @@ def test_custom_scalars_screenshot_shows_one_coloured_line_per_agent(served_run,
     first run colours (agent_0 blue, agent_1 red, agent_2 light blue after the team run '.')."""
     import shutil
 
-    import numpy as np
     from matplotlib.image import imread
 
     browser = shutil.which("chromium") or shutil.which("chromium-browser")

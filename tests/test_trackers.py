@@ -3,7 +3,6 @@ read back through its client; W&B offline, its run file read back. Each must hol
 config, every scalar of ``metrics.jsonl`` at the same env steps (per-agent ones included), the
 credit figures and ``eval.json``."""
 import json
-import os
 import socket
 import struct
 import subprocess
