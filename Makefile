@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/spread_mappo.yaml
 ARGS ?=
 
-.PHONY: train test bench clean
+.PHONY: train test notebook clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,19 @@ train: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+$(VENV)/.installed-notebook: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[notebook]"
+	touch $@
+
+# Opens notebooks/ in Jupyter; `make notebook ARGS=--execute` runs credit_analysis.ipynb headless instead.
+NOTEBOOK ?= notebooks/credit_analysis.ipynb
+notebook: $(VENV)/.installed-notebook
+ifeq ($(ARGS),--execute)
+	$(VENV)/bin/jupyter nbconvert --to notebook --execute --output-dir runs/notebooks $(NOTEBOOK)
+else
+	$(VENV)/bin/jupyter notebook $(NOTEBOOK) $(ARGS)
+endif
 
 clean:
 	rm -rf $(VENV) runs

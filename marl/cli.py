@@ -1,4 +1,4 @@
-"""``marl`` command line: train, eval, credit, compare, list."""
+"""``marl`` command line: train, eval, credit, compare, sweep, list."""
 from __future__ import annotations
 
 import argparse
@@ -30,7 +30,7 @@ def _cmd_train(args) -> int:
             raise _UsageError("--trust-env-state goes with --resume RUN_DIR")
         cfg = load_config(args.config, args.set)
         trainer = new_run(cfg, args.run_dir or default_run_dir(args.config))
-    resume = f"marl train --resume {trainer.run_dir}"
+    resume = f"{command('marl')} train --resume {trainer.run_dir}"
     try:
         print(f"run directory: {trainer.run_dir}", file=sys.stderr)
         try:
@@ -55,8 +55,27 @@ def _cmd_train(args) -> int:
     print(line + f", run directory {trainer.run_dir}")
     if result is not None and "note" in result:
         print(f"note: {result['note']}")
-    print(f"TensorBoard: tensorboard --logdir {trainer.run_dir}")
+    print(f"TensorBoard: {command('tensorboard')} --logdir {trainer.run_dir}")
     return 0
+
+
+def command(name: str) -> str:
+    """How to call the console script ``name`` of this Python's environment from the current
+    directory, as printed for the user: the bare name when the shell finds this environment's copy
+    (the venv is active, or it is on PATH), else its path (``.venv/bin/marl`` from the project
+    root), else ``python -m`` its module."""
+    import shutil
+
+    bin_dir = Path(sys.executable).parent   # not resolved: a venv's python is a link out of the venv
+    script = bin_dir / name
+    found = shutil.which(name)
+    if found and script.exists() and Path(found).resolve() == script.resolve():
+        return name
+    if script.exists():
+        rel = os.path.relpath(script)
+        return rel if not rel.startswith("..") else str(script)
+    module = {"marl": "marl.cli", "tensorboard": "tensorboard.main"}[name]
+    return f"{sys.executable} -m {module}"
 
 
 def _fmt(x) -> str:
@@ -227,6 +246,40 @@ def _print_oracle(score: dict, agents: list[str]) -> None:
           f"{score['episode_steps']:,} episode steps)")
 
 
+def _cmd_sweep(args) -> int:
+    from marl.sweep import create_sweep, plan_trials, run_sweep
+
+    if args.resume:
+        if args.configs or args.seeds or args.set or args.out:
+            raise _UsageError("--resume DIR continues the sweep planned there; give no CONFIG, --seeds, --set or --out")
+        out = Path(args.resume)
+        from marl.sweep import load_plan
+        load_plan(out)   # a one-line error if it is not a sweep
+    else:
+        if not args.configs or not args.seeds or not args.out:
+            raise _UsageError("marl sweep needs CONFIG..., --seeds S... and --out DIR (or --resume DIR)")
+        out = create_sweep(args.out, plan_trials(args.configs, args.seeds, args.set))
+    hint = f"{command('marl')} sweep --resume {out}" + (f" --jobs {args.jobs}" if args.jobs else "") + \
+        (f" --address {args.address}" if args.address else "")
+    try:
+        summary = run_sweep(out, args.jobs, args.address, print_fn=lambda line: print(line, file=sys.stderr))
+    except KeyboardInterrupt:
+        print(f"\nmarl sweep: interrupted; finished trials are kept: continue with {hint}", file=sys.stderr)
+        return 130
+    print((out / "summary.md").read_text())
+    failed = [e for e in summary["trials"] if e["status"] == "failed"]
+    print(f"wrote {out / 'summary.md'}, {out / 'summary.json'}" +
+          (f" and {out / 'compare.png'}" if summary["groups"] else ""))
+    if summary["interrupted"]:
+        print(f"marl sweep: stopped before every trial ended; continue with {hint}", file=sys.stderr)
+        return 130
+    if failed:
+        print(f"marl sweep: {len(failed)} of {len(summary['trials'])} trials failed: " +
+              "; ".join(f"{e['trial']}: {e['error']}" for e in failed), file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_list(args) -> int:
     from marl.algorithms import ADVANTAGES
     from marl.envs import ENVS, REWARD_MODES
@@ -326,6 +379,23 @@ def build_parser() -> argparse.ArgumentParser:
                                        "steps and wall time with confidence bands, credit shares, an IQM table")
     add_compare_arguments(p)
     p.set_defaults(func=_cmd_compare)
+    p = sub.add_parser("sweep", help="train configs x seeds x --set grids as Ray Tune trials (locally, one per core, "
+                                     "or on a Ray cluster), each a run directory under --out, with an IQM summary")
+    p.add_argument("configs", nargs="*", metavar="CONFIG",
+                   help="YAML configs; 'path.yaml@key=v,key=v' is a variant of one with its own overrides")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="S", help="seeds, each config runs once per seed")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2",
+                   help="override a key for every trial; several values make a grid (repeatable: the product)")
+    p.add_argument("--out", metavar="DIR", help="a new (or empty) directory for the trials' run directories and "
+                                                  "the summary")
+    p.add_argument("--jobs", type=_positive, metavar="K", help="trials at a time (default: one per core, or as "
+                                                                "many as the cluster has CPUs)")
+    p.add_argument("--address", default="", help="a Ray cluster to run the trials on ('auto' or host:port; token "
+                                                  "auth as for rllib.address, docs/rllib.md); --out must be on a "
+                                                  "file system all its nodes share")
+    p.add_argument("--resume", metavar="DIR", help="continue a stopped sweep: finished trials are kept, stopped "
+                                                    "ones continue from their checkpoints")
+    p.set_defaults(func=_cmd_sweep)
     p = sub.add_parser("list", help="registered envs, advantage modules and reward modes")
     p.set_defaults(func=_cmd_list)
     return parser
@@ -337,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     from marl.compare import CompareError
     from marl.config import ConfigError
     from marl.learner import TrainingDiverged
+    from marl.sweep import SweepError
 
     # Like `python -m`, let env ids name modules in the current directory (e.g. tests.my_env:make).
     if os.getcwd() not in sys.path:
@@ -344,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CompareError, ConfigError, EnvError, RunDirError, _UsageError) as exc:
+    except (CompareError, ConfigError, EnvError, RunDirError, SweepError, _UsageError) as exc:
         print(f"marl {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:   # outside training (which saves and says so): nothing to save

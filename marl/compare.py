@@ -34,7 +34,7 @@ TRAIN_KEY = "team_return"
 SHARE_PREFIX = "credit/share/"
 FINAL_TRAIN_WINDOW = 5   # without any evaluation, the final return is the mean of the last 5 logged
 DEFAULT_REPS = 2000      # bootstrap resamples (with 5 seeds there are only 126 distinct resamples)
-_LABEL_PRIORITY = ("algo.advantage", "algo.", "env.id", "env.reward", "env.alpha", "env.shaping", "env.",
+_LABEL_PRIORITY = ("algo.advantage", "env.id", "algo.", "env.reward", "env.alpha", "env.shaping", "env.",
                    "model.", "train.", "log.")
 
 
@@ -337,8 +337,7 @@ class RunGroup:
 
 def group_runs(runs: list[RunData], ignore=GROUP_IGNORE) -> tuple[list[RunGroup], list[str]]:
     """Group runs by their flattened config less ``ignore``; label each group by the keys whose
-    values differ between groups (or by the run directories' common stem when none do, or when
-    more than three differ and the stems tell the groups apart). Returns
+    values differ between groups (``_label_groups``). Returns
     the groups, in order of first appearance, and the differing keys."""
     groups: dict[tuple, RunGroup] = {}
     for run in runs:
@@ -380,21 +379,24 @@ def _fmt_value(v) -> str:
 
 
 def _stem(names: list[str]) -> str:
-    stripped = [re.sub(r"[-_.]?(s|seed)?[-_]?\d+$", "", n) or n for n in names]
+    """The run directories' common name less seeds and ``marl train``'s default time stamp."""
+    stripped = [re.sub(r"-\d{8}-\d{6}(-\d+)?$", "", n) for n in names]
+    stripped = [re.sub(r"[-_.]?(s|seed)?[-_]?\d+$", "", n) or n for n in stripped]
     if len(set(stripped)) == 1:
         return stripped[0]
-    common = os.path.commonprefix(names).rstrip("-_.")
-    return common or names[0]
+    common = os.path.commonprefix(stripped).rstrip("-_.")
+    return common or stripped[0]
 
 
-def _label_groups(groups: list[RunGroup], differing: list[str], shown: int = 3) -> None:
-    stems = [_stem([r.name for r in g.runs]) for g in groups]
-    # Nothing differs, or many keys do (two different configs): the run directories' names say it better.
-    if not differing or (len(differing) > shown and len(set(stems)) == len(stems)):
-        for g, stem in zip(groups, stems):
-            g.label = stem
+def _label_groups(groups: list[RunGroup], differing: list[str]) -> None:
+    """Label each group by the fewest leading differing keys (in ``_LABEL_PRIORITY`` order) that tell
+    the groups apart, ``algo.advantage=coma (+3 more)``; by the run directories' stem when no key
+    differs."""
+    if not differing:
+        for g in groups:
+            g.label = _stem([r.name for r in g.runs])
         return
-    n = min(shown, len(differing))
+    n = 1
     while True:
         labels = [", ".join(f"{k}={_fmt_value(g.diff[k])}" for k in differing[:n]) for g in groups]
         if len(set(labels)) == len(labels) or n == len(differing):
@@ -518,6 +520,13 @@ def compare_runs(run_dirs: list[Path], out_png: Path, out_md: Path, reps: int = 
     return {"groups": summaries, "differing_keys": differing, "png": str(out_png), "md": str(out_md)}
 
 
+def comparison_figure_of(run_dirs: list[str | Path], reps: int = DEFAULT_REPS, seed: int = 0,
+                         ignore=GROUP_IGNORE):
+    """The figure of ``compare_runs`` for ``run_dirs``, writing nothing (for notebooks)."""
+    groups, _ = group_runs([load_run(d) for d in run_dirs], ignore)
+    return comparison_figure(groups, [_group_summary(g, reps, seed) for g in groups], reps, seed)
+
+
 def comparison_figure(groups: list[RunGroup], summaries: list[dict], reps: int = DEFAULT_REPS, seed: int = 0):
     """The three-panel ``matplotlib.figure.Figure`` described in ``compare_runs``."""
     from matplotlib.figure import Figure
@@ -548,10 +557,17 @@ def comparison_figure(groups: list[RunGroup], summaries: list[dict], reps: int =
                 ax.fill_between(x, low, high, color=color, alpha=0.2, lw=0)
     names = {EVAL_KEY: "greedy eval team return", TRAIN_KEY: "training team return"}
     ylabel = " / ".join(names[k] for k in sorted(sources)) or "team return"
+    from matplotlib.ticker import EngFormatter
+
+    ax_steps.xaxis.set_major_formatter(EngFormatter(sep=""))   # 200k, not 200000: tick labels never collide
     for ax, xlabel in ((ax_steps, "env steps"), (ax_time, "wall-clock time (s)")):
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
+        ends = [line.get_xdata()[-1] for line in ax.get_lines() if len(line.get_xdata())]
+        if ends and min(ends) > 0 and max(ends) / min(ends) >= 10:   # runs 10x apart: a log axis shows both
+            ax.set_xscale("log")
+            ax.set_xlabel(xlabel + " (log scale: runs differ 10x in length)")
     ax_steps.set_title("return vs env steps (mean, 95% bootstrap band)")
     ax_time.set_title("return vs wall-clock time")
     handles, labels = ax_steps.get_legend_handles_labels()

@@ -230,6 +230,9 @@ class LogConfig:
     """On envs with ``true_credit``: the credit-fidelity score every this many iterations (0: never)."""
     fidelity_episodes: int = 8
     """Episodes per credit-fidelity score."""
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard", "jsonl"])
+    """Where scalars go: some of ``tensorboard``, ``jsonl`` (``metrics.jsonl``, read by ``marl compare``
+    and resume), ``mlflow`` and ``wandb`` (optional extras; see marl/logger.py)."""
 
 
 @dataclass
@@ -291,6 +294,10 @@ def _coerce(value: Any, tp, key: str):
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}': expected a mapping, got {type(value).__name__} {value!r}")
         return _build(tp, value, key + ".")
+    if typing.get_origin(tp) is list:   # list[str]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ConfigError(f"config key '{key}': expected a list of strings, got {type(value).__name__} {value!r}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -381,6 +388,10 @@ def validate(cfg: Config) -> Config:
             resolve_potential(e.shaping)
         except EnvError as exc:
             raise ConfigError(f"config key 'env.shaping': {exc}") from None
+    from marl.logger import check_trackers
+    problem = check_trackers(cfg.log.trackers)
+    if problem is not None:
+        raise ConfigError(f"config key 'log.trackers': {problem}")
     _check(e.num_envs >= 1, "env.num_envs", e.num_envs, "an int >= 1")
     _check(e.check in ("first", "always"), "env.check", e.check, "'first' or 'always'")
     _check(0 <= e.workers <= e.num_envs, "env.workers", e.workers, f"an int in [0, env.num_envs={e.num_envs}]")

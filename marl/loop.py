@@ -223,23 +223,23 @@ class TrainingLoop:
         from marl.attribution import value_shares
         from marl.credit import attention_figure, credit_heatmap, episode_credit
 
-        step, writer = self.env_steps, self.logger.writer
+        step, logger = self.env_steps, self.logger
         ep = episode_credit(self, seed=seed, keep_batch=True)
         batch = ep["batch"]
         title = f"{self.cfg.algo.advantage} credit at {step:,} env steps"
-        writer.add_figure("credit/heatmap", credit_heatmap(ep["advantage"], ep["raw_reward"], self.agents, title), step)
+        logger.log_figure("credit/heatmap", credit_heatmap(ep["advantage"], ep["raw_reward"], self.agents, title), step)
         shares = value_shares(self, batch)
         out = {} if shares is None else {f"credit/attribution/{agent}": v for agent, v in shares.items()}
         redistribution = getattr(self, "redistribution", None)
         if redistribution is not None:
             method = redistribution.model.method
             rewards = redistribution.episode_rewards(batch).numpy()
-            writer.add_figure("credit/redistributed_reward", credit_heatmap(
+            logger.log_figure("credit/redistributed_reward", credit_heatmap(
                 rewards, ep["raw_reward"], self.agents, f"{method} redistributed reward at {step:,} env steps",
                 label="redistributed reward"), step)
             if method == "arel":
                 temporal, agent = redistribution.episode_attention(batch)
-                writer.add_figure("credit/arel_attention", attention_figure(
+                logger.log_figure("credit/arel_attention", attention_figure(
                     temporal[-1].numpy(), agent[-1].numpy(), self.agents,
                     f"arel attention (last block) at {step:,} env steps"), step)
         return out
@@ -298,10 +298,10 @@ class TrainingLoop:
         progress = cfg.train.progress if progress is None else progress
         if self.run_dir is not None and self.logger is None:
             purge = self.env_steps + 1 if self.resumed else None   # a resumed run drops later events
-            self.logger = RunLogger(self.run_dir, self.agents, purge_step=purge)
+            self.logger = RunLogger(self.run_dir, self.agents, purge_step=purge, trackers=cfg.log.trackers,
+                                    config=cfg.to_dict())
             if self.iteration == 0:
                 self.logger.log_text("config", "```\n" + cfg.to_yaml() + "\n```")
-                self.logger.log_custom_layout()
         bar = None
         if progress:
             from tqdm.auto import tqdm

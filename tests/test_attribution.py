@@ -254,6 +254,8 @@ def test_tensorboard_attribution_and_reward_model_views(tmp_path):
     for record in records:
         shares = [record[f"credit/attribution/{a}"] for a in agents]
         assert sum(shares) == pytest.approx(1.0)
-    for agent in agents:
-        logged = [e.value for e in events.Scalars(f"credit/attribution/{agent}")]
+    for agent in agents:   # per-agent scalars live in the agent's subdirectory (one TensorBoard run per agent)
+        agent_events = EventAccumulator(str(run / agent), size_guidance={"scalars": 0})
+        agent_events.Reload()
+        logged = [e.value for e in agent_events.Scalars("credit/attribution")]
         assert logged == pytest.approx([r[f"credit/attribution/{agent}"] for r in read_metrics(run)])

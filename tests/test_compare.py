@@ -150,7 +150,8 @@ def test_different_envs_are_grouped_separately(runs, tmp_path):
     assert [len(g["runs"]) for g in result["groups"]] == [2, 1]
     assert "env.id" in result["differing_keys"]
     labels = [g["label"] for g in result["groups"]]
-    assert labels == ["gae", "penalty"]   # many keys differ: the run directories' stems
+    # many keys differ: the first one (by priority) that tells the groups apart, not directory names
+    assert labels == ["env.id=mpe2:simple_spread_v3 (+13 more)", "env.id=diag:penalty (+13 more)"]
     assert list(result["groups"][1]["credit_share"]) == ["agent_0", "agent_1"]
 
 
@@ -207,3 +208,35 @@ def test_bootstrap_interval_is_rliable_iqm_and_deterministic():
     assert iqm_interval([1.0, float("nan")])["ci"] is None
     point, low, high, n = bootstrap_interval(np.array([[0.2, 0.8], [0.4, 0.6]]), "mean", reps=REPS)
     assert n == 2 and point == pytest.approx([0.3, 0.7]) and (low <= point).all() and (point <= high).all()
+
+
+def _fake_run(path: Path, steps: int, name_steps: int, seed: int) -> Path:
+    """A run directory of ``steps`` env steps (metrics written here: the figure's layout is under test)."""
+    path.mkdir(parents=True)
+    cfg = config_from_dict(tiny_config(seed=seed, train={"total_env_steps": name_steps}))
+    (path / "config.yaml").write_text(cfg.to_yaml())
+    rows = [{"iteration": i + 1, "env_steps": int(s), "team_return": -80.0 + 20 * s / steps + seed, "perf/wall_s": s / 1e3}
+            for i, s in enumerate(np.linspace(steps / 20, steps, 20).astype(int))]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_figure_is_readable_log_axis_for_runs_10x_apart_and_no_overlapping_ticks(tmp_path):
+    from marl.compare import comparison_figure_of
+
+    dirs = [_fake_run(tmp_path / f"spread_mappo-20261207-1530{s}{k}", steps, steps, s)
+            for k, steps in enumerate((20_000, 2_000_000)) for s in (0, 1)]
+    result = compare_runs(dirs, tmp_path / "c.png", tmp_path / "c.md", reps=REPS)
+    assert [g["label"] for g in result["groups"]] == ["train.total_env_steps=20000", "train.total_env_steps=2000000"]
+    fig = comparison_figure_of(dirs, reps=REPS)
+    ax_steps, ax_time = fig.axes[:2]
+    assert ax_steps.get_xscale() == "log" and ax_time.get_xscale() == "log"
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    for ax in fig.axes:
+        boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text() and t.get_visible()]
+        boxes = [b for b in boxes if ax.get_window_extent(renderer).x0 - 5 <= b.x0 <= ax.get_window_extent(renderer).x1 + 5]
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), ax.get_title()
+    # the same config under marl train's default directory names: labelled by its name, less the time stamp
+    same = [_fake_run(tmp_path / f"spread_mappo-2026120{d}-153000", 20_000, 20_000, 0) for d in (1, 2)]
+    assert compare_runs(same, tmp_path / "s.png", tmp_path / "s.md", reps=REPS)["groups"][0]["label"] == "spread_mappo"
