@@ -103,8 +103,8 @@ def load_checkpoint_into(load_state_dict, path: str | Path) -> None:
 # and a resume refuses to change it (docs: README, "Resuming a run").
 SAFE_ON_RESUME = ("train.total_env_steps", "train.log_every", "train.checkpoint_every", "train.progress",
                   "train.eval_episodes", "train.eval_every", "train.eval_every_episodes", "log.histogram_every",
-                  "log.credit_image_every", "log.fidelity_every", "log.fidelity_episodes", "rllib.address",
-                  "rllib.num_cpus")
+                  "log.credit_image_every", "log.fidelity_every", "log.fidelity_episodes", "log.trackers",
+                  "env.check", "rllib.address", "rllib.num_cpus")
 
 
 def settings_fingerprint(cfg) -> dict[str, str]:
