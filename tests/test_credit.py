@@ -63,7 +63,7 @@ def test_episode_credit_and_heatmap():
     trainer = Trainer(config_from_dict({**LAZY, "algo": {**LAZY["algo"], "advantage": "coma"}}), None)
     ep = episode_credit(trainer, seed=3)
     assert ep["advantage"].shape == (10, 3) and ep["actions"].shape == (10, 3)
-    np.testing.assert_allclose(ep["advantage"], ep["advantage"])     # finite
+    assert np.isfinite(ep["advantage"]).all() and np.abs(ep["advantage"]).sum() > 0
     assert np.isfinite(ep["coma_baseline"]).all()
     fig = credit_heatmap(ep["advantage"], ep["raw_reward"], trainer.agents, "t")
     image = fig.axes[0].images[0]

@@ -333,7 +333,9 @@ def test_every_shipped_config_trains_end_to_end(tmp_path, path):
     cfg.train.total_env_steps = 2 * cfg.steps_per_iteration
     records = _train(dataclasses.asdict(cfg), tmp_path / "run")
     assert len(records) == 2
-    assert all(math.isfinite(r["losses/value"]) and math.isfinite(r.get("team_return", 0.0)) for r in records)
+    assert all(math.isfinite(r["losses/value"]) for r in records)
+    # a run this short may end no episode (rware's last 500 steps): where some did, their return is finite
+    assert all(math.isfinite(r["team_return"]) for r in records if r["episodes"])
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["episodes"] == 1
 
 
