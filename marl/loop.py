@@ -62,6 +62,7 @@ class TrainingLoop:
         self.last_team_return: float | None = None   # of the last logged episodes
         self._pending: list[dict] = []   # finished episodes not yet logged
         self._stop_requested = False
+        self._held_handlers: dict = {}   # signal handlers to restore in close() after a stop
         self._stop_signal = signal.SIGINT
         self._saving = False
         self.saved_iteration: int | None = None   # the iteration of the checkpoint on disk
@@ -343,8 +344,13 @@ class TrainingLoop:
             raise TrainingInterrupted(f"stopped by a second {signal.Signals(self._stop_signal).name} during iteration "
                                       f"{self.iteration + 1}, which was abandoned; {kept}", saved=False) from None
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            if self._stop_requested:   # stopping: a later signal must not cut the wind-down; close() restores
+                self._held_handlers = previous
+                for signum in previous:
+                    signal.signal(signum, signal.SIG_IGN)
+            else:
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
             if bar is not None:
                 bar.close()
             if self.logger is not None:
@@ -374,6 +380,9 @@ class TrainingLoop:
             self.logger.log(metrics, self.env_steps)
 
     def close(self) -> None:
+        for signum, handler in self._held_handlers.items():   # see train(): held while a stopped run winds down
+            signal.signal(signum, handler)
+        self._held_handlers = {}
         if self.logger is not None:
             self.logger.close()
             self.logger = None
