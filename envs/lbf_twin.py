@@ -91,6 +91,7 @@ class LBFTwin(TensorState):
     continuous = False
 
     STATE_KEYS = ("pos", "level", "food_cell", "food_level", "food_spawned", "steps", "placed")
+    N_ACTIONS = N_ACTIONS
 
     def __init__(self, env_name: str, num_envs: int, *, device="cpu", seed: int = 0, **kwargs):
         self.env_name = env_name.removeprefix("lbf:")
@@ -215,18 +216,6 @@ class LBFTwin(TensorState):
             return self._observe()
 
     # -- stepping --------------------------------------------------------------------------------
-    def _check_actions(self, actions) -> torch.Tensor:
-        actions = torch.as_tensor(actions, device=self.device)
-        shape = (self.num_envs, self.n_agents)
-        if actions.is_floating_point() or actions.is_complex() or actions.dtype == torch.bool \
-                or tuple(actions.shape) != shape:
-            raise ValueError(f"{self.env_name}: actions must be an integer tensor of shape {shape}, got "
-                             f"{actions.dtype} {tuple(actions.shape)}")
-        actions = actions.long()
-        if actions.lt(0).logical_or_(actions.ge(N_ACTIONS)).any():
-            raise ValueError(f"{self.env_name}: actions out of range; each agent takes 0 <= a < {N_ACTIONS}")
-        return actions
-
     def step(self, actions) -> dict[str, torch.Tensor]:
         """Step every env; auto-reset those whose episode ended. Returns ``obs``/``state`` (to act on
         next), ``next_obs``/``next_state`` (the true successors), ``reward [B, N]`` float32,

@@ -92,6 +92,7 @@ class RwareTwin(TensorState):
     continuous = False
 
     STATE_KEYS = ("pos", "dir", "carry", "shelf_pos", "requested", "steps", "inactive")
+    N_ACTIONS = N_ACTIONS
 
     def __init__(self, env_name: str, num_envs: int, *, device="cpu", seed: int = 0, **kwargs):
         from rware.warehouse import RewardType
@@ -178,18 +179,6 @@ class RwareTwin(TensorState):
         shelf.scatter_(1, self._shelf_pos[..., 1] * self.cols + self._shelf_pos[..., 0],
                        torch.arange(1, self.n_shelves + 1, device=self.device).expand(b, -1))
         return robot, shelf
-
-    def _check_actions(self, actions) -> torch.Tensor:
-        actions = torch.as_tensor(actions, device=self.device)
-        shape = (self.num_envs, self.n_agents)
-        if actions.is_floating_point() or actions.is_complex() or actions.dtype == torch.bool \
-                or tuple(actions.shape) != shape:
-            raise ValueError(f"{self.env_name}: actions must be an integer tensor of shape {shape}, got "
-                             f"{actions.dtype} {tuple(actions.shape)}")
-        actions = actions.long()
-        if actions.lt(0).logical_or_(actions.ge(N_ACTIONS)).any():
-            raise ValueError(f"{self.env_name}: actions out of range; each agent takes 0 <= a < {N_ACTIONS}")
-        return actions
 
     def _moving(self, start: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Which robots' requests go through ``[B, N]`` bool, from start and target cells ``[B, N]``

@@ -1,4 +1,5 @@
-"""Snapshots of a batched twin whose continuation is a few batch-first tensors and a generator."""
+"""What the batched twins of package envs share: snapshots of their tensors and generator, and the
+check of a discrete joint action."""
 from __future__ import annotations
 
 import torch
@@ -6,9 +7,24 @@ import torch
 
 class TensorState:
     """``get_state``/``set_state`` for a twin whose whole continuation is its tensors ``_<key>``
-    for each key in ``STATE_KEYS`` and its ``_generator`` (saved as ``rng``)."""
+    for each key in ``STATE_KEYS`` and its ``_generator`` (saved as ``rng``), and the check of its
+    discrete actions (``N_ACTIONS`` per agent)."""
 
     STATE_KEYS: tuple[str, ...] = ()
+    N_ACTIONS: int = 0
+
+    def _check_actions(self, actions) -> torch.Tensor:
+        """``actions`` as a long tensor ``[B, N]`` in ``[0, N_ACTIONS)``, or a ``ValueError``."""
+        actions = torch.as_tensor(actions, device=self.device)
+        shape = (self.num_envs, self.n_agents)
+        if actions.is_floating_point() or actions.is_complex() or actions.dtype == torch.bool \
+                or tuple(actions.shape) != shape:
+            raise ValueError(f"{self.env_name}: actions must be an integer tensor of shape {shape}, got "
+                             f"{actions.dtype} {tuple(actions.shape)}")
+        actions = actions.long()
+        if actions.lt(0).logical_or_(actions.ge(self.N_ACTIONS)).any():
+            raise ValueError(f"{self.env_name}: actions out of range; each agent takes 0 <= a < {self.N_ACTIONS}")
+        return actions
 
     def get_state(self) -> dict[str, torch.Tensor]:
         """Copies of everything the continuation depends on (batch-first tensors, and ``rng``)."""
