@@ -565,6 +565,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     if isinstance(env, dict) and any(path == ["env", "id"] and value != env.get("id") for _, path, value in parsed):
         env.pop("kwargs", None)
     for text, path, value in parsed:
+        if path == ["algo", "loss"]:   # the old name of algo.learner (see _renamed_keys)
+            path = ["algo", "learner"]
         node = data
         for part in path[:-1]:
             child = node.get(part)
@@ -582,12 +584,13 @@ def config_from_dict(data: dict, overrides: list[str] = ()) -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config must be a mapping at the top level, got {type(data).__name__}")
-    data = _renamed_keys(apply_overrides(_deep_copy(data), list(overrides)))
+    data = apply_overrides(_renamed_keys(_deep_copy(data)), list(overrides))
     return validate(_build(Config, data))
 
 
 def _renamed_keys(data: dict) -> dict:
-    """``data`` with old key names read as their new ones: ``algo.loss`` is ``algo.learner``."""
+    """``data`` (one layer: a YAML file or a dict, before it is merged with others) with old key
+    names read as their new ones: ``algo.loss`` is ``algo.learner``."""
     algo = data.get("algo")
     if isinstance(algo, dict) and "loss" in algo:
         loss = algo.pop("loss")
@@ -610,6 +613,8 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}".splitlines()[0]) from None
+    if isinstance(data, dict):
+        data = _renamed_keys(data)
     if not isinstance(data, dict) or "base" not in data:
         return data
     base = (path.parent / str(data.pop("base"))).resolve()

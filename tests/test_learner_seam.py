@@ -72,3 +72,17 @@ def test_an_unknown_learner_is_a_one_line_config_error():
     assert config_from_dict({"algo": {"loss": "a2c"}}).algo.learner == "a2c"   # the old name still reads
     with pytest.raises(ConfigError, match="'algo.loss' .* keep one"):
         config_from_dict({"algo": {"loss": "a2c", "learner": "ppo"}})
+
+
+def test_the_old_name_overrides_a_base_that_uses_the_new_one(tmp_path):
+    """A user's variant or --set written with algo.loss still overrides a shipped config that now
+    says algo.learner: the old name is read as the new one in each layer before they merge."""
+    from pathlib import Path
+
+    from marl.config import load_config
+
+    default = Path(__file__).parent.parent / "configs" / "spread_mappo.yaml"
+    variant = tmp_path / "v.yaml"
+    variant.write_text(f"base: {default}\nalgo: {{loss: a2c}}\n")
+    assert load_config(variant).algo.learner == "a2c"
+    assert load_config(default, ["algo.loss=a2c"]).algo.learner == "a2c"
