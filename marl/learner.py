@@ -249,8 +249,9 @@ class CreditLearner:
         self.actor.to(self.device)
         self.critic.to(self.device)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False) if a.target_update_every else None
+        team_head = bool(getattr(self.critic, "team_value", False))   # one V(s) for the team (shared reward)
         # One column of value statistics per critic head: a team head has one (the team's return).
-        self.value_norm = ValueNorm(1 if getattr(self.critic, "team_value", False) else N).to(self.device)
+        self.value_norm = ValueNorm(1 if team_head else N).to(self.device)
         self.optimizer = torch.optim.Adam([
             {"params": self.actor.parameters(), "lr": a.lr},
             {"params": self.critic.parameters(), "lr": a.critic_lr},
@@ -262,8 +263,7 @@ class CreditLearner:
         # A team value head learns the team's return, which an agent's departure does not end (see
         # _team_returns); per-agent reward streams (episodic payouts, learned redistributions) end
         # where their agent leaves.
-        self.team_returns = bool(getattr(self.critic, "team_value", False)) and not cfg.env.episodic_reward \
-            and a.redistribution == "none"
+        self.team_returns = team_head and not cfg.env.episodic_reward and a.redistribution == "none"
 
     def credit_values(self) -> list[torch.Tensor] | None:
         """Per agent, the valid advantages of the last update (None before the first)."""

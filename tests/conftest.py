@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -24,6 +26,19 @@ def tiny_config(**sections):
 @pytest.fixture
 def tiny():
     return tiny_config
+
+
+def default_config(env_id: str, steps: int, kwargs: dict | None = None, env: dict | None = None,
+                   train: dict | None = None) -> dict:
+    """``configs/spread_mappo.yaml`` (the default config) as a dict, with only ``env.id`` and
+    ``env.kwargs``, the budget ``steps`` and the ``env``/``train`` keys given changed (no progress
+    bar): how a user plugs an env into the default config."""
+    import yaml
+
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "spread_mappo.yaml").read_text())
+    data["env"].update(id=env_id, kwargs=kwargs or {}, **(env or {}))
+    data["train"].update(total_env_steps=steps, progress=False, **(train or {}))
+    return data
 
 
 def train_run(cfg_dict, run_dir):

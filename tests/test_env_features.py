@@ -3,7 +3,6 @@ per-step action masks, any observation space, agents that leave and arrive, Gymn
 envs (LBF, RWARE), envs that cannot be snapshot, and bad env output. Each new kind of env is
 *learned*, against its known optimum and random play."""
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from marl.config import config_from_dict
 from marl.logger import read_metrics
 from marl.run import resume_run
 from marl.trainer import Trainer
-from tests.conftest import resumed_equals_uninterrupted, tiny_config, train_run
+from tests.conftest import default_config, resumed_equals_uninterrupted, tiny_config, train_run
 from tests.user_envs import AnySpaces
 
 LATE = "tests.user_envs:late_reward"
@@ -205,12 +204,10 @@ def test_agents_that_leave_are_learned_with_the_default_config(tmp_path, payout)
     the two that leave early must give up a hit at their last step to pay the team after they have
     gone. A team value head whose targets ended where each agent left never learned the hand-over
     (1.8 of 3.3 under ``split``)."""
-    from marl.config import _read_yaml
     from tests.user_envs import Handover
 
-    cfg = _read_yaml(Path(__file__).parent.parent / "configs" / "spread_mappo.yaml")
-    cfg["env"] = {**cfg["env"], "id": "tests.user_envs:handover", "kwargs": {"payout": payout}}
-    cfg["train"] = {"total_env_steps": 40_000, "eval_episodes": 8, "progress": False, "checkpoint_every": 1000}
+    cfg = default_config("tests.user_envs:handover", 40_000, {"payout": payout},
+                         train={"eval_episodes": 8, "checkpoint_every": 1000})
     cfg["log"] = {"histogram_every": 0, "credit_image_every": 0}
     records, evaluation = _train(cfg, tmp_path / "run")
     best = Handover(payout=payout).optimum()

@@ -4,7 +4,6 @@ with the default config against its optimum."""
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,19 +18,10 @@ from marl.envs.snapshot import restore, snapshot
 from marl.envs.team_env import image_layout
 from marl.networks import ImageEncoder
 from marl.trainer import Trainer
-from tests.conftest import tiny_config, train_run
+from tests.conftest import default_config, tiny_config, train_run
 from tests.image_envs import BlobQuadrants
 
 BLOBS = "tests.image_envs:blob_quadrants"
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _default_config(env_id: str, kwargs: dict, steps: int) -> dict:
-    """``configs/spread_mappo.yaml`` (the default) with only the env and the budget changed."""
-    data = yaml.safe_load((ROOT / "configs" / "spread_mappo.yaml").read_text())
-    data["env"].update(id=env_id, kwargs=kwargs)
-    data["train"].update(total_env_steps=steps, progress=False)
-    return data
 
 
 def _trainer(env_kwargs=None, **sections) -> Trainer:
@@ -169,7 +159,7 @@ def test_an_image_env_is_learned_with_the_default_config(tmp_path):
     agents x 5 steps), random 2.5. The default config (spread_mappo.yaml, 32 envs) reaches 80% of
     the optimum in 24k steps, and its checkpoint holds networks and envs (32 live envs, 96 images
     of 768 bytes), no rollout: under 1 MB."""
-    records, evaluation = train_run(_default_config(BLOBS, {}, 24_000), tmp_path / "run")
+    records, evaluation = train_run(default_config(BLOBS, 24_000), tmp_path / "run")
     assert records[0]["team_return"] < 3.5
     assert evaluation["team_return_mean"] >= 8.0
     checkpoint = tmp_path / "run" / CHECKPOINT_NAME
@@ -188,7 +178,7 @@ def test_butterfly_image_envs_train_with_the_default_config(tmp_path, env_id, nu
     """Two iterations with the default config: no error, and a checkpoint of the networks only
     (these envs draw their observations on a pygame surface, which a snapshot cannot hold, so their
     live state is not saved), under 50 MB."""
-    cfg = _default_config(env_id, {}, 50 * num_envs)
+    cfg = default_config(env_id, 50 * num_envs)
     cfg["env"]["num_envs"] = num_envs
     cfg["train"]["eval_episodes"] = 1
     records, _ = train_run(cfg, tmp_path / "run")

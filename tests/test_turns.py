@@ -18,7 +18,7 @@ from marl.envs import RewardSpec, make_vector_env
 from marl.rollout import Rollout
 from marl.run import check_env
 from marl.trainer import Trainer
-from tests.conftest import tiny_config, train_run
+from tests.conftest import default_config, tiny_config, train_run
 from tests.turn_envs import Relay
 
 RELAY = "tests.turn_envs:relay"
@@ -164,14 +164,7 @@ def test_a_waiting_player_contributes_to_no_loss():
 
 
 def _default_config(env_id: str, steps: int, **env) -> dict:
-    """configs/spread_mappo.yaml with ``env_id`` (and ``env`` keys), for ``steps`` env steps."""
-    import yaml
-
-    with open("configs/spread_mappo.yaml") as f:
-        cfg = yaml.safe_load(f)
-    cfg["env"].update({"id": env_id, "kwargs": {}, **env})
-    cfg["train"] = {"total_env_steps": steps, "eval_episodes": 8, "progress": False}
-    return cfg
+    return default_config(env_id, steps, env=env, train={"eval_episodes": 8})
 
 
 def test_the_relay_is_learned_with_the_default_config(tmp_path):
