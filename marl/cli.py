@@ -36,6 +36,7 @@ def _cmd_train(args) -> int:
         try:
             summary = trainer.train()
         except TrainingInterrupted as exc:
+            trainer.ignore_stop_signals_until_exit()
             print(f"\n{exc}. Continue with: {resume}", file=sys.stderr)
             return 130
         except (EnvError, RunDirError) as exc:   # a dead env worker, a full disk: say what is kept

@@ -379,6 +379,11 @@ class TrainingLoop:
             metrics.update(self._credit_views())
             self.logger.log(metrics, self.env_steps)
 
+    def ignore_stop_signals_until_exit(self) -> None:
+        """For a process that ends once this stopped run is closed (the CLI): the stop signals held
+        as ignored during the wind-down stay ignored, so a late Ctrl-C cannot kill the exit."""
+        self._held_handlers = {}
+
     def close(self) -> None:
         for signum, handler in self._held_handlers.items():   # see train(): held while a stopped run winds down
             signal.signal(signum, handler)

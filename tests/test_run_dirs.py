@@ -266,13 +266,14 @@ def test_a_second_signal_during_an_iteration_abandons_it_and_keeps_the_last_chec
 
 
 @pytest.mark.slow   # several CLI processes
-def test_cli_two_ctrl_c_in_quick_succession_end_without_a_traceback(tmp_path):
+@pytest.mark.parametrize("gap_s", [0.05, 0.3])   # the second one during the wind-down or at exit
+def test_cli_two_ctrl_c_in_quick_succession_end_without_a_traceback(tmp_path, gap_s):
     run = tmp_path / "run"
     proc = _popen("train", str(_write_cfg(tmp_path, _cfg(total_env_steps=200_000, checkpoint_every=1000))),
                   "--run-dir", str(run))
     _wait_rows(run, 2, proc)
     os.killpg(proc.pid, signal.SIGINT)
-    time.sleep(0.05)
+    time.sleep(gap_s)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err and "marl train --resume" in err.partition("Continue with: ")[2], err
