@@ -22,7 +22,10 @@ Common conventions
   agent.  Where the team reward is a sum of per-agent terms (``LazyAgent``),
   each agent's own term is also given as ``infos[agent]["contribution"]``, for
   individual-reward ablations.  Other infos are empty dicts.
-* Every agent ends at the same step; afterwards ``agents == []``.
+* Every agent ends at the same step, by *termination*: each task is over after its fixed number
+  of steps, and the step index is part of every observation and of the state, so there is no
+  time limit to bootstrap past (a learner that bootstrapped there would add value the task can
+  never pay). ``truncations`` are always False. Afterwards ``agents == []``.
 * There is no rendering (``render_modes == []``); every constructor accepts
   ``render_mode=None`` for PettingZoo compatibility and rejects other values.
 * ``reset(seed=s)`` (re)creates ``self.np_random`` (a ``numpy.random.Generator``)
@@ -119,12 +122,10 @@ class DiagnosticParallelEnv(ParallelEnv):
 
     Subclasses call ``super().__init__`` with the sizes, and implement
     ``_reward_at``, ``_observation``, ``_state`` and ``true_credit``.
-    The episode always lasts exactly ``episode_length`` steps; it ends by
-    termination, or by truncation when ``_ends_by_truncation`` is True.
+    The episode always lasts exactly ``episode_length`` steps and ends by termination.
     """
 
     metadata = {"name": "diagnostic_v0", "render_modes": []}
-    _ends_by_truncation = False
     _own_rewards = False  # give each agent its own contribution instead of the team reward
 
     def __init__(
@@ -228,16 +229,14 @@ class DiagnosticParallelEnv(ParallelEnv):
         self._t += 1
 
         done = self._t >= self.episode_length
-        terminated = done and not self._ends_by_truncation
-        truncated = done and self._ends_by_truncation
         live = list(self.agents)
         observations = {agent: self._observation(i) for i, agent in enumerate(live)}
         if self._own_rewards and contributions is not None:
             rewards = {agent: float(contributions[i]) for i, agent in enumerate(live)}
         else:
             rewards = {agent: reward for agent in live}
-        terminations = {agent: terminated for agent in live}
-        truncations = {agent: truncated for agent in live}
+        terminations = {agent: done for agent in live}
+        truncations = {agent: False for agent in live}
         if contributions is None:
             infos = {agent: {} for agent in live}
         else:
@@ -404,11 +403,12 @@ class LazyAgent(DiagnosticParallelEnv):
     ``w_i = 1`` for every agent except ``lazy_agent`` (default: the last
     agent), whose weight is 0.  If ``weights`` is given it is used as is
     (length ``n_agents``) and ``lazy_agent`` is only recorded.  The episode
-    lasts ``episode_length`` steps and ends by *truncation* (time limit).
+    lasts ``episode_length`` steps and then *terminates*: the task is over, so
+    the value of the final state is 0 (the clock is observed, so this is Markov).
 
     Observation (and state): one-hot of the step index ``t``, length
     ``episode_length + 1`` (index ``episode_length`` is the final observation
-    returned with the truncation).
+    returned with the termination).
 
     ``infos[agent]["contribution"]`` is the agent's own term
     ``w_i * e_i / (n_levels - 1)``; the terms sum to the team reward. With
@@ -422,7 +422,6 @@ class LazyAgent(DiagnosticParallelEnv):
     """
 
     metadata = {"name": "lazy_agent_v0", "render_modes": []}
-    _ends_by_truncation = True
 
     def __init__(
         self,

@@ -444,10 +444,10 @@ def test_lazy_agent_defaults_and_hand_worked_case():
     assert not any(term.values()) and not any(trunc.values())
     np.testing.assert_array_equal(obs["agent_0"], [0, 1, 0])
     np.testing.assert_array_equal(env.state(), [0, 1, 0])
-    # efforts (1, 1, 2): reward = 1/2 + 1/2 = 1.0; time limit -> truncation
+    # efforts (1, 1, 2): reward = 1/2 + 1/2 = 1.0; the task's last step -> termination
     obs, rew, term, trunc, info = env.step({"agent_0": 1, "agent_1": 1, "agent_2": 2})
     assert rew["agent_2"] == 1.0
-    assert all(trunc.values()) and not any(term.values())
+    assert all(term.values()) and not any(trunc.values())
     np.testing.assert_array_equal(obs["agent_2"], [0, 0, 1])
     assert env.agents == []
     # credit = w_i (e_i - 1) / 2
@@ -460,8 +460,8 @@ def test_lazy_agent_custom_weights_hand_worked():
     env = lazy_agent(n_agents=3, n_levels=5, episode_length=1, weights=[2.0, 0.5, 0.0])
     env.reset(seed=0)
     # efforts (4, 1, 3): reward = 2 * 4/4 + 0.5 * 1/4 + 0 = 2.125
-    _, rew, _, trunc, info = env.step({"agent_0": 4, "agent_1": 1, "agent_2": 3})
-    assert rew["agent_0"] == 2.125 and all(trunc.values())
+    _, rew, term, trunc, info = env.step({"agent_0": 4, "agent_1": 1, "agent_2": 3})
+    assert rew["agent_0"] == 2.125 and all(term.values()) and not any(trunc.values())
     assert [info[a]["contribution"] for a in env.possible_agents] == [2.0, 0.125, 0.0]
     # credit = w_i (e_i - 2) / 4
     np.testing.assert_allclose(env.true_credit([[4, 1, 3]]), [[1.0, -0.125, 0.0]])
@@ -594,3 +594,33 @@ def test_lazy_agent_own_rewards_sum_to_the_team_reward():
     assert sum(own_rew.values()) == team_rew["agent_0"] == 1.5
     with pytest.raises(ValueError, match="rewards must be"):
         lazy_agent(rewards="selfish")
+
+
+@pytest.mark.parametrize("name,factory,kwargs", CONFIGS, ids=CONFIG_IDS)
+def test_every_diagnostic_env_terminates_at_its_last_step_and_never_truncates(name, factory, kwargs):
+    """Each task is over after ``episode_length`` steps and its clock is observed, so the end is a
+    termination (nothing to bootstrap); a truncation would make learners add value past the end."""
+    env = factory(**kwargs)
+    steps = rollout(env, random_actions(env, np.random.default_rng(0)))
+    flags = [(all(term.values()), any(term.values()), any(trunc.values())) for _, _, term, trunc, _ in steps]
+    assert flags == [(False, False, False)] * (env.episode_length - 1) + [(True, True, False)]
+
+
+def test_done_flags_hand_worked():
+    """lazy_agent with 3 steps: terminated only on the 3rd step; climbing: on its one step; the
+    delayed chain of 2 steps: on the 2nd, where its reward arrives."""
+    env = lazy_agent(episode_length=3)
+    env.reset(seed=0)
+    joint = {"agent_0": 2, "agent_1": 2, "agent_2": 0}
+    ends = [env.step(joint)[2:4] for _ in range(3)]
+    assert [(t["agent_0"], u["agent_0"]) for t, u in ends] == [(False, False), (False, False), (True, False)]
+    env = climbing_game()
+    env.reset(seed=0)
+    _, rew, term, trunc, _ = env.step({"agent_0": 0, "agent_1": 0})
+    assert rew["agent_1"] == 11.0 and term == {"agent_0": True, "agent_1": True} and not any(trunc.values())
+    env = delayed_chain(n_agents=2, length=2)
+    env.reset(seed=0)
+    first = env.step({"agent_0": 1, "agent_1": 1})
+    last = env.step({"agent_0": 0, "agent_1": 0})
+    assert first[1]["agent_0"] == 0.0 and not any(first[2].values()) and not any(first[3].values())
+    assert last[1]["agent_0"] == 1.0 and all(last[2].values()) and not any(last[3].values())
