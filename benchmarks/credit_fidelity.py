@@ -3,7 +3,8 @@
     python benchmarks/credit_fidelity.py --seeds 11 12 13 14 15 --steps 10000
 
 Each (env, method, seed) trains from the env's config in ``configs/`` with the method's overrides
-(or from the method's own config for that env, where ``METHOD_CONFIGS`` names one), then scores
+(on lazy_agent these are the ``configs/diag_lazy_agent_*.yaml`` variants: the env's common
+settings with only the method switched; ``benchmarks/lazy_agent_credit.py`` runs those), then scores
 the trained critic with ``marl.credit.credit_fidelity`` (uniformly random episodes, Spearman rank
 correlation of advantages with the env's ``true_credit``). Prints a markdown table:
 per (env, method) the interquartile mean (IQM) over seeds of each score, with a 95%
@@ -46,17 +47,6 @@ METHODS = {
 }
 # Only the lazy-agent env has per-agent reward terms; elsewhere every agent's own reward is the team's.
 INDIVIDUAL = {"lazy_agent": ["env.reward=individual", "env.kwargs.rewards=own"]}
-# Methods with a config of their own for an env: it is used as shipped, instead of the env's config
-# plus the method's overrides (--common-config restores the latter). Their settings and the reasons
-# for them are in the files.
-METHOD_CONFIGS = {"lazy_agent": {
-    "COMA (PPO actor)": "configs/diag_lazy_agent_coma.yaml",
-    "difference rewards (re-simulated), GAE": "configs/diag_lazy_agent_difference.yaml",
-    "Shapley, M=8 (PPO actor)": "configs/diag_lazy_agent_shapley.yaml",
-    "Shapley-λ, M=8 (PPO actor)": "configs/diag_lazy_agent_shapley_lambda.yaml",
-    "DOP (PPO actor)": "configs/diag_lazy_agent_dop.yaml",
-    "DOP-λ (PPO actor)": "configs/diag_lazy_agent_dop_lambda.yaml",
-}}
 LAZY_ENV, LAZY_AGENT = "lazy_agent", "agent_2"   # the agent whose effort the team reward ignores
 TUNING_SEEDS = [0, 1, 2]
 DEFAULT_SEEDS = [11, 12, 13, 14, 15]
@@ -185,9 +175,6 @@ def main(argv=None) -> None:
     parser.add_argument("--json", help="write the per-seed results and the table here "
                                        "(default credit_fidelity.json in a new temporary folder)")
     parser.add_argument("--md", help="also write the markdown tables here")
-    parser.add_argument("--common-config", action="store_true",
-                        help="score every method from the env's config plus the method's overrides, ignoring the "
-                             "methods' own configs (METHOD_CONFIGS, e.g. configs/diag_lazy_agent_coma.yaml)")
     parser.add_argument("--methods", nargs="+", metavar="SUBSTRING",
                         help="only the methods whose label contains one of these (e.g. Shapley DOP)")
     args = parser.parse_args(argv)
@@ -203,10 +190,8 @@ def main(argv=None) -> None:
         for method, overrides in methods.items():
             if args.methods and not any(part.lower() in method.lower() for part in args.methods):
                 continue
-            config = None if args.common_config else METHOD_CONFIGS.get(env, {}).get(method)
-            config, overrides = (config, []) if config else (ENVS[env], overrides)
             for seed in args.seeds:
-                jobs.append({"env": env, "method": method, "config": config, "set": overrides,
+                jobs.append({"env": env, "method": method, "config": ENVS[env], "set": overrides,
                              "seed": seed, "steps": args.steps, "episodes": args.episodes})
     with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
         results = []
