@@ -107,9 +107,10 @@ def test_the_model_learns_the_climbing_game_and_its_difference_rewards_match_the
 
 
 def test_on_the_lazy_agent_the_learned_difference_reward_of_agent_2_is_nothing_and_it_trains():
-    """4k steps of configs/diag_lazy_agent_difference_learned.yaml: exact D_i = 3 e_i / 2 for agents 0
-    and 1 (team sum of 3 equal rewards), 0 for agent_2. Measured on seeds 0-2: mean |D̂_2| 0.008-0.012,
-    mean |D̂ − D| per agent at most 0.12, team return 59.4-59.8 of 60."""
+    """4k steps of configs/diag_lazy_agent_difference_learned.yaml: exact D_i = e_i / 2 for agents 0
+    and 1 (the team reward is the mean of 3 equal rewards), 0 for agent_2. Measured on seeds 0-2 at
+    the common settings: mean |D̂_2| 0.009-0.030, mean |D̂ − D| per agent at most 0.03, team return
+    59.8-60 of 60."""
     cfg = load_config("configs/diag_lazy_agent_difference_learned.yaml",
                       ["train.total_env_steps=4000", "train.progress=false"])
     trainer = Trainer(cfg)
@@ -129,9 +130,9 @@ def test_on_the_lazy_agent_the_learned_difference_reward_of_agent_2_is_nothing_a
         b = trainer.rollout.tensors()
         d_hat = trainer.difference.rewards(b)
         torch.testing.assert_close(seen["reward"], d_hat)        # the learner trains on D̂
-        exact = 1.5 * b["actions"].float() * torch.tensor([1.0, 1.0, 0.0])
-        assert d_hat[..., 2].abs().mean() < 0.1
-        assert ((d_hat - exact).abs().mean((0, 1)) < 0.25).all()
+        exact = 0.5 * b["actions"].float() * torch.tensor([1.0, 1.0, 0.0])
+        assert d_hat[..., 2].abs().mean() < 0.06
+        assert ((d_hat - exact).abs().mean((0, 1)) < 0.08).all()
         assert np.isfinite(metrics["difference/model_loss"]) and metrics["difference/model_error"] < 0.05
         shares = [metrics[f"credit/share/agent_{i}"] for i in range(3)]
         assert shares[2] == min(shares)
