@@ -257,8 +257,8 @@ class OnlineDifference:
 
     Why a long buffer: G(s, u) does not change with the policy, but the counterfactual joints
     ``(u_−i, c_i)`` are ones the policy stops playing as it converges. Trained on the last 8 rollouts
-    only, r̂ forgot them: on ``configs/diag_lazy_agent_difference_learned.yaml`` (20k steps, seeds
-    0–2) the mean |D̂_i − D_i| of agents 0 and 1 was 0.06–0.10 (worst entry 0.33–1.15) against exact
+    only, r̂ forgot them: on ``configs/diag_lazy_agent_difference_learned.yaml`` as of 2026-12-06
+    (team-sum reward, γ 0.01; 20k steps, seeds 0–2) the mean |D̂_i − D_i| of agents 0 and 1 was 0.06–0.10 (worst entry 0.33–1.15) against exact
     D of 0, 1.5 or 3; with every step of the run kept, 0.02–0.03 (worst 0.09–0.11).
     """
 
