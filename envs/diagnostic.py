@@ -23,8 +23,8 @@ Common conventions
   each agent's own term is also given as ``infos[agent]["contribution"]``, for
   individual-reward ablations.  Other infos are empty dicts.
 * Every agent ends at the same step, by *termination*: each task is over after its fixed number
-  of steps, and the step index is part of every observation and of the state, so there is no
-  time limit to bootstrap past (a learner that bootstrapped there would add value the task can
+  of steps, and the step index is part of the state (and of the observations of every multi-step
+  env), so there is no time limit to bootstrap past (a learner that bootstrapped there would add value the task can
   never pay). ``truncations`` are always False. Afterwards ``agents == []``.
 * There is no rendering (``render_modes == []``); every constructor accepts
   ``render_mode=None`` for PettingZoo compatibility and rejects other values.
