@@ -354,12 +354,26 @@ def _check(ok: bool, key: str, value, expected: str):
 
 def validate(cfg: Config) -> Config:
     """Range and consistency checks, with derived defaults filled in (``model.chunk_length: 0``);
-    returns ``cfg`` or raises ``ConfigError``."""
-    from marl.algorithms import ADVANTAGES
-    from marl.envs import REWARD_MODES, TEAM_REDUCTIONS
-    from marl.envs.rewards import DIFFERENCE_COUNTERFACTUALS
+    returns ``cfg`` or raises ``ConfigError``. Ranges come first, then the rules between keys, each
+    group owned by the part of the run that reads the keys."""
+    _check_run_ranges(cfg)
+    _check_env_ranges(cfg.env)
+    _check_difference_rules(cfg)
+    _check_lookups(cfg)
+    _check_algo_ranges(cfg.algo)
+    _check_model_train_ranges(cfg)
+    _derive_chunk_length(cfg)
+    _refuse_ignored_options(cfg)
+    _check_redistribution_ranges(cfg.algo)
+    _check_advantage_rules(cfg)
+    _check_device(cfg)
+    _check_local_only(cfg)
+    _check_worker_rules(cfg)
+    return cfg
 
-    a, e, m, t = cfg.algo, cfg.env, cfg.model, cfg.train
+
+def _check_run_ranges(cfg: Config) -> None:
+    """``backend``, ``seed`` and the ``rllib`` section's counts."""
     _check(cfg.backend in ("local", "rllib"), "backend", cfg.backend, "'local' or 'rllib'")
     _check(0 <= cfg.seed < 2**32, "seed", cfg.seed, "an int in [0, 2**32)")
     r = cfg.rllib
@@ -367,20 +381,36 @@ def validate(cfg: Config) -> Config:
         _check(getattr(r, key) >= 0, f"rllib.{key}", getattr(r, key), "an int >= 0")
     _check(r.num_cpus >= 1, "rllib.num_cpus", r.num_cpus, "an int >= 1")
     _check(r.num_envs_per_env_runner >= 1, "rllib.num_envs_per_env_runner", r.num_envs_per_env_runner, "an int >= 1")
+
+
+def _check_env_ranges(e: EnvConfig) -> None:
+    """The ``env`` section's values, each on its own."""
+    from marl.envs import REWARD_MODES, TEAM_REDUCTIONS
+    from marl.envs.rewards import DIFFERENCE_COUNTERFACTUALS
+
     _check(e.reward in REWARD_MODES, "env.reward", e.reward, f"one of {list(REWARD_MODES)}")
     _check(e.team_reward in TEAM_REDUCTIONS, "env.team_reward", e.team_reward, f"one of {list(TEAM_REDUCTIONS)}")
     _check(0.0 <= e.alpha <= 1.0, "env.alpha", e.alpha, "a float in [0, 1]")
     _check(e.default_action >= 0, "env.default_action", e.default_action, "an int >= 0")
     _check(e.difference in DIFFERENCE_COUNTERFACTUALS, "env.difference", e.difference,
            f"one of {list(DIFFERENCE_COUNTERFACTUALS)}")
+
+
+def _check_difference_rules(cfg: Config) -> None:
+    """A learned difference reward (``env.difference: reward_model``) excludes what would replace or
+    withhold the rewards it learns from."""
+    e, a = cfg.env, cfg.algo
     if e.reward == "difference" and e.difference == "reward_model":
-        _check(cfg.backend == "local", "env.difference", e.difference, "'resimulate' with backend 'rllib' (the "
-               "reward model trains in the local trainer)")
         _check(a.redistribution == "none", "algo.redistribution", a.redistribution, "'none' with env.difference "
                "'reward_model' (both replace the rewards the learner trains on)")
         _check(not e.episodic_reward, "env.episodic_reward", e.episodic_reward, "false with env.difference "
                "'reward_model' (the reward model learns G(s, u) from every step's team reward, which "
                "env.episodic_reward withholds)")
+
+
+def _check_lookups(cfg: Config) -> None:
+    """Keys that name something to resolve (a shaping potential, trackers), plus ``env``'s counts."""
+    e = cfg.env
     if e.shaping:
         from marl.envs import EnvError
         from marl.envs.rewards import resolve_potential
@@ -395,102 +425,144 @@ def validate(cfg: Config) -> Config:
     _check(e.num_envs >= 1, "env.num_envs", e.num_envs, "an int >= 1")
     _check(e.check in ("first", "always"), "env.check", e.check, "'first' or 'always'")
     _check(0 <= e.workers <= e.num_envs, "env.workers", e.workers, f"an int in [0, env.num_envs={e.num_envs}]")
+
+
+def _check_algo_ranges(a: AlgoConfig) -> None:
+    """The ``algo`` section's registry names and optimiser values."""
+    from marl.algorithms import ADVANTAGES
+    from marl.learners import LEARNERS
+
     _check(a.advantage in ADVANTAGES, "algo.advantage", a.advantage, f"one of {sorted(ADVANTAGES)}")
     _check(a.critic in ("central", "agent_state", "local"), "algo.critic", a.critic,
            "'central', 'agent_state' or 'local'")
-    from marl.learners import LEARNERS
     _check(a.learner in LEARNERS, "algo.learner", a.learner, f"one of {sorted(LEARNERS)}")
     _check(a.lr_schedule in ("constant", "linear"), "algo.lr_schedule", a.lr_schedule, "'constant' or 'linear'")
     _check(0.0 < a.gamma <= 1.0, "algo.gamma", a.gamma, "a float in (0, 1]")
     _check(0.0 <= a.lam <= 1.0, "algo.lam", a.lam, "a float in [0, 1]")
-    _check(a.n_step >= 1, "algo.n_step", a.n_step, "an int >= 1")
+    for key in ("n_step", "rollout_steps", "epochs", "minibatches"):
+        _check(getattr(a, key) >= 1, f"algo.{key}", getattr(a, key), "an int >= 1")
     _check(a.target_update_every >= 0, "algo.target_update_every", a.target_update_every, "an int >= 0")
-    _check(a.rollout_steps >= 1, "algo.rollout_steps", a.rollout_steps, "an int >= 1")
-    _check(a.epochs >= 1, "algo.epochs", a.epochs, "an int >= 1")
-    _check(a.minibatches >= 1, "algo.minibatches", a.minibatches, "an int >= 1")
     for key in ("lr", "critic_lr"):
-        value = getattr(a, key)
-        _check(value > 0.0, f"algo.{key}", value, "a float > 0")
+        _check(getattr(a, key) > 0.0, f"algo.{key}", getattr(a, key), "a float > 0")
     for key in ("clip", "entropy_coef", "value_coef", "max_grad_norm"):
-        value = getattr(a, key)
-        _check(value >= 0.0, f"algo.{key}", value, "a float >= 0")
+        _check(getattr(a, key) >= 0.0, f"algo.{key}", getattr(a, key), "a float >= 0")
+
+
+def _check_model_train_ranges(cfg: Config) -> None:
+    """The ``model``, ``train`` and ``log`` sections' values, each on its own."""
+    m, t = cfg.model, cfg.train
     _check(m.hidden >= 1, "model.hidden", m.hidden, "an int >= 1")
     _check(m.layers >= 1, "model.layers", m.layers, "an int >= 1")
     _check(m.activation in ("relu", "tanh"), "model.activation", m.activation, "'relu' or 'tanh'")
     _check(m.encoder in ("auto", "mlp", "cnn"), "model.encoder", m.encoder, "'auto', 'mlp' or 'cnn'")
-    _check(m.encoder != "cnn" or cfg.backend == "local", "model.encoder", m.encoder,
-           "'auto' or 'mlp' with backend 'rllib' (its RLModule reads observations flat; train image envs with "
-           "the local backend)")
-    _check(t.total_env_steps >= 1, "train.total_env_steps", t.total_env_steps, "an int >= 1")
-    _check(t.log_every >= 1, "train.log_every", t.log_every, "an int >= 1")
-    _check(t.checkpoint_every >= 1, "train.checkpoint_every", t.checkpoint_every, "an int >= 1")
+    for key in ("total_env_steps", "log_every", "checkpoint_every", "eval_every_episodes"):
+        _check(getattr(t, key) >= 1, f"train.{key}", getattr(t, key), "an int >= 1")
     for key in ("histogram_every", "credit_image_every", "fidelity_every"):
-        value = getattr(cfg.log, key)
-        _check(value >= 0, f"log.{key}", value, "an int >= 0")
+        _check(getattr(cfg.log, key) >= 0, f"log.{key}", getattr(cfg.log, key), "an int >= 0")
     _check(cfg.log.fidelity_episodes >= 1, "log.fidelity_episodes", cfg.log.fidelity_episodes, "an int >= 1")
-    _check(t.eval_episodes >= 0, "train.eval_episodes", t.eval_episodes, "an int >= 0")
-    _check(t.eval_every >= 0, "train.eval_every", t.eval_every, "an int >= 0")
-    _check(t.eval_every_episodes >= 1, "train.eval_every_episodes", t.eval_every_episodes, "an int >= 1")
+    for key in ("eval_episodes", "eval_every"):
+        _check(getattr(t, key) >= 0, f"train.{key}", getattr(t, key), "an int >= 0")
     _check(m.chunk_length >= 0, "model.chunk_length", m.chunk_length, "an int >= 0 (0: derived from "
            "algo.rollout_steps)")
-    if m.recurrent:
-        if m.chunk_length == 0:   # a derived default: it adapts to the rollout instead of refusing it
-            m.chunk_length = min(d for d in range(1, a.rollout_steps + 1)
-                                 if a.rollout_steps % d == 0 and d >= min(10, a.rollout_steps))
-        _check(a.rollout_steps % m.chunk_length == 0, "model.chunk_length", m.chunk_length,
-               f"a divisor of algo.rollout_steps = {a.rollout_steps}, or 0 to derive one")
-        _check(cfg.backend == "local", "model.recurrent", m.recurrent,
-               "false with backend 'rllib' (its RLModule here is not stateful; train recurrent policies "
-               "with the local backend)")
-    _refuse_ignored_options(cfg)
+
+
+def _derive_chunk_length(cfg: Config) -> None:
+    """A recurrent net's ``model.chunk_length: 0`` becomes the smallest divisor of
+    ``algo.rollout_steps`` that is at least 10 (or the rollout); a set one must divide it."""
+    m, rollout = cfg.model, cfg.algo.rollout_steps
+    if not m.recurrent:
+        return
+    if m.chunk_length == 0:   # a derived default: it adapts to the rollout instead of refusing it
+        m.chunk_length = min(d for d in range(1, rollout + 1) if rollout % d == 0 and d >= min(10, rollout))
+    _check(rollout % m.chunk_length == 0, "model.chunk_length", m.chunk_length,
+           f"a divisor of algo.rollout_steps = {rollout}, or 0 to derive one")
+
+
+def _check_redistribution_ranges(a: AlgoConfig) -> None:
+    """The reward model's (``algo.redistribution_*``) values and ``algo.shapley_samples``."""
     _check(a.redistribution in ("none", "rrd", "arel"), "algo.redistribution", a.redistribution,
            "'none', 'rrd' or 'arel'")
-    _check(a.redistribution_steps >= 1, "algo.redistribution_steps", a.redistribution_steps, "an int >= 1")
+    for key in ("redistribution_steps", "redistribution_subset", "redistribution_capacity"):
+        _check(getattr(a, key) >= 1, f"algo.{key}", getattr(a, key), "an int >= 1")
     _check(a.redistribution_lr > 0, "algo.redistribution_lr", a.redistribution_lr, "a float > 0")
-    _check(a.redistribution_subset >= 1, "algo.redistribution_subset", a.redistribution_subset, "an int >= 1")
-    _check(a.redistribution_capacity >= 1, "algo.redistribution_capacity", a.redistribution_capacity, "an int >= 1")
     _check(0 <= a.redistribution_sparsity < math.inf, "algo.redistribution_sparsity", a.redistribution_sparsity,
            "a finite float >= 0")
-    if a.redistribution != "none":
-        _check(cfg.backend == "local", "algo.redistribution", a.redistribution, "'none' with backend 'rllib'")
     _check(a.shapley_samples >= 1, "algo.shapley_samples", a.shapley_samples, "an int >= 1")
-    if ADVANTAGES[a.advantage].critic == "dop":   # DOP's decomposed critic (dop, dop_lambda)
-        _check(not m.recurrent, "model.recurrent", m.recurrent, f"false with algo.advantage {a.advantage!r} (its "
-               "decomposed critic is feed-forward)")
-        _check(e.reward == "shared", "env.reward", e.reward, f"'shared' with algo.advantage {a.advantage!r} (its "
-               "Q_tot learns the team's return)")
-        _check(cfg.backend == "local", "algo.advantage", a.advantage, f"not {a.advantage!r} with backend 'rllib' "
-               "(its loss mixes every agent's Q, and RLlib's rows are per agent)")
-    index = t.device[len("cuda:"):] if t.device.startswith("cuda:") else "0"
-    _check(t.device in ("cpu", "cuda") or (t.device.startswith("cuda:") and index.isdigit()), "train.device",
-           t.device, "'cpu', 'cuda' or 'cuda:K'")
+
+
+def _check_advantage_rules(cfg: Config) -> None:
+    """DOP's decomposed critic (``dop``, ``dop_lambda``) is feed-forward and learns a team return."""
+    from marl.algorithms import ADVANTAGES
+
+    a = cfg.algo
+    if ADVANTAGES[a.advantage].critic == "dop":
+        _check(not cfg.model.recurrent, "model.recurrent", cfg.model.recurrent, f"false with algo.advantage "
+               f"{a.advantage!r} (its decomposed critic is feed-forward)")
+        _check(cfg.env.reward == "shared", "env.reward", cfg.env.reward, f"'shared' with algo.advantage "
+               f"{a.advantage!r} (its Q_tot learns the team's return)")
+
+
+def _check_device(cfg: Config) -> None:
+    """``train.device`` is ``cpu``, or a GPU that exists here."""
+    device = cfg.train.device
+    index = device[len("cuda:"):] if device.startswith("cuda:") else "0"
+    _check(device in ("cpu", "cuda") or (device.startswith("cuda:") and index.isdigit()), "train.device",
+           device, "'cpu', 'cuda' or 'cuda:K'")
+    if device == "cpu":
+        return
+    import torch
+    _check(torch.cuda.is_available(), "train.device", device,
+           "'cpu' on this machine (torch.cuda.is_available() is False: no GPU or a CPU build of torch)")
+    _check(int(index) < torch.cuda.device_count(), "train.device", device,
+           f"a GPU index below {torch.cuda.device_count()} (the GPUs torch sees here)")
+
+
+def _check_local_only(cfg: Config) -> None:
+    """Features only the local trainer has: each is refused once, here, with backend ``rllib``."""
+    if cfg.backend == "local":
+        return
+    a, e, m, t = cfg.algo, cfg.env, cfg.model, cfg.train
+    from marl.algorithms import ADVANTAGES
+    rules = [   # (key, value, in use, what the key must be with backend 'rllib')
+        ("env.difference", e.difference, e.reward == "difference" and e.difference == "reward_model",
+         "'resimulate' with backend 'rllib' (the reward model trains in the local trainer)"),
+        ("model.encoder", m.encoder, m.encoder == "cnn", "'auto' or 'mlp' with backend 'rllib' (its RLModule "
+         "reads observations flat; train image envs with the local backend)"),
+        ("model.recurrent", m.recurrent, m.recurrent, "false with backend 'rllib' (its RLModule here is not "
+         "stateful; train recurrent policies with the local backend)"),
+        ("algo.redistribution", a.redistribution, a.redistribution != "none", "'none' with backend 'rllib'"),
+        ("algo.advantage", a.advantage, ADVANTAGES[a.advantage].critic == "dop", f"not {a.advantage!r} with "
+         "backend 'rllib' (its loss mixes every agent's Q, and RLlib's rows are per agent)"),
+        ("train.device", t.device, t.device != "cpu", "'cpu' with backend 'rllib' (RLlib places its own "
+         "Learners)"),
+        ("env.batched", e.batched, e.batched, "false with backend 'rllib'"),
+        ("train.async_collection", t.async_collection, t.async_collection, "false with backend 'rllib' (RLlib "
+         "schedules its own EnvRunners)"),
+        ("train.act_in_workers", t.act_in_workers, t.act_in_workers, "false with backend 'rllib' (RLlib's "
+         "EnvRunners act for themselves)"),
+    ]
+    for key, value, used, expected in rules:
+        _check(not used, key, value, expected)
+
+
+def _check_worker_rules(cfg: Config) -> None:
+    """What ``env.workers`` (env processes) allows: a GPU and a batched env want none, async
+    collection and acting in workers want some."""
+    e, t = cfg.env, cfg.train
     if t.device != "cpu":
-        import torch
-        _check(torch.cuda.is_available(), "train.device", t.device,
-               "'cpu' on this machine (torch.cuda.is_available() is False: no GPU or a CPU build of torch)")
-        _check(int(index) < torch.cuda.device_count(), "train.device", t.device,
-               f"a GPU index below {torch.cuda.device_count()} (the GPUs torch sees here)")
-        _check(cfg.backend == "local", "train.device", t.device, "'cpu' with backend 'rllib' (RLlib places its own "
-               "Learners)")
         _check(e.workers == 0, "train.device", t.device, "'cpu' with env.workers > 0 (worker processes act on the CPU)")
     if e.batched:
-        _check(cfg.backend == "local", "env.batched", e.batched, "false with backend 'rllib'")
         _check(e.workers == 0, "env.batched", e.batched, "false with env.workers > 0 (a batched env steps all its "
                "envs at once in the trainer process)")
         _check(not e.shaping, "env.batched", e.batched, "false with env.shaping (a potential reads the PettingZoo env)")
         _check(not (t.async_collection or t.act_in_workers), "env.batched", e.batched,
                "false with train.async_collection or train.act_in_workers")
     if t.async_collection:
-        _check(cfg.backend == "local", "train.async_collection", t.async_collection,
-               "false with backend 'rllib' (RLlib schedules its own EnvRunners)")
         _check(e.workers >= 1, "train.async_collection", t.async_collection,
                "false unless env.workers >= 1 (envs stepped in the learner process would hold the "
                "interpreter lock the update needs)")
     if t.act_in_workers:
-        _check(cfg.backend == "local", "train.act_in_workers", t.act_in_workers,
-               "false with backend 'rllib' (RLlib's EnvRunners act for themselves)")
         _check(e.workers >= 1, "train.act_in_workers", t.act_in_workers, "false unless env.workers >= 1")
-    return cfg
 
 
 def _refuse_ignored_options(cfg: Config) -> None:
