@@ -301,6 +301,7 @@ def attribution_fidelity(trainer, episodes: int = 32, seed: int = 0, behaviour: 
         ValueError: when neither view applies, or on bad arguments.
     """
     from marl.credit import episode_venv, play_episode, spearman
+    from marl.seeding import torch_stream, view_episode_seed
 
     value_note, actor_note = _value_note(trainer), _actor_note(trainer)
     if value_note and actor_note:
@@ -316,8 +317,8 @@ def attribution_fidelity(trainer, episodes: int = 32, seed: int = 0, behaviour: 
     batches, trues = [], []
     try:
         for k in range(episodes):
-            episode_seed = seed * 1_000_003 + k
-            generator = torch.Generator(device=trainer.device).manual_seed(episode_seed)
+            episode_seed = view_episode_seed(seed, k)
+            generator = torch_stream(episode_seed, trainer.device)
             b = {key: v.cpu() for key, v in play_episode(trainer, venv, episode_seed, generator, behaviour).items()}
             batches.append(b)
             if has_truth:

@@ -10,6 +10,7 @@ from marl.envs import RewardSpec, make_vector_env
 from marl.envs.vector import SyncVectorEnv
 from marl.networks import MASKED_LOGIT
 from marl.rollout import policy_steps
+from marl.seeding import torch_stream
 
 EPISODE_FIELDS = ("obs", "state", "avail", "alive", "first", "actor_h", "next_obs", "next_state", "next_avail",
                   "actions", "logp", "raw_reward", "reward", "terminated", "truncated")
@@ -82,7 +83,7 @@ def episode_credit(trainer, seed: int, venv: SyncVectorEnv | None = None,
     of the same episode)."""
     own = venv is None
     venv = venv or episode_venv(trainer)
-    generator = torch.Generator(device=trainer.device).manual_seed(seed)
+    generator = torch_stream(seed, trainer.device)
     batch = play_episode(trainer, venv, seed, generator, behaviour)
     prep = trainer.prepare(batch, generator=generator)
     if own:

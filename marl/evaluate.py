@@ -11,6 +11,7 @@ from marl.envs.batched import BatchedVectorEnv, make_batched_env
 from marl.envs.vector import EnvSlice, SyncVectorEnv
 from marl.networks import Actor
 from marl.rollout import policy_steps
+from marl.seeding import torch_stream
 
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes never reuse training reset seeds
 
@@ -25,7 +26,7 @@ def evaluate(actor: Actor, env_id: str, env_kwargs: dict, episodes: int, seed: i
     """
     torch.set_num_threads(1)
     venv = SyncVectorEnv(EnvSlice(env_id, env_kwargs, min(episodes, max_parallel), RewardSpec()))
-    generator = torch.Generator(device=next(actor.parameters()).device).manual_seed(seed)
+    generator = torch_stream(seed, next(actor.parameters()).device)
     returns = []
     try:
         while len(returns) < episodes:
@@ -58,7 +59,7 @@ def evaluate_batched(actor: Actor, env_id: str, env_kwargs: dict, episodes: int,
     torch.set_num_threads(1)
     device = next(actor.parameters()).device
     venv = BatchedVectorEnv(make_batched_env(env_id, env_kwargs, episodes, str(device), seed), RewardSpec())
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch_stream(seed, device)
     venv.reset(EVAL_SEED_OFFSET + seed)
     first = {}
     try:

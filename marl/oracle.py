@@ -52,6 +52,15 @@ import torch
 from marl.credit import episode_venv, play_episode, spearman
 from marl.envs.errors import EnvError
 from marl.envs.snapshot import restore, snapshot
+from marl.seeding import (
+    ORACLE_ACTIONS,
+    ORACLE_NOISE,
+    ORACLE_STATES,
+    numpy_stream,
+    path_seed,
+    torch_stream,
+    view_episode_seed,
+)
 
 ENV_NOISE = ("independent", "common")
 
@@ -112,8 +121,8 @@ def sample_states(trainer, episodes: int, states: int, seed: int = 0) -> tuple[l
             raise EnvError(f"env {trainer.cfg.env.id!r} cannot be copied mid-episode, so the oracle cannot branch "
                            f"from its states: {exc}") from None
         for k in range(episodes):
-            ep_seed = seed * 1_000_003 + k
-            generator = torch.Generator(device=trainer.device).manual_seed(ep_seed)
+            ep_seed = view_episode_seed(seed, k)
+            generator = torch_stream(ep_seed, trainer.device)
             blobs: list[bytes] = []
             batch = play_episode(trainer, venv, ep_seed, generator, "policy", snapshots=blobs)
             adv = trainer.prepare(batch, generator=generator)["adv"][:, 0].cpu().numpy()
@@ -121,7 +130,7 @@ def sample_states(trainer, episodes: int, states: int, seed: int = 0) -> tuple[l
     finally:
         venv.close()
     steps = [(e, t) for e, (batch, _, _) in enumerate(played) for t in range(batch["actions"].shape[0])]
-    rng = np.random.default_rng([seed, 0x0AC1E])
+    rng = numpy_stream(seed, ORACLE_STATES)
     chosen = sorted(rng.choice(len(steps), size=min(states, len(steps)), replace=False).tolist())
     out = []
     for e in sorted({steps[c][0] for c in chosen}):
@@ -409,8 +418,8 @@ def oracle_advantages(trainer, episodes: int = 32, states: int = 64, rollouts: i
     if max_rows is None:
         max_rows = 8192 if backend == "twin" else 1024
     device = next(trainer.actor.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(int(np.random.SeedSequence([seed, 1]).generate_state(1)[0]))
-    noise_rng = np.random.default_rng([seed, 2]) if env_noise == "independent" else None
+    generator = torch_stream(path_seed(seed, ORACLE_ACTIONS), device)
+    noise_rng = numpy_stream(seed, ORACLE_NOISE) if env_noise == "independent" else None
     probs = np.stack([st.probs for st in sampled])
     actions = np.stack([st.actions for st in sampled])
     alive = np.stack([st.alive for st in sampled])

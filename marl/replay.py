@@ -25,6 +25,8 @@ from typing import NamedTuple
 
 import torch
 
+from marl.seeding import torch_stream
+
 Tensor = torch.Tensor
 _BOOKKEEPING = ("filled", "first")
 
@@ -170,7 +172,7 @@ class EpisodeReplay:
         shapes = {name: ((chunk + f.nodes, *f.shape), f.dtype) for name, f in self.fields.items()}
         shapes.update({name: ((chunk,), torch.bool) for name in _BOOKKEEPING})
         self.ring = TensorRing(capacity, shapes, device)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch_stream(seed)
         self.priorities = torch.zeros(capacity, dtype=torch.float64)
         self.max_priority = 1.0
 

@@ -30,6 +30,7 @@ from torch import nn
 from marl.algorithms.redistribution import (episode_segments, normalise_to_outcome, predicted_returns,
                                        return_decomposition_loss, rrd_loss)
 from marl.networks import AgentMLP
+from marl.seeding import init_scope, torch_stream
 
 Tensor = torch.Tensor
 METHODS = ("rrd", "arel")
@@ -189,12 +190,11 @@ class RewardRedistributor:
         self.method, self.feature_dim, self.n_agents = method, feature_dim, n_agents
         self.capacity, self.batch_size, self.subset_size = capacity, batch_size, subset_size
         self.sparsity = float(sparsity)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with init_scope(seed):
             self.model = (StepRewardModel(n_agents, feature_dim, hidden, layers) if method == "rrd"
                           else AgentTemporalTransformer(feature_dim, hidden, heads, layers))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch_stream(seed)
         self._features = torch.zeros(capacity, 0, n_agents, feature_dim)
         self._valid = torch.zeros(capacity, 0, dtype=torch.bool)
         self._returns = torch.zeros(capacity)
@@ -443,12 +443,11 @@ class TeamRewardRegressor:
             raise ValueError(f"lr must be > 0, got {lr!r}")
         self.input_dim, self.capacity, self.batch_size = input_dim, capacity, batch_size
         self.device = torch.device(device)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with init_scope(seed):
             self.model = TeamRewardModel(input_dim, hidden, layers)
         self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch_stream(seed)
         self._inputs = torch.zeros(capacity, input_dim, device=self.device)
         self._targets = torch.zeros(capacity, device=self.device)
         self._position = 0      # next slot to write

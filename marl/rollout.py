@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from marl.envs.vector import StepBatch, SyncVectorEnv
+from marl.seeding import torch_stream
 
 
 @dataclass
@@ -138,11 +139,6 @@ def collect_rollout(venv, buf: Rollout, actor, generator: torch.Generator,
     return episodes, last
 
 
-def worker_seed(seed: int, iteration: int, worker: int) -> int:
-    """Seed of the action draws of env worker ``worker`` in ``iteration`` (``train.act_in_workers``)."""
-    return int(np.random.SeedSequence([seed, iteration, 2, worker]).generate_state(1, np.uint64)[0])
-
-
 def act_in_worker(env_slice, pickled_actor: bytes, T: int, action_seed: int,
                   hidden: np.ndarray | None = None) -> tuple[dict, list, np.ndarray | None]:
     """Run in an env worker process (see ``marl.envs.vector.ProcessVectorEnv.call``): collect ``T``
@@ -156,6 +152,6 @@ def act_in_worker(env_slice, pickled_actor: bytes, T: int, action_seed: int,
     buf = Rollout.allocate(T, env_slice.n, env_slice.n_agents, env_slice.obs_dim, env_slice.state_dim,
                            env_slice.n_actions, continuous=env_slice.continuous, hidden=actor.hidden_size,
                            obs_dtype=env_slice.obs_dtype, state_dtype=env_slice.state_dtype)
-    episodes, last = collect_rollout(SyncVectorEnv(env_slice), buf, actor, torch.Generator().manual_seed(action_seed),
+    episodes, last = collect_rollout(SyncVectorEnv(env_slice), buf, actor, torch_stream(action_seed),
                                      None if hidden is None else torch.from_numpy(hidden))
     return vars(buf), episodes, None if last is None else last.numpy()

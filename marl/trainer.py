@@ -30,15 +30,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from marl import seeding
 from marl.config import Config
 from marl.envs import EnvError, RewardSpec, make_vector_env
 from marl.envs.batched import BatchedVectorEnv, make_batched_env
 from marl.learners import EnvShape, build_learner
 from marl.loop import TrainingInterrupted, TrainingLoop, _array_episode, _plain_episode
-from marl.rollout import Rollout, act_in_worker, collect_rollout, worker_seed
+from marl.rollout import Rollout, act_in_worker, collect_rollout
 
 __all__ = ["Trainer", "TrainingInterrupted"]
 
@@ -50,9 +50,9 @@ class Trainer(TrainingLoop):
     def __init__(self, cfg: Config, run_dir: str | Path | None = None):
         torch.set_num_threads(1)
         super().__init__(cfg, run_dir)
-        torch.manual_seed(cfg.seed)
+        seeding.seed_init(cfg.seed)
         self.device = torch.device(cfg.train.device)
-        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.generator = seeding.torch_stream(cfg.seed, self.device)   # the learner stream
         e, a = cfg.env, cfg.algo
         reward = RewardSpec.from_config(cfg)
         if e.batched:
@@ -171,7 +171,7 @@ class Trainer(TrainingLoop):
         each env worker collects its own envs' part with a copy of ``actor`` and its own action
         draws (``generator`` is then unused)."""
         if not self._envs_started:
-            seeds = np.random.SeedSequence([self.cfg.seed, iteration]).generate_state(self.cfg.env.num_envs)
+            seeds = seeding.env_reset_seeds(self.cfg.seed, iteration, self.cfg.env.num_envs)
             self.venv.reset(int(seeds[0]) if self.cfg.env.batched else seeds)
             self._envs_started = True
         if not self.cfg.train.act_in_workers:
@@ -180,7 +180,7 @@ class Trainer(TrainingLoop):
         pickled, T = pickle.dumps(actor), self.cfg.algo.rollout_steps
         rows = self.venv.worker_rows
         hidden = None if self.actor_hidden is None else self.actor_hidden.numpy()
-        parts = self.venv.call(act_in_worker, [(pickled, T, worker_seed(self.cfg.seed, iteration, w),
+        parts = self.venv.call(act_in_worker, [(pickled, T, seeding.worker_actions_seed(self.cfg.seed, iteration, w),
                                                 None if hidden is None else hidden[r])
                                                for w, r in enumerate(rows)])
         episodes = []
@@ -217,8 +217,7 @@ class Trainer(TrainingLoop):
 
     def _collection_generator(self, iteration: int) -> torch.Generator:
         """The action-sampling generator of an asynchronously collected rollout."""
-        seed = np.random.SeedSequence([self.cfg.seed, iteration, 1]).generate_state(1, np.uint64)[0]
-        return torch.Generator().manual_seed(int(seed))
+        return seeding.torch_stream(seeding.async_actions_seed(self.cfg.seed, iteration))
 
     def _run_iteration_async(self) -> tuple[int, list[dict], dict, float]:
         """Update on this iteration's rollout while a background thread collects the next one with

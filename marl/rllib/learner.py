@@ -24,6 +24,7 @@ from ray.rllib.evaluation.postprocessing import Postprocessing
 from marl.learner import actor_critic_loss, ppo_diagnostics, weighted_mean
 from marl.rllib.connectors import CreditAdvantages
 from marl.rllib.module import CRITIC_PRED, WEIGHT
+from marl.seeding import torch_stream
 
 STATS_KEY = "marl"
 
@@ -34,7 +35,7 @@ class CreditPPOLearner(PPOTorchLearner):
     def build(self) -> None:
         super().build()
         module = self._credit_module()
-        self.marl_generator = torch.Generator().manual_seed(module.cfg.seed)
+        self.marl_generator = torch_stream(module.cfg.seed)
         self.credit_piece = CreditAdvantages(generator=self.marl_generator,
                                              histogram_every=module.cfg.log.histogram_every)
         if self._learner_connector is not None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from marl import seeding
 from marl.config import Config, ConfigError
 from marl.learner import TrainingDiverged
 from marl.learners import EnvShape, build_learner
@@ -80,9 +81,9 @@ class RLlibTrainer(TrainingLoop):
     def __init__(self, cfg: Config, run_dir: str | Path | None = None):
         torch.set_num_threads(1)
         super().__init__(cfg, run_dir)
-        torch.manual_seed(cfg.seed)
+        seeding.seed_init(cfg.seed)
         self.device = torch.device("cpu")
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.generator = seeding.torch_stream(cfg.seed)   # the learner stream
         from marl.rllib.algorithm import env_spec
 
         self._spec = env_spec(cfg)
