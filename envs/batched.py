@@ -19,8 +19,7 @@ import torch
 
 from marl.envs.errors import EnvError
 from marl.envs.registry import resolve_factory
-from marl.algorithms.difference import difference_rewards
-from marl.envs.rewards import apply_reward_mode_tensor, pay_at_episode_end
+from marl.envs.rewards import apply_reward_mode_tensor, difference_reward, pay_at_episode_end
 
 # env.id -> (the class of its batched twin, the task it is built with)
 TWINS = {**{f"mpe2:{task}": ("marl.envs.mpe_twin:MPETwin", task)
@@ -137,7 +136,7 @@ class BatchedVectorEnv:
         out = self.env.step(actions)
         raw = out["reward"]
         if self.reward.mode == "difference":
-            reward = difference_rewards(apply_reward_mode_tensor(raw, "shared", self.reward.team)[..., :1], counterfactual)
+            reward = difference_reward(apply_reward_mode_tensor(raw, "shared", self.reward.team)[..., :1], counterfactual)
         else:
             reward = apply_reward_mode_tensor(raw, self.reward.mode, self.reward.team, self.reward.alpha)
         if self.reward.episodic:

@@ -33,7 +33,7 @@ def apply_reward_mode(raw: np.ndarray, mode: str, team: str = "mean", alpha: flo
 
     (``difference`` needs counterfactual re-simulation: the vector envs compute it, see
     ``marl.envs.vector.EnvSlice``; with a learned counterfactual the env pays ``shared`` and the
-    learner replaces it, see ``RewardSpec.from_config``.)
+    learner replaces it, see ``marl.config.reward_spec``.)
 
     ``present`` (bool ``[..., N]``, default all) marks the agents that acted; the team reward leaves
     the others out. Rewards of absent agents are the caller's to zero.
@@ -46,6 +46,17 @@ def apply_reward_mode(raw: np.ndarray, mode: str, team: str = "mean", alpha: flo
     if mode == "mixed":
         return (alpha * raw + (1.0 - alpha) * shared).astype(np.float32)
     raise ValueError(f"env.reward must be one of {REWARD_MODES}, got {mode!r}")
+
+
+def difference_reward(team, counterfactual):
+    """The ``difference`` reward mode: ``D_i = G(s, u) − G(s, (u_-i, c_i))`` ``[..., N]`` from the
+    team reward ``[..., 1]`` and the re-simulated counterfactual team rewards ``[..., N]``, numpy
+    arrays or tensors alike (Wolpert & Tumer, 2002; ``marl.algorithms.difference`` has the same
+    formula for learners that predict the counterfactual)."""
+    if team.shape[-1:] != (1,) or team.shape[:-1] != counterfactual.shape[:-1]:
+        raise ValueError(f"team reward {tuple(team.shape)} and counterfactual rewards {tuple(counterfactual.shape)} "
+                         "do not pair: expected [..., 1] and [..., N]")
+    return team - counterfactual
 
 
 def apply_reward_mode_tensor(raw, mode: str, team: str = "mean", alpha: float = 0.5):

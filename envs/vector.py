@@ -16,7 +16,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from marl.envs.errors import EnvError, error_summary
-from marl.envs.rewards import apply_reward_mode, pay_at_episode_end, resolve_potential, shape_reward, team_reward
+from marl.envs.rewards import (apply_reward_mode, difference_reward, pay_at_episode_end, resolve_potential, shape_reward,
+                               team_reward)
 from marl.envs.snapshot import restore, snapshot
 from marl.envs.team_env import TeamEnv
 
@@ -32,15 +33,6 @@ class RewardSpec:
     gamma: float = 0.99   # discount used by the shaping term
     default_action: int = 0   # difference rewards: the counterfactual action c_i
     episodic: bool = False    # withhold every reward and pay the episode's sum at its last step
-
-    @classmethod
-    def from_config(cls, cfg) -> RewardSpec:
-        """The reward pipeline of a run's ``Config``. With ``env.difference: reward_model`` the env
-        pays the shared team reward and the learner replaces it with learned difference rewards
-        (``marl.redistribute.OnlineDifference``), so nothing is re-simulated here."""
-        e = cfg.env
-        mode = "shared" if e.reward == "difference" and e.difference == "reward_model" else e.reward
-        return cls(mode, e.team_reward, e.alpha, e.shaping, cfg.algo.gamma, e.default_action, e.episodic_reward)
 
 
 def difference_rewards_by_resimulation(env: TeamEnv, actions: np.ndarray, acting: np.ndarray, reward: RewardSpec
@@ -243,12 +235,8 @@ class EnvSlice:
             env.check_state(o["next_state"][i])
 
     def _difference(self, raw: np.ndarray, counterfactual: np.ndarray, acted: np.ndarray) -> np.ndarray:
-        """``D_i = G(s, u) − G(s, (u_-i, c_i))`` ``[n, N]`` (``marl.algorithms.difference``)."""
-        import torch
-
-        from marl.algorithms.difference import difference_rewards
-        team = team_reward(raw, self.reward.team, acted)
-        return difference_rewards(torch.from_numpy(team), torch.from_numpy(counterfactual)).numpy()
+        """``D_i = G(s, u) − G(s, (u_-i, c_i))`` ``[n, N]`` (``marl.envs.rewards.difference_reward``)."""
+        return difference_reward(team_reward(raw, self.reward.team, acted), counterfactual)
 
     def snapshot(self) -> bytes:
         """Everything ``load_snapshot`` needs to continue exactly: the envs' live state, the episode

@@ -710,3 +710,14 @@ def _merged(base: dict, variant: dict, path: tuple[str, ...] = ()) -> dict:
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     """Read a YAML file into a validated ``Config`` (a ``base:`` key names a config it extends)."""
     return config_from_dict(_read_yaml(Path(path)), overrides)
+
+
+def reward_spec(cfg: Config):
+    """The env reward pipeline (``marl.envs.RewardSpec``) of a run. With ``env.difference:
+    reward_model`` the env pays the shared team reward and the learner replaces it with learned
+    difference rewards (``marl.redistribute.OnlineDifference``), so nothing is re-simulated there."""
+    from marl.envs import RewardSpec
+
+    e = cfg.env
+    mode = "shared" if e.reward == "difference" and e.difference == "reward_model" else e.reward
+    return RewardSpec(mode, e.team_reward, e.alpha, e.shaping, cfg.algo.gamma, e.default_action, e.episodic_reward)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from marl.envs import RewardSpec, make_vector_env
+from marl.config import reward_spec
+from marl.envs import make_vector_env
 from marl.envs.vector import SyncVectorEnv
 from marl.networks import MASKED_LOGIT
 from marl.rollout import policy_steps
@@ -71,7 +72,7 @@ def play_episode(trainer, venv: SyncVectorEnv, seed: int, generator: torch.Gener
 
 def episode_venv(trainer) -> SyncVectorEnv:
     e = trainer.cfg.env
-    return make_vector_env(e.id, e.kwargs, 1, RewardSpec.from_config(trainer.cfg))
+    return make_vector_env(e.id, e.kwargs, 1, reward_spec(trainer.cfg))
 
 
 def episode_credit(trainer, seed: int, venv: SyncVectorEnv | None = None,

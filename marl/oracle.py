@@ -201,10 +201,11 @@ def _reseed(root, rng: np.random.Generator) -> None:
 def _slice_maker(trainer):
     """A function returning fresh one-env ``EnvSlice`` s of the run's env and reward pipeline
     (clones of one built slice: cloning is ~50x cheaper than building)."""
-    from marl.envs.vector import EnvSlice, RewardSpec
+    from marl.config import reward_spec
+    from marl.envs.vector import EnvSlice
 
     e = trainer.cfg.env
-    base = EnvSlice(e.id, e.kwargs, 1, RewardSpec.from_config(trainer.cfg))
+    base = EnvSlice(e.id, e.kwargs, 1, reward_spec(trainer.cfg))
     template = snapshot(base)
     base.close()
     return lambda: restore(template)
@@ -261,12 +262,12 @@ class _TwinBranches:
     step (a finished one auto-resets and is ignored)."""
 
     def __init__(self, trainer, rows: int, scratch):
+        from marl.config import reward_spec
         from marl.envs.batched import BatchedVectorEnv, make_batched_env
-        from marl.envs.vector import RewardSpec
 
         e = trainer.cfg.env
         self.twin = make_batched_env(e.id, e.kwargs, rows, str(trainer.device), trainer.cfg.seed)
-        self.venv = BatchedVectorEnv(self.twin, RewardSpec.from_config(trainer.cfg))
+        self.venv = BatchedVectorEnv(self.twin, reward_spec(trainer.cfg))
         self.scratch = scratch   # a one-env EnvSlice to restore the PettingZoo snapshots into
         self.dynamic = False
 

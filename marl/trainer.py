@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 
 from marl import seeding
-from marl.config import Config
-from marl.envs import EnvError, RewardSpec, make_vector_env
+from marl.config import Config, reward_spec
+from marl.envs import EnvError, make_vector_env
 from marl.envs.batched import BatchedVectorEnv, make_batched_env
 from marl.learners import EnvShape, build_learner
 from marl.loop import TrainingInterrupted, TrainingLoop, _array_episode, _plain_episode
@@ -54,7 +54,7 @@ class Trainer(TrainingLoop):
         self.device = torch.device(cfg.train.device)
         self.generator = seeding.torch_stream(cfg.seed, self.device)   # the learner stream
         e, a = cfg.env, cfg.algo
-        reward = RewardSpec.from_config(cfg)
+        reward = reward_spec(cfg)
         if e.batched:
             batched = make_batched_env(e.id, e.kwargs, e.num_envs, cfg.train.device, cfg.seed)
             self.venv = BatchedVectorEnv(batched, reward)

@@ -1,4 +1,7 @@
 """Env lookup, API checks with clear errors, state, reward modes and vectorised stepping."""
+import ast
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -160,3 +163,16 @@ def test_rollout_end_skips_the_reset_but_keeps_the_successor():
         assert not np.array_equal(reset.obs, reset.next_obs)
     finally:
         venv.close()
+
+
+def test_envs_import_neither_the_trainer_nor_the_credit_maths():
+    """``envs/`` stands alone: only ``marl.envs`` and third-party packages, so an env works without
+    the trainer and the credit maths (issue 24's layering)."""
+    root = Path(__file__).resolve().parent.parent / "envs"
+    leaks = []
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            leaks += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "marl" and not n.startswith("marl.envs")]
+    assert leaks == []

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from marl.config import ConfigError, config_from_dict, load_config
+from marl.config import ConfigError, config_from_dict, load_config, reward_spec
 from marl.envs import EnvError, RewardSpec, make_vector_env
 from marl.learner import refuse_unfit_env
 from marl.redistribute import OnlineDifference
@@ -87,7 +87,7 @@ def test_the_model_learns_the_climbing_game_and_its_difference_rewards_match_the
     D̂ of every joint action equals the exact D by re-simulation within 0.1 (measured: ~1e-3)."""
     cfg = config_from_dict({"env": {"id": "diag:climbing", "reward": "difference", "difference": "reward_model",
                                     "num_envs": 32}, "algo": {"rollout_steps": 1, "minibatches": 1}})
-    venv = make_vector_env("diag:climbing", {}, 32, RewardSpec.from_config(cfg))   # pays the shared reward
+    venv = make_vector_env("diag:climbing", {}, 32, reward_spec(cfg))   # pays the shared reward
     od = OnlineDifference(cfg, 2, venv.state_dim, venv.n_actions, False)
     venv.reset(list(range(32)))
     rng = np.random.default_rng(0)

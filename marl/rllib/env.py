@@ -55,8 +55,10 @@ def env_config(cfg, fault_log: str | None = None) -> dict:
     """The ``env_config`` dict for ``TeamMultiAgentEnv`` from a project ``Config``."""
     import dataclasses
 
+    from marl.config import reward_spec
+
     e = cfg.env
-    return {"env_id": e.id, "env_kwargs": dict(e.kwargs), "reward": dataclasses.asdict(RewardSpec.from_config(cfg)),
+    return {"env_id": e.id, "env_kwargs": dict(e.kwargs), "reward": dataclasses.asdict(reward_spec(cfg)),
             "fault_log": fault_log}
 
 
