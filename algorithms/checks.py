@@ -12,6 +12,14 @@ def check_integer(x: Tensor, name: str) -> None:
         raise TypeError(f"{name} must be an integer tensor, got dtype {x.dtype}")
 
 
+def check_state_lead(state: Tensor, lead: tuple, name: str, other: Tensor) -> None:
+    """Raise ``ValueError`` unless ``state`` is ``[*lead, S]``, ``lead`` the leading dims of ``other``
+    (the argument ``name``)."""
+    if tuple(state.shape[:-1]) != lead or state.dim() < 1:
+        raise ValueError(f"state has shape {tuple(state.shape)}, expected {lead + ('S',)} "
+                         f"to match {name} {tuple(other.shape)}")
+
+
 def check_avail(avail: Tensor | None, like: Tensor) -> Tensor:
     """``avail`` as a bool tensor broadcast to ``like``'s ``[..., N, A]`` (all True if None)."""
     if avail is None:

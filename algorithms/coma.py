@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from marl.algorithms.checks import check_avail, check_integer
+from marl.algorithms.checks import check_avail, check_integer, check_state_lead
 
 Tensor = torch.Tensor
 
@@ -114,9 +114,7 @@ def coma_critic_inputs(state: Tensor, actions_onehot: Tensor, obs: Tensor | None
         raise ValueError(f"actions_onehot has shape {tuple(actions_onehot.shape)}, expected [..., N, A]")
     *lead, N, A = actions_onehot.shape
     lead = tuple(lead)
-    if tuple(state.shape[:-1]) != lead or state.dim() < 1:
-        raise ValueError(f"state has shape {tuple(state.shape)}, expected {lead + ('S',)} "
-                         f"to match actions_onehot {tuple(actions_onehot.shape)}")
+    check_state_lead(state, lead, "actions_onehot", actions_onehot)
     dtype, device = state.dtype, state.device
     eye = torch.eye(N, dtype=dtype, device=device)
     joint = actions_onehot.to(dtype).reshape(*lead, 1, N * A).expand(*lead, N, N * A)

@@ -32,7 +32,7 @@ import math
 
 import torch
 
-from marl.algorithms.checks import check_avail, check_integer
+from marl.algorithms.checks import check_avail, check_integer, check_state_lead
 from marl.algorithms.coma import coma_advantage
 
 Tensor = torch.Tensor
@@ -181,9 +181,7 @@ def shapley_critic_inputs(state: Tensor, joints: Tensor, n_actions: int, obs: Te
         raise ValueError(f"joints has shape {tuple(joints.shape)}, expected [..., M, N, N]")
     *lead, M, N, _ = joints.shape
     lead = tuple(lead)
-    if tuple(state.shape[:-1]) != lead or state.dim() < 1:
-        raise ValueError(f"state has shape {tuple(state.shape)}, expected {lead + ('S',)} "
-                         f"to match joints {tuple(joints.shape)}")
+    check_state_lead(state, lead, "joints", joints)
     dtype, device = state.dtype, state.device
     eye = torch.eye(N, dtype=dtype, device=device)
     onehot = torch.nn.functional.one_hot(joints.long(), n_actions).to(dtype)      # [..., M, N, N, A]

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from marl.envs.twin_state import check_discrete_actions
+
 SUPPORTED_SCENARIOS = ("simple_reference_v3", "simple_speaker_listener_v4", "simple_spread_v3")
 
 # Each scenario's mpe2 keyword arguments and their defaults. dynamic_rescaling only affects rendering.
@@ -375,14 +377,8 @@ class MPETwin:
                                  f"{tuple(actions.shape)}")
             clipped = actions.to(self._dtype).clamp(0.0, 1.0)   # pettingzoo's ClipOutOfBoundsWrapper
             return torch.mm(self._action_weights, clipped.view(b, -1).t())
-        if actions.is_floating_point() or actions.is_complex() or actions.dtype == torch.bool \
-                or tuple(actions.shape) != (b, n):
-            raise ValueError(f"{self.scenario} (discrete): actions must be an integer tensor of shape "
-                             f"{(b, n)}, got {actions.dtype} {tuple(actions.shape)}")
-        actions = actions.long()
-        if actions.lt(0).logical_or_(actions.ge(self._action_sizes)).any():
-            raise ValueError(f"{self.scenario}: actions out of range; agents {self.agents} take "
-                             f"actions 0 <= a < {self._action_sizes.tolist()}")
+        actions = check_discrete_actions(actions, (b, n), self._action_sizes, self.scenario, f"agents {self.agents} "
+                                         f"take actions 0 <= a < {self._action_sizes.tolist()}", " (discrete)")
         return self._effect_lookup.gather(1, actions.t().index_select(0, self._effect_agent))
 
     def _contact_forces(self) -> torch.Tensor:

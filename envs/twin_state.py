@@ -5,6 +5,21 @@ from __future__ import annotations
 import torch
 
 
+def check_discrete_actions(actions: torch.Tensor, shape: tuple[int, int], high, name: str, high_text: str,
+                           kind: str = "") -> torch.Tensor:
+    """``actions`` as a long tensor of ``shape`` ``(B, N)`` with each entry in ``[0, high)`` (``high``
+    an int, or a tensor broadcasting to ``[B, N]``), or a ``ValueError`` naming the env ``name``
+    (and its action ``kind``) and stating the range as ``high_text``."""
+    if actions.is_floating_point() or actions.is_complex() or actions.dtype == torch.bool \
+            or tuple(actions.shape) != shape:
+        raise ValueError(f"{name}{kind}: actions must be an integer tensor of shape {shape}, got "
+                         f"{actions.dtype} {tuple(actions.shape)}")
+    actions = actions.long()
+    if actions.lt(0).logical_or_(actions.ge(high)).any():
+        raise ValueError(f"{name}: actions out of range; {high_text}")
+    return actions
+
+
 class TensorState:
     """``get_state``/``set_state`` for a twin whose whole continuation is its tensors ``_<key>``
     for each key in ``STATE_KEYS`` and its ``_generator`` (saved as ``rng``), and the check of its
@@ -15,16 +30,8 @@ class TensorState:
 
     def _check_actions(self, actions) -> torch.Tensor:
         """``actions`` as a long tensor ``[B, N]`` in ``[0, N_ACTIONS)``, or a ``ValueError``."""
-        actions = torch.as_tensor(actions, device=self.device)
-        shape = (self.num_envs, self.n_agents)
-        if actions.is_floating_point() or actions.is_complex() or actions.dtype == torch.bool \
-                or tuple(actions.shape) != shape:
-            raise ValueError(f"{self.env_name}: actions must be an integer tensor of shape {shape}, got "
-                             f"{actions.dtype} {tuple(actions.shape)}")
-        actions = actions.long()
-        if actions.lt(0).logical_or_(actions.ge(self.N_ACTIONS)).any():
-            raise ValueError(f"{self.env_name}: actions out of range; each agent takes 0 <= a < {self.N_ACTIONS}")
-        return actions
+        return check_discrete_actions(torch.as_tensor(actions, device=self.device), (self.num_envs, self.n_agents),
+                                      self.N_ACTIONS, self.env_name, f"each agent takes 0 <= a < {self.N_ACTIONS}")
 
     def get_state(self) -> dict[str, torch.Tensor]:
         """Copies of everything the continuation depends on (batch-first tensors, and ``rng``)."""

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from marl.envs.errors import EnvError, error_summary
+from marl.envs.twin_state import check_discrete_actions
 
 INSTALL_HINT = 'pip install -e ".[vmas]"   (vmas==1.5.2, GPL-3.0; pins gym and pyglet<=1.5.27)'
 DEFAULT_MAX_STEPS = 100
@@ -255,14 +256,8 @@ class VMASBatchedEnv:
             for k, i in enumerate(self._order):
                 per_agent[i] = clipped[:, k, :self.action_sizes[k]]
             return per_agent
-        if actions.is_floating_point() or actions.is_complex() or actions.dtype == torch.bool \
-                or tuple(actions.shape) != (b, n):
-            raise ValueError(f"vmas:{self.scenario} (discrete): actions must be an integer tensor of shape "
-                             f"{(b, n)}, got {actions.dtype} {tuple(actions.shape)}")
-        actions = actions.long()
-        if actions.lt(0).logical_or_(actions.ge(self._action_sizes)).any():
-            raise ValueError(f"vmas:{self.scenario}: actions out of range; agents {self.agents} take "
-                             f"actions 0 <= a < {self.action_sizes}")
+        actions = check_discrete_actions(actions, (b, n), self._action_sizes, f"vmas:{self.scenario}",
+                                         f"agents {self.agents} take actions 0 <= a < {self.action_sizes}", " (discrete)")
         for k, i in enumerate(self._order):
             per_agent[i] = actions[:, k:k + 1]
         return per_agent

@@ -144,6 +144,14 @@ def _tiled(hidden: Tensor | None, rows: int) -> Tensor | None:
     return None if hidden is None else hidden.repeat(rows // hidden.shape[0], *([1] * (hidden.dim() - 1)))
 
 
+def _refuse_view(note: str | None, baseline: str) -> None:
+    """``ValueError`` with ``note`` (why a view does not apply), or for an unknown ``baseline``."""
+    if note:
+        raise ValueError(note)
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+
+
 def _value_note(trainer) -> str | None:
     """Why the value view does not apply to ``trainer`` (None where it does)."""
     from marl.networks import CentralCritic
@@ -181,11 +189,7 @@ def value_attribution(trainer, episodes: list[dict], baseline: str = "mean", n_s
     Raises:
         ValueError: where the run has no central V critic, or on an unknown ``baseline``.
     """
-    note = _value_note(trainer)
-    if note:
-        raise ValueError(note)
-    if baseline not in BASELINES:
-        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+    _refuse_view(_value_note(trainer), baseline)
     learner = trainer.learner
     critic = _float64(learner.critic)
     device = next(critic.parameters()).device
@@ -233,11 +237,7 @@ def actor_attribution(trainer, episodes: list[dict], baseline: str = "mean", n_s
     Raises:
         ValueError: for continuous actions (see ``_actor_note``) or an unknown ``baseline``.
     """
-    note = _actor_note(trainer)
-    if note:
-        raise ValueError(note)
-    if baseline not in BASELINES:
-        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+    _refuse_view(_actor_note(trainer), baseline)
     actor = trainer.actor
     net = _float64(actor.net)
     device = next(net.parameters()).device
@@ -304,10 +304,8 @@ def attribution_fidelity(trainer, episodes: int = 32, seed: int = 0, behaviour: 
     from marl.seeding import torch_stream, view_episode_seed
 
     value_note, actor_note = _value_note(trainer), _actor_note(trainer)
-    if value_note and actor_note:
-        raise ValueError(f"nothing to attribute: {value_note}; and {actor_note}")
-    if baseline not in BASELINES:
-        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+    _refuse_view(f"nothing to attribute: {value_note}; and {actor_note}" if value_note and actor_note else None,
+                 baseline)
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
         raise ValueError(f"n_steps must be an int >= 1, got {n_steps!r}")
     venv = episode_venv(trainer)

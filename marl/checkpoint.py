@@ -123,10 +123,10 @@ def settings_fingerprint(cfg) -> dict[str, str]:
     return out
 
 
-def changed_settings(before: dict[str, str], after: dict[str, str]) -> list[str]:
-    """The state-shaping keys whose values differ between two fingerprints (keys on one side only,
-    from another version of marl, are left out)."""
-    return [k for k in before if k in after and before[k] != after[k]]
+def first_changed_setting(before: dict[str, str], after: dict[str, str]) -> str | None:
+    """The first state-shaping key whose value differs between two fingerprints, or None (keys on
+    one side only, from another version of marl, are left out)."""
+    return next((k for k in before if k in after and before[k] != after[k]), None)
 
 
 # -- the user's key and the env state's signature ---------------------------------------------------

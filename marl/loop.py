@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from marl.checkpoint import (CHECKPOINT_NAME, TRUST_FLAG, CheckpointError, changed_settings, load_checkpoint_into,
+from marl.checkpoint import (CHECKPOINT_NAME, TRUST_FLAG, CheckpointError, first_changed_setting, load_checkpoint_into,
                              save_checkpoint, settings_fingerprint, sign_parts, signature_ok)
 from marl.config import Config
 from marl.logger import RunLogger, truncate_metrics
@@ -161,9 +161,8 @@ class TrainingLoop:
         """Refuse a checkpoint written under other state-shaping settings than the run's config now
         names (e.g. ``config.yaml`` edited by hand), then load it."""
         saved, now = state.get("settings") or {}, settings_fingerprint(self.cfg)
-        changed = changed_settings(saved, now)
-        if changed:
-            key = changed[0]
+        key = first_changed_setting(saved, now)
+        if key is not None:
             raise CheckpointError(f"{self.run_dir / CHECKPOINT_NAME} was written with {key}={saved[key]}, but the "
                                   f"run's config now says {now[key]}; that setting shapes the run's state, so "
                                   f"resuming cannot honour the change (put it back, or start a new run)")

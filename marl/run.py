@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from marl.checkpoint import (CHECKPOINT_NAME, SAFE_ON_RESUME, RunDirError, changed_settings, load_checkpoint_into,
+from marl.checkpoint import (CHECKPOINT_NAME, SAFE_ON_RESUME, RunDirError, first_changed_setting, load_checkpoint_into,
                              settings_fingerprint)
 from marl.config import Config, ConfigError, load_config
 from marl.evaluate import evaluate_both, evaluator
@@ -151,9 +151,8 @@ def refuse_state_changes(before: Config, after: Config, what: str) -> None:
     """Raise ``ConfigError`` naming the first setting that shapes the run's state and differs
     between ``before`` (the run's) and ``after`` (asked for by ``what``)."""
     old, new = settings_fingerprint(before), settings_fingerprint(after)
-    changed = changed_settings(old, new)
-    if changed:
-        key = changed[0]
+    key = first_changed_setting(old, new)
+    if key is not None:
         raise ConfigError(f"{what} changes {key} ({old[key]} in the run, {new[key]} now), which shapes the run's "
                           f"state, so the resumed run could not continue it; a resume may change only "
                           f"{', '.join(SAFE_ON_RESUME)} (start a new run to change the rest)")

@@ -15,6 +15,11 @@ def tiny_config(**sections):
         "model": {"hidden": 32},
         "train": {"total_env_steps": 400, "checkpoint_every": 2, "eval_episodes": 2, "progress": False},
     }
+    return merge_sections(cfg, sections)
+
+
+def merge_sections(cfg: dict, sections: dict) -> dict:
+    """``cfg`` with each section dict of ``sections`` merged into its own, and other values set."""
     for name, values in sections.items():
         if isinstance(values, dict):
             cfg.setdefault(name, {}).update(values)
@@ -75,3 +80,63 @@ def resumed_equals_uninterrupted(tmp_path, cfg_dict, cut_steps: int, keys) -> bo
         return [{k: r.get(k) for k in keys} for r in records]
 
     return strip(read_metrics(tmp_path / "cut")) == strip(full)
+
+
+def update_from(learner, batch: dict, prep: dict, valid: torch.Tensor) -> tuple:
+    """Finish one update of ``learner`` on ``batch`` from its ``prepare`` output, with fixed draws:
+    ``(adv, target, metrics, loss, actor state)``, advantages and targets at the ``valid`` entries."""
+    adv, target, metrics = learner.finalise(prep, valid)
+    loss = learner.optimise(batch, prep, adv, target, torch.Generator().manual_seed(0), valid)
+    return adv[valid], target[valid], metrics, loss, learner.actor.state_dict()
+
+
+def spy_on_rewards(trainer) -> list:
+    """Make ``trainer.learner.prepare`` record a copy of the rewards of each batch it is given in
+    the returned list."""
+    seen, original = [], trainer.learner.prepare
+
+    def spy(b, generator):
+        seen.append(b["reward"].clone())
+        return original(b, generator)
+
+    trainer.learner.prepare = spy
+    return seen
+
+
+def assert_same_update(first: tuple, second: tuple) -> None:
+    """Two ``update_from`` results agree: advantages, targets, statistics, loss and actor weights."""
+    (adv0, target0, metrics0, loss0, actor0), (adv1, target1, metrics1, loss1, actor1) = first, second
+    torch.testing.assert_close(adv0, adv1)
+    torch.testing.assert_close(target0, target1)
+    assert metrics0 == pytest.approx(metrics1, nan_ok=True)
+    assert loss0 == pytest.approx(loss1)
+    for key in actor0:
+        torch.testing.assert_close(actor0[key], actor1[key])
+
+
+def assert_restored_twin_continues(twin, other, actions: torch.Tensor, warmup: int) -> list[dict]:
+    """After ``warmup`` of ``actions [T, B, N]``, ``other`` (a twin of the same task, seeded apart)
+    set to ``twin``'s state steps exactly as ``twin`` over the rest; returns ``twin``'s outputs."""
+    for a in actions[:warmup]:
+        twin.step(a)
+    other.set_state(twin.get_state())
+    first = [twin.step(a) for a in actions[warmup:]]   # crosses auto-resets: the generator matters
+    for expected, a in zip(first, actions[warmup:], strict=True):
+        got = other.step(a)
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
+    return first
+
+
+def after_call_in_iteration(trainer, name: str, iteration: int, action) -> None:
+    """Wrap ``trainer.<name>`` so that ``action()`` runs right after its call made while
+    ``trainer.iteration`` is ``iteration`` (e.g. a Ctrl-C arriving mid-run)."""
+    original = getattr(trainer, name)
+
+    def wrapped():
+        out = original()
+        if trainer.iteration == iteration:
+            action()
+        return out
+
+    setattr(trainer, name, wrapped)

@@ -6,6 +6,17 @@ from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
 
+def timed_step(env: ParallelEnv, obs: dict, reward: float) -> tuple:
+    """The step result of an env that pays every agent ``reward`` and truncates the episode once
+    ``env._t`` reaches ``env.length`` (then ``env.agents`` empties)."""
+    done = env._t >= env.length
+    out = (obs, {a: reward for a in env.agents}, {a: False for a in env.agents}, {a: done for a in env.agents},
+           {a: {} for a in env.agents})
+    if done:
+        env.agents = []
+    return out
+
+
 class MatchTarget(ParallelEnv):
     """Each agent sees a target index (one-hot) and is rewarded 1 for choosing it; team reward is
     shared. Episodes are cut by a time limit. Learnable in a few thousand steps."""
@@ -42,15 +53,7 @@ class MatchTarget(ParallelEnv):
         reward = hits / len(self.agents)
         self._t += 1
         self._targets = {a: int(self._rng.integers(self.n_actions)) for a in self.agents}
-        obs = self._observe()
-        done = self._t >= self.length
-        rewards = {a: reward for a in self.agents}
-        terms = {a: False for a in self.agents}
-        truncs = {a: done for a in self.agents}
-        infos = {a: {} for a in self.agents}
-        if done:
-            self.agents = []
-        return obs, rewards, terms, truncs, infos
+        return timed_step(self, self._observe(), reward)
 
 
 class LeavingAgents(MatchTarget):

@@ -15,6 +15,8 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
+from tests.custom_env import timed_step
+
 SIZE = 16
 
 
@@ -67,15 +69,7 @@ class BlobQuadrants(ParallelEnv):
         reward = float(np.mean([actions[a] == self._quadrant[i] for i, a in enumerate(self.possible_agents)]))
         self._t += 1
         self._draw()
-        obs = self._observe()
-        done = self._t >= self.length
-        rewards = {a: reward for a in self.agents}
-        terms = {a: False for a in self.agents}
-        truncs = {a: done for a in self.agents}
-        infos = {a: {} for a in self.agents}
-        if done:
-            self.agents = []
-        return obs, rewards, terms, truncs, infos
+        return timed_step(self, self._observe(), reward)
 
 
 def blob_quadrants(**kwargs):

@@ -94,8 +94,9 @@ def test_groups_table_and_figure(runs, tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
-def test_eval_team_return_is_preferred(runs, tmp_path):
-    """Runs that logged periodic greedy evaluations are plotted and scored by them."""
+def _with_eval_curve(runs, tmp_path) -> list:
+    """Copies of the td runs with two periodic evaluations appended: -80 at 200 steps, then -70 (seed
+    0) or -71 (seed 1) at 400."""
     dirs = []
     for k in ("td-s0", "td-s1"):
         d = shutil.copytree(runs[k], tmp_path / k)
@@ -103,6 +104,12 @@ def test_eval_team_return_is_preferred(runs, tmp_path):
             for steps, ret in ((200, -80.0), (400, -70.0 - int(k[-1]))):
                 f.write(json.dumps({"env_steps": steps, "eval/team_return": ret}) + "\n")
         dirs.append(d)
+    return dirs
+
+
+def test_eval_team_return_is_preferred(runs, tmp_path):
+    """Runs that logged periodic greedy evaluations are plotted and scored by them."""
+    dirs = _with_eval_curve(runs, tmp_path)
     result = compare_runs(dirs, tmp_path / "e.png", tmp_path / "e.md", reps=REPS)
     (g,) = result["groups"]
     assert g["curve_source"] == "eval/team_return"
@@ -114,13 +121,7 @@ def test_eval_team_return_is_preferred(runs, tmp_path):
 def test_time_to_reach_a_return(runs, tmp_path):
     """--target R: per group, the env steps and wall-clock seconds at the first point of the return
     curve at or above R (median over the seeds that got there), in the summary and the report."""
-    dirs = []
-    for k in ("td-s0", "td-s1"):
-        d = shutil.copytree(runs[k], tmp_path / k)
-        with open(d / "metrics.jsonl", "a") as f:
-            for steps, ret in ((200, -80.0), (400, -70.0 - int(k[-1]))):
-                f.write(json.dumps({"env_steps": steps, "eval/team_return": ret}) + "\n")
-        dirs.append(d)
+    dirs = _with_eval_curve(runs, tmp_path)
     wall_at_400 = next(r["perf/wall_s"] for r in read_metrics(dirs[0]) if r["env_steps"] == 400 and "perf/wall_s" in r)
     result = compare_runs(dirs, tmp_path / "t.png", tmp_path / "t.md", reps=REPS, targets=[-90.0, -70.5, -60.0])
     (g,) = result["groups"]

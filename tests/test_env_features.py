@@ -8,16 +8,23 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
-
 from marl.envs import EnvError, RewardSpec, make_env, make_vector_env
 from marl.envs.snapshot import copy_env
-from marl.cli import main
+
 from marl.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from marl.cli import main
 from marl.config import config_from_dict
 from marl.logger import read_metrics
 from marl.run import resume_run
 from marl.trainer import Trainer
-from tests.conftest import default_config, resumed_equals_uninterrupted, tiny_config, train_run
+from tests.conftest import (
+    assert_same_update,
+    default_config,
+    resumed_equals_uninterrupted,
+    tiny_config,
+    train_run,
+    update_from,
+)
 from tests.user_envs import AnySpaces
 
 LATE = "tests.user_envs:late_reward"
@@ -253,16 +260,8 @@ def test_padded_steps_leak_into_nothing(advantage):
             prep = learner.prepare(batch, torch.Generator().manual_seed(0))
             if learner.uses_q:
                 assert not prep["adv"][pad].any()
-            adv, target, metrics = learner.finalise(prep, learner.valid_mask(batch))
-            loss = learner.optimise(batch, prep, adv, target, torch.Generator().manual_seed(0), learner.valid_mask(batch))
-            outputs.append((adv[valid], target[valid], metrics, loss, learner.actor.state_dict()))
-        (adv0, target0, metrics0, loss0, actor0), (adv1, target1, metrics1, loss1, actor1) = outputs
-        torch.testing.assert_close(adv0, adv1)
-        torch.testing.assert_close(target0, target1)
-        assert metrics0 == pytest.approx(metrics1, nan_ok=True)
-        assert loss0 == pytest.approx(loss1)
-        for key in actor0:
-            torch.testing.assert_close(actor0[key], actor1[key])
+            outputs.append(update_from(learner, batch, prep, learner.valid_mask(batch)))
+        assert_same_update(*outputs)
     finally:
         trainer.close()
 

@@ -14,6 +14,7 @@ from marl.envs.batched import BatchedVectorEnv, make_batched_env
 from marl.envs.gym_multiagent import lbf_env
 from marl.envs.lbf_twin import LBFTwin
 from marl.envs.vector import RewardSpec
+from tests.conftest import assert_restored_twin_continues
 
 # lbforaging 2.0 registers at most 4 foods: 15x15-4p-5f is its 4f id with max_num_food 5. The last
 # task has partial observability (sight 2).
@@ -116,17 +117,8 @@ def test_reset_distribution():
 def test_get_state_set_state_continues_identically():
     twin = LBFTwin("Foraging-6x6-2p-1f-v3", 16, seed=5)
     actions = torch.randint(0, 6, (80, 16, 2), generator=torch.Generator().manual_seed(0))
-    for a in actions[:20]:
-        twin.step(a)
-    snapshot = twin.get_state()
-    first = [twin.step(a) for a in actions[20:]]   # crosses auto-resets: the generator matters
+    first = assert_restored_twin_continues(twin, LBFTwin("Foraging-6x6-2p-1f-v3", 16, seed=9), actions, 20)
     assert sum(int(out["done"].sum()) for out in first) > 16
-    other = LBFTwin("Foraging-6x6-2p-1f-v3", 16, seed=9)
-    other.set_state(snapshot)
-    for expected, a in zip(first, actions[20:], strict=True):
-        got = other.step(a)
-        for key in expected:
-            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
 
 
 def test_selected_by_batched_true_with_the_reward_convention():

@@ -12,7 +12,7 @@ from marl.learner import refuse_unfit_env
 from marl.redistribute import OnlineDifference
 from marl.reward_models import TeamRewardModel, TeamRewardRegressor
 from marl.trainer import Trainer
-from tests.conftest import resumed_equals_uninterrupted, tiny_config
+from tests.conftest import resumed_equals_uninterrupted, spy_on_rewards, tiny_config
 
 LAZY = {"id": "diag:lazy_agent", "kwargs": {"n_agents": 3, "episode_length": 4, "n_levels": 3}, "num_envs": 4,
         "reward": "difference", "team_reward": "sum", "difference": "reward_model"}
@@ -114,22 +114,15 @@ def test_on_the_lazy_agent_the_learned_difference_reward_of_agent_2_is_nothing_a
     cfg = load_config("configs/diag_lazy_agent_difference_learned.yaml",
                       ["train.total_env_steps=4000", "train.progress=false"])
     trainer = Trainer(cfg)
-    seen = {}
-    original = trainer.learner.prepare
-
-    def spy(b, generator):
-        seen["reward"] = b["reward"].clone()
-        return original(b, generator)
-
     try:
         summary = trainer.train()
         assert summary["team_return"] > 50                       # uniform play: 30
-        trainer.learner.prepare = spy
+        seen = spy_on_rewards(trainer)
         trainer.collect()
         metrics = trainer.update()
         b = trainer.rollout.tensors()
         d_hat = trainer.difference.rewards(b)
-        torch.testing.assert_close(seen["reward"], d_hat)        # the learner trains on D̂
+        torch.testing.assert_close(seen[-1], d_hat)        # the learner trains on D̂
         exact = 0.5 * b["actions"].float() * torch.tensor([1.0, 1.0, 0.0])
         assert d_hat[..., 2].abs().mean() < 0.06
         assert ((d_hat - exact).abs().mean((0, 1)) < 0.08).all()
@@ -138,7 +131,7 @@ def test_on_the_lazy_agent_the_learned_difference_reward_of_agent_2_is_nothing_a
         assert shares[2] == min(shares)
         # the credit views read D̂ too
         trainer.prepare(trainer.rollout.tensors())
-        torch.testing.assert_close(seen["reward"], d_hat)
+        torch.testing.assert_close(seen[-1], d_hat)
     finally:
         trainer.close()
 

@@ -7,7 +7,7 @@ import torch
 from marl.config import ConfigError, config_from_dict
 from marl.envs import RewardSpec, make_vector_env
 from marl.trainer import Trainer
-from tests.conftest import resumed_equals_uninterrupted, tiny_config
+from tests.conftest import resumed_equals_uninterrupted, spy_on_rewards, tiny_config
 
 DEPARTURES = "tests.user_envs:departures"
 
@@ -69,19 +69,12 @@ def test_an_absent_agents_slot_does_not_reach_the_reward_model(method):
 def test_the_learner_trains_on_the_redistributed_rewards():
     cfg = config_from_dict(tiny_config(env={"episodic_reward": True}, algo={"redistribution": "rrd"}))
     trainer = Trainer(cfg)
-    seen = {}
-    original = trainer.learner.prepare
-
-    def spy(b, generator):
-        seen["reward"] = b["reward"].clone()
-        return original(b, generator)
-
-    trainer.learner.prepare = spy
+    seen = spy_on_rewards(trainer)
     try:
         trainer.collect()
         trainer.update()
-        assert seen["reward"][:-1].abs().sum() > 0   # dense: the model pays at every step
-        assert torch.allclose(seen["reward"][..., 0], seen["reward"][..., 1])   # shared: the team's share
+        assert seen[-1][:-1].abs().sum() > 0   # dense: the model pays at every step
+        assert torch.allclose(seen[-1][..., 0], seen[-1][..., 1])   # shared: the team's share
     finally:
         trainer.close()
 
@@ -110,14 +103,7 @@ def test_arel_training_rewards_sum_to_each_episodes_outcome_across_rollouts():
                                             "kwargs": {"length": 30, "reward_from": 5}},
                                        algo={"rollout_steps": 20, "redistribution": "arel", "redistribution_steps": 1}))
     trainer = Trainer(cfg)
-    paid = []
-    original = trainer.learner.prepare
-
-    def spy(b, generator):
-        paid.append(b["reward"].clone())
-        return original(b, generator)
-
-    trainer.learner.prepare = spy
+    paid = spy_on_rewards(trainer)
     rewards, ends = [], []
     try:
         for _ in range(7):

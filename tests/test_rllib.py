@@ -30,7 +30,7 @@ from marl.evaluate import evaluate
 from marl.logger import read_metrics
 from marl.run import final_evaluation, load_actor, load_trainer, new_run, resume_run
 from marl.trainer import Trainer, TrainingInterrupted
-from tests.conftest import tiny_config
+from tests.conftest import after_call_in_iteration, merge_sections, tiny_config
 
 AGENTS = ["agent_0", "agent_1", "agent_2"]
 # Envs made in this process by several EnvRunners re-register RLlib's gym id.
@@ -43,12 +43,7 @@ def rllib_config(**sections) -> dict:
                       algo={"rollout_steps": 10, "epochs": 2, "minibatches": 2},
                       rllib={"num_env_runners": 0, "num_envs_per_env_runner": 2},
                       log={"histogram_every": 1}, train={"total_env_steps": 40, "eval_episodes": 2})
-    for name, values in sections.items():
-        if isinstance(values, dict):
-            cfg.setdefault(name, {}).update(values)
-        else:
-            cfg[name] = values
-    return cfg
+    return merge_sections(cfg, sections)
 
 
 @pytest.fixture(scope="module")
@@ -505,15 +500,8 @@ def test_resume_after_ctrl_c_continues_from_the_checkpoint(tmp_path, ray_instanc
                                         log={"histogram_every": 0, "credit_image_every": 0}))
     run = tmp_path / "run"
     trainer = new_run(cfg, run)
-    original = trainer._train_once
-
-    def train_once_then_ctrl_c():
-        result = original()
-        if trainer.iteration == 1:  # the 2nd iteration is running: Ctrl-C arrives now
-            trainer._request_stop(signal.SIGINT, None)
-        return result
-
-    trainer._train_once = train_once_then_ctrl_c
+    # the 2nd iteration is running: Ctrl-C arrives now
+    after_call_in_iteration(trainer, "_train_once", 1, lambda: trainer._request_stop(signal.SIGINT, None))
     try:
         with pytest.raises(TrainingInterrupted):
             trainer.train()

@@ -27,7 +27,7 @@ from marl.config import ConfigError, config_from_dict, load_config
 from marl.logger import METRICS_NAME, read_metrics
 from marl.run import LOCK_NAME, load_actor, load_trainer, new_run, resume_run
 from marl.trainer import TrainingInterrupted
-from tests.conftest import tiny_config
+from tests.conftest import after_call_in_iteration, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,6 +54,13 @@ def _train(cfg_dict, run_dir):
     finally:
         trainer.close()
     return read_metrics(run_dir)
+
+
+def _full_and_cut(tmp_path, **train):
+    """The metrics of an uninterrupted 800-step run (``tmp_path/full``), and a new trainer of the
+    same config in ``tmp_path/cut`` for a test to interrupt."""
+    cfg = _cfg(total_env_steps=800, **train)
+    return _train(cfg, tmp_path / "full"), new_run(config_from_dict(cfg), tmp_path / "cut")
 
 
 def _resume(run_dir, *overrides, **kwargs):
@@ -216,9 +223,7 @@ def test_sigterm_and_sighup_save_and_the_resumed_run_equals_an_uninterrupted_one
 
 
 def test_a_second_signal_waits_for_the_save_and_then_stops(tmp_path):
-    cfg = _cfg(total_env_steps=800, checkpoint_every=1000)
-    full = _train(cfg, tmp_path / "full")
-    trainer = new_run(config_from_dict(cfg), tmp_path / "cut")
+    full, trainer = _full_and_cut(tmp_path, checkpoint_every=1000)
     state_dict = trainer.state_dict
 
     def signals_during_the_save():
@@ -227,16 +232,11 @@ def test_a_second_signal_waits_for_the_save_and_then_stops(tmp_path):
         os.kill(os.getpid(), signal.SIGTERM)
         return out
 
-    original_update = trainer.update
+    def ctrl_c():
+        os.kill(os.getpid(), signal.SIGINT)
+        trainer.state_dict = signals_during_the_save
 
-    def update_then_ctrl_c():
-        out = original_update()
-        if trainer.iteration == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-            trainer.state_dict = signals_during_the_save
-        return out
-
-    trainer.update = update_then_ctrl_c
+    after_call_in_iteration(trainer, "update", 2, ctrl_c)
     with pytest.raises(TrainingInterrupted, match="stopped by SIGINT at 300 env steps .*checkpoint saved") as info:
         trainer.train()
     trainer.close()
@@ -245,9 +245,7 @@ def test_a_second_signal_waits_for_the_save_and_then_stops(tmp_path):
 
 
 def test_a_second_signal_during_an_iteration_abandons_it_and_keeps_the_last_checkpoint(tmp_path):
-    cfg = _cfg(total_env_steps=800, checkpoint_every=2)
-    full = _train(cfg, tmp_path / "full")
-    trainer = new_run(config_from_dict(cfg), tmp_path / "cut")
+    full, trainer = _full_and_cut(tmp_path, checkpoint_every=2)
     original_update = trainer.update
 
     def update_with_two_ctrl_c():

@@ -16,6 +16,7 @@ from marl.envs.batched import BatchedVectorEnv, make_batched_env
 from marl.envs.gym_multiagent import rware_env
 from marl.envs.rware_twin import RwareTwin, _package_commits
 from marl.envs.vector import RewardSpec
+from tests.conftest import assert_restored_twin_continues
 
 TASKS = ["rware-tiny-2ag-v2", "rware-tiny-4ag-v2", "rware-small-4ag-v2"]
 
@@ -151,16 +152,8 @@ def test_reset_distribution():
 def test_get_state_set_state_continues_identically():
     twin = RwareTwin("rware-tiny-4ag-v2", 8, seed=5, max_steps=10, request_queue_size=28)
     actions = torch.randint(0, 5, (40, 8, 4), generator=torch.Generator().manual_seed(0))
-    for a in actions[:5]:
-        twin.step(a)
-    snapshot = twin.get_state()
-    first = [twin.step(a) for a in actions[5:]]   # crosses auto-resets: the generator matters
     other = RwareTwin("rware-tiny-4ag-v2", 8, seed=9, max_steps=10, request_queue_size=28)
-    other.set_state(snapshot)
-    for expected, a in zip(first, actions[5:], strict=True):
-        got = other.step(a)
-        for key in expected:
-            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
+    assert_restored_twin_continues(twin, other, actions, 5)
 
 
 def test_selected_by_batched_true_and_trains_through_the_vector_env():

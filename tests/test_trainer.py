@@ -23,7 +23,7 @@ from marl.logger import read_metrics
 from marl.run import final_evaluation, new_run, resume_run
 from marl.learner import TrainingDiverged
 from marl.trainer import Trainer, TrainingInterrupted
-from tests.conftest import tiny_config
+from tests.conftest import after_call_in_iteration, tiny_config
 
 COMPARED = ("team_return", "losses/policy", "losses/value", "explained_variance", "credit/abs_adv/agent_0")
 
@@ -86,15 +86,8 @@ def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, workers, asyn
     assert [r["lr"] for r in full] == pytest.approx([5e-4 * (1 - k / 8) for k in range(8)])
 
     trainer = new_run(config_from_dict(cfg), tmp_path / "cut")
-    original_update = trainer.update
-
-    def update_then_ctrl_c():
-        out = original_update()
-        if trainer.iteration == 2:        # the 3rd update is running: Ctrl-C arrives now
-            trainer._request_stop(signal.SIGINT, None)
-        return out
-
-    trainer.update = update_then_ctrl_c
+    # the 3rd update is running: Ctrl-C arrives now
+    after_call_in_iteration(trainer, "update", 2, lambda: trainer._request_stop(signal.SIGINT, None))
     with pytest.raises(TrainingInterrupted):
         trainer.train()
     trainer.close()

@@ -10,15 +10,21 @@ import warnings
 import numpy as np
 import pytest
 import torch
-
 from marl.algorithms.returns import gae
 from marl.algorithms.turns import from_turns, own_turns
-from marl.config import ConfigError, config_from_dict
 from marl.envs import RewardSpec, make_vector_env
+
+from marl.config import ConfigError, config_from_dict
 from marl.rollout import Rollout
 from marl.run import check_env
 from marl.trainer import Trainer
-from tests.conftest import default_config, tiny_config, train_run
+from tests.conftest import (
+    assert_same_update,
+    default_config,
+    tiny_config,
+    train_run,
+    update_from,
+)
 from tests.turn_envs import Relay
 
 RELAY = "tests.turn_envs:relay"
@@ -149,16 +155,8 @@ def test_a_waiting_player_contributes_to_no_loss():
             prep = learner.prepare(batch, torch.Generator().manual_seed(0))
             valid = prep["valid"]
             assert not (valid & waiting).any() and valid.sum() < (~waiting).sum()   # incomplete turns left out
-            adv, target, metrics = learner.finalise(prep, valid)
-            loss = learner.optimise(batch, prep, adv, target, torch.Generator().manual_seed(0), valid)
-            outputs.append((adv[valid], target[valid], metrics, loss, learner.actor.state_dict()))
-        (adv0, target0, metrics0, loss0, actor0), (adv1, target1, metrics1, loss1, actor1) = outputs
-        torch.testing.assert_close(adv0, adv1)
-        torch.testing.assert_close(target0, target1)
-        assert metrics0 == pytest.approx(metrics1, nan_ok=True)
-        assert loss0 == pytest.approx(loss1)
-        for key in actor0:
-            torch.testing.assert_close(actor0[key], actor1[key])
+            outputs.append(update_from(learner, batch, prep, valid))
+        assert_same_update(*outputs)
     finally:
         trainer.close()
 
