@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from marl.envs.twin_state import check_discrete_actions
 
 SUPPORTED_SCENARIOS = ("simple_reference_v3", "simple_speaker_listener_v4", "simple_spread_v3")
