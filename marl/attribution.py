@@ -155,7 +155,9 @@ def _refuse_view(note: str | None, baseline: str) -> None:
 def _value_note(trainer) -> str | None:
     """Why the value view does not apply to ``trainer`` (None where it does)."""
     from marl.networks import CentralCritic
-    critic, a = trainer.learner.critic, trainer.cfg.algo
+    critic, a = getattr(trainer.learner, "critic", None), trainer.cfg.algo
+    if critic is None:
+        return f"the value view needs a critic V(s), and algo.learner {a.learner!r} has none"
     if isinstance(critic, CentralCritic) and (critic.state_encoder or critic.obs_encoder):
         return "the value view attributes a flat state, and this critic reads an image state through a CNN encoder"
     if isinstance(critic, CentralCritic):

@@ -157,6 +157,9 @@ class AlgoConfig:
     """Standardise advantages per agent over the batch."""
     normalize_value: bool = True
     """Learn values in a running-normalised space (MAPPO's value normalisation)."""
+    own: Any = None
+    """Not a YAML key: the chosen learner's own keys (its ``LearnerSpec.config`` dataclass, e.g.
+    ``marl.q_learner.QConfig``), written flat under ``algo`` in YAML."""
 
 
 @dataclass
@@ -277,7 +280,10 @@ class Config:
         return math.ceil(self.train.total_env_steps / self.steps_per_iteration)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as YAML writes it: the learner's own keys flat under ``algo``."""
+        out = dataclasses.asdict(self)
+        out["algo"].update(out["algo"].pop("own") or {})
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -363,6 +369,7 @@ def validate(cfg: Config) -> Config:
     _check_algo_ranges(cfg.algo)
     _check_model_train_ranges(cfg)
     _derive_chunk_length(cfg)
+    _learner_rules(cfg)
     _refuse_ignored_options(cfg)
     _check_redistribution_ranges(cfg.algo)
     _check_advantage_rules(cfg)
@@ -565,6 +572,31 @@ def _check_worker_rules(cfg: Config) -> None:
         _check(e.workers >= 1, "train.act_in_workers", t.act_in_workers, "false unless env.workers >= 1")
 
 
+_ADVANTAGE_KEYS = ("algo.critic", "algo.critic_obs", "algo.target_update_every", "algo.n_step",
+                   "algo.shapley_samples", "algo.lam")
+
+
+def _reads(learner: str, key: str) -> bool:
+    from marl.learners import LEARNERS
+    reads = LEARNERS[learner].reads
+    return reads is None or key in reads
+
+
+def _learner_rules(cfg: Config) -> None:
+    """The chosen learner's rules: a shared ``algo`` key it does not read, set away from its
+    default, is an error naming the key and the learner; then the learner's own ``validate``."""
+    from marl.learners import LEARNERS
+
+    a, defaults = cfg.algo, AlgoConfig()
+    for f in dataclasses.fields(AlgoConfig):
+        value, default = getattr(a, f.name), getattr(defaults, f.name)
+        if f.name != "own" and not _reads(a.learner, f.name) and value != default:
+            raise ConfigError(f"config key 'algo.{f.name}': set to {value!r}, but algo.learner {a.learner!r} does "
+                              f"not read it; remove it or leave it at {default!r}")
+    if LEARNERS[a.learner].validate is not None:
+        LEARNERS[a.learner].validate(cfg)
+
+
 def _refuse_ignored_options(cfg: Config) -> None:
     """An option set to a non-default value that the chosen setup never reads is an error, not a
     silent no-op (e.g. ``algo.critic: local`` with COMA, whose Q critic is its own)."""
@@ -595,8 +627,6 @@ def _refuse_ignored_options(cfg: Config) -> None:
          f"only env.reward: difference reads it, not {cfg.env.reward!r}"),
         ("model.chunk_length", cfg.model.chunk_length, defaults.model.chunk_length, not cfg.model.recurrent,
          "only recurrent networks (model.recurrent: true) read it"),
-        ("algo.clip", a.clip, defaults.algo.clip, a.learner != "ppo",
-         f"only the PPO learner (algo.learner: ppo) clips its ratio, not {a.learner!r}"),
         ("env.team_reward", cfg.env.team_reward, defaults.env.team_reward, cfg.env.reward == "individual",
          "env.reward: individual pays each agent its own reward and never forms a team reward"),
         ("train.eval_every_episodes", cfg.train.eval_every_episodes, defaults.train.eval_every_episodes,
@@ -608,6 +638,8 @@ def _refuse_ignored_options(cfg: Config) -> None:
                         "algo.redistribution is 'none' (no reward model)"))
     ignored.append(("algo.redistribution_subset", a.redistribution_subset, defaults.algo.redistribution_subset,
                     a.redistribution == "arel", "only algo.redistribution: rrd reads it, not 'arel'"))
+    if not _reads(cfg.algo.learner, "advantage"):   # the learner's own rule (_learner_rules) covers these
+        ignored = [row for row in ignored if row[0] not in _ADVANTAGE_KEYS]
     for key, value, default, unused, why in ignored:
         if unused and value != default:
             raise ConfigError(f"config key '{key}': set to {value!r}, but {why}; remove it or leave it at "
@@ -636,6 +668,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     env = data.get("env")
     if isinstance(env, dict) and any(path == ["env", "id"] and value != env.get("id") for _, path, value in parsed):
         env.pop("kwargs", None)
+    algo = data.get("algo")
+    switch = [value for _, path, value in parsed if path in (["algo", "learner"], ["algo", "loss"])]
+    if isinstance(algo, dict) and switch and switch[-1] != algo.get("learner", AlgoConfig.learner):
+        for key in _unread_by(switch[-1], algo):   # the config's keys for its own learner
+            algo.pop(key)
     for text, path, value in parsed:
         if path == ["algo", "loss"]:   # the old name of algo.learner (see _renamed_keys)
             path = ["algo", "learner"]
@@ -657,7 +694,45 @@ def config_from_dict(data: dict, overrides: list[str] = ()) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"config must be a mapping at the top level, got {type(data).__name__}")
     data = apply_overrides(_renamed_keys(_deep_copy(data)), list(overrides))
-    return validate(_build(Config, data))
+    own = _learner_keys(data)
+    cfg = _build(Config, data)
+    cfg.algo.own = own
+    return validate(cfg)
+
+
+def _learner_keys(data: dict):
+    """Pop the chosen learner's own keys from ``data["algo"]`` and build its config dataclass from
+    them (None for a learner without one); another learner's key is an error naming both."""
+    from marl.learners import LEARNERS
+
+    algo = data.get("algo") if isinstance(data.get("algo"), dict) else {}
+    name = algo.get("learner", AlgoConfig.learner)
+    owners = {f.name: other for other, spec in LEARNERS.items() if spec.config is not None
+              for f in dataclasses.fields(spec.config)}
+    mine = {}
+    for key in [k for k in algo if k in owners or k == "own"]:
+        if key == "own" or owners[key] != name:
+            why = ("it is not a key" if key == "own" else f"it belongs to algo.learner {owners[key]!r}, and "
+                   f"algo.learner is {name!r}")
+            raise ConfigError(f"config key 'algo.{key}': {why}; remove it" +
+                              ("" if key == "own" else f" or set algo.learner: {owners[key]}"))
+        mine[key] = algo.pop(key)
+    spec = LEARNERS.get(name)
+    return None if spec is None or spec.config is None else _build(spec.config, mine, "algo.")
+
+
+def _unread_by(learner, algo: dict) -> list[str]:
+    """The keys of ``algo`` (a YAML layer's section) that ``learner`` does not read: a base's keys
+    that a variant switching the learner does not inherit."""
+    from marl.learners import LEARNERS
+
+    spec = LEARNERS.get(learner)
+    if spec is None:
+        return []
+    shared = {f.name for f in dataclasses.fields(AlgoConfig)} if spec.reads is None else spec.reads
+    others = {f.name for name, other in LEARNERS.items() if name != learner and other.config is not None
+              for f in dataclasses.fields(other.config)}
+    return [k for k in algo if k in others or k in AlgoConfig.__dataclass_fields__ and k not in shared]
 
 
 def _renamed_keys(data: dict) -> dict:
@@ -701,6 +776,9 @@ def _merged(base: dict, variant: dict, path: tuple[str, ...] = ()) -> dict:
     out = dict(base)
     if path == ("env",) and "id" in variant and variant["id"] != base.get("id"):
         out.pop("kwargs", None)
+    if path == ("algo",) and "learner" in variant and variant["learner"] != base.get("learner", AlgoConfig.learner):
+        for key in _unread_by(variant.get("learner"), base):   # the base's keys for its own learner
+            out.pop(key)
     for key, value in variant.items():
         out[key] = (_merged(out[key], value, path + (key,)) if isinstance(value, dict) and isinstance(out.get(key), dict)
                     else value)

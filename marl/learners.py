@@ -12,18 +12,26 @@ from ``LEARNERS[cfg.algo.learner]``. What the loop and the backends call (``Lear
 - optionally ``prepare(batch, generator) -> dict`` with ``adv`` ``[T, B, N]``: per-step credit of a
   batch, for the credit views (heatmaps, credit fidelity, the oracle); without it they are skipped.
 
+A ``LearnerSpec`` also says which config keys the learner owns: ``config``, a dataclass of its own
+keys (flat under ``algo`` in YAML; ``cfg.algo.own`` holds it), ``reads``, the shared ``algo`` keys
+it reads (None: all; any other one set away from its default is an error naming the key and the
+learner), and ``validate(cfg)``/``check_env(cfg, continuous, turn_based, images)``, its cross-key
+rules and its refusals of envs.
+
 To add a learner: write its module, give it these members, and add one entry here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Protocol
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Protocol
 
 import torch
 
-from marl.config import Config
+from marl.config import AlgoConfig, Config
 from marl.learner import CreditLearner, ImageInputs
 from marl.networks import Actor
+from marl.q_learner import READS as Q_READS
+from marl.q_learner import QConfig, QLearner, check_env as q_check_env, validate_config as q_validate
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,10 @@ class Learner(Protocol):
 class LearnerSpec:
     build: Callable[[Config, EnvShape, torch.device | str], Learner]
     summary: str
+    config: Any = None                        # a dataclass of the learner's own algo keys, or None
+    reads: frozenset[str] | None = None       # the shared AlgoConfig keys it reads (None: all)
+    validate: Callable[[Config], None] | None = None
+    check_env: Callable[..., None] | None = None
 
 
 def _actor_critic(cfg: Config, env: EnvShape, device: torch.device | str) -> CreditLearner:
@@ -73,9 +85,14 @@ def _actor_critic(cfg: Config, env: EnvShape, device: torch.device | str) -> Cre
                          env.dynamic_mask, device, env.continuous, env.turn_based, env.images)
 
 
+_ALL_BUT_CLIP = frozenset(f.name for f in fields(AlgoConfig)) - {"clip"}   # A2C has no ratio to clip
+
 LEARNERS: dict[str, LearnerSpec] = {
     "ppo": LearnerSpec(_actor_critic, "actor-critic with PPO's clipped surrogate (MAPPO, IPPO, COMA-PPO ...)"),
-    "a2c": LearnerSpec(_actor_critic, "actor-critic with the plain policy gradient (MAA2C, COMA ...)"),
+    "a2c": LearnerSpec(_actor_critic, "actor-critic with the plain policy gradient (MAA2C, COMA ...)",
+                       reads=_ALL_BUT_CLIP),
+    "q": LearnerSpec(QLearner, "off-policy value decomposition with episode replay (IQL, VDN, QMIX, QPLEX)",
+                     config=QConfig, reads=Q_READS, validate=q_validate, check_env=q_check_env),
 }
 
 

@@ -83,6 +83,7 @@ def check_env(cfg: Config) -> None:
     action kinds) and the config checks that need its spaces (``ConfigError``)."""
     from marl.envs import env_spec
     from marl.learner import ImageInputs, refuse_unfit_env
+    from marl.learners import LEARNERS
 
     if cfg.backend == "rllib":
         from marl.rllib.algorithm import env_spec as rllib_env_spec   # its own refusals too (no ray import)
@@ -90,6 +91,9 @@ def check_env(cfg: Config) -> None:
         refuse_unfit_env(cfg, spec["continuous"], spec["n_actions"])
     else:
         spec = env_spec(cfg.env.id, cfg.env.kwargs, batched=cfg.env.batched)
+        learner = LEARNERS[cfg.algo.learner]
+        if learner.check_env is not None:
+            learner.check_env(cfg, spec.continuous, spec.turn_based, ImageInputs.of(spec))
         refuse_unfit_env(cfg, spec.continuous, spec.n_actions, spec.turn_based, spec.zero_sum,
                          ImageInputs.of(spec))
 
