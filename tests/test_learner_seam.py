@@ -67,7 +67,7 @@ def test_an_unknown_learner_is_a_one_line_config_error():
 
     from marl.config import ConfigError, config_from_dict
 
-    with pytest.raises(ConfigError, match=r"config key 'algo.learner': expected one of \['a2c', 'ppo'\], got 'sac'"):
+    with pytest.raises(ConfigError, match=r"config key 'algo.learner': expected one of \['a2c', 'ppo', 'q'\], got 'sac'"):
         config_from_dict({"algo": {"learner": "sac"}})
     assert config_from_dict({"algo": {"loss": "a2c"}}).algo.learner == "a2c"   # the old name still reads
     with pytest.raises(ConfigError, match="'algo.loss' .* keep one"):
