@@ -30,7 +30,8 @@ def q_config(env_id: str, kwargs: dict, mixer: str, steps: int, T: int, reward: 
 CHAIN = ("diag:delayed_chain", {"n_agents": 2, "length": 10, "decision_step": 0})
 
 
-@pytest.mark.parametrize("mixer", ["vdn", "qmix"])
+@pytest.mark.parametrize("mixer", ["vdn", "qmix", pytest.param("none", marks=pytest.mark.slow),
+                                   pytest.param("qplex", marks=pytest.mark.slow)])
 def test_the_delayed_chain_is_learned_to_its_optimum_across_rollouts(tmp_path, mixer):
     """Only the joint action at step 0 pays, 10 steps later; rollouts of 4 steps cut every episode,
     so the replay holds episodes stitched across rollouts. Optimum: team return 2 (1 per agent)."""
@@ -147,6 +148,26 @@ def test_lbf_through_the_gymnasium_adapter_trains(tmp_path):
                                                   "train.eval_episodes=2", "train.progress=false"])
     records, _ = train_run(_as_dict(cfg), tmp_path / "run")
     assert records[-1]["q/updates"] > 0 and records[-1]["q/loss"] >= 0
+
+
+def test_the_batched_twin_trains(tmp_path):
+    """configs/spread_fast_qmix.yaml (``env.batched``): the rollout arrives as tensors; each of the
+    64 envs stores its 25-step episode as its chunk fills, and 8 gradient steps follow each rollout."""
+    cfg = load_config(CONFIGS / "spread_fast_qmix.yaml", ["train.total_env_steps=3200", "algo.batch_size=16",
+                                                          "train.eval_episodes=4", "train.progress=false"])
+    records, evaluation = train_run(_as_dict(cfg), tmp_path / "run")
+    assert records[-1]["q/replay_slots"] == 128 and records[-1]["q/updates"] == 16 and evaluation["team_return_mean"] < 0
+
+
+@pytest.mark.slow
+def test_env_workers_acting_for_themselves_carry_epsilon(tmp_path):
+    """``env.workers`` with ``train.act_in_workers``: each worker acts with a pickled copy of the
+    ε-greedy actor, so the chain is still learned."""
+    cfg = q_config(*CHAIN, "vdn", 4000, T=4)
+    cfg["env"]["workers"] = 2
+    cfg["train"]["act_in_workers"] = True
+    _, evaluation = train_run(cfg, tmp_path / "run")
+    assert evaluation["team_return_mean"] == 2.0
 
 
 def _as_dict(cfg) -> dict:
