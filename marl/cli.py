@@ -136,6 +136,7 @@ def _write_new(out: Path | None, run_dir: Path, text: str) -> Path:
 
 def _cmd_credit(args) -> int:
     from marl.credit import credit_fidelity
+    from marl.learners import credit_method
     from marl.run import load_trainer
 
     if args.attribution and args.oracle:
@@ -173,7 +174,7 @@ def _cmd_credit(args) -> int:
     if args.attribution:
         _print_attribution(score, trainer.agents)
         return 0
-    print(f"credit fidelity of {trainer.cfg.algo.advantage} on {trainer.cfg.env.id} over {score['episodes']} "
+    print(f"credit fidelity of {credit_method(trainer.cfg)} on {trainer.cfg.env.id} over {score['episodes']} "
           f"episodes ({score['behaviour']} actions)")
     print(f"  rank correlation with the true marginal contribution: overall {score['overall']:.3f}, "
           f"per step {score['per_step']:.3f}")

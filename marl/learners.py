@@ -78,6 +78,7 @@ class LearnerSpec:
     reads: frozenset[str] | None = None       # the shared AlgoConfig keys it reads (None: all)
     validate: Callable[[Config], None] | None = None
     check_env: Callable[..., None] | None = None
+    method: Callable[[Config], str] = lambda cfg: cfg.algo.advantage   # how the credit views name it
 
 
 def _actor_critic(cfg: Config, env: EnvShape, device: torch.device | str) -> CreditLearner:
@@ -92,8 +93,14 @@ LEARNERS: dict[str, LearnerSpec] = {
     "a2c": LearnerSpec(_actor_critic, "actor-critic with the plain policy gradient (MAA2C, COMA ...)",
                        reads=_ALL_BUT_CLIP),
     "q": LearnerSpec(QLearner, "off-policy value decomposition with episode replay (IQL, VDN, QMIX, QPLEX)",
-                     config=QConfig, reads=Q_READS, validate=q_validate, check_env=q_check_env),
+                     config=QConfig, reads=Q_READS, validate=q_validate, check_env=q_check_env,
+                     method=lambda cfg: f"q/{cfg.algo.own.mixer}"),
 }
+
+
+def credit_method(cfg: Config) -> str:
+    """The credit method's name in the credit views: the advantage module, or ``q/<mixer>``."""
+    return LEARNERS[cfg.algo.learner].method(cfg)
 
 
 def build_learner(cfg: Config, env: EnvShape, device: torch.device | str = "cpu") -> Learner:

@@ -222,11 +222,12 @@ class TrainingLoop:
         attention. See docs/credit.md for what each view means."""
         from marl.attribution import value_shares
         from marl.credit import attention_figure, credit_heatmap, episode_credit
+        from marl.learners import credit_method
 
         step, logger = self.env_steps, self.logger
         ep = episode_credit(self, seed=seed, keep_batch=True)
         batch = ep["batch"]
-        title = f"{self.cfg.algo.advantage} credit at {step:,} env steps"
+        title = f"{credit_method(self.cfg)} credit at {step:,} env steps"
         logger.log_figure("credit/heatmap", credit_heatmap(ep["advantage"], ep["raw_reward"], self.agents, title), step)
         shares = value_shares(self, batch)
         out = {} if shares is None else {f"credit/attribution/{agent}": v for agent, v in shares.items()}

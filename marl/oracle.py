@@ -530,9 +530,10 @@ def oracle_fidelity(trainer, episodes: int = 32, states: int = 64, rollouts: int
     (``method``, ``env``, ``reward``, ``gamma``), the settings (``states`` sampled, ``episodes``,
     ``rollouts``, ``horizon``) and the cost (``backend``, ``env_steps``, ``simulated_steps``,
     ``episode_steps``, ``oracle_seconds``, ``seconds``)."""
+    from marl.learners import credit_method
     res = oracle_advantages(trainer, episodes, states, rollouts, horizon, seed, twin, env_noise)
     e = trainer.cfg.env
-    out = {"method": trainer.cfg.algo.advantage, "env": e.id, "reward": e.reward, "team_reward": e.team_reward,
+    out = {"method": credit_method(trainer.cfg), "env": e.id, "reward": e.reward, "team_reward": e.team_reward,
            "gamma": trainer.cfg.algo.gamma, "episodes": episodes, "states": int(res["oracle"].shape[0]),
            "rollouts": rollouts, "horizon": horizon, "env_noise": env_noise, "seed": seed,
            **score_credit(res["advantage"], res["oracle"], res["oracle_se"], list(trainer.agents), sign_atol, sign_z,
