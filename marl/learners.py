@@ -31,7 +31,9 @@ from marl.config import AlgoConfig, Config
 from marl.learner import CreditLearner, ImageInputs
 from marl.networks import Actor
 from marl.q_learner import READS as Q_READS
-from marl.q_learner import QConfig, QLearner, check_env as q_check_env, validate_config as q_validate
+from marl.q_learner import QConfig, QLearner
+from marl.q_learner import check_env as q_check_env
+from marl.q_learner import validate_config as q_validate
 
 
 @dataclass(frozen=True)

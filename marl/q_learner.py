@@ -36,6 +36,7 @@ from torch.nn import functional as F
 
 from marl.algorithms.mixers import build_mixer, mixer_credit
 from marl.algorithms.targets import double_q_value, greedy_value, legal_argmax, q_targets
+from marl.config import ConfigError
 from marl.distributions import Categorical
 from marl.networks import MASKED_LOGIT, Actor, unroll
 from marl.replay import EpisodeReplay, Field
@@ -94,7 +95,6 @@ READS = frozenset({"learner", "gamma", "lam", "n_step", "rollout_steps", "lr", "
 
 
 def _check(ok: bool, key: str, value, expected: str) -> None:
-    from marl.config import ConfigError
     if not ok:
         raise ConfigError(f"config key '{key}': expected {expected}, got {value!r}")
 
@@ -122,18 +122,15 @@ def validate_config(cfg) -> None:
     unused = "n_step" if q.td == "lambda" else "lam"
     default = getattr(type(a)(), unused)
     if getattr(a, unused) != default:
-        from marl.config import ConfigError
         raise ConfigError(f"config key 'algo.{unused}': set to {getattr(a, unused)!r}, but algo.td is {q.td!r}, "
                           f"which does not read it; remove it or leave it at {default!r}")
     if q.target_tau > 0 and q.target_every != QConfig.target_every:
-        from marl.config import ConfigError
         raise ConfigError(f"config key 'algo.target_every': set to {q.target_every!r}, but algo.target_tau is "
                           f"{q.target_tau!r} (soft updates after every step); remove one")
 
 
 def check_env(cfg, continuous: bool, turn_based: bool, images) -> None:
     """The q learner's refusals that need the env's spaces (``ConfigError``, one line)."""
-    from marl.config import ConfigError
     if continuous:
         raise ConfigError(f"config key 'algo.learner': 'q' learns utilities over a discrete action set, and env "
                           f"{cfg.env.id!r} has continuous (Box) actions; use algo.learner: ppo")

@@ -187,10 +187,9 @@ def test_shipped_q_configs_load_and_say_only_what_they_change(name):
 # -- refusals -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("data, message", [
-    ({"algo": {"mixer": "vdn"}}, r"config key 'algo.mixer': it belongs to algo.learner 'q', and algo.learner is "
-                                 r"'ppo'; remove it or set algo.learner: q"),
-    ({"algo": {"learner": "q", "clip": 0.3}}, r"config key 'algo.clip': set to 0.3, but algo.learner 'q' does not "
-                                              r"read it"),
+    ({"algo": {"mixer": "vdn"}}, (r"config key 'algo.mixer': it belongs to algo.learner 'q', and algo.learner is "
+                                  r"'ppo'; remove it or set algo.learner: q")),
+    ({"algo": {"learner": "q", "clip": 0.3}}, r"config key 'algo.clip': set to 0.3, but algo.learner 'q' does not read"),
     ({"algo": {"learner": "q", "entropy_coef": 0.0}}, r"'algo.entropy_coef': .* algo.learner 'q' does not read it"),
     ({"backend": "rllib", "algo": {"learner": "q"}}, r"config key 'backend': expected 'local' with algo.learner 'q'"),
     ({"algo": {"learner": "q"}, "env": {"kwargs": {"continuous_actions": True}}},
