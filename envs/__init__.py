@@ -39,7 +39,8 @@ def env_spec(env_id: str, kwargs: dict | None = None, batched: bool = False) -> 
         from marl.envs.batched import make_batched_env
         env = make_batched_env(env_id, dict(kwargs or {}), 1)
         spec = EnvSpec(list(env.agents), env.obs_dim, env.state_dim, env.n_actions,
-                       env.action_mask.cpu().numpy().astype(bool), False, bool(getattr(env, "continuous", False)))
+                       env.action_mask.cpu().numpy().astype(bool), bool(getattr(env, "dynamic_mask", False)),
+                       bool(getattr(env, "continuous", False)))
     else:
         env = TeamEnv(env_id, kwargs)
         spec = EnvSpec(list(env.agents), env.obs_dim, env.state_dim, env.n_actions, env.action_mask, env.dynamic_mask,

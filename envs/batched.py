@@ -32,12 +32,12 @@ TWINS = {**{f"mpe2:{task}": ("marl.envs.mpe_twin:MPETwin", task)
             for task in ("rware-tiny-2ag-v2", "rware-tiny-4ag-v2", "rware-small-4ag-v2",
                          "rware-tiny-2ag-hard-v2", "rware-tiny-4ag-hard-v2", "rware-small-4ag-hard-v2")}}
 # env.id prefixes whose factory is a batched simulator, taking the rest of the id first
-BATCHED_PREFIXES = {"vmas": "marl.envs.vmas_adapter:vmas_env"}
+BATCHED_PREFIXES = {"vmas": "marl.envs.vmas_adapter:vmas_env", "jaxmarl": "marl.envs.jaxmarl_adapter:jaxmarl_env"}
 
 
 def make_batched_env(env_id: str, kwargs: dict, num_envs: int, device: str = "cpu", seed: int = 0):
     """The batched env for ``env_id``: the twin of a registered mpe2, LBF or RWARE task, a registered batched
-    prefix (``vmas:<scenario>``), or a ``package.module:factory`` called with ``num_envs``,
+    prefix (``vmas:<scenario>``, ``jaxmarl:<name>``), or a ``package.module:factory`` called with ``num_envs``,
     ``device``, ``seed`` and ``env.kwargs``.
 
     Raises:
@@ -67,6 +67,8 @@ def make_batched_env(env_id: str, kwargs: dict, num_envs: int, device: str = "cp
                        f"{kwargs}): {exc}") from None
     missing = [name for name in ("reset", "step", "observe", "get_state", "set_state", "agents", "obs_dim",
                                  "state_dim", "n_actions", "action_mask") if not hasattr(env, name)]
+    if getattr(env, "dynamic_mask", False) and not hasattr(env, "avail"):
+        missing.append("avail")
     if missing:
         raise EnvError(f"env.id {env_id!r}: the factory returned {type(env).__name__}, which lacks {missing} of the "
                        f"batched-env protocol (docs/batched_envs.md)")
@@ -77,12 +79,12 @@ class BatchedVectorEnv:
     """A batched env behind the vector-env interface, on tensors (see the module docstring).
 
     ``reset``/``current``/``step`` return tensors on the env's device. Every agent is always
-    present and there are no per-step masks (``alive`` and ``avail`` are all True where the action
-    exists). Finished episodes are reported like ``marl.envs.vector.EnvSlice``'s records.
+    present (``alive`` all True). ``avail`` is the env's static ``action_mask``, or, for an env with
+    ``dynamic_mask``, its per-step legal actions. Finished episodes are reported like
+    ``marl.envs.vector.EnvSlice``'s records, with ``won`` (bool) where the env reports one.
     """
 
     on_tensors = True
-    dynamic_mask = False
     turn_based = False
     obs_image = state_image = None   # flat float observations and state (no image encoder)
     state_is_obs = False
@@ -92,12 +94,16 @@ class BatchedVectorEnv:
         if reward.shaping:
             raise EnvError("env.shaping is not supported with env.batched: true (a potential reads the "
                            "PettingZoo env object)")
+        if reward.mode == "difference" and getattr(env, "dynamic_mask", False):
+            raise EnvError("env.reward 'difference' is not supported on a batched env with per-step legal actions "
+                           "(its default action may be illegal)")
         self.env, self.reward = env, reward
         self.num_envs, self.agents, self.n_agents = env.num_envs, list(env.agents), env.n_agents
         self.obs_dim, self.state_dim, self.n_actions = env.obs_dim, env.state_dim, env.n_actions
         self.device = torch.device(env.device)
         self.action_mask = env.action_mask.cpu().numpy()
         self.continuous = bool(getattr(env, "continuous", False))
+        self.dynamic_mask = bool(getattr(env, "dynamic_mask", False))
         B, N = self.num_envs, self.n_agents
         self._avail = env.action_mask.to(self.device).bool().expand(B, N, self.n_actions)
         self._alive = torch.ones(B, N, dtype=torch.bool, device=self.device)
@@ -109,7 +115,8 @@ class BatchedVectorEnv:
         self._current: dict[str, torch.Tensor] = {}
 
     def _set_current(self, obs: torch.Tensor, state: torch.Tensor, first: torch.Tensor) -> dict[str, torch.Tensor]:
-        self._current = {"obs": obs, "state": state, "avail": self._avail, "alive": self._alive, "first": first}
+        avail = self.env.avail() if self.dynamic_mask else self._avail
+        self._current = {"obs": obs, "state": state, "avail": avail, "alive": self._alive, "first": first}
         return self._current
 
     def reset(self, seed: int) -> dict[str, torch.Tensor]:
@@ -149,15 +156,19 @@ class BatchedVectorEnv:
         if bool(done.any()):
             ended = done.nonzero().squeeze(1)
             raw_returns, returns = self._raw_return[ended].cpu(), self._return[ended].cpu()
+            won = out["won"][ended].tolist() if "won" in out else None
             for k, b in enumerate(ended.tolist()):
                 episodes.append({"raw_return": raw_returns[k].numpy(), "return": returns[k].numpy(),
                                  "length": int(self._length[b]), "env": b})
+                if won is not None:
+                    episodes[-1]["won"] = bool(won[k])
             self._raw_return[ended] = 0.0
             self._return[ended] = 0.0
             self._length[ended] = 0
-        self._set_current(out["obs"], out["state"], done)
-        return TensorStep(obs=out["obs"], state=out["state"], avail=self._avail, alive=self._alive,
-                          next_obs=out["next_obs"], next_state=out["next_state"], next_avail=self._avail,
+        current = self._set_current(out["obs"], out["state"], done)
+        return TensorStep(obs=out["obs"], state=out["state"], avail=current["avail"], alive=self._alive,
+                          next_obs=out["next_obs"], next_state=out["next_state"],
+                          next_avail=out["next_avail"] if self.dynamic_mask else self._avail,
                           acted=self._alive, raw_reward=raw, reward=reward, terminated=out["terminated"],
                           truncated=out["truncated"], done=done, first=done, episodes=episodes)
 

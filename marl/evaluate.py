@@ -55,25 +55,28 @@ def evaluate(actor: Actor, env_id: str, env_kwargs: dict, episodes: int, seed: i
 def evaluate_batched(actor: Actor, env_id: str, env_kwargs: dict, episodes: int, seed: int = 0,
                      greedy: bool = True) -> dict:
     """``evaluate`` on the batched twin of ``env_id`` (``marl.envs.batched``): all ``episodes`` at once
-    in one batched env on the actor's device. Same return dict (``batched: True`` added)."""
+    in one batched env on the actor's device. Same return dict (``batched: True`` added, and
+    ``win_rate`` where the env reports wins, e.g. SMAX)."""
     torch.set_num_threads(1)
     device = next(actor.parameters()).device
     venv = BatchedVectorEnv(make_batched_env(env_id, env_kwargs, episodes, str(device), seed), RewardSpec())
     generator = torch_stream(seed, device)
     venv.reset(EVAL_SEED_OFFSET + seed)
-    first = {}
+    first = {}   # env row -> its first episode's record
     try:
         for ps in policy_steps(venv, actor, generator, greedy):
             for ep in ps.step.episodes:
-                first.setdefault(ep["env"], ep["raw_return"])
+                first.setdefault(ep["env"], ep)
             if len(first) == episodes:
                 break
     finally:
         venv.close()
-    returns = np.asarray([first[i] for i in range(episodes)])
+    returns = np.asarray([first[i]["raw_return"] for i in range(episodes)])
     team = returns.sum(1)
     out = {"team_return_mean": float(team.mean()), "team_return_std": float(team.std()),
            "episodes": int(episodes), "greedy": bool(greedy), "batched": True}
+    if "won" in first[0]:
+        out["win_rate"] = float(np.mean([first[i]["won"] for i in range(episodes)]))
     out.update({f"return/{ag}": float(returns[:, i].mean()) for i, ag in enumerate(venv.agents)})
     return out
 

@@ -170,13 +170,16 @@ class TrainingLoop:
 
     # -- what gets logged -------------------------------------------------------------------------
     def _episode_metrics(self, episodes: list[dict]) -> dict:
-        """Means over the episodes that finished since the last log; only ``episodes: 0`` when none did."""
+        """Means over the episodes that finished since the last log (``win_rate`` where the env reports
+        wins, e.g. SMAX); only ``episodes: 0`` when none did."""
         if not episodes:
             return {"episodes": 0}
         raw = np.stack([ep["raw_return"] for ep in episodes])
         moded = np.stack([ep["return"] for ep in episodes])
         out = {"team_return": float(raw.sum(1).mean()), "episodes": len(episodes),
                "episode_length": float(np.mean([ep["length"] for ep in episodes]))}
+        if "won" in episodes[0]:
+            out["win_rate"] = float(np.mean([ep["won"] for ep in episodes]))
         for i, ag in enumerate(self.agents):
             out[f"return/{ag}"] = float(raw[:, i].mean())
             out[f"reward_return/{ag}"] = float(moded[:, i].mean())
@@ -246,8 +249,8 @@ class TrainingLoop:
         return out
 
     def _periodic_evaluation(self) -> dict:
-        """``eval/team_return`` (and its std and per-agent returns) every ``train.eval_every``
-        iterations and at the last, from greedy episodes on the same seeds each time."""
+        """``eval/team_return`` (and its std, per-agent returns and, where reported, ``win_rate``) every
+        ``train.eval_every`` iterations and at the last, from greedy episodes on the same seeds each time."""
         t = self.cfg.train
         if not t.eval_every or (self.iteration % t.eval_every and self.iteration != self.total_iterations):
             return {}
@@ -257,7 +260,7 @@ class TrainingLoop:
         run = evaluate_batched if self.cfg.env.batched else evaluator(self.cfg)
         result = run(self.actor, self.cfg.env.id, self.cfg.env.kwargs, t.eval_every_episodes, seed=self.cfg.seed)
         out = {"eval/team_return": result["team_return_mean"], "eval/team_return_std": result["team_return_std"]}
-        out.update({f"eval/{k}": v for k, v in result.items() if k.startswith("return/")})
+        out.update({f"eval/{k}": v for k, v in result.items() if k.startswith("return/") or k == "win_rate"})
         return out
 
     @property
