@@ -20,8 +20,10 @@ allows: on CPU, and on a GPU that both jax and torch see). Each step keeps the t
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
+import sys
 
 import numpy as np
 import torch
@@ -34,9 +36,12 @@ _COMPILED: dict = {}   # (name, kwargs, jax device) -> the jitted (reset_all, st
 
 
 def _import_jax():
-    """``(jax, jaxmarl)``, or an ``EnvError`` that says how to install them."""
+    """``(jax, jaxmarl)``, or an ``EnvError`` that says how to install them. jaxmarl prints a line
+    about its optional submodules to stdout on import; it goes to stderr here, so that stdout stays
+    the caller's (``marl eval --json``)."""
     try:
-        return importlib.import_module("jax"), importlib.import_module("jaxmarl")
+        with contextlib.redirect_stdout(sys.stderr):
+            return importlib.import_module("jax"), importlib.import_module("jaxmarl")
     except ImportError as exc:
         raise EnvError(f"jaxmarl: envs need the optional 'jaxmarl' package, which is not installed ({exc}); "
                        f"install the extra: {INSTALL_HINT}") from None

@@ -115,6 +115,12 @@ def resolve_factory(env_id: str) -> Callable[..., Any]:
 
 def make_parallel_env(env_id: str, kwargs: dict | None = None, render_mode: str | None = None) -> ParallelEnv:
     """Build the PettingZoo ParallelEnv named by ``env_id`` with ``kwargs``."""
+    from marl.envs.batched import BATCHED_PREFIXES
+
+    prefix, sep, _ = env_id.partition(":")
+    if sep and prefix in BATCHED_PREFIXES and env_id not in ENVS:
+        raise EnvError(f"env.id {env_id!r} is a batched simulator with no PettingZoo env: set env.batched: true "
+                       f"(docs/batched_envs.md)")
     factory = resolve_factory(env_id)
     kwargs = dict(kwargs or {})
     if render_mode is not None:

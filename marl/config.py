@@ -58,8 +58,8 @@ class EnvConfig:
     """0 steps envs in the trainer process; K > 0 steps them in K worker processes."""
     batched: bool = False
     """Step the envs as one batched simulator on tensors (``docs/batched_envs.md``): the validated
-    twin of a registered mpe2 task, ``vmas:<scenario>``, or a ``package.module:factory`` returning
-    a batched env. ``env.num_envs`` is then the batch size B."""
+    twin of a registered mpe2, LBF or RWARE task, ``vmas:<scenario>``, ``jaxmarl:<name>``, or a
+    ``package.module:factory`` returning a batched env. ``env.num_envs`` is then the batch size B."""
     check: str = "first"
     """Which episodes of each env are checked against the PettingZoo API and the env's declared
     spaces (observation shapes and dtypes, agent names, scalar rewards, the ``reset``/``step``

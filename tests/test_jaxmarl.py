@@ -53,6 +53,13 @@ def test_missing_jaxmarl_is_a_one_line_env_error(monkeypatch):
     assert "\n" not in str(info.value)
 
 
+def test_a_jaxmarl_id_without_env_batched_says_to_set_it():
+    from marl.envs import make_parallel_env
+
+    with pytest.raises(EnvError, match=r"is a batched simulator with no PettingZoo env: set env.batched: true"):
+        make_parallel_env(SMAX)
+
+
 # -- SMAX -----------------------------------------------------------------------------------------
 def test_smax_3m_protocol_shapes(smax):
     assert smax.agents == ["ally_0", "ally_1", "ally_2"] and smax.dynamic_mask and not smax.continuous
@@ -221,7 +228,7 @@ def test_one_iteration_of_the_default_config_on_smax_logs_the_win_rate(jax, tmp_
     assert 0.0 <= evaluation["sampled"]["win_rate"] <= 1.0
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "run"), "--json", "--episodes", str(B)]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = json.loads(capsys.readouterr().out)   # stdout is the JSON alone
     assert 0.0 <= result["win_rate"] <= 1.0 and result["episodes"] == B
 
 
