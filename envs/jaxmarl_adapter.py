@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
+import os
 import sys
 
 import numpy as np
@@ -35,12 +36,27 @@ FAMILIES = ("smax:<map>", "hanabi", "overcooked")
 _COMPILED: dict = {}   # (name, kwargs, jax device) -> the jitted (reset_all, step_all), see _compile
 
 
-def _import_jax():
-    """``(jax, jaxmarl)``, or an ``EnvError`` that says how to install them. jaxmarl prints a line
-    about its optional submodules to stdout on import; it goes to stderr here, so that stdout stays
-    the caller's (``marl eval --json``)."""
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Send what is printed inside to stderr, at the file-descriptor level too (jaxmarl's import
+    prints a line about its optional submodules, and a library it imports resets ``sys.stdout``)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
     try:
         with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _import_jax():
+    """``(jax, jaxmarl)``, or an ``EnvError`` that says how to install them. Importing prints
+    nothing to stdout, so that stdout stays the caller's (``marl eval --json``)."""
+    try:
+        with _stdout_to_stderr():
             return importlib.import_module("jax"), importlib.import_module("jaxmarl")
     except ImportError as exc:
         raise EnvError(f"jaxmarl: envs need the optional 'jaxmarl' package, which is not installed ({exc}); "
@@ -221,14 +237,21 @@ class JaxMARLBatchedEnv:
         return self._avail
 
     def step(self, actions) -> dict[str, torch.Tensor]:
-        """Step every env with ``actions [B, N]`` (integer, legal under ``avail()``); the ended
-        envs reset. Returns the protocol's dict plus ``avail``, ``next_avail`` and ``won``."""
+        """Step every env with ``actions [B, N]`` (integer, in ``[0, A)``; an action that is not
+        legal under ``avail()`` does what JaxMARL makes of it, e.g. an SMAX attack out of range does
+        nothing). The ended envs reset. Returns the protocol's dict plus ``avail``, ``next_avail``
+        and ``won``."""
         actions = torch.as_tensor(actions, device=self.device)
         shape = (self.num_envs, self.n_agents)
         if actions.is_floating_point() or actions.dtype == torch.bool or tuple(actions.shape) != shape:
             raise ValueError(f"jaxmarl:{self.name}: actions must be an integer tensor of shape {shape}, got "
                              f"{actions.dtype} {tuple(actions.shape)}")
-        actions = self.jax.dlpack.from_dlpack(actions.to(torch.int32).contiguous())
+        if actions.lt(0).logical_or_(actions.ge(self.n_actions)).any():
+            raise ValueError(f"jaxmarl:{self.name}: actions out of range; each agent takes 0 <= a < {self.n_actions}")
+        actions = actions.to(torch.int32)
+        if self._jax_device.platform == "cpu":
+            actions = actions.cpu()   # jax steps on its CPU (no CUDA jax): the one copy
+        actions = self.jax.dlpack.from_dlpack(actions.contiguous())
         self._key, self._states, out = self._step_all(self._key, self._states, actions)
         out = {k: _to_torch(v, self.device) for k, v in out.items()}
         n = self.n_agents

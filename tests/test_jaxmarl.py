@@ -7,7 +7,9 @@ without it. All envs here have B = 32 (the default config's ``num_envs`` and ``e
 so jax compiles each function once for the whole file.
 """
 import json
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -145,6 +147,15 @@ def test_vector_env_reports_wins_and_per_step_masks(smax):
     assert {ep["won"] for ep in episodes} == {True, False}
 
 
+def test_importing_jaxmarl_prints_nothing_to_stdout(jax):
+    """jaxmarl prints a line when imported; in a fresh process, the adapter's import sends it to stderr
+    (``marl eval --json`` owns stdout)."""
+    code = "from marl.envs.jaxmarl_adapter import _import_jax; _import_jax()"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and done.stdout == "" and "Submoduled" in done.stderr
+
+
 # -- DLPack ---------------------------------------------------------------------------------------
 def test_arrays_cross_through_dlpack_without_a_copy_on_cpu(jax):
     import jax.numpy as jnp
@@ -208,6 +219,10 @@ def test_overcooked_and_unknown_names(jax):
         make_batched_env("jaxmarl:smax:4m", {}, 2)
     with pytest.raises(EnvError, match=r"unknown env 'mpe'; the adapter runs smax:<map>, hanabi, overcooked"):
         make_batched_env("jaxmarl:mpe", {}, 2)
+    with pytest.raises(ValueError, match=r"actions out of range; each agent takes 0 <= a < 6"):
+        env.step(torch.full((2, 2), 6))
+    with pytest.raises(ValueError, match=r"integer tensor of shape \(2, 2\)"):
+        env.step(torch.zeros(2, 2))
     with pytest.raises(EnvError, match="env.kwargs .* rejected"):
         make_batched_env(SMAX, {"no_such_kwarg": 1}, 2)
 
