@@ -28,7 +28,6 @@ import sys
 
 import numpy as np
 import torch
-
 from marl.envs.errors import EnvError, error_summary
 
 INSTALL_HINT = 'pip install -e ".[jaxmarl]"'
@@ -199,7 +198,7 @@ class JaxMARLBatchedEnv:
             truncated, won = ending(nxt)
             truncated = done & truncated
             fresh, fresh_obs, fresh_world, fresh_avail = reset_one(key_reset)
-            keep = lambda new, old: jax.lax.select(done, new, old)   # noqa: E731
+            keep = lambda new, old: jax.lax.select(done, new, old)
             out = {"obs": keep(fresh_obs, next_obs), "state": keep(fresh_world, next_world),
                    "avail": keep(fresh_avail, next_avail), "next_obs": next_obs, "next_state": next_world,
                    "next_avail": next_avail, "reward": jnp.stack([rew[a] for a in agents]).astype(jnp.float32),
