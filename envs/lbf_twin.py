@@ -126,10 +126,11 @@ class LBFTwin(TensorState):
         # Constants: each agent's view order (itself, then the others by index), moves, spawn kernel.
         self._view_order = as_tensor([[i] + [j for j in range(n) if j != i] for i in range(n)])
         self._moves = as_tensor(_MOVES)
-        kernel = torch.zeros(5, 5)
-        kernel[1:4, 1:4] = 1.0   # neighborhood(row, col): the 3x3 block
-        kernel[2, :] = kernel[:, 2] = 1.0   # neighborhood(row, col, 2, ignore_diag): the 5-cell cross
-        self._spawn_kernel = kernel.view(1, 1, 5, 5).to(self.device)
+        # _near[c]: the cells a food at c keeps free of food: neighborhood(row, col), the 3x3 block,
+        # and neighborhood(row, col, 2, ignore_diag), the 5-cell cross.
+        r, c = torch.arange(rows * cols) // cols, torch.arange(rows * cols) % cols
+        dr, dc = (r[:, None] - r).abs(), (c[:, None] - c).abs()
+        self._near = (((dr <= 1) & (dc <= 1)) | ((dr == 0) & (dc <= 2)) | ((dc == 0) & (dr <= 2))).to(self.device)
         interior = torch.zeros(rows, cols, dtype=torch.bool)
         interior[1:rows - 1, 1:cols - 1] = True
         self._interior = interior.view(-1).to(self.device)
@@ -151,54 +152,55 @@ class LBFTwin(TensorState):
         field.scatter_add_(1, food_cell.where(food_cell >= 0, self.rows * self.cols), food_level)
         return field[:, :-1]
 
-    def _uniform_cell(self, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A uniform allowed cell per row of ``allowed [b, C]``, and whether the row had one."""
-        noise = torch.rand(allowed.shape, generator=self._generator, device=self.device)
-        return noise.mul_(allowed).argmax(dim=1), allowed.any(dim=1)
-
-    def _uniform_int(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-        """Uniform integers in ``[low, high]`` (elementwise, same shapes)."""
-        u = torch.rand(low.shape, generator=self._generator, device=self.device)
+    def _uniform_int(self, u: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        """Uniform integers in ``[low, high]`` from uniform floats ``u`` (elementwise, same shapes)."""
         return low + (u * (high - low + 1)).long().clamp_(max=high - low)
 
     def _fresh(self, envs: torch.Tensor) -> None:
-        """New episodes in ``envs`` (long ``[b]``), drawn as ``ForagingEnv.reset`` draws them."""
-        b, n, cols, cells = envs.numel(), self.n_agents, self.cols, self.rows * self.cols
-        arange = torch.arange(cells, device=self.device)
+        """New episodes in ``envs`` (long ``[b]``), drawn as ``ForagingEnv.reset`` draws them.
+
+        Every env at once; the loops run over the N players and the F foods, each placed at a
+        uniform allowed cell (the argmax of uniform noise over the allowed cells) as the package
+        places them one after another."""
+        b, n, nf, cols, cells = envs.numel(), self.n_agents, self.n_food, self.cols, self.rows * self.cols
+        # All of this reset's random numbers in one draw: orders, cell noise and levels.
+        u = torch.rand(b, 2 * (n + nf) + (n + nf) * cells, generator=self._generator, device=self.device)
+        player_order, player_u, food_order, food_u, noise = u.split([n, n, nf, nf, (n + nf) * cells], dim=1)
+        noise = noise.view(b, n + nf, cells)
         old = self._pos[envs]
         old_cell = old[..., 0] * cols + old[..., 1]
-        placed = self._placed[envs]
-        # Players, one at a time: levels from a permutation of the per-player ranges.
-        order = torch.rand(b, n, generator=self._generator, device=self.device).argsort(dim=1)
-        low, high = self._min_player[order], self._max_player[order]
+        # Player k may not take a cell that a player of this episode took, nor one that a player
+        # k.. still holds from the last episode (the package's _is_empty_location sees those).
+        held = F.one_hot(old_cell, cells).bool() & self._placed[envs].view(b, 1, 1)
+        held = held.flip(1).cumsum(dim=1).flip(1) > 0                             # [b, N, cells]
         taken = torch.zeros(b, cells, dtype=torch.bool, device=self.device)
         new_cell = old_cell.clone()
         for k in range(n):
-            blocked = taken | ((old_cell[:, k:, None] == arange) & placed[:, None, None]).any(dim=1)
-            cell, ok = self._uniform_cell(~blocked)
-            new_cell[:, k] = torch.where(ok, cell, old_cell[:, k])
+            allowed = ~(taken | held[:, k])
+            cell = (noise[:, k] * allowed).argmax(dim=1)
+            new_cell[:, k] = cell.where(allowed.any(dim=1), old_cell[:, k])   # no room: it stays
             taken.scatter_(1, new_cell[:, k:k + 1], True)
-        level = self._uniform_int(low, high)
-        # Foods: levels, then one at a time at a cell clear of food (3x3 and the 5-cell cross) and players.
+        order = player_order.argsort(dim=1)   # levels from a permutation of the per-player ranges
+        level = self._uniform_int(player_u, self._min_player[order], self._max_player[order])
+        # Foods: each at an interior cell clear of players and of the 3x3 block and the 5-cell
+        # cross around every earlier food; the package stops at the first food with no such cell.
         if self._max_food is None:   # the lowest three player levels' sum
-            max_food = level.sort(dim=1).values[:, :3].sum(dim=1, keepdim=True).expand(b, self.n_food)
+            max_food = level.sort(dim=1).values[:, :3].sum(dim=1, keepdim=True).expand(b, nf)
         else:
-            max_food = self._max_food.expand(b, self.n_food)
-        min_food = max_food if self.force_coop else self._min_food.expand(b, self.n_food)
-        order = torch.rand(b, self.n_food, generator=self._generator, device=self.device).argsort(dim=1)
+            max_food = self._max_food.expand(b, nf)
+        min_food = max_food if self.force_coop else self._min_food.expand(b, nf)
+        order = food_order.argsort(dim=1)
         min_food, max_food = min_food.gather(1, order), max_food.gather(1, order)
-        food_cell = torch.full((b, self.n_food), -1, dtype=torch.long, device=self.device)
-        food_level = torch.zeros(b, self.n_food, dtype=torch.long, device=self.device)
-        player_at = taken
+        allowed = self._interior & ~taken
         spawning = torch.ones(b, dtype=torch.bool, device=self.device)
-        for k in range(self.n_food):
-            field = self._field(food_cell, food_level).gt(0).float().view(b, 1, self.rows, cols)
-            near = F.conv2d(field, self._spawn_kernel, padding=2).view(b, cells) > 0
-            cell, ok = self._uniform_cell(self._interior & ~near & ~player_at)
-            spawning &= ok   # the package stops once a food finds no place
-            food_cell[:, k] = torch.where(spawning, cell, -1)
-            food_level[:, k] = torch.where(spawning, self._uniform_int(min_food[:, k], max_food[:, k]), 0)
-        sort = torch.where(food_cell >= 0, food_cell, cells).argsort(dim=1)
+        food_cell = torch.empty(b, nf, dtype=torch.long, device=self.device)
+        for k in range(nf):
+            cell = (noise[:, n + k] * allowed).argmax(dim=1)
+            spawning &= allowed.any(dim=1)
+            food_cell[:, k] = cell.where(spawning, -1)
+            allowed &= ~(self._near[cell] & spawning.unsqueeze(1))
+        food_level = self._uniform_int(food_u, min_food, max_food).where(food_cell >= 0, 0)
+        sort = food_cell.where(food_cell >= 0, cells).argsort(dim=1)
         self._pos[envs] = torch.stack([new_cell // cols, new_cell % cols], dim=-1)
         self._level[envs] = level
         self._food_cell[envs] = food_cell.gather(1, sort)
