@@ -99,7 +99,7 @@ def main(argv=None) -> None:
     t = sub.add_parser("throughput")
     t.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     t.add_argument("--repeats", type=int, default=2)
-    t.add_argument("--iterations", type=int, default=8, help="timed twin iterations (12,800 env steps each)")
+    t.add_argument("--iterations", type=int, default=8, help="timed twin iterations (B x rollout_steps env steps each: 6,400 LBF, 12,800 RWARE)")
     t.add_argument("--pz-iterations", type=int, default=30, help="timed PettingZoo-path iterations (800 each)")
     f = sub.add_parser("fidelity")
     f.add_argument("run_dir")

@@ -152,3 +152,19 @@ def test_bad_arguments_raise_value_error():
         twin.step(torch.zeros(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="players"):
         twin.load_package_env(0, lbf_env("Foraging-8x8-3p-2f-v3"))
+
+
+def test_reset_on_a_crowded_field_places_what_fits():
+    """On a 4x4 field the 2x2 interior fits one food (each food keeps its 3x3 block free), and a
+    food never lands on a player; the rest of the slots stay empty, as the package stops spawning
+    once a food finds no cell."""
+    twin = LBFTwin("Foraging-8x8-2p-3f-v3", 2000, seed=4, field_size=(4, 4))
+    state = twin.get_state()
+    cells, food_level = state["food_cell"], state["food_level"]
+    assert ((cells >= 0).sum(dim=1) == 1).all() and ((cells >= 0) == (food_level > 0)).all()
+    first = cells[:, 0]
+    assert set(first.unique().tolist()) == {5, 6, 9, 10}   # the interior
+    player_cells = state["pos"][..., 0] * 4 + state["pos"][..., 1]
+    assert not (player_cells == first.unsqueeze(1)).any()
+    assert (player_cells[:, 0] != player_cells[:, 1]).all()
+    assert (state["food_spawned"] == food_level.sum(dim=1)).all()
