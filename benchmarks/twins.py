@@ -2,6 +2,7 @@
 
     python benchmarks/twins.py throughput                 # every task, 2 interleaved repeats
     python benchmarks/twins.py throughput --tasks lbf-8x8-2p-2f-coop --iterations 4
+    python benchmarks/twins.py throughput --tasks lbf-8x8-2p-2f-coop --twin-set algo.minibatches=4
     python benchmarks/twins.py fidelity RUN_DIR --episodes 2000
 
 ``throughput`` trains each task on the PettingZoo path (``configs/lbf_mappo.yaml`` /
@@ -43,9 +44,10 @@ def _child(config: str, overrides: list[str], iterations: int, queue) -> None:
         queue.put({"error": f"{type(exc).__name__}: {exc}"})
 
 
-def train_rate(config: str, env_id: str, kwargs: dict, iterations: int) -> float:
-    """Training env steps/s (collection + updates) of ``config`` on ``env_id``, in a fresh process."""
-    overrides = [f"env.id={env_id}", f"env.kwargs={json.dumps(kwargs)}"]
+def train_rate(config: str, env_id: str, kwargs: dict, iterations: int, extra: tuple[str, ...] = ()) -> float:
+    """Training env steps/s (collection + updates) of ``config`` on ``env_id`` with ``extra``
+    ``key=value`` overrides, in a fresh process."""
+    overrides = [f"env.id={env_id}", f"env.kwargs={json.dumps(kwargs)}", *extra]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(config, overrides, iterations, queue))
@@ -57,14 +59,15 @@ def train_rate(config: str, env_id: str, kwargs: dict, iterations: int) -> float
     return result["env_steps_per_s"]
 
 
-def throughput(tasks: list[str], repeats: int, iterations: int, pz_iterations: int) -> list[dict]:
+def throughput(tasks: list[str], repeats: int, iterations: int, pz_iterations: int,
+               twin_set: tuple[str, ...] = ()) -> list[dict]:
     rows = []
     for task in tasks:
         env_id, kwargs, slow, fast = TASKS[task]
         pairs = []
         for _ in range(repeats):
             pz = train_rate(slow, env_id, kwargs, pz_iterations)
-            twin = train_rate(fast, env_id, kwargs, iterations)
+            twin = train_rate(fast, env_id, kwargs, iterations, twin_set)
             pairs.append((pz, twin))
             print(f"  {task}: PettingZoo {pz:,.0f}, twin {twin:,.0f} env steps/s", flush=True)
         rows.append({"task": task, "pettingzoo": statistics.median(p for p, _ in pairs),
@@ -101,13 +104,15 @@ def main(argv=None) -> None:
     t.add_argument("--repeats", type=int, default=2)
     t.add_argument("--iterations", type=int, default=8, help="timed twin iterations (B x rollout_steps env steps each: 6,400 LBF, 12,800 RWARE)")
     t.add_argument("--pz-iterations", type=int, default=30, help="timed PettingZoo-path iterations (800 each)")
+    t.add_argument("--twin-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="overrides of the twin config (e.g. algo.minibatches=4)")
     f = sub.add_parser("fidelity")
     f.add_argument("run_dir")
     f.add_argument("--episodes", type=int, default=2000)
     f.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.command == "throughput":
-        throughput(args.tasks, args.repeats, args.iterations, args.pz_iterations)
+        throughput(args.tasks, args.repeats, args.iterations, args.pz_iterations, tuple(args.twin_set))
     else:
         fidelity(args.run_dir, args.episodes, args.seed)
 
