@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from marl.envs.gym_multiagent import agent_names
 from marl.envs.mpe_twin import _positive_int
 from marl.envs.twin_state import TensorState
@@ -112,7 +111,7 @@ class LBFTwin(TensorState):
         self.max_steps = _positive_int("max_episode_steps", kw["max_episode_steps"])
         self.force_coop, self.normalize = bool(kw["force_coop"]), bool(kw["normalize_reward"])
         self.penalty = float(kw["penalty"])
-        as_tensor = lambda a: torch.as_tensor(a, device=self.device)   # noqa: E731
+        as_tensor = lambda a: torch.as_tensor(a, device=self.device)
         self._min_player = as_tensor(_per(kw["min_player_level"], n, "min_player_level"))
         self._max_player = as_tensor(_per(kw["max_player_level"], n, "max_player_level"))
         self._min_food = as_tensor(_per(kw["min_food_level"], self.n_food, "min_food_level"))
@@ -327,7 +326,7 @@ class LBFTwin(TensorState):
         food_cell = np.full(self.n_food, -1)
         food_level = np.zeros(self.n_food, dtype=np.int64)
         food_cell[:cells.size], food_level[:cells.size] = cells, raw.field.reshape(-1)[cells]
-        as_tensor = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64), device=self.device)   # noqa: E731
+        as_tensor = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64), device=self.device)
         self._pos[b] = as_tensor([p.position for p in raw.players])
         self._level[b] = as_tensor([p.level for p in raw.players])
         self._food_cell[b], self._food_level[b] = as_tensor(food_cell), as_tensor(food_level)

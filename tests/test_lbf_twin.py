@@ -9,11 +9,11 @@ drawn during an LBF episode.
 import numpy as np
 import pytest
 import torch
-
 from marl.envs.batched import BatchedVectorEnv, make_batched_env
 from marl.envs.gym_multiagent import lbf_env
 from marl.envs.lbf_twin import LBFTwin
 from marl.envs.vector import RewardSpec
+
 from tests.conftest import assert_restored_twin_continues
 
 # lbforaging 2.0 registers at most 4 foods: 15x15-4p-5f is its 4f id with max_num_food 5. The last
