@@ -122,7 +122,7 @@ class LBFTwin(TensorState):
         self.state_dim = n * self.obs_dim
         self.n_actions = N_ACTIONS
         self.action_mask = torch.ones(n, N_ACTIONS, dtype=torch.bool, device=self.device)
-        # Constants: each agent's view order (itself, then the others by index), moves, spawn kernel.
+        # Constants: each agent's view order (itself, then the others by index), moves, spawn rules.
         self._view_order = as_tensor([[i] + [j for j in range(n) if j != i] for i in range(n)])
         self._moves = as_tensor(_MOVES)
         # _near[c]: the cells a food at c keeps free of food: neighborhood(row, col), the 3x3 block,
