@@ -1,6 +1,5 @@
 """The local trainer end to end: files, determinism, resume, custom envs, failures, every shipped config."""
 import copy
-import dataclasses
 import json
 import math
 import os
