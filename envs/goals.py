@@ -30,6 +30,7 @@ from gymnasium.utils import seeding
 from pettingzoo.utils.env import ParallelEnv
 
 from marl.envs.errors import EnvError
+from marl.envs.team_env import MASK_KEY
 
 GOAL_KEYS = ("observation", "achieved_goal", "desired_goal")
 MOVES = np.array([[0, 0], [0, -1], [0, 1], [-1, 0], [1, 0]])    # (x, y) per action: stay, up, down, left, right
@@ -60,8 +61,11 @@ def check_goal_env(env: Any, name: str = "env") -> tuple[int, ...]:
 
 
 def goal_slices(space: spaces.Dict) -> tuple[slice, slice]:
-    """Where ``achieved_goal`` and ``desired_goal`` lie in ``gymnasium.spaces.flatten(space, obs)``
-    (the flat observation ``TeamEnv`` gives the learner), as ``(achieved, desired)`` slices."""
+    """Where ``achieved_goal`` and ``desired_goal`` lie in the flat observation ``TeamEnv`` gives the
+    learner (``gymnasium.spaces.flatten`` of the Dict, less an ``action_mask`` key, which ``TeamEnv``
+    takes out), as ``(achieved, desired)`` slices."""
+    if MASK_KEY in space.spaces:
+        space = spaces.Dict({k: s for k, s in space.spaces.items() if k != MASK_KEY})
     found, offset = {}, 0
     for key, sub in space.spaces.items():
         found[key] = slice(offset, offset + spaces.flatdim(sub))

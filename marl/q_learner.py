@@ -22,6 +22,14 @@ replay holds ``algo.batch_size`` slots, ``algo.updates_per_rollout`` gradient st
   clipping, then the target networks: copied every ``algo.target_every`` updates, or Polyak
   averaged with ``algo.target_tau``.
 
+With ``algo.her`` (hindsight relabelling, ``algorithms/her.py``), a fraction ``algo.her_ratio`` of
+the sampled slots has its desired goals replaced by goals achieved in the same episode, before the
+utilities are computed: the flat observations' ``desired_goal`` slots (``envs.goals.goal_slices``)
+are rewritten, the rewards recomputed with the env's ``compute_reward`` (never stepping it; its
+``info`` is empty dicts, as the replay keeps no infos) and put through ``env.reward``, and the
+mixer's state is the concatenation of the (relabelled) observations ``[N·O]``, since an env's own
+``state()`` may hold the old goals. It needs a goal-conditioned env with no departures.
+
 The replay, the open episodes and the counters are in ``state_dict``, so a resumed run repeats an
 uninterrupted one exactly.
 """
@@ -30,14 +38,21 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import torch
 from torch.nn import functional as F
 
+from marl.algorithms.her import MODES as HER_MODES
+from marl.algorithms.her import STRATEGIES as HER_STRATEGIES
+from marl.algorithms.her import hindsight
 from marl.algorithms.mixers import build_mixer, mixer_credit
 from marl.algorithms.targets import double_q_value, greedy_value, legal_argmax, q_targets
 from marl.config import ConfigError
 from marl.distributions import Categorical
+from marl.envs import EnvError, make_parallel_env
+from marl.envs.goals import check_goal_env, goal_slices
+from marl.envs.rewards import apply_reward_mode_tensor
 from marl.networks import MASKED_LOGIT, Actor, unroll
 from marl.replay import EpisodeReplay, Field
 
@@ -88,6 +103,15 @@ class QConfig:
     """QMIX and QPLEX: the hidden width of the hypernetworks."""
     qplex_heads: int = 4
     """QPLEX: the attention heads K of its advantage weights λ_i(s, u)."""
+    her: str = "none"
+    """Hindsight relabelling of sampled slots (goal-conditioned envs, ``envs/goals.py``): ``none``,
+    or the state whose achieved goals replace the desired ones: ``final`` (the last), ``future``
+    (a later one; the loss keeps the steps before it) or ``episode`` (any)."""
+    her_ratio: float = 0.8
+    """With ``her``: the fraction of sampled slots relabelled, in [0, 1] (0.8 is HER's k = 4)."""
+    her_relabel: str = "joint"
+    """With ``her``: ``joint`` relabels every agent's goal at one state of the slot; ``agent`` one
+    agent's, the others keep theirs."""
 
 
 # The ``AlgoConfig`` keys this learner reads (every other one must stay at its default).
@@ -113,6 +137,7 @@ def validate_config(cfg) -> None:
         _check(getattr(q, key) >= 1, f"algo.{key}", getattr(q, key), "an int >= 1")
     _check(0.0 <= q.target_tau <= 1.0, "algo.target_tau", q.target_tau, "a float in [0, 1]")
     _check(q.td in ("lambda", "n_step"), "algo.td", q.td, "'lambda' or 'n_step'")
+    _validate_her(cfg)
     _check(q.mixer == "none" or cfg.env.reward == "shared", "algo.mixer", q.mixer,
            f"'none' with env.reward {cfg.env.reward!r} (a mixer learns one team value Q_tot, which needs the "
            f"shared team reward; IQL learns each agent's own)")
@@ -129,6 +154,52 @@ def validate_config(cfg) -> None:
                           f"{q.target_tau!r} (soft updates after every step); remove one")
 
 
+def _validate_her(cfg) -> None:
+    q, e = cfg.algo.own, cfg.env
+    _check(q.her in ("none", *HER_STRATEGIES), "algo.her", q.her, f"one of {['none', *HER_STRATEGIES]}")
+    _check(0.0 <= q.her_ratio <= 1.0, "algo.her_ratio", q.her_ratio, "a float in [0, 1]")
+    _check(q.her_relabel in HER_MODES, "algo.her_relabel", q.her_relabel, f"one of {list(HER_MODES)}")
+    if q.her == "none":
+        for key in ("her_ratio", "her_relabel"):
+            if getattr(q, key) != getattr(QConfig, key):
+                raise ConfigError(f"config key 'algo.{key}': set to {getattr(q, key)!r}, but algo.her is 'none', "
+                                  f"which does not read it; set algo.her or leave it at {getattr(QConfig, key)!r}")
+        return
+    why = "relabelled rewards are recomputed from the goals and only put through env.reward"
+    _check(e.reward in ("shared", "individual", "mixed"), "env.reward", e.reward,
+           f"'shared', 'individual' or 'mixed' with algo.her ({why})")
+    _check(not e.shaping, "env.shaping", e.shaping, f"'' with algo.her ({why}; a potential would be stale)")
+    _check(not e.episodic_reward, "env.episodic_reward", e.episodic_reward, f"false with algo.her ({why})")
+
+
+class GoalSpec(NamedTuple):
+    """What relabelling needs of a goal-conditioned env: its ``compute_reward`` and where each
+    agent's ``achieved_goal`` and ``desired_goal`` sit in its flat observation."""
+    compute_reward: Callable
+    achieved: slice
+    desired: slice
+
+
+def goal_spec(cfg) -> GoalSpec:
+    """Build one env of ``cfg`` (never stepped) and read its goals (``algo.her``).
+
+    Raises:
+        ConfigError: in one line, if the env is not goal-conditioned (``envs.goals.check_goal_env``)
+            or its agents' goals sit at different places in their flat observations.
+    """
+    env = make_parallel_env(cfg.env.id, cfg.env.kwargs)
+    try:
+        check_goal_env(env, f"env {cfg.env.id!r}")
+    except EnvError as exc:
+        raise ConfigError(f"config key 'algo.her': {cfg.algo.own.her!r} relabels goals, but {exc}") from None
+    places = {tuple((s.start, s.stop) for s in goal_slices(env.observation_space(a))) for a in env.possible_agents}
+    if len(places) != 1:
+        raise ConfigError(f"config key 'algo.her': env {cfg.env.id!r}'s agents hold their goals at different places "
+                          f"of their flat observations {sorted(places)}; relabelling needs one layout")
+    (achieved, desired), = places
+    return GoalSpec(env.compute_reward, slice(*achieved), slice(*desired))
+
+
 def check_env(cfg, continuous: bool, turn_based: bool, images) -> None:
     """The q learner's refusals that need the env's spaces (``ConfigError``, one line)."""
     if continuous:
@@ -140,6 +211,8 @@ def check_env(cfg, continuous: bool, turn_based: bool, images) -> None:
     if images is not None and (images.obs_image is not None or images.state_image is not None):
         raise ConfigError(f"config key 'algo.learner': 'q' reads flat observations and states, and env "
                           f"{cfg.env.id!r} has image ones; use algo.learner: ppo (its CNN encoder)")
+    if cfg.algo.own.her != "none":
+        goal_spec(cfg)
 
 
 # -- the acting network --------------------------------------------------------------------------
@@ -251,9 +324,11 @@ class QLearner:
         self.actor = QActor(N, env.obs_dim, A, env.action_mask, m.hidden, m.layers, m.activation, m.share_actor,
                             recurrent=m.recurrent).to(self.device)
         self.target = copy.deepcopy(self.actor).requires_grad_(False)
+        self.goals = goal_spec(cfg) if q.her != "none" else None
         kwargs = {"qmix": {"embed_dim": q.mixer_embed, "hypernet_embed": q.hypernet_embed},
                   "qplex": {"hypernet_embed": q.hypernet_embed, "heads": q.qplex_heads}}.get(q.mixer, {})
-        self.mixer = build_mixer(q.mixer, n_agents=N, state_dim=env.state_dim, n_actions=A, **kwargs)
+        state_dim = env.state_dim if self.goals is None else N * env.obs_dim   # under HER: the obs, concatenated
+        self.mixer = build_mixer(q.mixer, n_agents=N, state_dim=state_dim, n_actions=A, **kwargs)
         self.target_mixer = None
         params = list(self.actor.parameters())
         if self.mixer is not None:
@@ -330,6 +405,9 @@ class QLearner:
         q, a = self.q, self.cfg.algo
         s = self.replay.sample(q.batch_size)
         d, filled = s.data, s.filled                             # nodes [T+1, B, ...], steps [T, B, ...]
+        keep = filled
+        if self.goals is not None:
+            d, keep = self.relabel(d, filled)
         acted = d["alive"][:-1]                                  # [T, B, N]
         boot_alive = d["alive"][1:] | (acted & d["truncated"])   # agents with a value at s_{t+1}
         boot_avail = d["avail"][1:] & boot_alive[..., None]
@@ -343,12 +421,12 @@ class QLearner:
                    else greedy_value(target_q[1:], boot_avail))
         td = {"gamma": a.gamma, "lam": a.lam} if q.td == "lambda" else {"gamma": a.gamma, "n": a.n_step}
         if self.mixer is None:
-            mask = acted & filled[..., None]
+            mask = acted & keep[..., None]
             value = taken
             with torch.no_grad():
                 target = q_targets(d["reward"], nxt, d["terminated"], d["truncated"], filled, **td)
         else:
-            mask = filled[..., None] & acted.any(-1, keepdim=True)
+            mask = keep[..., None] & acted.any(-1, keepdim=True)
             joint, joint_next = self._joint(utilities[:-1].detach(), d, acted, online_next, target_q[1:], boot_avail)
             value = self.mixer(taken, d["state"][:-1], acted, **joint)
             with torch.no_grad():
@@ -366,9 +444,27 @@ class QLearner:
         metrics = {"q/loss": float(loss.detach()), "q/grad_norm": float(grad_norm),
                    "q/value": float(value.detach()[mask].mean()), "q/target": float(target[mask].mean()),
                    "q/td_error_abs": float(error.detach().abs().sum() / mask.sum().clamp(min=1))}
-        metrics.update(self._credit(utilities[:-1].detach(), taken.detach(), d, acted & filled[..., None], joint
+        metrics.update(self._credit(utilities[:-1].detach(), taken.detach(), d, acted & keep[..., None], joint
                                     if self.mixer is not None else None))
         return metrics
+
+    def relabel(self, d: dict[str, Tensor], filled: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """Hindsight-relabel sampled slots ``d`` (``algo.her``): new ``obs`` (desired goals rewritten),
+        ``reward [T, B, N]`` (``compute_reward``, then ``env.reward``) and ``state`` (the concatenated
+        obs ``[T+1, B, N·O]``), and the steps the loss keeps ``[T, B]``.
+
+        Raises:
+            EnvError: in one line, if an agent was absent at a real step (HER assumes no departures).
+        """
+        q, e, g = self.q, self.cfg.env, self.goals
+        if not bool((d["alive"][:-1] | ~filled[..., None]).all()):
+            raise EnvError(f"algo.her: env {e.id!r} has agents that leave or arrive mid-episode; hindsight "
+                           f"relabelling recomputes every agent's reward at every step, so it needs all agents present")
+        obs, raw, keep = hindsight(d["obs"], filled, g.compute_reward, self.agents, achieved=g.achieved,
+                                   desired=g.desired, strategy=q.her, ratio=q.her_ratio, mode=q.her_relabel,
+                                   generator=self.replay.generator)
+        reward = apply_reward_mode_tensor(raw, e.reward, e.team_reward, e.alpha) * filled[..., None]
+        return {**d, "obs": obs, "reward": reward, "state": obs.flatten(-2)}, keep
 
     def _joint(self, q_now: Tensor, d: dict, acted: Tensor, online_next: Tensor, target_next: Tensor,
                boot_avail: Tensor) -> tuple[dict, dict]:
