@@ -12,7 +12,7 @@ import torch
 from marl.algorithms.her import her_plan
 from marl.config import ConfigError, config_from_dict, load_config
 from marl.envs.goals import goal_slices, grid_goals
-from tests.conftest import train_run
+from tests.conftest import resumed_equals_uninterrupted, train_run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 GOALS = "marl.envs.goals:grid_goals"
@@ -96,6 +96,14 @@ def test_goals_qmix_trains_an_iteration_with_her(tmp_path):
     losses = [r["q/loss"] for r in records if "q/loss" in r]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
     assert 0.0 <= evaluation["team_return_mean"] <= 2 * 25
+
+
+def test_resume_with_her_repeats_an_uninterrupted_run(tmp_path):
+    """The relabelling draws from the replay's generator, which the checkpoint holds."""
+    cfg = her_config("future", 8 * 10 * 8, buffer_size=12, batch_size=8)
+    cfg["train"]["checkpoint_every"] = 2
+    keys = ["q/loss", "q/value", "q/target", "q/replay_slots", "team_return", "credit/dqtot/agent_0"]
+    assert resumed_equals_uninterrupted(tmp_path, cfg, cut_steps=8 * 10 * 5, keys=keys)
 
 
 @pytest.mark.parametrize("data, message", [
