@@ -85,6 +85,19 @@ def test_relabelled_rewards_and_desired_goal_slots_match_compute_reward(trained,
         assert (new["reward"][last, torch.arange(B)] == 1).all()
 
 
+def test_a_slot_with_an_absent_agent_is_refused_in_one_line(trained):
+    """HER recomputes every agent's reward at every step: an agent that left (alive False at a real
+    step) stops the update with a line naming the env."""
+    from marl.envs import EnvError
+
+    sample = trained.learner.replay.sample(4)
+    data = {**sample.data, "alive": sample.data["alive"].clone()}
+    data["alive"][1, 0, 1] = False
+    with pytest.raises(EnvError, match=r"^algo.her: env .* has agents that leave or arrive mid-episode") as err:
+        trained.learner.relabel(data, sample.filled)
+    assert "\n" not in str(err.value)
+
+
 def test_goals_qmix_trains_an_iteration_with_her(tmp_path):
     cfg = load_config(CONFIGS / "goals_qmix.yaml")
     assert (cfg.env.id, cfg.algo.own.her, cfg.algo.own.mixer) == (GOALS, "future", "qmix")
