@@ -2,7 +2,8 @@
 budget and seeds, beside the scripted optimum, in one run.
 
     python benchmarks/her_goals.py                                   # seeds 11-13, configs/goals_qmix.yaml
-    python benchmarks/her_goals.py --seeds 0 1 --steps 40000 --set env.kwargs.size=4
+    python benchmarks/her_goals.py --steps 30000 --set "env.kwargs={n_agents: 2, size: 4, max_steps: 10}" \
+        --set algo.replay_chunk=10 --set algo.rollout_steps=10          # the slow test's small grid
 
 Each seed trains ``configs/goals_qmix.yaml`` (plus ``--set`` overrides) once per ``--her`` value,
 then evaluates the greedy policy on the evaluation episodes. The scripted optimum is each agent
@@ -54,7 +55,7 @@ def run(her: str, seed: int, steps: int, overrides: list[str], episodes: int) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[11, 12, 13])
-    parser.add_argument("--steps", type=int, default=60_000)
+    parser.add_argument("--steps", type=int, default=50_000)
     parser.add_argument("--her", nargs="+", default=["future", "none"])
     parser.add_argument("--episodes", type=int, default=64)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
