@@ -159,15 +159,21 @@ def scripted_team_return(kwargs: dict, episodes: int, seed: int) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0])
-def test_her_future_learns_the_sparse_team_task_where_plain_qmix_does_not(tmp_path, seed):
-    """Same budget, same seed: HER future reaches ≥ 50% of the scripted optimum; without HER the
-    sparse team reward (both agents on their goals at once) is rarely seen and the greedy policy
-    stays far below."""
-    steps = 30_000
-    cfg = her_config("future", steps, seed)
-    best = scripted_team_return(cfg["env"]["kwargs"], cfg["train"]["eval_episodes"], seed)
-    _, with_her = train_run(cfg, tmp_path / "her")
-    _, without = train_run(her_config("none", steps, seed), tmp_path / "none")
-    assert with_her["team_return_mean"] >= 0.5 * best
-    assert with_her["team_return_mean"] >= without["team_return_mean"] + 0.25 * best
+def test_her_future_learns_the_sparse_team_task_where_plain_qmix_does_not(tmp_path):
+    """configs/goals_qmix.yaml (5x5, 25 steps), 50k env steps, seed 0, with and without HER: HER
+    future reaches ≥ 50% of the scripted optimum; without it the sparse team reward (both agents on
+    their goals at once) is rarely seen and the greedy policy stays far below (seeds 11-13 in
+    docs/value_decomposition.md: 0.99 vs 0.03 of the optimum)."""
+    seed, steps, episodes = 0, 50_000, 32
+
+    def run(her: str, name: str) -> float:
+        data = load_config(CONFIGS / "goals_qmix.yaml", [f"algo.her={her}", f"seed={seed}"]).to_dict()
+        data["train"].update({"total_env_steps": steps, "eval_episodes": episodes, "progress": False})
+        data["algo"]["epsilon_anneal_steps"] = steps // 2
+        data["log"].update(QUIET)
+        return train_run(data, tmp_path / name)[1]["team_return_mean"]
+
+    best = scripted_team_return({"n_agents": 2, "size": 5, "max_steps": 25}, episodes, seed)
+    with_her, without = run("future", "her"), run("none", "none")
+    assert with_her >= 0.5 * best
+    assert with_her >= without + 0.25 * best
