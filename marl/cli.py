@@ -33,6 +33,8 @@ def _cmd_train(args) -> int:
     resume = f"{command('marl')} train --resume {trainer.run_dir}"
     try:
         print(f"run directory: {trainer.run_dir}", file=sys.stderr)
+        if trainer.cfg.env.batched:   # a twin's periodic and final evaluations differ: say so
+            print(trainer.evaluation_simulators, file=sys.stderr)
         try:
             summary = trainer.train()
         except TrainingInterrupted as exc:
@@ -52,7 +54,8 @@ def _cmd_train(args) -> int:
     if result is not None:
         sampled = result["sampled"]
         line += (f", eval greedy {result['team_return_mean']:.2f} ± {result['team_return_std']:.2f}, sampled "
-                 f"{sampled['team_return_mean']:.2f} ± {sampled['team_return_std']:.2f}")
+                 f"{sampled['team_return_mean']:.2f} ± {sampled['team_return_std']:.2f} "
+                 f"(on the {'batched simulator' if result['simulator'] == 'batched' else 'package env'})")
     print(line + f", run directory {trainer.run_dir}")
     if result is not None and "note" in result:
         print(f"note: {result['note']}")

@@ -22,7 +22,8 @@ def evaluate(actor: Actor, env_id: str, env_kwargs: dict, episodes: int, seed: i
     with ``greedy=False``, by sampling from the policy.
 
     Returns a dict with ``team_return_mean``, ``team_return_std`` (the raw reward summed over agents
-    and steps), ``episodes``, ``greedy`` and per agent ``return/<agent>`` (mean raw return).
+    and steps), ``episodes``, ``greedy``, ``simulator`` (``"package"``: the env's own package, as
+    opposed to ``evaluate_batched``'s ``"batched"``) and per agent ``return/<agent>`` (mean raw return).
     """
     torch.set_num_threads(1)
     venv = SyncVectorEnv(EnvSlice(env_id, env_kwargs, min(episodes, max_parallel), RewardSpec()))
@@ -47,7 +48,7 @@ def evaluate(actor: Actor, env_id: str, env_kwargs: dict, episodes: int, seed: i
     returns = np.asarray(returns)
     team = returns.sum(1)
     out = {"team_return_mean": float(team.mean()), "team_return_std": float(team.std()),
-           "episodes": int(episodes), "greedy": bool(greedy)}
+           "episodes": int(episodes), "greedy": bool(greedy), "simulator": "package"}
     out.update({f"return/{ag}": float(returns[:, i].mean()) for i, ag in enumerate(agents)})
     return out
 
@@ -55,7 +56,7 @@ def evaluate(actor: Actor, env_id: str, env_kwargs: dict, episodes: int, seed: i
 def evaluate_batched(actor: Actor, env_id: str, env_kwargs: dict, episodes: int, seed: int = 0,
                      greedy: bool = True) -> dict:
     """``evaluate`` on the batched twin of ``env_id`` (``marl.envs.batched``): all ``episodes`` at once
-    in one batched env on the actor's device. Same return dict (``batched: True`` added, and
+    in one batched env on the actor's device. Same return dict (``simulator: "batched"``, and
     ``win_rate`` where the env reports wins, e.g. SMAX)."""
     torch.set_num_threads(1)
     device = next(actor.parameters()).device
@@ -74,7 +75,7 @@ def evaluate_batched(actor: Actor, env_id: str, env_kwargs: dict, episodes: int,
     returns = np.asarray([first[i]["raw_return"] for i in range(episodes)])
     team = returns.sum(1)
     out = {"team_return_mean": float(team.mean()), "team_return_std": float(team.std()),
-           "episodes": int(episodes), "greedy": bool(greedy), "batched": True}
+           "episodes": int(episodes), "greedy": bool(greedy), "simulator": "batched"}
     if "won" in first[0]:
         out["win_rate"] = float(np.mean([first[i]["won"] for i in range(episodes)]))
     out.update({f"return/{ag}": float(returns[:, i].mean()) for i, ag in enumerate(venv.agents)})

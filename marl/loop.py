@@ -264,6 +264,14 @@ class TrainingLoop:
         return out
 
     @property
+    def evaluation_simulators(self) -> str:
+        """Which simulator periodic (``eval/*``) and final (``eval.json``) evaluation run on."""
+        def name(batched: bool) -> str:
+            return "the batched simulator" if batched else "the package env"
+        final = self.cfg.env.batched and not self.has_pettingzoo_env
+        return f"periodic evaluation on {name(self.cfg.env.batched)}, final evaluation on {name(final)}"
+
+    @property
     def has_pettingzoo_env(self) -> bool:
         """The credit views play single episodes on the PettingZoo env: every run has one but a run on
         a batched simulator without a PettingZoo twin."""
@@ -306,6 +314,7 @@ class TrainingLoop:
                                     config=cfg.to_dict())
             if self.iteration == 0:
                 self.logger.log_text("config", "```\n" + cfg.to_yaml() + "\n```")
+                self.logger.log_text("evaluation", self.evaluation_simulators)
         bar = None
         if progress:
             from tqdm.auto import tqdm

@@ -51,7 +51,7 @@ def test_a_batched_env_of_our_own_is_learned(tmp_path):
                       algo={"rollout_steps": 5, "epochs": 4, "minibatches": 1, "lr": 3e-3},
                       train={"total_env_steps": 8000, "eval_episodes": 20})
     records, evaluation = _train(cfg, tmp_path / "run")
-    assert records[0]["team_return"] < 5.0 and evaluation["batched"]
+    assert records[0]["team_return"] < 5.0 and evaluation["simulator"] == "batched"
     assert evaluation["team_return_mean"] >= 9.5
 
 
@@ -72,7 +72,21 @@ def test_a_twin_run_evaluates_on_mpe2_by_default_and_on_the_twin_when_asked(tmp_
         out = tmp_path / f"eval-batched-{batched}.json"
         assert main(["eval", str(tmp_path / "run"), "--episodes", "6", "--out", str(out), *args]) == 0
         result = json.loads(out.read_text())
-        assert result.get("batched", False) == batched and math.isfinite(result["team_return_mean"])
+        assert result["simulator"] == ("batched" if batched else "package")
+        assert math.isfinite(result["team_return_mean"])
+
+
+def test_a_twin_run_says_which_simulator_each_evaluation_runs_on():
+    from marl.trainer import Trainer
+
+    for env, final in (({"batched": True, "num_envs": 4}, "the package env"),
+                       ({"id": OWN, "kwargs": {}, "batched": True, "num_envs": 4}, "the batched simulator")):
+        trainer = Trainer(config_from_dict(tiny_config(env=env)), None)
+        try:
+            assert trainer.evaluation_simulators == ("periodic evaluation on the batched simulator, "
+                                                     f"final evaluation on {final}")
+        finally:
+            trainer.close()
 
 
 def test_periodic_evaluation_of_a_batched_run_uses_the_batched_env(tmp_path):

@@ -238,7 +238,7 @@ def test_one_iteration_of_the_default_config_on_smax_logs_the_win_rate(jax, tmp_
     records, evaluation = train_run(_smax_default(B * 25), tmp_path / "run")
     assert len(records) == 1 and records[0]["env_steps"] == B * 25
     assert 0.0 <= records[0]["win_rate"] <= 1.0 and records[0]["episodes"] > 0
-    assert evaluation["batched"] and 0.0 <= evaluation["win_rate"] <= 1.0
+    assert evaluation["simulator"] == "batched" and 0.0 <= evaluation["win_rate"] <= 1.0
     assert 0.0 <= evaluation["sampled"]["win_rate"] <= 1.0
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "run"), "--json", "--episodes", str(B)]) == 0
