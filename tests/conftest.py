@@ -6,6 +6,20 @@ import torch
 torch.set_num_threads(1)
 
 
+def shipped_config_param(path: Path, *marks, id: str | None = None, values: tuple = ()):
+    """A ``pytest.param`` of a shipped config (``values``: the parameters, ``path`` by default), skipped
+    when its env needs an optional extra that is not installed (``jaxmarl:`` ids: the ``jaxmarl``
+    extra, which ``.ci/run`` installs before the slow tests)."""
+    import importlib.util
+
+    import yaml
+
+    env_id = str(((yaml.safe_load(Path(path).read_text()) or {}).get("env") or {}).get("id", ""))
+    missing = env_id.startswith("jaxmarl:") and importlib.util.find_spec("jaxmarl") is None
+    skip = pytest.mark.skipif(missing, reason=f"{Path(path).name} needs the jaxmarl extra")
+    return pytest.param(*(values or (path,)), marks=(*marks, skip), id=id or Path(path).stem)
+
+
 def tiny_config(**sections):
     """A config dict small enough to train in a second or two on simple_spread."""
     cfg = {

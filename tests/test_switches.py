@@ -17,7 +17,7 @@ from marl.algorithms import ADVANTAGES
 from marl.config import ConfigError, _read_yaml, apply_overrides
 from marl.envs import REWARD_MODES, EnvError
 from marl.envs.batched import TWINS
-from tests.conftest import train_run
+from tests.conftest import shipped_config_param, train_run
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 DEFAULT = "spread_mappo.yaml"
@@ -38,8 +38,8 @@ def _switches(config: Path) -> list[str]:
     return out
 
 
-CASES = [pytest.param(config, switch, id=f"{config.stem}:{switch}",
-                      marks=() if config.name == DEFAULT else pytest.mark.slow)
+CASES = [shipped_config_param(config, *(() if config.name == DEFAULT else (pytest.mark.slow,)),
+                              id=f"{config.stem}:{switch}", values=(config, switch))
          for config in CONFIGS for switch in _switches(config)]
 
 

@@ -22,7 +22,7 @@ from marl.logger import read_metrics
 from marl.run import final_evaluation, new_run, resume_run
 from marl.learner import TrainingDiverged
 from marl.trainer import Trainer, TrainingInterrupted
-from tests.conftest import after_call_in_iteration, tiny_config
+from tests.conftest import after_call_in_iteration, shipped_config_param, tiny_config
 
 COMPARED = ("team_return", "losses/policy", "losses/value", "explained_variance", "credit/abs_adv/agent_0")
 
@@ -316,7 +316,7 @@ def test_cli_ctrl_c_saves_and_resume_continues(tmp_path, workers, async_collecti
     assert load_checkpoint(run / CHECKPOINT_NAME)["iteration"] == state["iteration"] + 1
 
 
-@pytest.mark.parametrize("path", sorted(str(p) for p in Path("configs").glob("*.yaml")), ids=lambda p: Path(p).stem)
+@pytest.mark.parametrize("path", [shipped_config_param(str(p)) for p in sorted(Path("configs").glob("*.yaml"))])
 def test_every_shipped_config_trains_end_to_end(tmp_path, path):
     """Each config in configs/ as shipped (its env, reward mode, advantage module, critic and loss),
     cut to two small iterations so that the whole set runs in seconds."""
