@@ -13,6 +13,7 @@ import numpy as np
 
 def _cmd_train(args) -> int:
     from marl.config import load_config
+    from marl.evaluate import SIMULATORS
     from marl.run import default_run_dir, final_evaluation, new_run, resume_run
     from marl.trainer import TrainingInterrupted
 
@@ -55,7 +56,7 @@ def _cmd_train(args) -> int:
         sampled = result["sampled"]
         line += (f", eval greedy {result['team_return_mean']:.2f} ± {result['team_return_std']:.2f}, sampled "
                  f"{sampled['team_return_mean']:.2f} ± {sampled['team_return_std']:.2f} "
-                 f"(on the {'batched simulator' if result['simulator'] == 'batched' else 'package env'})")
+                 f"(on {SIMULATORS[result['simulator']]})")
     print(line + f", run directory {trainer.run_dir}")
     if result is not None and "note" in result:
         print(f"note: {result['note']}")

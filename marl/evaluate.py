@@ -14,6 +14,7 @@ from marl.rollout import policy_steps
 from marl.seeding import torch_stream
 
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes never reuse training reset seeds
+SIMULATORS = {"package": "the package env", "batched": "the batched simulator"}   # a result's ``simulator``, in words
 
 
 def evaluate(actor: Actor, env_id: str, env_kwargs: dict, episodes: int, seed: int = 0,

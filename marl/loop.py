@@ -254,22 +254,27 @@ class TrainingLoop:
         t = self.cfg.train
         if not t.eval_every or (self.iteration % t.eval_every and self.iteration != self.total_iterations):
             return {}
-        from marl.evaluate import evaluate_batched, evaluator
-
-        # batched runs evaluate on their batched env (fast), others on the PettingZoo env
-        run = evaluate_batched if self.cfg.env.batched else evaluator(self.cfg)
+        run = self._periodic_evaluator()
         result = run(self.actor, self.cfg.env.id, self.cfg.env.kwargs, t.eval_every_episodes, seed=self.cfg.seed)
         out = {"eval/team_return": result["team_return_mean"], "eval/team_return_std": result["team_return_std"]}
         out.update({f"eval/{k}": v for k, v in result.items() if k.startswith("return/") or k == "win_rate"})
         return out
 
+    def _periodic_evaluator(self):
+        """Batched runs evaluate periodically on their batched env (fast), others on the PettingZoo env."""
+        from marl.evaluate import evaluate_batched, evaluator
+        return evaluate_batched if self.cfg.env.batched else evaluator(self.cfg)
+
     @property
     def evaluation_simulators(self) -> str:
-        """Which simulator periodic (``eval/*``) and final (``eval.json``) evaluation run on."""
-        def name(batched: bool) -> str:
-            return "the batched simulator" if batched else "the package env"
-        final = self.cfg.env.batched and not self.has_pettingzoo_env
-        return f"periodic evaluation on {name(self.cfg.env.batched)}, final evaluation on {name(final)}"
+        """Which simulator periodic (``eval/*``) and final (``eval.json``, ``marl.evaluate.evaluator``)
+        evaluation run on."""
+        from marl.evaluate import SIMULATORS, evaluate_batched, evaluator
+
+        def name(run) -> str:
+            return SIMULATORS["batched" if run is evaluate_batched else "package"]
+        return (f"periodic evaluation on {name(self._periodic_evaluator())}, "
+                f"final evaluation on {name(evaluator(self.cfg))}")
 
     @property
     def has_pettingzoo_env(self) -> bool:
