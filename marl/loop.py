@@ -380,8 +380,9 @@ class TrainingLoop:
     def _stop_and_save(self) -> None:
         if self.saved_iteration != self.iteration:
             self.save()
+        kept = "checkpoint saved" if self.run_dir is not None else "no run directory, so nothing was saved"
         raise TrainingInterrupted(f"stopped by {signal.Signals(self._stop_signal).name} at {self.env_steps} env steps "
-                                  f"(iteration {self.iteration}); checkpoint saved")
+                                  f"(iteration {self.iteration}); {kept}")
 
     def _log_iteration(self, metrics: dict, steps: int, wall: float, update_s: float) -> None:
         metrics.update(self._episode_metrics(self._pending))

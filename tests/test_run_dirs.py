@@ -26,7 +26,7 @@ from marl.checkpoint import (CHECKPOINT_NAME, KEY_ENV, CheckpointError, RunDirEr
 from marl.config import ConfigError, config_from_dict, load_config
 from marl.logger import METRICS_NAME, read_metrics
 from marl.run import LOCK_NAME, load_actor, load_trainer, new_run, resume_run
-from marl.trainer import TrainingInterrupted
+from marl.trainer import Trainer, TrainingInterrupted
 from tests.conftest import after_call_in_iteration, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,6 +242,16 @@ def test_a_second_signal_waits_for_the_save_and_then_stops(tmp_path):
     trainer.close()
     assert info.value.saved and load_checkpoint(tmp_path / "cut" / CHECKPOINT_NAME)["iteration"] == 3
     assert _strip(_resume(tmp_path / "cut")) == _strip(full)
+
+
+def test_a_stop_signal_without_a_run_directory_says_that_nothing_was_saved():
+    trainer = Trainer(config_from_dict(_cfg(total_env_steps=800)))
+    after_call_in_iteration(trainer, "update", 2, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM at 300 env steps .*no run directory, so "
+                                                  "nothing was saved") as info:
+        trainer.train()
+    trainer.close()
+    assert "checkpoint saved" not in str(info.value)
 
 
 def test_a_second_signal_during_an_iteration_abandons_it_and_keeps_the_last_checkpoint(tmp_path):
