@@ -116,7 +116,8 @@ def settings_fingerprint(cfg) -> dict[str, str]:
         for f in dataclasses.fields(obj):
             value, name = getattr(obj, f.name), prefix + f.name
             if dataclasses.is_dataclass(value):
-                walk(value, name + ".")
+                # a learner's own keys sit flat under ``algo`` in the user's YAML and --set
+                walk(value, prefix if f.name == "own" else name + ".")
             elif name not in SAFE_ON_RESUME:
                 out[name] = repr(value)
     walk(cfg, "")

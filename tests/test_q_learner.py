@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from marl.config import ConfigError, config_from_dict, load_config
+from marl.run import new_run, resume_run
 from tests.conftest import resumed_equals_uninterrupted, train_run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -236,3 +237,14 @@ def test_switching_learner_in_a_variant_drops_the_other_learners_keys(tmp_path):
     assert load_config(CONFIGS / "spread_qmix.yaml", ["algo.learner=ppo"]).algo.own is None
     with pytest.raises(ConfigError, match="'algo.mixer': it belongs to algo.learner 'q'"):
         load_config(CONFIGS / "spread_qmix.yaml", ["algo.learner=ppo", "algo.mixer=vdn"])
+
+
+def test_resume_names_a_changed_q_key_as_the_user_writes_it(tmp_path):
+    """The q learner's own keys sit flat under ``algo``; a resume that changes one is refused naming
+    ``algo.<key>``, the key the user wrote, not the config's internal layout."""
+    cfg = q_config(*CHAIN, "vdn", 8 * 4 * 2, T=4)
+    trainer = new_run(config_from_dict(cfg), tmp_path / "run")
+    trainer.train()
+    trainer.close()
+    with pytest.raises(ConfigError, match=r"--set algo.epsilon_finish=0.2 changes algo.epsilon_finish \("):
+        resume_run(tmp_path / "run", ["algo.epsilon_finish=0.2"])
