@@ -206,7 +206,8 @@ def run_trial(trial: Trial, run_dir: str | Path) -> dict:
     return {**record, "status": "done", "env_steps": summary["env_steps"], "wall_s": time.time() - start,
             "train_team_return": summary["team_return"],
             "greedy_return": None if result is None else result["team_return_mean"],
-            "sampled_return": None if result is None else result["sampled"]["team_return_mean"]}
+            "sampled_return": None if result is None else result["sampled"]["team_return_mean"],
+            "win_rate": None if result is None else result.get("win_rate")}
 
 
 def _trainable(params: dict) -> None:
@@ -337,7 +338,8 @@ def write_summary(out: str | Path, reps: int | None = None) -> dict:
         r = records.get(t.name, {})
         entries.append({"trial": t.name, "config": t.config, "seed": t.seed, "overrides": t.overrides,
                         "status": r.get("status", "not run"), "greedy_return": r.get("greedy_return"),
-                        "sampled_return": r.get("sampled_return"), "env_steps": r.get("env_steps"),
+                        "sampled_return": r.get("sampled_return"), "win_rate": r.get("win_rate"),
+                        "env_steps": r.get("env_steps"),
                         "wall_s": r.get("wall_s"), "run_dir": str(out / t.name), "error": r.get("error")})
     finished = [Path(e["run_dir"]) for e in entries if e["status"] == "done"]
     groups, differing = [], []

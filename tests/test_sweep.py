@@ -138,3 +138,22 @@ def test_sweep_stopped_by_ctrl_c_resumes_keeping_finished_trials(tmp_path):
     for e in summary["trials"]:   # every run complete: one record per iteration, none twice
         its = [r["iteration"] for r in read_metrics(e["run_dir"])]
         assert its == sorted(set(its)) and read_metrics(e["run_dir"])[-1]["env_steps"] == 2000
+
+
+@pytest.mark.slow
+def test_the_suite_benchmark_tabulates_each_task_from_a_real_sweep(tmp_path):
+    """``benchmarks/suite.py`` on two tasks at a smoke budget: one row per task, each with its seeds'
+    greedy returns as the trials recorded them, and the budget flagged as not the shipped one."""
+    out = tmp_path / "suite"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "suite.py"), "--tasks", "spread", "lbf",
+                           "--seeds", "11", "12", "--set", "train.total_env_steps=2000", "--set",
+                           "train.eval_episodes=2", "--jobs", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    table = (out / "suite.md").read_text().splitlines()
+    rows = [line for line in table if line.startswith(("| MPE", "| LBF"))]
+    assert len(rows) == 2 and all("(not shipped)" in r and "(2 seeds)" in r for r in rows)
+    for name, row in zip(["spread_fast", "lbf_fast"], rows):
+        returns = [t["greedy_return"] for t in summary["trials"] if Path(t["config"]).stem == name]
+        assert len(returns) == 2 and ", ".join(f"{v:.2f}" for v in returns) in row
