@@ -199,3 +199,29 @@ def test_deprecation_warnings_of_an_env_package_reach_the_user_once(capsys):
     err = capsys.readouterr().err.splitlines()
     assert err == ["[marl] env.id 'tests.deprecated_env:make': deprecated_env is deprecated, use any_spaces",
                    "[marl] env.id 'tests.deprecated_env:make': make() will be removed in v2"]
+
+
+@pytest.mark.parametrize("check", ["first", "always"])
+def test_rllib_env_runners_check_as_env_check_says(check):
+    """The RLlib backend's per-EnvRunner env honours ``env.check``: a space that changes in a later
+    episode passes with 'first' and is named with 'always', as on the local backend."""
+    from marl.config import config_from_dict
+    from marl.rllib.env import TeamMultiAgentEnv, env_config
+
+    cfg = config_from_dict(tiny_config(env={"id": ANY, "kwargs": {"bad": "action_space", "bad_episode": 3},
+                                            "check": check}))
+    env = TeamMultiAgentEnv(env_config(cfg))
+
+    def play():
+        for episode in range(3):
+            env.reset(seed=episode)
+            done = False
+            while not done:
+                *_, terminateds, truncateds, _ = env.step({a: 0 for a in env.agents})
+                done = terminateds["__all__"] or truncateds["__all__"]
+
+    if check == "first":
+        play()
+    else:
+        with pytest.raises(EnvError, match="agent 'box', step 2 of its episode, action_space: changed"):
+            play()

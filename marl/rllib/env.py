@@ -59,7 +59,7 @@ def env_config(cfg, fault_log: str | None = None) -> dict:
 
     e = cfg.env
     return {"env_id": e.id, "env_kwargs": dict(e.kwargs), "reward": dataclasses.asdict(reward_spec(cfg)),
-            "fault_log": fault_log}
+            "check": e.check, "fault_log": fault_log}
 
 
 class TeamMultiAgentEnv(MultiAgentEnv):
@@ -67,7 +67,8 @@ class TeamMultiAgentEnv(MultiAgentEnv):
 
     def __init__(self, config: dict):
         super().__init__()
-        self._slice = EnvSlice(config["env_id"], config["env_kwargs"], 1, RewardSpec(**config["reward"]))
+        self._slice = EnvSlice(config["env_id"], config["env_kwargs"], 1, RewardSpec(**config["reward"]),
+                               check=config.get("check", "first"))
         team = self._slice.envs[0]
         self.agents = list(team.agents)
         self.possible_agents = list(team.agents)
