@@ -1,13 +1,17 @@
 """The one registry of advantage modules. Built-ins are listed in a plain dict, not by decorators.
 
-Each entry pairs a function with what the trainer must know to use it: which critic it needs and
-which algorithm-config fields it reads. There is one calling convention per kind of critic:
+Each entry pairs a function with what the trainer must know to use it: the kind of critic it needs
+(a ``CriticKind``: what the critic values, what it supports, how its targets are made) and which
+algorithm-config fields it reads. There is one calling convention per kind of critic:
 
-- ``"v"`` (a state-value critic V(s) or V(o_i)): the pure function
+- ``V_CRITIC`` (a state-value critic V(s) or V(o_i)): the pure function
   ``fn(reward, value, next_value, terminated, truncated, **kw) -> (advantage, value_target)``;
-- ``"q"`` (COMA's per-agent critic Q(s, u^{-a}, ·)) and ``"dop"`` (DOP's decomposed critic
+- ``Q_CRITIC`` (COMA's per-agent critic Q(s, u^{-a}, ·)) and ``DOP_CRITIC`` (DOP's decomposed critic
   Q_tot = Σ_i k_i(s) Q_i(s, u_i) + b(s)): ``fn(inputs: CounterfactualInputs, **kw) -> advantage``;
-  the critic learns the TD(λ) targets of the taken joint action (``td_lambda`` with ``targets``).
+  the critic learns the kind's ``targets`` (TD(λ) of the taken joint action).
+
+The kinds are the only place that tells critics apart: callers read their properties, never their
+names (``marl.networks.build_critic`` maps a kind to its network).
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from marl.algorithms.shapley import shapley_credit
 
 @dataclass
 class CounterfactualInputs:
-    """What a ``"q"`` or ``"dop"`` module reads of a rollout, ``[T, B, N, ...]``, in return units
+    """What a module with a critic over actions reads of a rollout, ``[T, B, N, ...]``, in return units
     (except DOP's utilities ``q_all``, whose scale is carried by ``weights``).
 
     Attributes:
@@ -55,22 +59,57 @@ class CounterfactualInputs:
     generator: torch.Generator | None = field(default=None, repr=False)
 
 
+@dataclass(frozen=True, eq=False)
+class CriticKind:
+    """What an advantage module asks of its critic. Compared by identity: the three kinds below.
+
+    Attributes:
+        name: shown by ``marl list``.
+        over_actions: the critic values actions, Q per agent over its own actions ``[..., N, A]``,
+            and reads the joint action (a counterfactual module over a discrete action set); else
+            it values states, V ``[..., N]``, placed by ``algo.critic``.
+        mixed: per-agent utilities mixed into one Q_tot of the team (DOP), so its loss reads every
+            agent's row at once.
+        recurrent: whether the critic may be recurrent (``model.recurrent``).
+        reward_modes: the ``env.reward`` modes its targets are defined for (None: all).
+        targets: for a critic over actions, its targets ``[T, B, N]`` from the taken joint action's
+            value, ``targets(reward, q_taken, next_q, terminated, truncated, **spec.kwargs) ->
+            (_, target)``; None for a V critic, whose module returns its own targets.
+        why: the reason behind ``recurrent`` and ``reward_modes``, quoted by config errors.
+    """
+
+    name: str
+    over_actions: bool
+    mixed: bool = False
+    recurrent: bool = True
+    reward_modes: tuple[str, ...] | None = None
+    targets: Callable | None = None
+    why: str = ""
+
+
+V_CRITIC = CriticKind("v", over_actions=False)
+Q_CRITIC = CriticKind("q", over_actions=True, targets=td_lambda)
+DOP_CRITIC = CriticKind("dop", over_actions=True, mixed=True, recurrent=False, reward_modes=("shared",),
+                        targets=td_lambda, why="its decomposed critic is feed-forward, and its Q_tot learns the "
+                        "team's return")
+
+
 @dataclass(frozen=True)
 class AdvantageSpec:
     """A registered advantage module.
 
     Attributes:
         fn: see the module docstring for its calling convention (by ``critic``).
-        critic: ``"v"``, ``"q"`` or ``"dop"`` (see the module docstring).
-        params: ``(kwarg, config_field)`` pairs read from the ``algo`` config: for ``critic="v"`` the
-            keywords of ``fn`` (e.g. ``("n", "n_step")``); for the others the keywords of
-            ``td_lambda`` that builds the critic's targets.
+        critic: the ``CriticKind`` it needs.
+        params: ``(kwarg, config_field)`` pairs read from the ``algo`` config: for a V critic the
+            keywords of ``fn`` (e.g. ``("n", "n_step")``); for a critic over actions the keywords
+            of ``critic.targets``.
         description: one line shown by ``marl list``.
-        fn_params: for ``"q"``/``"dop"`` modules, ``(kwarg, config_field)`` pairs of ``fn`` itself.
+        fn_params: for a critic over actions, ``(kwarg, config_field)`` pairs of ``fn`` itself.
     """
 
     fn: Callable
-    critic: str
+    critic: CriticKind
     params: tuple[tuple[str, str], ...]
     description: str
     fn_params: tuple[tuple[str, str], ...] = ()
@@ -137,31 +176,31 @@ def _same(*names: str) -> tuple[tuple[str, str], ...]:
 
 
 ADVANTAGES: dict[str, AdvantageSpec] = {
-    "gae": AdvantageSpec(gae, "v", _same("gamma", "lam"),
+    "gae": AdvantageSpec(gae, V_CRITIC, _same("gamma", "lam"),
                          "generalised advantage estimation (MAPPO/MAA2C default)"),
-    "td_lambda": AdvantageSpec(td_lambda, "v", _same("gamma", "lam"),
+    "td_lambda": AdvantageSpec(td_lambda, V_CRITIC, _same("gamma", "lam"),
                                "λ-return targets, advantage = G^λ − V (equals GAE with one critic)"),
-    "n_step": AdvantageSpec(n_step, "v", (("gamma", "gamma"), ("n", "n_step")),
+    "n_step": AdvantageSpec(n_step, V_CRITIC, (("gamma", "gamma"), ("n", "n_step")),
                             "n-step bootstrapped returns, n = algo.n_step (A3C-style)"),
-    "mc": AdvantageSpec(mc, "v", _same("gamma"),
+    "mc": AdvantageSpec(mc, V_CRITIC, _same("gamma"),
                         "Monte Carlo returns, bootstrapped only at truncation/rollout end"),
-    "coma": AdvantageSpec(coma, "q", _same("gamma", "lam"),
+    "coma": AdvantageSpec(coma, Q_CRITIC, _same("gamma", "lam"),
                           "COMA counterfactual baseline from a Q(s, u^-a, ·) critic with TD(λ) targets"),
-    "coma_lambda": AdvantageSpec(coma_lambda, "q", _same("gamma", "lam"),
+    "coma_lambda": AdvantageSpec(coma_lambda, Q_CRITIC, _same("gamma", "lam"),
                                  "COMA's counterfactual baseline subtracted from the TD(λ) return of the "
                                  "taken joint action"),
-    "shapley": AdvantageSpec(shapley, "q", _same("gamma", "lam"),
+    "shapley": AdvantageSpec(shapley, Q_CRITIC, _same("gamma", "lam"),
                              "Shapley credit: COMA's counterfactual advantage averaged over M = algo.shapley_samples "
                              "random coalitions (Wang et al. 2020; Li et al. 2021)",
                              fn_params=(("n_samples", "shapley_samples"),)),
-    "shapley_lambda": AdvantageSpec(shapley_lambda, "q", _same("gamma", "lam"),
+    "shapley_lambda": AdvantageSpec(shapley_lambda, Q_CRITIC, _same("gamma", "lam"),
                                     "Shapley credit with the TD(λ) return of the taken joint action in place of "
                                     "the critic's Q(s, u): G^λ − Q(s, u) + the Shapley advantage",
                                     fn_params=(("n_samples", "shapley_samples"),)),
-    "dop": AdvantageSpec(dop, "dop", _same("gamma", "lam"),
+    "dop": AdvantageSpec(dop, DOP_CRITIC, _same("gamma", "lam"),
                          "DOP's decomposed critic Q_tot = Σ k_i(s) Q_i(s, u_i) + b(s), advantage k_i (Q_i(u_i) − "
                          "E_π Q_i) (Wang et al. 2021)"),
-    "dop_lambda": AdvantageSpec(dop_lambda, "dop", _same("gamma", "lam"),
+    "dop_lambda": AdvantageSpec(dop_lambda, DOP_CRITIC, _same("gamma", "lam"),
                                 "DOP's counterfactual baseline subtracted from the TD(λ) return of the taken "
                                 "joint action: G^λ − Q_tot + k_i (Q_i(u_i) − E_π Q_i)"),
 }

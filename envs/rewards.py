@@ -11,6 +11,13 @@ TEAM_REDUCTIONS = ("sum", "mean")
 DIFFERENCE_COUNTERFACTUALS = ("resimulate", "reward_model")   # env.difference (see marl.config.EnvConfig)
 
 
+def is_team_reward(mode: str) -> bool:
+    """Whether reward mode ``mode`` pays every agent the one team reward (``shared``): one reward
+    column, so a value critic learns one return for the team (one head), where the other modes pay
+    each agent its own (one head per agent)."""
+    return mode == "shared"
+
+
 def team_reward(raw: np.ndarray, team: str, present: np.ndarray | None = None) -> np.ndarray:
     """The team reward ``[..., 1]``: the sum, or the mean over all N agents (``sum / N``), of the
     agents' raw rewards ``[..., N]``; with ``present`` (bool ``[..., N]``) absent agents' rewards

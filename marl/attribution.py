@@ -205,7 +205,7 @@ def value_attribution(trainer, episodes: list[dict], baseline: str = "mean", n_s
             hiddens.append(starts[:, 0])                       # [T, 1, H]
     x = torch.cat(states)
     hidden = torch.cat(hiddens) if hiddens else None
-    team = trainer.cfg.env.reward == "shared"
+    team = critic.team_value
 
     def value(z: Tensor) -> Tensor:
         out = critic(z) if hidden is None else critic.step(z, _tiled(hidden, z.shape[0]))[0]
@@ -342,7 +342,7 @@ def attribution_fidelity(trainer, episodes: int = 32, seed: int = 0, behaviour: 
         per_agent = v["agents"].numpy()
         magnitude = np.abs(per_agent).mean(0)
         unobserved = float(v["unobserved"].abs().mean())
-        out.update({"value/output": "V(s), team value head" if trainer.cfg.env.reward == "shared"
+        out.update({"value/output": "V(s), team value head" if trainer.learner.critic.team_value
                     else "sum of the per-agent value heads V_i(s)",
                     "value/grouping": v["grouping"], "value/unobserved_fraction":
                     unobserved / max(magnitude.sum() + unobserved, 1e-12),

@@ -300,7 +300,7 @@ def _cmd_list(args) -> int:
     print("  any 'package.module:factory' returning a PettingZoo ParallelEnv or AECEnv")
     print("advantage modules (algo.advantage):")
     for name, spec in ADVANTAGES.items():
-        print(f"  {name:12s} critic={spec.critic}  {spec.description}")
+        print(f"  {name:12s} critic={spec.critic.name}  {spec.description}")
     print(f"reward modes (env.reward): {', '.join(REWARD_MODES)}")
     print(f"difference counterfactuals (env.difference): {', '.join(DIFFERENCE_COUNTERFACTUALS)}")
     print(f"shaping potentials (env.shaping): {', '.join(POTENTIALS)}, or 'package.module:function'")

@@ -438,10 +438,10 @@ def _check_algo_ranges(a: AlgoConfig) -> None:
     """The ``algo`` section's registry names and optimiser values."""
     from marl.algorithms import ADVANTAGES
     from marl.learners import LEARNERS
+    from marl.networks import V_CRITICS
 
     _check(a.advantage in ADVANTAGES, "algo.advantage", a.advantage, f"one of {sorted(ADVANTAGES)}")
-    _check(a.critic in ("central", "agent_state", "local"), "algo.critic", a.critic,
-           "'central', 'agent_state' or 'local'")
+    _check(a.critic in V_CRITICS, "algo.critic", a.critic, f"one of {', '.join(map(repr, V_CRITICS))}")
     _check(a.learner in LEARNERS, "algo.learner", a.learner, f"one of {sorted(LEARNERS)}")
     _check(a.lr_schedule in ("constant", "linear"), "algo.lr_schedule", a.lr_schedule, "'constant' or 'linear'")
     _check(0.0 < a.gamma <= 1.0, "algo.gamma", a.gamma, "a float in (0, 1]")
@@ -498,15 +498,17 @@ def _check_redistribution_ranges(a: AlgoConfig) -> None:
 
 
 def _check_advantage_rules(cfg: Config) -> None:
-    """DOP's decomposed critic (``dop``, ``dop_lambda``) is feed-forward and learns a team return."""
+    """What the advantage module's critic kind supports: a recurrent critic, the reward modes (DOP's
+    decomposed critic is feed-forward and learns a team return)."""
     from marl.algorithms import ADVANTAGES
 
     a = cfg.algo
-    if ADVANTAGES[a.advantage].critic == "dop":
-        _check(not cfg.model.recurrent, "model.recurrent", cfg.model.recurrent, f"false with algo.advantage "
-               f"{a.advantage!r} (its decomposed critic is feed-forward)")
-        _check(cfg.env.reward == "shared", "env.reward", cfg.env.reward, f"'shared' with algo.advantage "
-               f"{a.advantage!r} (its Q_tot learns the team's return)")
+    kind = ADVANTAGES[a.advantage].critic
+    _check(kind.recurrent or not cfg.model.recurrent, "model.recurrent", cfg.model.recurrent,
+           f"false with algo.advantage {a.advantage!r} ({kind.why})")
+    modes = kind.reward_modes or (cfg.env.reward,)
+    _check(cfg.env.reward in modes, "env.reward", cfg.env.reward,
+           f"{' or '.join(map(repr, modes))} with algo.advantage {a.advantage!r} ({kind.why})")
 
 
 def _check_device(cfg: Config) -> None:
@@ -538,7 +540,7 @@ def _check_local_only(cfg: Config) -> None:
         ("model.recurrent", m.recurrent, m.recurrent, "false with backend 'rllib' (its RLModule here is not "
          "stateful; train recurrent policies with the local backend)"),
         ("algo.redistribution", a.redistribution, a.redistribution != "none", "'none' with backend 'rllib'"),
-        ("algo.advantage", a.advantage, ADVANTAGES[a.advantage].critic == "dop", f"not {a.advantage!r} with "
+        ("algo.advantage", a.advantage, ADVANTAGES[a.advantage].critic.mixed, f"not {a.advantage!r} with "
          "backend 'rllib' (its loss mixes every agent's Q, and RLlib's rows are per agent)"),
         ("train.device", t.device, t.device != "cpu", "'cpu' with backend 'rllib' (RLlib places its own "
          "Learners)"),
@@ -605,8 +607,8 @@ def _refuse_ignored_options(cfg: Config) -> None:
     defaults = Config()
     a, spec = cfg.algo, ADVANTAGES[cfg.algo.advantage]
     reads = spec.fields
-    q_critic = spec.critic in ("q", "dop")
-    counterfactual = ", ".join(name for name, other in ADVANTAGES.items() if other.critic in ("q", "dop"))
+    q_critic = spec.critic.over_actions
+    counterfactual = ", ".join(name for name, other in ADVANTAGES.items() if other.critic.over_actions)
     ignored = [
         ("algo.critic", a.critic, defaults.algo.critic, q_critic,
          f"{a.advantage!r} uses its own counterfactual Q critic"),

@@ -18,17 +18,18 @@ the longest episode chunk. Padded entries take no part in any loss, statistic or
 from __future__ import annotations
 
 import copy
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from marl.algorithms import CounterfactualInputs, coma_baseline, get_advantage, td_lambda
+from marl.algorithms import ADVANTAGES, CounterfactualInputs, coma_baseline, get_advantage
 from marl.algorithms.turns import from_turns, own_turns
+from marl.checkpoint import CheckpointError
 from marl.config import Config, ConfigError
 from marl.distributions import Categorical
-from marl.envs.team_env import ImageLayout
-from marl.networks import Actor, CentralCritic, Critic, DOPCritic, ImageEncoder, LocalCritic, QCritic, ValueNorm
+from marl.envs.rewards import is_team_reward
+from marl.networks import Actor, Critic, CriticSizes, ImageEncoder, ImageInputs, ValueNorm, critic_class
+from marl.networks import build_critic as build_network
 
 
 class TrainingDiverged(RuntimeError):
@@ -116,22 +117,6 @@ def per_agent_std(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     return ((centred ** 2).sum((0, 1)) / (n - 1).clamp_min(1.0)).sqrt()
 
 
-class ImageInputs(NamedTuple):
-    """An env's image inputs: the layouts of its observations and of its global state (None where
-    flat), and whether the state is the observations side by side (``marl.envs.team_env.TeamEnv``'s
-    attributes of the same names)."""
-
-    obs_image: ImageLayout | None = None
-    state_image: ImageLayout | None = None
-    state_is_obs: bool = False
-
-    @classmethod
-    def of(cls, env) -> ImageInputs:
-        """The image inputs of a ``TeamEnv``, vector env or ``EnvSpec`` (none for a batched env)."""
-        return cls(getattr(env, "obs_image", None), getattr(env, "state_image", None),
-                   bool(getattr(env, "state_is_obs", False)))
-
-
 def encoded_images(cfg: Config, images: ImageInputs | None) -> ImageInputs:
     """The image inputs that ``model.encoder`` sends through a CNN encoder (the MLP reads the rest
     flat): all of them under ``auto`` and ``cnn``, none under ``mlp``."""
@@ -153,24 +138,14 @@ def build_actor(cfg: Config, n_agents: int, obs_dim: int, n_actions: int, action
 
 def build_critic(cfg: Config, n_agents: int, obs_dim: int, state_dim: int, n_actions: int,
                  images: ImageInputs | None = None) -> Critic:
-    """The one place that picks the critic: COMA's Q critic for a Q-critic advantage module, else
-    the V critic ``algo.critic`` names (one team head under a shared reward). Image inputs get their
-    own encoders (the actor's are separate networks, as MAPPO's actor and critic are)."""
+    """The critic of ``cfg``: the one its advantage module's critic kind needs (``algo.critic`` places
+    a V critic), for an env's sizes and image inputs, with one value head for the team where the
+    reward mode pays one team reward (``is_team_reward``)."""
     a, m = cfg.algo, cfg.model
-    common = {"hidden": m.hidden, "layers": m.layers, "activation": m.activation, "recurrent": m.recurrent}
-    kind = get_advantage(a.advantage).critic
-    if kind == "q":
-        return QCritic(n_agents, state_dim, obs_dim, n_actions, with_obs=a.critic_obs, **common)
-    if kind == "dop":
-        return DOPCritic(n_agents, state_dim, obs_dim, n_actions, with_obs=a.critic_obs, **common)
-    enc = encoded_images(cfg, images)
-    obs_encoder = None if enc.obs_image is None else ImageEncoder(enc.obs_image, m.hidden)
-    if a.critic == "central":
-        state_encoder = None if enc.state_image is None else ImageEncoder(enc.state_image, m.hidden)
-        return CentralCritic(n_agents, state_dim, team_value=cfg.env.reward == "shared", state_encoder=state_encoder,
-                             obs_encoder=obs_encoder if enc.state_is_obs else None, **common)
-    return LocalCritic(n_agents, obs_dim, agent_state=a.critic == "agent_state", state_dim=state_dim,
-                       obs_encoder=obs_encoder, **common)
+    sizes = CriticSizes(n_agents, obs_dim, state_dim, n_actions)
+    return build_network(get_advantage(a.advantage).critic, a.critic, sizes, is_team_reward(cfg.env.reward),
+                         a.critic_obs, encoded_images(cfg, images), hidden=m.hidden, layers=m.layers,
+                         activation=m.activation, recurrent=m.recurrent)
 
 
 def refuse_unfit_env(cfg: Config, continuous: bool, n_actions: int, turn_based: bool = False,
@@ -178,6 +153,8 @@ def refuse_unfit_env(cfg: Config, continuous: bool, n_actions: int, turn_based: 
     """The config checks that need the env's spaces and kind (``marl.run.check_env`` runs them before a
     run directory is made; the learner again, for direct users). Raises ``ConfigError``."""
     a = cfg.algo
+    kind = get_advantage(a.advantage).critic
+    v_modules = ", ".join(name for name, spec in ADVANTAGES.items() if not spec.critic.over_actions)
     if zero_sum and cfg.env.reward in ("shared", "difference"):
         raise ConfigError(f"config key 'env.reward': env {cfg.env.id!r} is a zero-sum game (its players' rewards sum "
                           f"to 0 at every step), so a team reward ({cfg.env.reward!r}) is always 0 and there is "
@@ -186,17 +163,17 @@ def refuse_unfit_env(cfg: Config, continuous: bool, n_actions: int, turn_based: 
         raise ConfigError(f"config key 'env.reward': 'difference' re-simulates one step, and env {cfg.env.id!r} is "
                           f"turn-based (a move's reward arrives over the turns that follow); use shared, individual "
                           f"or mixed")
-    if turn_based and get_advantage(a.advantage).critic in ("q", "dop"):
+    if turn_based and kind.over_actions:
         raise ConfigError(f"config key 'algo.advantage': {a.advantage!r} values the joint action of one step, and "
                           f"env {cfg.env.id!r} is turn-based (one player moves per step, and its reward arrives over "
-                          f"the turns that follow); use a V-critic module (gae, td_lambda, n_step, mc)")
+                          f"the turns that follow); use a V-critic module ({v_modules})")
     if cfg.env.reward == "difference" and not continuous and not cfg.env.default_action < n_actions:
         raise ConfigError(f"config key 'env.default_action': expected an action of env {cfg.env.id!r}, an int in "
                           f"[0, {n_actions}), got {cfg.env.default_action!r}")
-    if continuous and get_advantage(a.advantage).critic in ("q", "dop"):
+    if continuous and kind.over_actions:
         raise ConfigError(f"config key 'algo.advantage': {a.advantage!r} is counterfactual over a discrete action "
                           f"set, and env {cfg.env.id!r} has continuous (Box) actions; use a V-critic module "
-                          f"(gae, td_lambda, n_step, mc)")
+                          f"({v_modules})")
     if continuous and cfg.env.reward == "difference":
         raise ConfigError(f"config key 'env.reward': 'difference' puts a default action c_i (env.default_action) in "
                           f"each agent's place, and env {cfg.env.id!r} has continuous (Box) actions; use shared, "
@@ -207,15 +184,14 @@ def refuse_unfit_env(cfg: Config, continuous: bool, n_actions: int, turn_based: 
                           f"shaped H×W×C or C×H×W, 1-4 channels, sides of 8 pixels or more), and env "
                           f"{cfg.env.id!r} has neither; use auto or mlp")
     enc = encoded_images(cfg, images)
-    if enc.obs_image is not None or enc.state_image is not None:
-        if get_advantage(a.advantage).critic in ("q", "dop"):
+    if (enc.obs_image is not None or enc.state_image is not None) and not critic_class(kind, a.critic).encodes_images:
+        if kind.over_actions:
             raise ConfigError(f"config key 'algo.advantage': {a.advantage!r} has a Q critic that reads the raw "
                               f"state, and env {cfg.env.id!r} has images, which it cannot encode; use a V-critic "
-                              f"module (gae, td_lambda, n_step, mc), or model.encoder: mlp")
-        if a.critic == "agent_state":
-            raise ConfigError(f"config key 'algo.critic': 'agent_state' reads the raw state beside each "
-                              f"observation, and env {cfg.env.id!r} has images, which it cannot encode; use central "
-                              f"or local, or model.encoder: mlp")
+                              f"module ({v_modules}), or model.encoder: mlp")
+        raise ConfigError(f"config key 'algo.critic': {a.critic!r} reads the raw state beside each observation, "
+                          f"and env {cfg.env.id!r} has images, which it cannot encode; use central or local, or "
+                          f"model.encoder: mlp")
 
 
 class CreditLearner:
@@ -239,7 +215,7 @@ class CreditLearner:
         self.dynamic_mask = dynamic_mask
         N = len(agents)
         self.advantage = get_advantage(a.advantage)
-        self.uses_q = self.advantage.critic in ("q", "dop")   # a critic over actions (counterfactual modules)
+        self.uses_q = self.advantage.critic.over_actions   # a critic over actions (counterfactual modules)
         self.continuous = continuous
         self.turn_based = turn_based
         refuse_unfit_env(cfg, continuous, n_actions, turn_based, images=images)
@@ -249,9 +225,9 @@ class CreditLearner:
         self.actor.to(self.device)
         self.critic.to(self.device)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False) if a.target_update_every else None
-        team_head = bool(getattr(self.critic, "team_value", False))   # one V(s) for the team (shared reward)
+        team_head = self.critic.team_value   # one V(s) for the team (shared reward)
         # One column of value statistics per critic head: a team head has one (the team's return).
-        self.value_norm = ValueNorm(1 if team_head else N).to(self.device)
+        self.value_norm = ValueNorm(self.critic.value_heads).to(self.device)
         self.optimizer = torch.optim.Adam([
             {"params": self.actor.parameters(), "lr": a.lr},
             {"params": self.critic.parameters(), "lr": a.critic_lr},
@@ -272,7 +248,7 @@ class CreditLearner:
     def state_dict(self) -> dict:
         state = {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
                  "value_norm": self.value_norm.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "updates": self.updates}
+                 "updates": self.updates, "value_heads": self.critic.value_heads}
         if self.target_critic is not None:
             state["target_critic"] = self.target_critic.state_dict()
         if self.critic_hidden is not None:
@@ -280,6 +256,18 @@ class CreditLearner:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Load ``state_dict``'s output. A checkpoint written before the head count was stored
+        (no ``value_heads``) loads where its tensors fit.
+
+        Raises:
+            CheckpointError: when its critic has another number of value heads than this one's.
+        """
+        heads = state.get("value_heads", self.critic.value_heads)
+        if heads != self.critic.value_heads:
+            raise CheckpointError(f"the checkpoint's critic has {heads} value head(s) and env.reward "
+                                  f"{self.cfg.env.reward!r} with {len(self.agents)} agents asks for "
+                                  f"{self.critic.value_heads} (one per reward column); resume with the reward "
+                                  f"mode it was trained with")
         self.actor.load_state_dict(state["actor"])
         self.critic.load_state_dict(state["critic"])
         if self.target_critic is not None:
@@ -415,8 +403,8 @@ class CreditLearner:
 
     def _prepare_q(self, b: dict[str, torch.Tensor], generator: torch.Generator, valid: torch.Tensor | None,
                    terminated: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The counterfactual modules (COMA, COMA-λ, Shapley, DOP): a critic over actions, trained on
-        TD(λ) targets of the taken joint action's value (COMA's Q(s, u), or DOP's Q_tot); the
+        """The counterfactual modules (COMA, COMA-λ, Shapley, DOP): a critic over actions, trained on its
+        kind's targets (TD(λ)) of the taken joint action's value (COMA's Q(s, u), or DOP's Q_tot); the
         module's function reads ``CounterfactualInputs`` (``marl.algorithms.registry``)."""
         a = self.cfg.algo
         if valid is not None and self.critic.mixed:
@@ -456,8 +444,8 @@ class CreditLearner:
             target_ends, q_taken_target = ends, q_taken
         next_out = critic(next_in) if target_ends is None else critic.step(next_in, target_ends)[0]
         next_q = self._to_return_space(critic.prediction(next_out, next_in, next_actions))
-        _, target = td_lambda(b["reward"], q_taken_target, next_q, terminated, b["truncated"],
-                              **self.advantage.kwargs(a))
+        _, target = self.advantage.critic.targets(b["reward"], q_taken_target, next_q, terminated, b["truncated"],
+                                                  **self.advantage.kwargs(a))
         avail = self._avail(b)
         avail = self.actor.action_mask if avail is None else avail
         inputs = CounterfactualInputs(returns=target, q_all=out, logits=logits, actions=actions, avail=avail,

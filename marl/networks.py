@@ -4,12 +4,13 @@ states go through an ``ImageEncoder`` (a small CNN) first, where ``model.encoder
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from marl.algorithms import coma_critic_inputs
+from marl.algorithms import DOP_CRITIC, Q_CRITIC, CriticKind, coma_critic_inputs
 from marl.algorithms.dop import dop_mix, positive_weights
 from marl.distributions import Categorical, DiagGaussian
 from marl.envs.team_env import ImageLayout
@@ -314,6 +315,36 @@ class Actor(nn.Module):
         return Categorical(out)
 
 
+class CriticSizes(NamedTuple):
+    """An env's sizes, as a critic reads them."""
+    n_agents: int
+    obs_dim: int
+    state_dim: int
+    n_actions: int
+
+
+class ImageInputs(NamedTuple):
+    """An env's image inputs that go through a CNN encoder: the layouts of its observations and of its
+    global state (None where flat), and whether the state is the observations side by side
+    (``marl.envs.team_env.TeamEnv``'s attributes of the same names)."""
+
+    obs_image: ImageLayout | None = None
+    state_image: ImageLayout | None = None
+    state_is_obs: bool = False
+
+    @classmethod
+    def of(cls, env) -> ImageInputs:
+        """The image inputs of a ``TeamEnv``, vector env or ``EnvSpec`` (none for a batched env)."""
+        return cls(getattr(env, "obs_image", None), getattr(env, "state_image", None),
+                   bool(getattr(env, "state_is_obs", False)))
+
+    def obs_encoder(self, hidden: int) -> ImageEncoder | None:
+        return None if self.obs_image is None else ImageEncoder(self.obs_image, hidden)
+
+    def state_encoder(self, hidden: int) -> ImageEncoder | None:
+        return None if self.state_image is None else ImageEncoder(self.state_image, hidden)
+
+
 class Critic(nn.Module):
     """Base of the critics: each owns its network, what it reads and its output layout.
 
@@ -326,13 +357,21 @@ class Critic(nn.Module):
     q = False                # outputs Q(s, u^-a, ·) per agent instead of V
     mixed = False            # DOP: the per-agent Q are mixed into Q_tot (see DOPCritic)
     per_agent_inputs = True  # reads [..., N, D]; False: the state [..., S] only
+    encodes_images = True    # image observations or state go through a CNN encoder; False: refused
+    team_value = False       # one value head for the team (a shared reward), else one per agent
 
-    def __init__(self, net: nn.Module, rows: int):
+    def __init__(self, net: nn.Module, rows: int, n_agents: int):
         super().__init__()
         self.net = net
         self.rows = rows
+        self.n_agents = n_agents
         self.recurrent = net.recurrent
         self.hidden_size = net.hidden_size if net.recurrent else 0
+
+    @property
+    def value_heads(self) -> int:
+        """The value heads, one per reward column: 1 for a team value, else N."""
+        return 1 if self.team_value else self.n_agents
 
     def _net_input(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -385,10 +424,16 @@ class CentralCritic(Critic):
         elif obs_encoder is not None:
             state_dim = n_agents * obs_encoder.out_dim
         net = RecurrentAgentMLP if recurrent else AgentMLP
-        super().__init__(net(1, state_dim, 1 if team_value else n_agents, hidden, layers, activation, shared=True), 1)
-        self.n_agents = n_agents
+        super().__init__(net(1, state_dim, 1 if team_value else n_agents, hidden, layers, activation, shared=True), 1,
+                         n_agents)
         self.team_value = team_value
         self.state_encoder, self.obs_encoder = state_encoder, obs_encoder
+
+    @classmethod
+    def build(cls, sizes: CriticSizes, team_value: bool, with_obs: bool, images: ImageInputs, **common):
+        obs_encoder = images.obs_encoder(common["hidden"])   # made first, as every V critic does (same draws)
+        return cls(sizes.n_agents, sizes.state_dim, team_value=team_value, state_encoder=images.state_encoder(
+            common["hidden"]), obs_encoder=obs_encoder if images.state_is_obs else None, **common)
 
     def inputs(self, state, obs, actions=None, alive=None):
         """``state``, or its prepared images: ``[..., C, h, w]`` (``state_encoder``) or ``[..., N, C, h,
@@ -413,23 +458,30 @@ class CentralCritic(Critic):
 class LocalCritic(Critic):
     """A value per agent from per-agent inputs, shared with a one-hot agent id: ``x [..., N, D] -> [..., N]``.
     With ``x = o_i`` it is the decentralised V(o_i) (IPPO/IA2C), image observations through
-    ``obs_encoder``; with ``x = [s, o_i]`` (``agent_state``) MAPPO's agent-specific V(s, o_i, i)."""
+    ``obs_encoder``; ``AgentStateCritic`` reads ``x = [s, o_i]``."""
+
+    reads_state = False   # x = [s, o_i]: the raw state beside each observation
 
     def __init__(self, n_agents: int, obs_dim: int, hidden: int, layers: int, activation: str,
-                 agent_state: bool = False, state_dim: int = 0, recurrent: bool = False,
-                 obs_encoder: ImageEncoder | None = None):
+                 state_dim: int = 0, recurrent: bool = False, obs_encoder: ImageEncoder | None = None):
         if obs_encoder is not None:
             obs_dim = obs_encoder.out_dim
-        in_dim = obs_dim + (state_dim if agent_state else 0)
+        in_dim = obs_dim + (state_dim if self.reads_state else 0)
         net = RecurrentAgentMLP if recurrent else AgentMLP
-        super().__init__(net(n_agents, in_dim + n_agents, 1, hidden, layers, activation, shared=True), n_agents)
-        self.agent_state, self.obs_encoder = agent_state, obs_encoder
+        super().__init__(net(n_agents, in_dim + n_agents, 1, hidden, layers, activation, shared=True), n_agents,
+                         n_agents)
+        self.obs_encoder = obs_encoder
+
+    @classmethod
+    def build(cls, sizes: CriticSizes, team_value: bool, with_obs: bool, images: ImageInputs, **common):
+        return cls(sizes.n_agents, sizes.obs_dim, state_dim=sizes.state_dim,
+                   obs_encoder=images.obs_encoder(common["hidden"]), **common)
 
     def inputs(self, state, obs, actions=None, alive=None):
         if self.obs_encoder is not None:
             return self.obs_encoder.prepare(obs)
         state, obs = as_float(state), as_float(obs)
-        if self.agent_state:
+        if self.reads_state:
             return torch.cat([state.unsqueeze(-2).expand(*obs.shape[:-1], state.shape[-1]), obs], -1)
         return obs
 
@@ -440,6 +492,14 @@ class LocalCritic(Critic):
         return out.squeeze(-1)
 
 
+class AgentStateCritic(LocalCritic):
+    """MAPPO's agent-specific V(s, o_i, i): ``[s, o_i]`` rows ``[..., N, S + O] -> [..., N]``; it reads
+    the raw state, so it encodes no images."""
+
+    reads_state = True
+    encodes_images = False
+
+
 class QCritic(Critic):
     """COMA's counterfactual critic (Foerster et al., 2018): per-agent inputs ``[..., N, D]`` (state,
     the other agents' actions, the agent's id; see ``marl.algorithms.coma_critic_inputs``) to
@@ -447,13 +507,18 @@ class QCritic(Critic):
     agent (``alive`` False) contributes no action: a zero one-hot."""
 
     q = True
+    encodes_images = False
 
     def __init__(self, n_agents: int, state_dim: int, obs_dim: int, n_actions: int, hidden: int, layers: int,
                  activation: str, with_obs: bool = False, recurrent: bool = False):
         in_dim = state_dim + n_agents * n_actions + n_agents + (obs_dim if with_obs else 0)
         net = RecurrentAgentMLP if recurrent else AgentMLP
-        super().__init__(net(1, in_dim, n_actions, hidden, layers, activation, shared=True), n_agents)
+        super().__init__(net(1, in_dim, n_actions, hidden, layers, activation, shared=True), n_agents, n_agents)
         self.n_actions, self.with_obs = n_actions, with_obs
+
+    @classmethod
+    def build(cls, sizes: CriticSizes, team_value: bool, with_obs: bool, images: ImageInputs, **common):
+        return cls(sizes.n_agents, sizes.state_dim, sizes.obs_dim, sizes.n_actions, with_obs=with_obs, **common)
 
     def inputs(self, state, obs, actions=None, alive=None):
         state, obs = as_float(state), as_float(obs)
@@ -474,13 +539,15 @@ class DOPCritic(Critic):
 
     q = True
     mixed = True
+    encodes_images = False
+    build = classmethod(QCritic.build.__func__)
 
     def __init__(self, n_agents: int, state_dim: int, obs_dim: int, n_actions: int, hidden: int, layers: int,
                  activation: str, with_obs: bool = False, recurrent: bool = False):
         if recurrent:
             raise ValueError("DOP's critic is feed-forward")
         in_dim = state_dim + n_agents + (obs_dim if with_obs else 0)
-        super().__init__(AgentMLP(1, in_dim, n_actions, hidden, layers, activation, shared=True), n_agents)
+        super().__init__(AgentMLP(1, in_dim, n_actions, hidden, layers, activation, shared=True), n_agents, n_agents)
         self.mixer = AgentMLP(1, state_dim, n_agents + 1, hidden, 1, activation, shared=True)
         self.state_dim, self.with_obs = state_dim, with_obs
 
@@ -502,6 +569,30 @@ class DOPCritic(Critic):
         k, b = self.mix(x)
         q_tot = dop_mix(k, out.gather(-1, actions.unsqueeze(-1)).squeeze(-1), b)
         return q_tot.unsqueeze(-1).expand_as(k)
+
+
+V_CRITICS: dict[str, type[Critic]] = {"central": CentralCritic, "agent_state": AgentStateCritic,
+                                      "local": LocalCritic}
+"""``algo.critic``: where a V critic sits (what it reads), and its network."""
+
+ACTION_CRITICS: dict[CriticKind, type[Critic]] = {Q_CRITIC: QCritic, DOP_CRITIC: DOPCritic}
+"""The registry's critic kinds over actions (``marl.algorithms.registry``), and their networks."""
+
+
+def critic_class(kind: CriticKind, placement: str) -> type[Critic]:
+    """The network of an advantage module's critic ``kind``: its own for a critic over actions, else
+    the V critic ``algo.critic`` (``placement``) names."""
+    return ACTION_CRITICS[kind] if kind.over_actions else V_CRITICS[placement]
+
+
+def build_critic(kind: CriticKind, placement: str, sizes: CriticSizes, team_value: bool, with_obs: bool,
+                 images: ImageInputs = ImageInputs(), **common) -> Critic:
+    """The critic of ``kind`` (``placement`` for a V critic) for an env's ``sizes``: ``team_value``
+    gives a V critic one head for the team, ``with_obs`` adds each agent's observation to a critic
+    over actions, ``images`` are what it encodes (its own encoders: the actor's are separate
+    networks, as MAPPO's actor and critic are), ``common`` the network's ``hidden``, ``layers``,
+    ``activation`` and ``recurrent``."""
+    return critic_class(kind, placement).build(sizes, team_value, with_obs, images, **common)
 
 
 class ValueNorm(nn.Module):
