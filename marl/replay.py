@@ -1,7 +1,9 @@
-"""Replay for off-policy learners: a generic tensor ring, and an episode replay built on it.
+"""Replay: a generic tensor ring, and an episode replay for off-policy learners built on it.
 
 ``TensorRing`` keeps ``capacity`` slots of named tensors, overwriting the oldest first, with its
-contents in ``state_dict`` so that a checkpoint resumes exactly.
+contents in ``state_dict`` so that a checkpoint resumes exactly. It is the one ring buffer of the
+project: the episode replay below and the learned reward models' buffers
+(``marl.reward_models``) are built on it.
 
 ``EpisodeReplay`` stores whole episodes (PyMARL's layout), so that a recurrent utility is unrolled
 from each episode's start and no hidden state is ever stored. An episode longer than ``chunk``
@@ -104,6 +106,23 @@ class TensorRing:
         self.position = (self.position + count) % self.capacity
         self.size = min(self.size + count, self.capacity)
         return slots
+
+    def sample_indices(self, batch_size: int, generator: torch.Generator) -> Tensor:
+        """``batch_size`` slots drawn uniformly with replacement from those held, ``[B]`` int64 on the
+        CPU (``generator``'s device)."""
+        return torch.randint(self.size, (batch_size,), generator=generator)
+
+    def widen(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Grow the per-slot shapes of the tensors named in ``shapes`` (same rank, no dim smaller):
+        what is held stays at the start of each dim, the new room is zeros."""
+        for name, shape in shapes.items():
+            old, dtype = self.shapes[name]
+            shape = tuple(shape)
+            if len(shape) != len(old) or any(n < o for n, o in zip(shape, old)):
+                raise ValueError(f"{name} can only grow from {old}, got {shape}")
+            grown = torch.zeros(self.capacity, *shape, dtype=dtype, device=self.device)
+            grown[(slice(None), *map(slice, old))] = self.storage[name]
+            self.storage[name], self.shapes[name] = grown, (shape, dtype)
 
     def read(self, index: Tensor) -> dict[str, Tensor]:
         """The slots ``index [B]``: ``{name: [B, *shape]}`` (copies)."""
@@ -230,7 +249,7 @@ class EpisodeReplay:
         if not n:
             raise ValueError("EpisodeReplay.sample: the replay is empty; add episodes first")
         if self.alpha == 0.0:
-            index = torch.randint(n, (batch_size,), generator=self.generator)
+            index = self.ring.sample_indices(batch_size, self.generator)
             weight = torch.ones(batch_size)
         else:
             probs = self.priorities[:n] ** self.alpha

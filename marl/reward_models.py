@@ -30,6 +30,7 @@ from torch import nn
 from marl.algorithms.redistribution import (episode_segments, normalise_to_outcome, predicted_returns,
                                        return_decomposition_loss, rrd_loss)
 from marl.networks import AgentMLP
+from marl.replay import TensorRing
 from marl.seeding import init_scope, torch_stream
 
 Tensor = torch.Tensor
@@ -195,14 +196,15 @@ class RewardRedistributor:
                           else AgentTemporalTransformer(feature_dim, hidden, heads, layers))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.generator = torch_stream(seed)
-        self._features = torch.zeros(capacity, 0, n_agents, feature_dim)
-        self._valid = torch.zeros(capacity, 0, dtype=torch.bool)
-        self._returns = torch.zeros(capacity)
-        self._position = 0      # next slot to write
-        self._size = 0          # episodes held
+        self.ring = TensorRing(capacity, self._shapes(0))   # episodes, padded to the longest held
 
     def __len__(self) -> int:
-        return self._size
+        return len(self.ring)
+
+    def _shapes(self, steps: int) -> dict:
+        """The buffer's per-episode tensors for episodes of up to ``steps`` steps."""
+        return {"features": ((steps, self.n_agents, self.feature_dim), torch.float32),
+                "valid": ((steps,), torch.bool), "returns": ((), torch.float32)}
 
     # -- the buffer -----------------------------------------------------------------------------------
     def add_episodes(self, features: Tensor, valid: Tensor, returns: Tensor) -> None:
@@ -223,25 +225,18 @@ class RewardRedistributor:
         used = int(valid.any(dim=0).nonzero().max()) + 1
         valid = valid[:, :used]
         features = torch.where(valid[..., None, None], features[:, :used].detach().float(), 0.0)
-        features, valid, returns = features[-self.capacity:], valid[-self.capacity:], returns[-self.capacity:]
-        if used > self._features.shape[1]:
-            grow = used - self._features.shape[1]
-            self._features = nn.functional.pad(self._features, (0, 0, 0, 0, 0, grow))
-            self._valid = nn.functional.pad(self._valid, (0, grow))
-        slots = (self._position + torch.arange(len(returns))) % self.capacity
-        self._features[slots] = 0.0
-        self._features[slots, :used] = features
-        self._valid[slots] = False
-        self._valid[slots, :used] = valid
-        self._returns[slots] = returns.detach().float()
-        self._position = (self._position + len(returns)) % self.capacity
-        self._size = min(self._size + len(returns), self.capacity)
+        held = self.ring.shapes["valid"][0][0]
+        if used > held:
+            self.ring.widen({name: shape for name, (shape, _) in self._shapes(used).items()})
+        pad = max(held - used, 0)
+        self.ring.write({"features": nn.functional.pad(features, (0, 0, 0, 0, 0, pad)),
+                         "valid": nn.functional.pad(valid, (0, pad)), "returns": returns})
 
     def _sample(self) -> tuple[Tensor, Tensor, Tensor]:
-        idx = torch.randint(self._size, (self.batch_size,), generator=self.generator)
-        valid = self._valid[idx]
+        rows = self.ring.read(self.ring.sample_indices(self.batch_size, self.generator))
+        valid = rows["valid"]
         used = int(valid.any(dim=0).nonzero().max()) + 1
-        return self._features[idx, :used], valid[:, :used], self._returns[idx]
+        return rows["features"][:, :used], valid[:, :used], rows["returns"]
 
     # -- training -------------------------------------------------------------------------------------
     def _raw_rewards(self, features: Tensor, valid: Tensor) -> Tensor:
@@ -262,7 +257,7 @@ class RewardRedistributor:
         """
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-        if not self._size:
+        if not len(self.ring):
             raise ValueError("RewardRedistributor.train: the buffer is empty; call add_episodes first")
         self.model.train()
         loss_sum, error_sum, l1_sum = 0.0, 0.0, 0.0
@@ -363,9 +358,7 @@ class RewardRedistributor:
             "model": {k: v.clone() for k, v in self.model.state_dict().items()},
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "generator": self.generator.get_state(),
-            "buffer": {"features": self._features[: self._size].clone(), "valid": self._valid[: self._size].clone(),
-                       "returns": self._returns[: self._size].clone(), "position": self._position,
-                       "size": self._size},
+            "buffer": self.ring.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -378,19 +371,12 @@ class RewardRedistributor:
         if state["method"] != self.method:
             raise ValueError(f"state is for method {state['method']!r}, this redistributor is {self.method!r}")
         buffer = state["buffer"]
-        size = int(buffer["size"])
-        if size > self.capacity:
-            raise ValueError(f"state holds {size} episodes, more than capacity {self.capacity}")
+        ring = TensorRing(self.capacity, self._shapes(buffer["storage"]["valid"].shape[1]))
+        ring.load_state_dict(buffer)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self.generator.set_state(state["generator"])
-        t_max = buffer["features"].shape[1]
-        self._features = torch.zeros(self.capacity, t_max, self.n_agents, self.feature_dim)
-        self._valid = torch.zeros(self.capacity, t_max, dtype=torch.bool)
-        self._returns = torch.zeros(self.capacity)
-        self._features[:size], self._valid[:size] = buffer["features"], buffer["valid"]
-        self._returns[:size] = buffer["returns"]
-        self._position, self._size = int(buffer["position"]), size
+        self.ring = ring
 
 
 class TeamRewardModel(nn.Module):
@@ -448,13 +434,11 @@ class TeamRewardRegressor:
         self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.generator = torch_stream(seed)
-        self._inputs = torch.zeros(capacity, input_dim, device=self.device)
-        self._targets = torch.zeros(capacity, device=self.device)
-        self._position = 0      # next slot to write
-        self._size = 0          # pairs held
+        self.ring = TensorRing(capacity, {"inputs": ((input_dim,), torch.float32), "targets": ((), torch.float32)},
+                               self.device)
 
     def __len__(self) -> int:
-        return self._size
+        return len(self.ring)
 
     def add(self, inputs: Tensor, targets: Tensor) -> None:
         """Store ``inputs [K, D]`` and their team rewards ``targets [K]`` (copies, float32); past
@@ -463,12 +447,7 @@ class TeamRewardRegressor:
             raise ValueError(f"inputs has shape {tuple(inputs.shape)}, expected [K, {self.input_dim}]")
         if targets.shape != inputs.shape[:1]:
             raise ValueError(f"targets has shape {tuple(targets.shape)}, expected {tuple(inputs.shape[:1])}")
-        inputs, targets = inputs[-self.capacity:].detach().float(), targets[-self.capacity:].detach().float()
-        slots = ((self._position + torch.arange(len(targets))) % self.capacity).to(self.device)
-        self._inputs[slots] = inputs.to(self.device)
-        self._targets[slots] = targets.to(self.device)
-        self._position = (self._position + len(targets)) % self.capacity
-        self._size = min(self._size + len(targets), self.capacity)
+        self.ring.write({"inputs": inputs, "targets": targets})
 
     def train(self, steps: int) -> float:
         """Take ``steps`` Adam updates on batches from the buffer; returns their mean loss (MSE).
@@ -478,13 +457,13 @@ class TeamRewardRegressor:
         """
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-        if not self._size:
+        if not len(self.ring):
             raise ValueError("TeamRewardRegressor.train: the buffer is empty; call add first")
         self.model.train()
         total = 0.0
         for _ in range(steps):
-            idx = torch.randint(self._size, (self.batch_size,), generator=self.generator).to(self.device)
-            loss = nn.functional.mse_loss(self.model(self._inputs[idx]), self._targets[idx])
+            rows = self.ring.read(self.ring.sample_indices(self.batch_size, self.generator))
+            loss = nn.functional.mse_loss(self.model(rows["inputs"]), rows["targets"])
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
@@ -504,8 +483,7 @@ class TeamRewardRegressor:
         """Model, optimiser, generator and buffer, copied (loads with ``torch.load(weights_only=True)``)."""
         return {"model": {k: v.clone() for k, v in self.model.state_dict().items()},
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()), "generator": self.generator.get_state(),
-                "buffer": {"inputs": self._inputs[: self._size].clone(), "targets": self._targets[: self._size].clone(),
-                           "position": self._position, "size": self._size}}
+                "buffer": self.ring.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore ``state_dict()``'s output, so training continues exactly as if never interrupted.
@@ -513,16 +491,7 @@ class TeamRewardRegressor:
         Raises:
             ValueError: if the state holds more than ``capacity`` pairs or pairs of another size.
         """
-        buffer = state["buffer"]
-        size = int(buffer["size"])
-        if size > self.capacity or buffer["inputs"].shape[1:] != (self.input_dim,):
-            raise ValueError(f"state holds {size} pairs of shape {tuple(buffer['inputs'].shape[1:])}, this regressor "
-                             f"keeps at most {self.capacity} of shape ({self.input_dim},)")
+        self.ring.load_state_dict(state["buffer"])
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self.generator.set_state(state["generator"])
-        self._inputs.zero_()
-        self._targets.zero_()
-        self._inputs[:size] = buffer["inputs"].to(self.device)
-        self._targets[:size] = buffer["targets"].to(self.device)
-        self._position, self._size = int(buffer["position"]), size

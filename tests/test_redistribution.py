@@ -390,17 +390,18 @@ def test_buffer_is_fifo_and_grows_with_longer_episodes():
     x2, valid2 = features([6, 1, 4], seed=1)
     rd.add_episodes(x2, valid2, torch.tensor([2.0, 3.0, 4.0]))
     assert len(rd) == 3
-    state = rd.state_dict()["buffer"]
+    buffer = rd.state_dict()["buffer"]
+    state = buffer["storage"]
     # The two oldest are gone; slots 0..2 hold the episodes with returns 3, 4, 2, padded to 6 steps
     # with zeros (not the NaN junk that features() puts on padding).
-    assert state["returns"].tolist() == [3.0, 4.0, 2.0] and state["position"] == 2
+    assert state["returns"].tolist() == [3.0, 4.0, 2.0] and buffer["position"] == 2
     assert state["features"].shape == (3, 6, 3, 5)
     assert state["valid"].sum(1).tolist() == [1, 4, 6]
     torch.testing.assert_close(state["features"][2], x2[0])
     torch.testing.assert_close(state["features"][1, :4], x2[2, :4])
     assert (state["features"][1, 4:] == 0).all() and (state["features"][0, 1:] == 0).all()
     rd.add_episodes(*features([1, 1, 1, 1, 1], seed=2), torch.arange(5.0) + 10)   # more than capacity
-    assert sorted(rd.state_dict()["buffer"]["returns"].tolist()) == [12.0, 13.0, 14.0]
+    assert sorted(rd.state_dict()["buffer"]["storage"]["returns"].tolist()) == [12.0, 13.0, 14.0]
 
 
 @pytest.mark.parametrize("method", ["rrd", "arel"])

@@ -174,3 +174,21 @@ def test_refusals_name_the_problem():
     ring = TensorRing(2, {"x": ((3,), torch.float32)})
     with pytest.raises(ValueError, match=r"x has rows of shape \(4,\), expected \(3,\)"):
         ring.write({"x": torch.zeros(1, 4)})
+
+
+def test_a_ring_widens_keeping_what_it_holds_and_samples_only_held_slots():
+    """``widen`` (the redistributor's episodes grow as longer ones arrive) keeps each slot's rows at
+    the start and zeros the new room; ``sample_indices`` draws only from the slots held."""
+    ring = TensorRing(4, {"x": ((2, 3), torch.float32), "n": ((), torch.int64)})
+    ring.write({"x": torch.ones(3, 2, 3), "n": torch.arange(3)})
+    ring.widen({"x": (5, 3)})
+    assert ring.storage["x"].shape == (4, 5, 3)
+    assert (ring.storage["x"][:3, :2] == 1).all() and (ring.storage["x"][:, 2:] == 0).all()
+    ring.write({"x": torch.full((1, 5, 3), 2.0), "n": torch.tensor([7])})
+    assert ring.read(torch.tensor([3]))["x"].eq(2.0).all()
+    with pytest.raises(ValueError, match=r"x can only grow from \(5, 3\), got \(4, 3\)"):
+        ring.widen({"x": (4, 3)})
+    small = TensorRing(8, {"n": ((), torch.int64)})
+    small.write({"n": torch.arange(3)})
+    drawn = small.sample_indices(200, torch.Generator().manual_seed(0))
+    assert set(drawn.tolist()) == {0, 1, 2}
