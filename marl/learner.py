@@ -152,46 +152,42 @@ def refuse_unfit_env(cfg: Config, continuous: bool, n_actions: int, turn_based: 
                      zero_sum: bool = False, images: ImageInputs | None = None) -> None:
     """The config checks that need the env's spaces and kind (``marl.run.check_env`` runs them before a
     run directory is made; the learner again, for direct users). Raises ``ConfigError``."""
-    a = cfg.algo
+    a, e = cfg.algo, cfg.env
+    env = f"env {e.id!r}"
     kind = get_advantage(a.advantage).critic
-    v_modules = ", ".join(name for name, spec in ADVANTAGES.items() if not spec.critic.over_actions)
-    if zero_sum and cfg.env.reward in ("shared", "difference"):
-        raise ConfigError(f"config key 'env.reward': env {cfg.env.id!r} is a zero-sum game (its players' rewards sum "
-                          f"to 0 at every step), so a team reward ({cfg.env.reward!r}) is always 0 and there is "
-                          f"nothing to learn; set env.reward: individual to train its players against each other")
-    if turn_based and cfg.env.reward == "difference":
-        raise ConfigError(f"config key 'env.reward': 'difference' re-simulates one step, and env {cfg.env.id!r} is "
-                          f"turn-based (a move's reward arrives over the turns that follow); use shared, individual "
-                          f"or mixed")
-    if turn_based and kind.over_actions:
-        raise ConfigError(f"config key 'algo.advantage': {a.advantage!r} values the joint action of one step, and "
-                          f"env {cfg.env.id!r} is turn-based (one player moves per step, and its reward arrives over "
-                          f"the turns that follow); use a V-critic module ({v_modules})")
-    if cfg.env.reward == "difference" and not continuous and not cfg.env.default_action < n_actions:
-        raise ConfigError(f"config key 'env.default_action': expected an action of env {cfg.env.id!r}, an int in "
-                          f"[0, {n_actions}), got {cfg.env.default_action!r}")
-    if continuous and kind.over_actions:
-        raise ConfigError(f"config key 'algo.advantage': {a.advantage!r} is counterfactual over a discrete action "
-                          f"set, and env {cfg.env.id!r} has continuous (Box) actions; use a V-critic module "
-                          f"({v_modules})")
-    if continuous and cfg.env.reward == "difference":
-        raise ConfigError(f"config key 'env.reward': 'difference' puts a default action c_i (env.default_action) in "
-                          f"each agent's place, and env {cfg.env.id!r} has continuous (Box) actions; use shared, "
-                          f"individual or mixed")
+    use_v = "use a V-critic module (" + ", ".join(n for n, s in ADVANTAGES.items() if not s.critic.over_actions) + ")"
     images = images or ImageInputs()
-    if cfg.model.encoder == "cnn" and images.obs_image is None and images.state_image is None:
-        raise ConfigError(f"config key 'model.encoder': 'cnn' needs image observations or an image state (a Box "
-                          f"shaped H×W×C or C×H×W, 1-4 channels, sides of 8 pixels or more), and env "
-                          f"{cfg.env.id!r} has neither; use auto or mlp")
     enc = encoded_images(cfg, images)
-    if (enc.obs_image is not None or enc.state_image is not None) and not critic_class(kind, a.critic).encodes_images:
-        if kind.over_actions:
-            raise ConfigError(f"config key 'algo.advantage': {a.advantage!r} has a Q critic that reads the raw "
-                              f"state, and env {cfg.env.id!r} has images, which it cannot encode; use a V-critic "
-                              f"module ({v_modules}), or model.encoder: mlp")
-        raise ConfigError(f"config key 'algo.critic': {a.critic!r} reads the raw state beside each observation, "
-                          f"and env {cfg.env.id!r} has images, which it cannot encode; use central or local, or "
-                          f"model.encoder: mlp")
+    unencoded = (enc.obs_image is not None or enc.state_image is not None) and \
+        not critic_class(kind, a.critic).encodes_images
+    rules = [   # (key, refused, why and what to use instead)
+        ("env.reward", zero_sum and e.reward in ("shared", "difference"),
+         f"{env} is a zero-sum game (its players' rewards sum to 0 at every step), so a team reward ({e.reward!r}) "
+         f"is always 0 and there is nothing to learn; set env.reward: individual to train its players against "
+         f"each other"),
+        ("env.reward", turn_based and e.reward == "difference", f"'difference' re-simulates one step, and {env} is "
+         f"turn-based (a move's reward arrives over the turns that follow); use shared, individual or mixed"),
+        ("algo.advantage", turn_based and kind.over_actions, f"{a.advantage!r} values the joint action of one step, "
+         f"and {env} is turn-based (one player moves per step, and its reward arrives over the turns that follow); "
+         f"{use_v}"),
+        ("env.default_action", e.reward == "difference" and not continuous and not e.default_action < n_actions,
+         f"expected an action of {env}, an int in [0, {n_actions}), got {e.default_action!r}"),
+        ("algo.advantage", continuous and kind.over_actions, f"{a.advantage!r} is counterfactual over a discrete "
+         f"action set, and {env} has continuous (Box) actions; {use_v}"),
+        ("env.reward", continuous and e.reward == "difference", f"'difference' puts a default action c_i "
+         f"(env.default_action) in each agent's place, and {env} has continuous (Box) actions; use shared, "
+         f"individual or mixed"),
+        ("model.encoder", cfg.model.encoder == "cnn" and images.obs_image is None and images.state_image is None,
+         f"'cnn' needs image observations or an image state (a Box shaped H×W×C or C×H×W, 1-4 channels, sides of "
+         f"8 pixels or more), and {env} has neither; use auto or mlp"),
+        ("algo.advantage", unencoded and kind.over_actions, f"{a.advantage!r} has a Q critic that reads the raw "
+         f"state, and {env} has images, which it cannot encode; {use_v}, or model.encoder: mlp"),
+        ("algo.critic", unencoded, f"{a.critic!r} reads the raw state beside each observation, and {env} has "
+         f"images, which it cannot encode; use central or local, or model.encoder: mlp"),
+    ]
+    for key, refused, why in rules:
+        if refused:
+            raise ConfigError(f"config key '{key}': {why}")
 
 
 class CreditLearner:
