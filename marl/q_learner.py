@@ -53,7 +53,7 @@ from marl.config import ConfigError
 from marl.distributions import Categorical
 from marl.envs import EnvError, make_parallel_env
 from marl.envs.goals import check_goal_env, goal_slices
-from marl.envs.rewards import apply_reward_mode_tensor
+from marl.envs.rewards import apply_reward_mode_tensor, is_team_reward
 from marl.networks import MASKED_LOGIT, Actor, ValueNorm, unroll
 from marl.replay import EpisodeReplay, Field
 
@@ -143,7 +143,7 @@ def validate_config(cfg) -> None:
     _check(0.0 <= q.target_tau <= 1.0, "algo.target_tau", q.target_tau, "a float in [0, 1]")
     _check(q.td in ("lambda", "n_step"), "algo.td", q.td, "'lambda' or 'n_step'")
     _validate_her(cfg)
-    _check(q.mixer == "none" or cfg.env.reward == "shared", "algo.mixer", q.mixer,
+    _check(q.mixer == "none" or is_team_reward(cfg.env.reward), "algo.mixer", q.mixer,
            f"'none' with env.reward {cfg.env.reward!r} (a mixer learns one team value Q_tot, which needs the "
            f"shared team reward; IQL learns each agent's own)")
     _check(not cfg.env.kwargs.get("continuous_actions", False), "env.kwargs.continuous_actions", True,

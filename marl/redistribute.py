@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 from marl.algorithms.difference import default_action_joints, difference_rewards
 from marl.config import ConfigError
+from marl.envs.rewards import is_team_reward
 from marl.reward_models import RewardRedistributor, TeamRewardModel, TeamRewardRegressor
 
 
@@ -79,7 +80,7 @@ class OnlineRedistribution:
                  num_envs: int):
         a = cfg.algo
         self.n_agents, self.n_actions, self.continuous = n_agents, n_actions, continuous
-        self.shared = cfg.env.reward == "shared"
+        self.shared = is_team_reward(cfg.env.reward)
         self.steps, self.with_state = a.redistribution_steps, a.redistribution_state
         self.feature_dim = (state_dim if self.with_state else 0) + obs_dim + n_actions + n_agents
         self.joint = a.redistribution_joint_action
