@@ -28,7 +28,7 @@ from marl.checkpoint import CheckpointError
 from marl.config import Config, ConfigError
 from marl.distributions import Categorical
 from marl.envs.rewards import is_team_reward
-from marl.networks import Actor, Critic, CriticSizes, ImageEncoder, ImageInputs, ValueNorm, critic_class
+from marl.networks import Actor, Critic, CriticSizes, ImageInputs, ValueNorm, critic_class
 from marl.networks import build_critic as build_network
 
 
@@ -130,10 +130,9 @@ def build_actor(cfg: Config, n_agents: int, obs_dim: int, n_actions: int, action
     """The one place that builds the policy network of ``cfg.model`` for an env's sizes (and image
     observations, ``images``)."""
     m = cfg.model
-    layout = encoded_images(cfg, images).obs_image
     return Actor(n_agents, obs_dim, n_actions, action_mask, m.hidden, m.layers, m.activation, m.share_actor,
                  continuous=continuous, recurrent=m.recurrent, log_std_init=m.log_std_init,
-                 encoder=None if layout is None else ImageEncoder(layout, m.hidden))
+                 encoder=encoded_images(cfg, images).obs_encoder(m.hidden))
 
 
 def build_critic(cfg: Config, n_agents: int, obs_dim: int, state_dim: int, n_actions: int,

@@ -351,7 +351,9 @@ class Critic(nn.Module):
     ``inputs(state, obs, actions, alive)`` builds what it reads from a batch (``[..., S]`` for a
     central V, ``[..., N, D]`` per agent otherwise); ``forward(x)`` gives values ``[..., N]`` (V
     critics) or Q values ``[..., N, A]`` (``q``). A recurrent critic (``hidden_size > 0``) steps
-    with ``step(x, h)`` over ``rows`` hidden rows per env (1 for a central V, else N).
+    with ``step(x, h)`` over ``rows`` hidden rows per env (1 for a central V, else N). Each network
+    makes itself for an env with ``build(sizes, team_value, with_obs, images, **common)``;
+    ``build_critic`` picks the network.
     """
 
     q = False                # outputs Q(s, u^-a, ·) per agent instead of V
