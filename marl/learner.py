@@ -161,28 +161,28 @@ def refuse_unfit_env(cfg: Config, continuous: bool, n_actions: int, turn_based: 
         not critic_class(kind, a.critic).encodes_images
     rules = [   # (key, refused, why and what to use instead)
         ("env.reward", zero_sum and e.reward in ("shared", "difference"),
-         f"{env} is a zero-sum game (its players' rewards sum to 0 at every step), so a team reward ({e.reward!r}) "
+         (f"{env} is a zero-sum game (its players' rewards sum to 0 at every step), so a team reward ({e.reward!r}) "
          f"is always 0 and there is nothing to learn; set env.reward: individual to train its players against "
-         f"each other"),
-        ("env.reward", turn_based and e.reward == "difference", f"'difference' re-simulates one step, and {env} is "
-         f"turn-based (a move's reward arrives over the turns that follow); use shared, individual or mixed"),
-        ("algo.advantage", turn_based and kind.over_actions, f"{a.advantage!r} values the joint action of one step, "
-         f"and {env} is turn-based (one player moves per step, and its reward arrives over the turns that follow); "
-         f"{use_v}"),
+         f"each other")),
+        ("env.reward", turn_based and e.reward == "difference", (f"'difference' re-simulates one step, and {env} "
+         f"is turn-based (a move's reward arrives over the turns that follow); use shared, individual or mixed")),
+        ("algo.advantage", turn_based and kind.over_actions, (f"{a.advantage!r} values the joint action of one "
+         f"step, and {env} is turn-based (one player moves per step, and its reward arrives over the turns that "
+         f"follow); {use_v}")),
         ("env.default_action", e.reward == "difference" and not continuous and not e.default_action < n_actions,
          f"expected an action of {env}, an int in [0, {n_actions}), got {e.default_action!r}"),
-        ("algo.advantage", continuous and kind.over_actions, f"{a.advantage!r} is counterfactual over a discrete "
-         f"action set, and {env} has continuous (Box) actions; {use_v}"),
-        ("env.reward", continuous and e.reward == "difference", f"'difference' puts a default action c_i "
+        ("algo.advantage", continuous and kind.over_actions, (f"{a.advantage!r} is counterfactual over a "
+         f"discrete action set, and {env} has continuous (Box) actions; {use_v}")),
+        ("env.reward", continuous and e.reward == "difference", (f"'difference' puts a default action c_i "
          f"(env.default_action) in each agent's place, and {env} has continuous (Box) actions; use shared, "
-         f"individual or mixed"),
+         f"individual or mixed")),
         ("model.encoder", cfg.model.encoder == "cnn" and images.obs_image is None and images.state_image is None,
-         f"'cnn' needs image observations or an image state (a Box shaped H×W×C or C×H×W, 1-4 channels, sides of "
-         f"8 pixels or more), and {env} has neither; use auto or mlp"),
-        ("algo.advantage", unencoded and kind.over_actions, f"{a.advantage!r} has a Q critic that reads the raw "
-         f"state, and {env} has images, which it cannot encode; {use_v}, or model.encoder: mlp"),
-        ("algo.critic", unencoded, f"{a.critic!r} reads the raw state beside each observation, and {env} has "
-         f"images, which it cannot encode; use central or local, or model.encoder: mlp"),
+         (f"'cnn' needs image observations or an image state (a Box shaped H×W×C or C×H×W, 1-4 channels, sides "
+          f"of 8 pixels or more), and {env} has neither; use auto or mlp")),
+        ("algo.advantage", unencoded and kind.over_actions, (f"{a.advantage!r} has a Q critic that reads the "
+         f"raw state, and {env} has images, which it cannot encode; {use_v}, or model.encoder: mlp")),
+        ("algo.critic", unencoded, (f"{a.critic!r} reads the raw state beside each observation, and {env} "
+         f"has images, which it cannot encode; use central or local, or model.encoder: mlp")),
     ]
     for key, refused, why in rules:
         if refused:

@@ -588,13 +588,13 @@ def critic_class(kind: CriticKind, placement: str) -> type[Critic]:
 
 
 def build_critic(kind: CriticKind, placement: str, sizes: CriticSizes, team_value: bool, with_obs: bool,
-                 images: ImageInputs = ImageInputs(), **common) -> Critic:
+                 images: ImageInputs | None = None, **common) -> Critic:
     """The critic of ``kind`` (``placement`` for a V critic) for an env's ``sizes``: ``team_value``
     gives a V critic one head for the team, ``with_obs`` adds each agent's observation to a critic
     over actions, ``images`` are what it encodes (its own encoders: the actor's are separate
     networks, as MAPPO's actor and critic are), ``common`` the network's ``hidden``, ``layers``,
     ``activation`` and ``recurrent``."""
-    return critic_class(kind, placement).build(sizes, team_value, with_obs, images, **common)
+    return critic_class(kind, placement).build(sizes, team_value, with_obs, images or ImageInputs(), **common)
 
 
 class ValueNorm(nn.Module):
