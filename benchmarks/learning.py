@@ -19,6 +19,14 @@ TUNING_SEEDS = [0, 1, 2]        # the seeds the configs in configs/ were tuned o
 DEFAULT_SEEDS = [11, 12, 13, 14, 15]
 
 
+def sweep_command(configs: list[str], seeds: list[int], out: str, sets: list[str], jobs: int | None) -> list[str]:
+    """The ``marl sweep`` arguments for ``configs`` × ``seeds`` into ``out``, quiet, with ``sets``."""
+    command = ["sweep", *configs, "--seeds", *map(str, seeds), "--out", str(out), "--set", "train.progress=false"]
+    for item in sets:
+        command += ["--set", item]
+    return command + (["--jobs", str(jobs)] if jobs else [])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("configs", nargs="+", help="YAML configs; 'path.yaml@key=v,key=v' adds overrides")
@@ -39,14 +47,8 @@ def main(argv=None) -> int:
 
     seeds = seed_report(args.seeds, args.tuning_seeds)
     out = args.out_dir or str(Path(tempfile.mkdtemp(prefix="marl-bench-")) / "sweep")
-    sweep = ["sweep", *args.configs, "--seeds", *map(str, args.seeds), "--out", out,
-             "--set", f"train.total_env_steps={args.steps}", "--set", f"train.eval_episodes={args.eval_episodes}",
-             "--set", "train.progress=false"]
-    for item in args.set:
-        sweep += ["--set", item]
-    if args.jobs:
-        sweep += ["--jobs", str(args.jobs)]
-    code = marl(sweep)
+    sets = [f"train.total_env_steps={args.steps}", f"train.eval_episodes={args.eval_episodes}", *args.set]
+    code = marl(sweep_command(args.configs, args.seeds, out, sets, args.jobs))
     print(seeds["seed_note"])
     return code
 

@@ -143,6 +143,7 @@ def main(argv=None) -> int:
     if not (args.out or args.resume):
         parser.error("give --out DIR (or --resume DIR)")
 
+    from benchmarks.learning import sweep_command
     from marl.cli import main as marl
     from marl.compare import seed_report
 
@@ -158,13 +159,7 @@ def main(argv=None) -> int:
     if args.resume:
         code = marl(["sweep", "--resume", str(out)] + (["--jobs", str(args.jobs)] if args.jobs else []))
     else:
-        sweep = ["sweep", *[t.path for t in tasks], "--seeds", *map(str, args.seeds), "--out", str(out),
-                 "--set", "train.progress=false"]
-        for item in args.set:
-            sweep += ["--set", item]
-        if args.jobs:
-            sweep += ["--jobs", str(args.jobs)]
-        code = marl(sweep)
+        code = marl(sweep_command([t.path for t in tasks], args.seeds, str(out), args.set, args.jobs))
     summary = json.loads((out / "summary.json").read_text())
     planned = {t["config"] for t in summary["trials"]}
     overrides = summary["trials"][0]["overrides"] if summary["trials"] else []
