@@ -8,7 +8,11 @@ algorithm-config fields it reads. There is one calling convention per kind of cr
   ``fn(reward, value, next_value, terminated, truncated, **kw) -> (advantage, value_target)``;
 - ``Q_CRITIC`` (COMA's per-agent critic Q(s, u^{-a}, ·)) and ``DOP_CRITIC`` (DOP's decomposed critic
   Q_tot = Σ_i k_i(s) Q_i(s, u_i) + b(s)): ``fn(inputs: CounterfactualInputs, **kw) -> advantage``;
-  the critic learns the kind's ``targets`` (TD(λ) of the taken joint action).
+  the critic learns the kind's ``targets`` (TD(λ) of the taken joint action);
+- ``SIM_CRITIC`` (re-simulation on a batched twin, ``marl.resim``; a V critic placed by
+  ``algo.critic``): ``fn(returns, probs, actions) -> advantage`` over the simulated returns
+  ``[T, B, N, A, K]``; the critic learns the kind's ``targets`` of the rollout, and the spec's
+  ``sim_params`` are the re-simulation's config fields.
 
 The kinds are the only place that tells critics apart: callers read their properties, never their
 names (``marl.networks.build_critic`` maps a kind to its network).
@@ -22,6 +26,7 @@ import torch
 
 from marl.algorithms.coma import coma_advantage, coma_lambda_advantage
 from marl.algorithms.dop import dop_advantage, dop_lambda_advantage
+from marl.algorithms.resim import resim_advantage
 from marl.algorithms.returns import gae, mc, n_step, td_lambda
 from marl.algorithms.shapley import shapley_credit
 
@@ -61,7 +66,7 @@ class CounterfactualInputs:
 
 @dataclass(frozen=True, eq=False)
 class CriticKind:
-    """What an advantage module asks of its critic. Compared by identity: the three kinds below.
+    """What an advantage module asks of its critic. Compared by identity: the four kinds below.
 
     Attributes:
         name: shown by ``marl list``.
@@ -74,8 +79,11 @@ class CriticKind:
         reward_modes: the ``env.reward`` modes its targets are defined for (None: all).
         targets: for a critic over actions, its targets ``[T, B, N]`` from the taken joint action's
             value, ``targets(reward, q_taken, next_q, terminated, truncated, **spec.kwargs) ->
-            (_, target)``; None for a V critic, whose module returns its own targets.
-        why: the reason behind ``recurrent`` and ``reward_modes``, quoted by config errors.
+            (_, target)``; for a re-simulating module, its V critic's targets (same call, with V);
+            None for a V critic, whose module returns its own targets.
+        simulates: the advantage comes from re-simulating each step on copies of a batched twin
+            (``marl.resim``), not from the critic.
+        why: the reason behind ``recurrent``, ``reward_modes`` and ``simulates``, quoted by config errors.
     """
 
     name: str
@@ -85,6 +93,7 @@ class CriticKind:
     reward_modes: tuple[str, ...] | None = None
     targets: Callable | None = None
     why: str = ""
+    simulates: bool = False
 
 
 V_CRITIC = CriticKind("v", over_actions=False)
@@ -92,6 +101,8 @@ Q_CRITIC = CriticKind("q", over_actions=True, targets=td_lambda)
 DOP_CRITIC = CriticKind("dop", over_actions=True, mixed=True, recurrent=False, reward_modes=("shared",),
                         targets=td_lambda, why="its decomposed critic is feed-forward, and its Q_tot learns the "
                         "team's return")
+SIM_CRITIC = CriticKind("sim", over_actions=False, recurrent=False, targets=td_lambda, simulates=True,
+                        why="it re-simulates each step on copies of the batched twin, from a feed-forward actor")
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,7 @@ class AdvantageSpec:
             of ``critic.targets``.
         description: one line shown by ``marl list``.
         fn_params: for a critic over actions, ``(kwarg, config_field)`` pairs of ``fn`` itself.
+        sim_params: for a re-simulating module, the config fields the re-simulation reads.
     """
 
     fn: Callable
@@ -113,6 +125,7 @@ class AdvantageSpec:
     params: tuple[tuple[str, str], ...]
     description: str
     fn_params: tuple[tuple[str, str], ...] = ()
+    sim_params: tuple[str, ...] = ()
 
     @staticmethod
     def _read(pairs, algo_config, owner) -> dict:
@@ -134,7 +147,7 @@ class AdvantageSpec:
     @property
     def fields(self) -> set[str]:
         """Every ``algo`` config field the module reads."""
-        return {name for _, name in self.params + self.fn_params}
+        return {name for _, name in self.params + self.fn_params} | set(self.sim_params)
 
 
 def coma(inputs: CounterfactualInputs) -> torch.Tensor:
@@ -203,6 +216,10 @@ ADVANTAGES: dict[str, AdvantageSpec] = {
     "dop_lambda": AdvantageSpec(dop_lambda, DOP_CRITIC, _same("gamma", "lam"),
                                 "DOP's counterfactual baseline subtracted from the TD(λ) return of the taken "
                                 "joint action: G^λ − Q_tot + k_i (Q_i(u_i) − E_π Q_i)"),
+    "resim": AdvantageSpec(resim_advantage, SIM_CRITIC, _same("gamma", "lam"),
+                           "COMA's counterfactual advantage from H-step re-simulations on the batched twin "
+                           "(H = algo.resim_horizon, K = algo.resim_rollouts, common random numbers)",
+                           sim_params=("resim_horizon", "resim_rollouts")),
 }
 
 

@@ -88,6 +88,13 @@ class AlgoConfig:
     """COMA, Shapley, DOP: also give the critic the agent's own observation."""
     shapley_samples: int = 8
     """Shapley: M, the orderings sampled per step (M * N critic rows per step)."""
+    resim_horizon: int = 5
+    """``resim``: H, the steps of each re-simulated continuation, step t included, in [1, 1000] (1: a
+    one-step difference of the reward; at least the episode length: to its end). Cost ∝ H."""
+    resim_rollouts: int = 2
+    """``resim``: K, the continuations per (step, agent, action), in [1, 1024], sharing their random
+    draws across the agent's actions. Cost ∝ K; the estimate's variance ∝ 1 / K. Each rollout step
+    costs N × A × K × H twin steps (spread: 15 K H)."""
     target_update_every: int = 0
     """COMA: a target critic copied every this many iterations (0: no target network)."""
     redistribution: str = "none"
@@ -448,6 +455,8 @@ def _check_algo_ranges(a: AlgoConfig) -> None:
     _check(0.0 <= a.lam <= 1.0, "algo.lam", a.lam, "a float in [0, 1]")
     for key in ("n_step", "rollout_steps", "epochs", "minibatches"):
         _check(getattr(a, key) >= 1, f"algo.{key}", getattr(a, key), "an int >= 1")
+    _check(1 <= a.resim_horizon <= 1000, "algo.resim_horizon", a.resim_horizon, "an int in [1, 1000]")
+    _check(1 <= a.resim_rollouts <= 1024, "algo.resim_rollouts", a.resim_rollouts, "an int in [1, 1024]")
     _check(a.target_update_every >= 0, "algo.target_update_every", a.target_update_every, "an int >= 0")
     for key in ("lr", "critic_lr"):
         _check(getattr(a, key) > 0.0, f"algo.{key}", getattr(a, key), "a float > 0")
@@ -499,11 +508,21 @@ def _check_redistribution_ranges(a: AlgoConfig) -> None:
 
 def _check_advantage_rules(cfg: Config) -> None:
     """What the advantage module's critic kind supports: a recurrent critic, the reward modes (DOP's
-    decomposed critic is feed-forward and learns a team return)."""
+    decomposed critic is feed-forward and learns a team return), and for a re-simulating module
+    (``resim``) a batched twin to copy and the env's own per-step reward."""
     from marl.algorithms import ADVANTAGES
+    from marl.envs.batched import TWINS
 
-    a = cfg.algo
+    a, e = cfg.algo, cfg.env
     kind = ADVANTAGES[a.advantage].critic
+    if kind.simulates:
+        why = f"with algo.advantage {a.advantage!r} ({kind.why})"
+        _check(e.batched and e.id in TWINS, "env.batched", e.batched, f"true, with env.id one of {', '.join(TWINS)}, "
+               f"{why}; env.id is {e.id!r}")
+        _check(not e.episodic_reward, "env.episodic_reward", e.episodic_reward, f"false {why}")
+        _check(a.redistribution == "none", "algo.redistribution", a.redistribution, f"'none' {why}")
+        _check(not (e.reward == "difference" and e.difference == "reward_model"), "env.difference", e.difference,
+               f"'resimulate' {why}")
     _check(kind.recurrent or not cfg.model.recurrent, "model.recurrent", cfg.model.recurrent,
            f"false with algo.advantage {a.advantage!r} ({kind.why})")
     modes = kind.reward_modes or (cfg.env.reward,)
@@ -575,7 +594,7 @@ def _check_worker_rules(cfg: Config) -> None:
 
 
 _ADVANTAGE_KEYS = ("algo.critic", "algo.critic_obs", "algo.target_update_every", "algo.n_step",
-                   "algo.shapley_samples", "algo.lam")
+                   "algo.shapley_samples", "algo.lam", "algo.resim_horizon", "algo.resim_rollouts")
 
 
 def _reads(learner: str, key: str) -> bool:
@@ -621,6 +640,10 @@ def _refuse_ignored_options(cfg: Config) -> None:
         ("algo.shapley_samples", a.shapley_samples, defaults.algo.shapley_samples, "shapley_samples" not in reads,
          f"{a.advantage!r} does not read it"),
         ("algo.lam", a.lam, defaults.algo.lam, "lam" not in reads, f"{a.advantage!r} does not read it"),
+        ("algo.resim_horizon", a.resim_horizon, defaults.algo.resim_horizon, "resim_horizon" not in reads,
+         f"{a.advantage!r} does not read it"),
+        ("algo.resim_rollouts", a.resim_rollouts, defaults.algo.resim_rollouts, "resim_rollouts" not in reads,
+         f"{a.advantage!r} does not read it"),
         ("env.alpha", cfg.env.alpha, defaults.env.alpha, cfg.env.reward != "mixed",
          f"only env.reward: mixed reads it, not {cfg.env.reward!r}"),
         ("env.default_action", cfg.env.default_action, defaults.env.default_action, cfg.env.reward != "difference",

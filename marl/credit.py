@@ -10,6 +10,7 @@ from marl.config import reward_spec
 from marl.envs import make_vector_env
 from marl.envs.vector import SyncVectorEnv
 from marl.networks import MASKED_LOGIT
+from marl.resim import needs_sim_states
 from marl.rollout import policy_steps
 from marl.seeding import torch_stream
 
@@ -45,12 +46,19 @@ def play_episode(trainer, venv: SyncVectorEnv, seed: int, generator: torch.Gener
     """One episode as a ``[T, 1, N, ...]`` rollout batch, acting with the trainer's sampling policy
     (``behaviour="policy"``) or uniformly at random over the legal actions (``"uniform"``).
     With ``snapshots`` (a list), ``venv.snapshot()[0]`` is appended before every step: T entries,
-    entry t the env as the agents found it at step t (``EnvError`` if it cannot be snapshot)."""
+    entry t the env as the agents found it at step t (``EnvError`` if it cannot be snapshot).
+    For a run that re-simulates (``algo.advantage: resim``) the batch also holds the twin's state
+    at every step (``marl.resim.PackageStates``), which its advantage module reads."""
     if behaviour not in ("policy", "uniform"):
         raise ValueError(f"behaviour must be 'policy' or 'uniform', got {behaviour!r}")
     policy = trainer.actor if behaviour == "policy" else UniformPolicy(trainer.actor)
     venv.reset([seed])
     buf = {k: [] for k in EPISODE_FIELDS}
+    sim = None
+    if needs_sim_states(trainer.cfg):
+        from marl.resim import PackageStates
+        sim = PackageStates(trainer.cfg)
+        sim.record(venv.team_envs[0].env)
     if snapshots is not None:
         snapshots.append(venv.snapshot()[0])
     for ps in policy_steps(venv, policy, generator):
@@ -67,7 +75,10 @@ def play_episode(trainer, venv: SyncVectorEnv, seed: int, generator: torch.Gener
             break
         if snapshots is not None:   # the state the next step starts from (the env is not reset here)
             snapshots.append(venv.snapshot()[0])
-    return {k: torch.from_numpy(np.stack(v)) for k, v in buf.items()}
+        if sim is not None:
+            sim.record(venv.team_envs[0].env)
+    batch = {k: torch.from_numpy(np.stack(v)) for k, v in buf.items()}
+    return batch if sim is None else {**batch, **sim.take()}
 
 
 def episode_venv(trainer) -> SyncVectorEnv:

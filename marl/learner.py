@@ -154,7 +154,8 @@ def refuse_unfit_env(cfg: Config, continuous: bool, n_actions: int, turn_based: 
     a, e = cfg.algo, cfg.env
     env = f"env {e.id!r}"
     kind = get_advantage(a.advantage).critic
-    use_v = "use a V-critic module (" + ", ".join(n for n, s in ADVANTAGES.items() if not s.critic.over_actions) + ")"
+    use_v = "use a V-critic module (" + ", ".join(n for n, s in ADVANTAGES.items()
+                                                if not (s.critic.over_actions or s.critic.simulates)) + ")"
     images = images or ImageInputs()
     enc = encoded_images(cfg, images)
     unencoded = (enc.obs_image is not None or enc.state_image is not None) and \
@@ -171,8 +172,8 @@ def refuse_unfit_env(cfg: Config, continuous: bool, n_actions: int, turn_based: 
          f"follow); {use_v}")),
         ("env.default_action", e.reward == "difference" and not continuous and not e.default_action < n_actions,
          f"expected an action of {env}, an int in [0, {n_actions}), got {e.default_action!r}"),
-        ("algo.advantage", continuous and kind.over_actions, (f"{a.advantage!r} is counterfactual over a "
-         f"discrete action set, and {env} has continuous (Box) actions; {use_v}")),
+        ("algo.advantage", continuous and (kind.over_actions or kind.simulates), (f"{a.advantage!r} is "
+         f"counterfactual over a discrete action set, and {env} has continuous (Box) actions; {use_v}")),
         ("env.reward", continuous and e.reward == "difference", (f"'difference' puts a default action c_i "
          f"(env.default_action) in each agent's place, and {env} has continuous (Box) actions; use shared, "
          f"individual or mixed")),
@@ -211,6 +212,7 @@ class CreditLearner:
         N = len(agents)
         self.advantage = get_advantage(a.advantage)
         self.uses_q = self.advantage.critic.over_actions   # a critic over actions (counterfactual modules)
+        self.simulator = None   # the re-simulation of a re-simulating module (marl.resim)
         self.continuous = continuous
         self.turn_based = turn_based
         refuse_unfit_env(cfg, continuous, n_actions, turn_based, images=images)
@@ -219,6 +221,9 @@ class CreditLearner:
         self.device = torch.device(device)
         self.actor.to(self.device)
         self.critic.to(self.device)
+        if self.advantage.critic.simulates:
+            from marl.resim import Resimulator
+            self.simulator = Resimulator(cfg, self.device)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False) if a.target_update_every else None
         team_head = self.critic.team_value   # one V(s) for the team (shared reward)
         # One column of value statistics per critic head: a team head has one (the team's return).
@@ -339,13 +344,26 @@ class CreditLearner:
                 next_value = self._to_return_space(next_out)
                 if self.turn_based:
                     return {**prep, **self._turn_credit(b, value, next_value), "value": value, "critic_in": critic_in}
-                if valid is not None and self.team_returns:
+                if self.simulator is not None:
+                    _, target = self.advantage.critic.targets(b["reward"], value, next_value, terminated,
+                                                              b["truncated"], **self.advantage.kwargs(a))
+                    adv = self._resim_credit(b, generator)
+                elif valid is not None and self.team_returns:
                     adv, target = self._team_returns(b, value, next_value, valid)
                 else:
                     adv, target = self.advantage.fn(b["reward"], value, next_value, terminated, b["truncated"],
                                                     **self.advantage.kwargs(a))
                 return {**prep, "adv": adv, "target": target, "value": value, "critic_in": critic_in}
             return self._prepare_q(b, generator, valid, terminated)
+
+    def _resim_credit(self, b: dict, generator: torch.Generator) -> torch.Tensor:
+        """``resim``: COMA's counterfactual advantage ``[T, B, N]`` from re-simulated returns
+        (``marl.resim``), with π the current actor's softmax over the legal actions (as the oracle's)."""
+        avail = b["avail"].bool()
+        logits = self.actor(b["obs"], self._avail(b)).masked_fill(~avail, float("-inf"))
+        probs = torch.softmax(logits.double(), -1)
+        returns = self.simulator.returns(b, self.actor, generator).to(probs.device)
+        return self.advantage.fn(returns, probs, b["actions"]).to(b["reward"].dtype)
 
     def _team_returns(self, b: dict, value: torch.Tensor, next_value: torch.Tensor, valid: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -691,6 +709,8 @@ class CreditLearner:
             self.critic_hidden = self.critic_h_final
         adv, target, metrics = self.finalise(prep, valid)
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        if self.simulator is not None:
+            metrics.update({f"resim/{k}": v for k, v in self.simulator.last.items()})
         metrics.update(self.optimise(b, prep, adv, target, generator, valid))
         self.after_update()
         return metrics

@@ -31,7 +31,7 @@ Two backends:
   inference batched over all of a state's copies.
 
 Common random numbers: the K-th rollouts of one agent's counterfactual actions draw the same
-policy noise (``_continue``), so each Q estimate is unbiased and their differences, of which A* is
+policy noise (``marl.branching.continue_rows``), so each Q estimate is unbiased and their differences, of which A* is
 made, vary much less; A* and its standard error are computed from the paired differences.
 Each PettingZoo copy's own numpy / ``random`` generators are reseeded per rollout index
 (``env_noise="independent"``, the default), so the K rollouts also sample the env's randomness;
@@ -49,6 +49,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from marl.algorithms.resim import paired_differences
+from marl.branching import TwinBranches, branch_rows, chunks, continue_rows
 from marl.credit import episode_venv, play_episode, spearman
 from marl.envs.errors import EnvError
 from marl.envs.snapshot import restore, snapshot
@@ -148,31 +150,6 @@ def sample_states(trainer, episodes: int, states: int, seed: int = 0) -> tuple[l
 
 # -- branches: the rows of copies -----------------------------------------------------------------
 
-def _rows(states: list[OracleState], rollouts: int) -> dict[str, np.ndarray]:
-    """The branch rows of ``states``, grouped by state, then agent, then action, then rollout:
-    ``state``, ``agent``, ``action``, ``rollout`` ``[R]``, ``key [R]`` (the row's (state, agent,
-    rollout) group: the rows of one key are the K-th rollouts of that agent's counterfactuals and
-    share their random draws) and the first joint actions ``first [R, N]`` (the taken ones, the
-    row's agent playing its counterfactual)."""
-    state, agent, action, rollout, key = [], [], [], [], []
-    ks = list(range(rollouts))
-    n_keys = 0
-    for s, st in enumerate(states):
-        for i in np.flatnonzero(st.alive):
-            for u in np.flatnonzero(st.legal[i]):
-                state += [s] * rollouts
-                agent += [int(i)] * rollouts
-                action += [int(u)] * rollouts
-                rollout += ks
-                key += [n_keys + k for k in ks]
-            n_keys += rollouts
-    rows = {name: np.asarray(x, dtype=np.int64)
-            for name, x in (("state", state), ("agent", agent), ("action", action), ("rollout", rollout), ("key", key))}
-    first = np.stack([states[s].actions for s in state])
-    first[np.arange(len(state)), rows["agent"]] = rows["action"]
-    return {**rows, "first": first, "n_keys": n_keys}
-
-
 def _reseed(root, rng: np.random.Generator) -> None:
     """Reseed every numpy ``Generator``/``RandomState`` and ``random.Random`` reachable from ``root``
     (attributes, dicts, lists, tuples), so a copy draws its own env randomness."""
@@ -255,89 +232,6 @@ class _SliceBranches:
             piece.close()
 
 
-class _TwinBranches:
-    """Rows on a batched twin (``MPETwin``): each state's mpe2 world is loaded into the twin
-    (``load_package_env``) and replicated to its rows (``get_state``/``set_state``); stepping goes
-    through ``BatchedVectorEnv``, the run's reward pipeline on tensors. Every row is stepped every
-    step (a finished one auto-resets and is ignored)."""
-
-    def __init__(self, trainer, rows: int, scratch):
-        from marl.config import reward_spec
-        from marl.envs.batched import BatchedVectorEnv, make_batched_env
-
-        e = trainer.cfg.env
-        self.twin = make_batched_env(e.id, e.kwargs, rows, str(trainer.device), trainer.cfg.seed)
-        self.venv = BatchedVectorEnv(self.twin, reward_spec(trainer.cfg))
-        self.scratch = scratch   # a one-env EnvSlice to restore the PettingZoo snapshots into
-        self.dynamic = False
-
-    def load(self, blobs: list[bytes], row_state: np.ndarray) -> dict[str, torch.Tensor | None]:
-        """Row r becomes state ``row_state[r]``'s world (``blobs`` indexed by state)."""
-        for s, blob in enumerate(blobs):
-            self.scratch.load_snapshot(blob)
-            self.twin.load_package_env(s, self.scratch.envs[0].env)
-        full = self.twin.get_state()
-        self.twin.set_state({k: v if k == "rng" else v.index_select(0, torch.as_tensor(row_state, device=v.device))
-                             for k, v in full.items()})
-        return {"obs": self.twin.observe()[0], "avail": None}
-
-    def step(self, actions: torch.Tensor, running: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict, int]:
-        out = self.venv.step(actions.to(self.venv.device))
-        return out.reward.double(), out.done, {"obs": out.obs, "avail": None}, int(actions.shape[0])
-
-    def close(self) -> None:
-        self.venv.close()
-
-
-# -- continuations ----------------------------------------------------------------------------------
-
-def _continue(branches, current: dict, rows: dict, hidden: torch.Tensor | None, actor, generator: torch.Generator,
-              gamma: float, horizon: int | None) -> tuple[np.ndarray, int, int]:
-    """Step every row from its first joint action ``rows["first"] [R, N]`` on, then with actions
-    sampled from ``actor`` (from ``hidden [R, N, H]`` if recurrent), until its episode ends or
-    ``horizon`` steps (the first included) are taken. The rows of one ``rows["key"]`` draw the same
-    Gumbel noise (common random numbers: each row's draw is still exactly π's, and their
-    differences, which A* is made of, have less variance). Returns each row's discounted return of
-    its agent's reward column (float64 ``[R]``), the env steps of live rows and those simulated."""
-    device = next(actor.parameters()).device
-    R = len(rows["state"])
-    index, cols, key = torch.arange(R), torch.as_tensor(rows["agent"]), torch.as_tensor(rows["key"], device=device)
-    ret = torch.zeros(R, dtype=torch.float64)
-    running = torch.ones(R, dtype=torch.bool)
-    actions = torch.as_tensor(rows["first"])
-    discount, taken, env_steps, simulated = 1.0, 0, 0, 0
-    while True:
-        reward, done, current, sim = branches.step(actions, running)
-        reward, done = reward.cpu(), done.cpu()
-        ret += torch.where(running, discount * reward[index, cols], 0.0)
-        env_steps += int(running.sum())
-        simulated += sim
-        running &= ~done
-        taken += 1
-        if not running.any() or (horizon is not None and taken >= horizon):
-            return ret.numpy(), env_steps, simulated
-        discount *= gamma
-        with torch.no_grad():
-            avail = current["avail"]
-            avail = avail.to(device) if branches.dynamic and avail is not None else None
-            logits, hidden = actor.step(current["obs"].to(device), avail, hidden)
-            u = torch.rand((rows["n_keys"], *logits.shape[1:]), generator=generator, device=device)
-            gumbel = -torch.log(-torch.log(u.clamp_(1e-20, 1.0)))   # as marl.distributions.Categorical.sample
-            actions = (logits + gumbel.index_select(0, key)).argmax(-1)
-
-
-def _chunks(sizes: list[int], max_rows: int) -> list[list[int]]:
-    """Consecutive groups of states whose rows add up to at most ``max_rows`` (at least one each)."""
-    groups, current, total = [], [], 0
-    for s, size in enumerate(sizes):
-        if current and total + size > max_rows:
-            groups.append(current)
-            current, total = [], 0
-        current.append(s)
-        total += size
-    return groups + ([current] if current else [])
-
-
 def _choose_backend(trainer, twin: bool | None, probe: OracleState, scratch) -> tuple[str, str]:
     """``("twin" | "pettingzoo", note)``: the twin when the env has one that fits (``twin=None``),
     or as ``twin`` demands (``EnvError`` when it demands a twin that does not fit)."""
@@ -353,7 +247,7 @@ def _choose_backend(trainer, twin: bool | None, probe: OracleState, scratch) -> 
         reason = "env.shaping reads the PettingZoo env object, which a twin does not have"
     else:
         try:
-            branches = _TwinBranches(trainer, 1, scratch)
+            branches = TwinBranches(trainer.cfg, 1, trainer.device, scratch)
             branches.load([probe.blob], np.zeros(1, np.int64))
             branches.close()
         except (EnvError, ValueError) as exc:
@@ -424,17 +318,18 @@ def oracle_advantages(trainer, episodes: int = 32, states: int = 64, rollouts: i
     probs = np.stack([st.probs for st in sampled])
     actions = np.stack([st.actions for st in sampled])
     alive = np.stack([st.alive for st in sampled])
+    legal = np.stack([st.legal for st in sampled])
     q_sum, q_sq, count = np.zeros((S, N, A)), np.zeros((S, N, A)), np.zeros((S, N, A))
     paired = np.zeros((S, N, rollouts))               # A* of each rollout index k (its rows share draws)
     env_steps = simulated = 0
     sizes = [int(sum(st.legal[i].sum() for i in np.flatnonzero(st.alive))) * rollouts for st in sampled]
     slices = _SliceBranches(make_slice) if backend == "pettingzoo" else None
     try:
-        for group in _chunks(sizes, max_rows):
+        for group in chunks(sizes, max_rows):
             chunk = [sampled[s] for s in group]
-            rows = _rows(chunk, rollouts)
+            rows = branch_rows(actions[group], legal[group], alive[group], rollouts)
             if backend == "twin":
-                branches = _TwinBranches(trainer, len(rows["state"]), scratch)
+                branches = TwinBranches(trainer.cfg, len(rows["state"]), trainer.device, scratch)
                 current = branches.load([st.blob for st in chunk], rows["state"])
             else:
                 branches = slices
@@ -443,8 +338,9 @@ def oracle_advantages(trainer, episodes: int = 32, states: int = 64, rollouts: i
             hidden = None
             if trainer.actor.recurrent:
                 hidden = torch.stack([chunk[s].hidden for s in rows["state"]]).to(device)
-            returns, steps, sim = _continue(branches, current, rows, hidden, trainer.actor, generator,
-                                            trainer.cfg.algo.gamma, horizon)
+            returns, steps, sim = continue_rows(branches, current, rows, hidden, trainer.actor, generator,
+                                                trainer.cfg.algo.gamma, horizon)
+            returns = returns.numpy()
             if backend == "twin":
                 branches.close()
             env_steps, simulated = env_steps + steps, simulated + sim
@@ -453,13 +349,12 @@ def oracle_advantages(trainer, episodes: int = 32, states: int = 64, rollouts: i
             np.add.at(q_sum, index, returns)
             np.add.at(q_sq, index, returns ** 2)
             np.add.at(count, index, 1.0)
-            # A*_k = Σ_u' π(u') (G_k(u) − G_k(u')): differences within a key, so that an action
-            # without effect gets exactly 0 (no rounding residue from 1 − Σ π)
-            is_taken = rows["action"] == actions[state, rows["agent"]]
-            taken_return = np.zeros(rows["n_keys"])
-            taken_return[rows["key"][is_taken]] = returns[is_taken]
-            np.add.at(paired, (state, rows["agent"], rows["rollout"]),
-                      probs[index] * (taken_return[rows["key"]] - returns))
+            # A*_k = Σ_u' π(u') (G_k(u) − G_k(u')), the same paired differences as the training-time
+            # re-simulated advantage (marl.algorithms.resim)
+            g = np.full((len(group), N, A, rollouts), np.nan)
+            g[rows["state"], rows["agent"], rows["action"], rows["rollout"]] = returns
+            paired[group] = paired_differences(torch.from_numpy(g), torch.from_numpy(probs[group] * alive[group, :, None]),
+                                               torch.from_numpy(actions[group])).numpy()
     finally:
         if slices is not None:
             slices.close()

@@ -38,6 +38,7 @@ from marl.envs import EnvError, make_vector_env
 from marl.envs.batched import BatchedVectorEnv, make_batched_env
 from marl.learners import EnvShape, build_learner
 from marl.loop import TrainingInterrupted, TrainingLoop, _array_episode, _plain_episode
+from marl.resim import StateRecorder, needs_sim_states
 from marl.rollout import Rollout, act_in_worker, collect_rollout
 
 __all__ = ["Trainer", "TrainingInterrupted"]
@@ -58,6 +59,8 @@ class Trainer(TrainingLoop):
         if e.batched:
             batched = make_batched_env(e.id, e.kwargs, e.num_envs, cfg.train.device, cfg.seed)
             self.venv = BatchedVectorEnv(batched, reward)
+            if needs_sim_states(cfg):   # algo.advantage: resim re-simulates from the twin's state at each step
+                self.venv = StateRecorder(self.venv)
         else:
             self.venv = make_vector_env(e.id, e.kwargs, e.num_envs, reward, e.workers, e.check)
         v = self.venv
@@ -195,6 +198,8 @@ class Trainer(TrainingLoop):
     def update(self) -> dict:
         # On the learner's device: a PettingZoo rollout is stored on the CPU whatever train.device is.
         b = {k: v.to(self.device) for k, v in self.rollout.tensors().items()}
+        if isinstance(self.venv, StateRecorder):
+            b.update(self.venv.take())
         extra = {}
         # a learned reward the learner trains on: redistributed dense rewards, or learned difference rewards
         learned = self.redistribution if self.redistribution is not None else self.difference
