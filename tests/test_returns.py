@@ -8,7 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from marl.algorithms import ADVANTAGES, DOP_CRITIC, Q_CRITIC, V_CRITIC, gae, get_advantage, mc, n_step, td_lambda
+from marl.algorithms import (ADVANTAGES, DOP_CRITIC, Q_CRITIC, SIM_CRITIC, V_CRITIC, gae, get_advantage, mc, n_step,
+                             td_lambda)
 from tests.reference import mc_loop, n_step_loop, rollout_batches, td_lambda_loop
 
 # Every estimator under one calling convention: (r, v, nv, term, trunc, gamma, lam, n) -> (adv, target).
@@ -253,7 +254,7 @@ ALGO = SimpleNamespace(gamma=0.9, lam=0.8, n_step=3)
 @pytest.mark.parametrize("name", list(ADVANTAGES))
 def test_registry_entries_resolve_their_config_fields(name):
     spec = get_advantage(name)
-    assert spec.critic in (V_CRITIC, Q_CRITIC, DOP_CRITIC)
+    assert spec.critic in (V_CRITIC, Q_CRITIC, DOP_CRITIC, SIM_CRITIC)
     assert spec.description and "\n" not in spec.description
     kw = spec.kwargs(ALGO)
     assert set(kw) == {k for k, _ in spec.params}
@@ -262,7 +263,7 @@ def test_registry_entries_resolve_their_config_fields(name):
         assert set(kw) == {p.name for p in sig.parameters.values() if p.kind == p.KEYWORD_ONLY}
         adv, target = spec.fn(*random_batch(8, T=5), **kw)
         assert adv.shape == target.shape == (5, 3, 2)
-    else:   # a Q or DOP critic: the params are the keywords of its targets' rule (td_lambda)
+    else:   # a Q, DOP or re-simulating module: the params are the keywords of its targets' rule (td_lambda)
         assert spec.critic.targets is td_lambda
         assert set(kw) == {"gamma", "lam"}
 
