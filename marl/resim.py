@@ -130,8 +130,3 @@ class Resimulator:
             env_steps, simulated = env_steps + steps, simulated + sim
         self.last = {"env_steps": env_steps, "simulated_steps": simulated, "seconds": time.perf_counter() - t0}
         return out.reshape(T, B, N, A, K)
-
-    def close(self) -> None:
-        for branches in self._branches.values():
-            branches.close()
-        self._branches = {}
