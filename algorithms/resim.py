@@ -14,7 +14,6 @@ differences so that an action without effect gets exactly 0. Shapes: any leading
 from __future__ import annotations
 
 import torch
-
 from marl.algorithms.checks import check_integer
 
 Tensor = torch.Tensor

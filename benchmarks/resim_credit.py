@@ -60,10 +60,11 @@ def score(run_dir: Path, states: int, rollouts: int) -> dict:
 
 def tune(args) -> dict:
     """Fidelity of the resim estimator per (H, K), on MAPPO policies at ``--steps``."""
+    import numpy as np
+
     from marl.oracle import oracle_advantages, sample_states, score_credit
     from marl.run import load_run_config, load_trainer
     from marl.trainer import Trainer
-    import numpy as np
 
     with ThreadPoolExecutor(args.jobs) as pool:
         runs = list(pool.map(lambda s: train(FAST, args.out / f"fast_s{s}", s, args.steps), args.seeds))
@@ -111,7 +112,7 @@ def report(args) -> dict:
     if args.wall_seeds:
         def equal_wall(item):
             seed, resim, fast = item
-            steps = int(round(args.steps * resim["wall_s"] / fast["wall_s"] / 6400)) * 6400
+            steps = round(args.steps * resim["wall_s"] / fast["wall_s"] / 6400) * 6400
             return seed, train(FAST, args.out / f"fast_wall_s{seed}", seed, steps)
         with ThreadPoolExecutor(args.jobs) as pool:
             wall = dict(pool.map(equal_wall, [r for r in runs if r[0] in args.wall_seeds]))
@@ -122,8 +123,9 @@ def report(args) -> dict:
                      "fast_wall": wall.get(seed)})
         print(json.dumps({"seed": seed, "resim_spearman": rows[-1]["resim"]["oracle"]["spearman"],
                           "gae_spearman": rows[-1]["fast"]["oracle"]["spearman"]}), flush=True)
-    lines = [f"| method | oracle Spearman, IQM [95% CI] | per seed ({', '.join(str(r['seed']) for r in rows)}) | "
-             f"oracle reliability | sign agreement | greedy return at {args.steps:,} steps | wall s |", "|---|---|---|---|---|---|---|"]
+    seeds = ", ".join(str(r["seed"]) for r in rows)
+    lines = [(f"| method | oracle Spearman, IQM [95% CI] | per seed ({seeds}) | oracle reliability | sign agreement | "
+              f"greedy return at {args.steps:,} steps | wall s |"), "|---|---|---|---|---|---|---|"]
     def listed(values, digits=1):
         return ", ".join(f"{x:.{digits}f}" for x in values)
 
@@ -147,10 +149,11 @@ def report(args) -> dict:
                      f"| {sum(x['wall_s'] for x in w) / len(w):.0f} |")
     sim = sum(r["resim"]["resim_simulated_steps"] for r in rows) / sum(r["resim"]["env_steps"] for r in rows)
     lines.append("")
-    lines.append(f"resim cost: {sim:.0f} twin steps per env step; re-simulation "
-                 f"{sum(r['resim']['resim_seconds'] for r in rows) / sum(r['resim']['wall_s'] for r in rows):.0%} of "
-                 f"its wall clock; wall per env step {sum(r['resim']['wall_s'] for r in rows) / sum(r['fast']['wall_s'] for r in rows):.1f}x "
-                 f"spread_fast's (same host, same period).")
+    resim_wall = sum(r["resim"]["wall_s"] for r in rows)
+    share = sum(r["resim"]["resim_seconds"] for r in rows) / resim_wall
+    ratio = resim_wall / sum(r["fast"]["wall_s"] for r in rows)
+    lines.append(f"resim cost: {sim:.0f} twin steps per env step; re-simulation {share:.0%} of its wall clock; wall "
+                 f"per env step {ratio:.1f}x spread_fast's (same host, same period).")
     table = "\n".join(lines)
     print(table)
     (args.out / "report.md").write_text(table + "\n")

@@ -28,7 +28,7 @@ def branch_rows(actions: np.ndarray, legal: np.ndarray, alive: np.ndarray, rollo
         counterfactuals and share their random draws), ``first [R, N]`` (the first joint action: the
         taken one, the row's agent playing its counterfactual) and ``n_keys``.
     """
-    S, N = alive.shape
+    N = alive.shape[1]
     entries = np.argwhere(alive[:, :, None] & legal)                          # [E, 3] in (s, i, u) order
     group = np.cumsum(alive.reshape(-1)) - 1                                  # (s, i) -> its index among alive
     K = rollouts

@@ -353,8 +353,8 @@ def oracle_advantages(trainer, episodes: int = 32, states: int = 64, rollouts: i
             # re-simulated advantage (marl.algorithms.resim)
             g = np.full((len(group), N, A, rollouts), np.nan)
             g[rows["state"], rows["agent"], rows["action"], rows["rollout"]] = returns
-            paired[group] = paired_differences(torch.from_numpy(g), torch.from_numpy(probs[group] * alive[group, :, None]),
-                                               torch.from_numpy(actions[group])).numpy()
+            weights = torch.from_numpy(probs[group] * alive[group, :, None])
+            paired[group] = paired_differences(torch.from_numpy(g), weights, torch.from_numpy(actions[group])).numpy()
     finally:
         if slices is not None:
             slices.close()

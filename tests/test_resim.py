@@ -4,8 +4,8 @@ whose advantage equals the oracle's A* with the same states, draws, H and K."""
 import numpy as np
 import pytest
 import torch
-
 from marl.algorithms import paired_differences, resim_advantage
+
 from marl.config import ConfigError, config_from_dict
 from marl.credit import episode_venv, play_episode
 from marl.oracle import oracle_advantages
@@ -90,7 +90,7 @@ def test_training_on_the_twin_matches_the_oracle_with_the_same_draws():
     equals the oracle's A* at every step: same twin states, rows, draws, H and K."""
     horizon, rollouts, seed = 3, 4, 5
     trainer = Trainer(config_from_dict(_resim(algo={"resim_horizon": horizon, "resim_rollouts": rollouts},
-                                              train={"total_env_steps": 2000})), None)
+                                              train={"total_env_steps": 400})), None)
     trainer.train()
     trainer.collect()
     b = {**trainer.rollout.tensors(), **trainer.venv.take()}
