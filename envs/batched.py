@@ -8,7 +8,7 @@ successors kept), ``observe()``, ``get_state()``/``set_state()``.
 
 ``BatchedVectorEnv`` puts one such env behind the interface the trainer's collection loop uses
 (``marl.envs.vector.SyncVectorEnv``'s), with everything on tensors on the env's device: the reward mode
-(``marl.envs.rewards.apply_reward_mode_tensor``), per-episode returns and the finished-episode records.
+(``marl.envs.rewards.reward_pipeline``), per-episode returns and the finished-episode records.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch
 
 from marl.envs.errors import EnvError
 from marl.envs.registry import resolve_factory
-from marl.envs.rewards import apply_reward_mode_tensor, difference_reward, pay_at_episode_end
+from marl.envs.rewards import reward_pipeline, team_reward
 
 # env.id -> (the class of its batched twin, the task it is built with)
 TWINS = {**{f"mpe2:{task}": ("marl.envs.mpe_twin:MPETwin", task)
@@ -138,16 +138,12 @@ class BatchedVectorEnv:
         The env always auto-resets; ``autoreset=False`` is not supported here."""
         if not autoreset:
             raise ValueError("a batched env always resets the envs whose episode ended")
-        if self.reward.mode == "difference":
-            counterfactual = self._counterfactual_team_rewards(actions)
+        counterfactual = self._counterfactual_team_rewards(actions) if self.reward.mode == "difference" else None
         out = self.env.step(actions)
         raw = out["reward"]
-        if self.reward.mode == "difference":
-            reward = difference_reward(apply_reward_mode_tensor(raw, "shared", self.reward.team)[..., :1], counterfactual)
-        else:
-            reward = apply_reward_mode_tensor(raw, self.reward.mode, self.reward.team, self.reward.alpha)
-        if self.reward.episodic:
-            reward = pay_at_episode_end(reward.double(), self._held, out["terminated"] | out["truncated"]).float()
+        reward = reward_pipeline(raw, self.reward, counterfactual=counterfactual,
+                                 ends=out["terminated"] | out["truncated"] if self.reward.episodic else None,
+                                 held=self._held).float()
         self._raw_return += raw
         self._return += reward
         self._length += 1
@@ -189,7 +185,7 @@ class BatchedVectorEnv:
             changed = actions.clone()
             changed[:, i] = defaults[i]
             raw = self.env.step(changed)["reward"]
-            columns.append(apply_reward_mode_tensor(raw, "shared", self.reward.team)[:, 0])
+            columns.append(team_reward(raw, self.reward.team)[:, 0])
         self.env.set_state(state)
         return torch.stack(columns, -1)
 

@@ -14,10 +14,10 @@ import signal
 from dataclasses import dataclass, fields
 
 import numpy as np
+import torch
 
 from marl.envs.errors import EnvError, error_summary
-from marl.envs.rewards import (apply_reward_mode, difference_reward, pay_at_episode_end, resolve_potential, shape_reward,
-                               team_reward)
+from marl.envs.rewards import resolve_potential, reward_pipeline, team_reward
 from marl.envs.snapshot import restore, snapshot
 from marl.envs.team_env import TeamEnv
 
@@ -58,7 +58,7 @@ def difference_rewards_by_resimulation(env: TeamEnv, actions: np.ndarray, acting
         changed = np.array(actions, copy=True)
         changed[i] = default
         step = restore(blob).step(changed)
-        counterfactual[i] = float(team_reward(step.reward, reward.team, acting)[0])
+        counterfactual[i] = float(team_reward(torch.from_numpy(step.reward), reward.team, torch.from_numpy(acting))[0])
     return counterfactual
 
 
@@ -107,6 +107,14 @@ def _step_layout(n: int, env: TeamEnv) -> dict[str, tuple[tuple, type]]:
             "acted": (agents, bool), "raw_reward": (agents, np.float32), "reward": (agents, np.float32),
             "terminated": (agents, bool), "truncated": (agents, bool), "done": ((n,), bool), "first": ((n,), bool),
             "actions": actions}
+
+
+def numpy_rewards(raw: np.ndarray, spec: RewardSpec, **arrays: np.ndarray | None) -> np.ndarray:
+    """``marl.envs.rewards.reward_pipeline`` on numpy arrays (``raw [n, N]`` and its keyword arrays):
+    each is wrapped with ``torch.from_numpy`` (no copy, so ``held`` is updated in place) and the
+    result read back with ``.numpy()``: float32 ``[n, N]``, float64 with ``spec.episodic``."""
+    tensors = {k: None if v is None else torch.from_numpy(v) for k, v in arrays.items()}
+    return reward_pipeline(torch.from_numpy(raw), spec, **tensors).numpy()
 
 
 def episode_seed(base: int, episode: int) -> int:
@@ -180,6 +188,7 @@ class EnvSlice:
         ``autoreset=False`` finished envs are left as they are (the caller resets them)."""
         o = self.out
         o["acted"][:] = o["alive"]
+        counterfactual = None
         if self.reward.mode == "difference":   # before the envs move on
             counterfactual = np.stack([difference_rewards_by_resimulation(env, actions[i], o["alive"][i], self.reward)
                                        for i, env in enumerate(self.envs)])
@@ -190,21 +199,13 @@ class EnvSlice:
         self._check_values()
         if self.turn_based:   # every player is paid, waiting or not (marl.envs.turns)
             acted = np.ones_like(acted)
-        everyone = acted.all()
-        if self.reward.mode == "difference":
-            reward = self._difference(raw, counterfactual, acted)
-        else:
-            reward = apply_reward_mode(raw, self.reward.mode, self.reward.team, self.reward.alpha,
-                                       present=None if everyone else acted)
-        if self._potential is not None:
-            phi_next = np.array([[self._phi_of(i)] for i in range(self.n)], np.float32)
-            reward = shape_reward(reward, self._phi, phi_next, term, self.reward.gamma)
+        phi_next = None if self._potential is None else np.array([[self._phi_of(i)] for i in range(self.n)], np.float32)
+        ends = acted & (term | o["truncated"] | o["done"][:, None]) if self.reward.episodic else None
+        reward = numpy_rewards(raw, self.reward, present=None if acted.all() else acted, counterfactual=counterfactual,
+                               phi=None if phi_next is None else self._phi, phi_next=phi_next, terminated=term,
+                               ends=ends, held=self._held)
+        if phi_next is not None:
             self._phi = phi_next
-        if not everyone:
-            reward = np.where(acted, reward, 0.0)
-        if self.reward.episodic:
-            ends = acted & (term | o["truncated"] | o["done"][:, None])
-            reward = pay_at_episode_end(np.asarray(reward, np.float64), self._held, ends)
         o["reward"][:] = reward
         self._raw_return += raw
         self._return += reward
@@ -233,10 +234,6 @@ class EnvSlice:
         for i, env in enumerate(self.envs):
             env.check_step(o["next_obs"][i], o["raw_reward"][i])
             env.check_state(o["next_state"][i])
-
-    def _difference(self, raw: np.ndarray, counterfactual: np.ndarray, acted: np.ndarray) -> np.ndarray:
-        """``D_i = G(s, u) − G(s, (u_-i, c_i))`` ``[n, N]`` (``marl.envs.rewards.difference_reward``)."""
-        return difference_reward(team_reward(raw, self.reward.team, acted), counterfactual)
 
     def snapshot(self) -> bytes:
         """Everything ``load_snapshot`` needs to continue exactly: the envs' live state, the episode

@@ -53,7 +53,7 @@ from marl.config import ConfigError
 from marl.distributions import Categorical
 from marl.envs import EnvError, make_parallel_env
 from marl.envs.goals import check_goal_env, goal_slices
-from marl.envs.rewards import apply_reward_mode_tensor, is_team_reward
+from marl.envs.rewards import apply_reward_mode, is_team_reward
 from marl.networks import MASKED_LOGIT, Actor, ValueNorm, unroll
 from marl.replay import EpisodeReplay, Field
 
@@ -478,7 +478,7 @@ class QLearner:
         obs, raw, keep = hindsight(d["obs"], filled, g.compute_reward, self.agents, achieved=g.achieved,
                                    desired=g.desired, strategy=q.her, ratio=q.her_ratio, mode=q.her_relabel,
                                    generator=self.replay.generator)
-        reward = apply_reward_mode_tensor(raw, e.reward, e.team_reward, e.alpha) * filled[..., None]
+        reward = apply_reward_mode(raw, e.reward, e.team_reward, e.alpha) * filled[..., None]
         return {**d, "obs": obs, "reward": reward, "state": obs.flatten(-2)}, keep
 
     def _joint(self, q_now: Tensor, d: dict, acted: Tensor, online_next: Tensor, target_next: Tensor,

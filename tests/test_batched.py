@@ -4,14 +4,11 @@ config errors."""
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
 
-from marl.envs import EnvError, RewardSpec, apply_reward_mode
+from marl.envs import EnvError, RewardSpec
 from marl.envs.batched import BatchedVectorEnv, make_batched_env
-from marl.envs.rewards import apply_reward_mode_tensor
 from marl.config import ConfigError, config_from_dict
 from tests.conftest import resumed_equals_uninterrupted, tiny_config, train_run
 
@@ -19,16 +16,6 @@ OWN = "tests.user_envs:batched_match_target"
 
 
 _train = train_run
-
-
-@settings(max_examples=40, deadline=None)
-@given(st.sampled_from(["shared", "individual", "mixed"]), st.sampled_from(["sum", "mean"]),
-       st.floats(0.0, 1.0), st.integers(1, 5), st.integers(0, 10_000))
-def test_reward_modes_on_tensors_equal_the_numpy_ones(mode, team, alpha, n_agents, seed):
-    raw = np.random.default_rng(seed).normal(size=(4, n_agents)).astype(np.float32)
-    expected = apply_reward_mode(raw, mode, team, alpha)
-    got = apply_reward_mode_tensor(torch.from_numpy(raw), mode, team, alpha)
-    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6, atol=1e-6)
 
 
 def test_the_vector_env_keeps_episode_returns_and_applies_the_reward_mode():

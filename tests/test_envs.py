@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from marl.envs import EnvError, RewardSpec, apply_reward_mode, make_env, make_parallel_env, make_vector_env
 from marl.envs.registry import STATE_IS_OBSERVATIONS
@@ -88,7 +89,7 @@ def test_bad_kwargs_name_the_env():
 
 
 def test_reward_modes():
-    raw = np.array([[1.0, 2.0, 6.0]])
+    raw = torch.tensor([[1.0, 2.0, 6.0]])
     np.testing.assert_allclose(apply_reward_mode(raw, "individual"), raw)
     np.testing.assert_allclose(apply_reward_mode(raw, "shared", "sum"), [[9.0, 9.0, 9.0]])
     np.testing.assert_allclose(apply_reward_mode(raw, "shared", "mean"), [[3.0, 3.0, 3.0]])

@@ -1,6 +1,7 @@
 """Potential-based shaping keeps the optimal policy (Ng et al., 1999) and telescopes as expected."""
 import numpy as np
 import pytest
+import torch
 
 from marl.envs import RewardSpec, make_vector_env
 from marl.envs.rewards import resolve_potential, shape_reward, spread_coverage_potential
@@ -31,8 +32,8 @@ def optimal_policy(phi, terminal_phi, zero_terminal=True):
                 nxt, r = transition(s, a)
                 terminated = nxt is None
                 phi_next = terminal_phi if terminated else phi[nxt]
-                shaped = shape_reward(np.array([r]), np.array([phi[s]]), np.array([phi_next]),
-                                      np.array([terminated and zero_terminal]), GAMMA)[0]
+                shaped = shape_reward(torch.tensor([r], dtype=torch.float64), torch.tensor([phi[s]]),
+                                      torch.tensor([phi_next]), torch.tensor([terminated and zero_terminal]), GAMMA)[0]
                 new_q[s, a] = shaped + (0.0 if terminated else GAMMA * v[nxt])
         q = new_q
     return q.argmax(1), q
