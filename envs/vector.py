@@ -200,10 +200,11 @@ class EnvSlice:
         if self.turn_based:   # every player is paid, waiting or not (marl.envs.turns)
             acted = np.ones_like(acted)
         phi_next = None if self._potential is None else np.array([[self._phi_of(i)] for i in range(self.n)], np.float32)
-        ends = acted & (term | o["truncated"] | o["done"][:, None]) if self.reward.episodic else None
+        shaping = {} if phi_next is None else {"phi": self._phi, "phi_next": phi_next, "terminated": term}
+        episodic = ({"ends": acted & (term | o["truncated"] | o["done"][:, None]), "held": self._held}
+                    if self.reward.episodic else {})
         reward = numpy_rewards(raw, self.reward, present=None if acted.all() else acted, counterfactual=counterfactual,
-                               phi=None if phi_next is None else self._phi, phi_next=phi_next, terminated=term,
-                               ends=ends, held=self._held)
+                               **shaping, **episodic)
         if phi_next is not None:
             self._phi = phi_next
         o["reward"][:] = reward
