@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from marl.algorithms.difference import default_action_joints, difference_rewards
 from marl.config import ConfigError
-from marl.envs.rewards import is_team_reward
+from marl.envs.rewards import is_team_reward, team_reward
 from marl.reward_models import RewardRedistributor, TeamRewardModel, TeamRewardRegressor
 
 
@@ -286,9 +286,8 @@ class OnlineDifference:
 
     def team_reward(self, raw: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
         """G ``[...]``: the sum, or the mean over all N agents, of the present agents' raw rewards
-        ``[..., N]``, as ``marl.envs.rewards.team_reward``."""
-        g = (raw * alive.to(raw.dtype)).sum(-1)
-        return g / raw.shape[-1] if self.team == "mean" else g
+        ``[..., N]`` (``marl.envs.rewards.team_reward``)."""
+        return team_reward(raw, self.team, alive.bool()).squeeze(-1)
 
     def defaults(self, avail: torch.Tensor) -> torch.Tensor:
         """``c_i`` per step ``[..., N]``: ``env.default_action`` where ``avail [..., N, A]`` marks it
