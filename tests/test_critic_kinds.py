@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from marl.algorithms import ADVANTAGES, DOP_CRITIC, Q_CRITIC, V_CRITIC
+from marl.algorithms import ADVANTAGES, DOP_CRITIC, Q_CRITIC, SIM_CRITIC, V_CRITIC
 from marl.checkpoint import CheckpointError
 from marl.config import config_from_dict
 from marl.learner import CreditLearner
@@ -78,7 +78,7 @@ def test_each_kind_builds_the_network_its_properties_say(name, placement):
     assert critic(x).shape == ((2, N, A) if kind.over_actions else (2, N))
     if kind.over_actions:
         assert critic_class(kind, "central") is critic_class(kind, "local")
-    assert kind in (V_CRITIC, Q_CRITIC, DOP_CRITIC)
+    assert kind in (V_CRITIC, Q_CRITIC, DOP_CRITIC, SIM_CRITIC)
 
 
 def _learner(reward: str, advantage: str = "gae") -> CreditLearner:
