@@ -371,8 +371,8 @@ class QLearner:
         metrics: dict = {}
         if len(self.replay) >= self.q.batch_size:
             self._set_lr()
-            for _ in range(self.q.updates_per_rollout):
-                metrics = self._step()
+            for i in range(self.q.updates_per_rollout):
+                metrics = self._step(report=i == self.q.updates_per_rollout - 1)
         self.actor.epsilon = self.epsilon()
         metrics.update({"q/epsilon": self.actor.epsilon, "q/replay_slots": float(len(self.replay)),
                         "q/updates": float(self.updates)})
@@ -415,7 +415,10 @@ class QLearner:
         self.actor.epsilon = self.epsilon()
 
     # -- one gradient step ------------------------------------------------------------------------
-    def _step(self) -> dict:
+    def _step(self, report: bool = True) -> dict:
+        """One gradient step. With ``report`` (the rollout's last step, whose metrics the loop logs) it
+        returns the step's metrics and credit statistics (``_credit``: an autograd pass through the
+        mixer); otherwise ``{}``."""
         q, a = self.q, self.cfg.algo
         s = self.replay.sample(q.batch_size)
         d, filled = s.data, s.filled                             # nodes [T+1, B, ...], steps [T, B, ...]
@@ -456,6 +459,8 @@ class QLearner:
         self.optimizer.step()
         self.updates += 1
         self._update_targets()
+        if not report:
+            return {}
         metrics = {"q/loss": float(loss.detach()), "q/grad_norm": float(grad_norm),
                    "q/value": float(value.detach()[mask].mean()), "q/target": float(target[mask].mean()),
                    "q/td_error_abs": float(error.detach().abs().sum() / mask.sum().clamp(min=1))}
