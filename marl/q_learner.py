@@ -17,7 +17,8 @@ replay holds ``algo.batch_size`` slots, ``algo.updates_per_rollout`` gradient st
   legal actions of the agents there (an agent cut by a truncation still bootstraps);
 - ``mixer: none`` (IQL): per-agent TD(λ) or n-step targets of per-agent rewards and flags;
   a mixer: ``Q_tot = mixer(Q_i(u_i), s)`` against the target mixer's ``Q_tot'(s')``, on the team
-  reward (the mean over the agents that acted), all via ``algorithms.targets.q_targets``;
+  reward (the mean over the agents that acted), all via ``algorithms.targets.q_targets``; with
+  ``algo.standardize_rewards`` the rewards are first standardised by running statistics;
 - the squared TD error over real steps (and, for IQL, the agents that acted); Adam, gradient
   clipping, then the target networks: copied every ``algo.target_every`` updates, or Polyak
   averaged with ``algo.target_tau``.
@@ -113,6 +114,11 @@ class QConfig:
     her_relabel: str = "joint"
     """With ``her``: ``joint`` relabels every agent's goal at one state of the slot; ``agent`` one
     agent's, the others keep theirs."""
+    standardize_rewards: bool = False
+    """Train on rewards standardised by running statistics of the rewards collected, ``(r − mean) /
+    std`` (one statistic over the acting agents; EPyMARL's ``standardise_rewards``, on in its QMIX).
+    A sparse reward then stands well above the utilities' initial noise; the mean's shift is a
+    constant cost per step (or a bonus). The statistics are in the checkpoint."""
     normalize_state: bool = True
     """Standardise the mixer's state input per feature by running statistics of the states
     collected (std floored at 0.1). Off: the raw state, on which QMIX's state-only terms
@@ -342,6 +348,8 @@ class QLearner:
             params += list(self.mixer.parameters())
         # Per-feature running statistics of the states seen (updated per rollout, used by the mixers).
         self.state_norm = ValueNorm(state_dim, eps=0.01).to(self.device) if q.normalize_state else None
+        # Running statistics of the collected rewards (``algo.standardize_rewards``).
+        self.reward_norm = ValueNorm(1).to(self.device) if q.standardize_rewards else None
         self.params = params
         self.optimizer = torch.optim.Adam(params, lr=cfg.algo.lr)
         fields = q_fields(N, env.obs_dim, env.state_dim, A)
@@ -367,6 +375,8 @@ class QLearner:
         if self.state_norm is not None:
             seen = batch["state"] if self.goals is None else batch["obs"].flatten(-2)   # the mixer's state
             self.state_norm.update(seen.to(self.device))
+        if self.reward_norm is not None:
+            self.reward_norm.update(batch["reward"].to(self.device)[..., None], batch["alive"].to(self.device)[..., None])
         self.env_steps += batch["obs"].shape[0] * batch["obs"].shape[1]
         metrics: dict = {}
         if len(self.replay) >= self.q.batch_size:
@@ -398,6 +408,8 @@ class QLearner:
             state["mixer"], state["target_mixer"] = self.mixer.state_dict(), self.target_mixer.state_dict()
         if self.state_norm is not None:
             state["q_state_norm"] = self.state_norm.state_dict()
+        if self.reward_norm is not None:
+            state["q_reward_norm"] = self.reward_norm.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -412,6 +424,8 @@ class QLearner:
             self.target_mixer.load_state_dict(state["target_mixer"])
         if self.state_norm is not None:
             self.state_norm.load_state_dict(state["q_state_norm"])
+        if self.reward_norm is not None:
+            self.reward_norm.load_state_dict(state["q_reward_norm"])
         self.actor.epsilon = self.epsilon()
 
     # -- one gradient step ------------------------------------------------------------------------
@@ -425,6 +439,8 @@ class QLearner:
         keep = filled
         if self.goals is not None:
             d, keep = self.relabel(d, filled)
+        if self.reward_norm is not None:
+            d = {**d, "reward": self.reward_norm.normalize(d["reward"][..., None])[..., 0]}   # padding: q_targets zeroes it
         acted = d["alive"][:-1]                                  # [T, B, N]
         boot_alive = d["alive"][1:] | (acted & d["truncated"])   # agents with a value at s_{t+1}
         boot_avail = d["avail"][1:] & boot_alive[..., None]

@@ -174,6 +174,26 @@ def test_qmix_on_lbf_raw_states_stays_bounded_only_when_normalised(tmp_path, nor
     assert len(values) > 10 and all(lo < v < hi for v in values[-5:])
 
 
+@pytest.mark.parametrize("mixer", ["vdn", "qmix"])
+def test_standardised_rewards_make_learning_invariant_to_the_reward_scale(tmp_path, mixer):
+    """``algo.standardize_rewards``: the climbing game's payoff P and 10·P − 3 give the same
+    standardised rewards, so the same updates: the losses, values and targets of every logged step
+    agree (in standardised units; unstandardised, the losses would differ by about 100×)."""
+    from marl.envs.diagnostic import CLIMBING_PAYOFF
+
+    runs = {}
+    for scale, shift in [(1.0, 0.0), (10.0, -3.0)]:
+        payoff = (scale * CLIMBING_PAYOFF + shift).tolist()
+        cfg = q_config("marl.envs.diagnostic:MatrixGame", {"payoff": payoff}, mixer, 8 * 60, T=1,
+                       replay_chunk=1, standardize_rewards=True)
+        runs[scale] = train_run(cfg, tmp_path / f"x{scale:g}")
+    (small, _), (large, _) = runs[1.0], runs[10.0]
+    pairs = torch.tensor([[a[k], b[k]] for a, b in zip(small, large) if "q/loss" in a
+                          for k in ("q/loss", "q/value", "q/target")])
+    assert len(pairs) > 60
+    assert torch.allclose(pairs[:, 0], pairs[:, 1], rtol=1e-3, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_env_workers_acting_for_themselves_carry_epsilon(tmp_path):
     """``env.workers`` with ``train.act_in_workers``: each worker acts with a pickled copy of the
