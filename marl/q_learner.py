@@ -351,7 +351,7 @@ class QLearner:
         # Running statistics of the collected rewards (``algo.standardize_rewards``).
         self.reward_norm = ValueNorm(1).to(self.device) if q.standardize_rewards else None
         self.params = params
-        self.optimizer = torch.optim.Adam(params, lr=cfg.algo.lr)
+        self.optimizer = torch.optim.Adam(params, lr=cfg.algo.lr, foreach=True)   # one kernel per op, not per tensor
         fields = q_fields(N, env.obs_dim, env.state_dim, A)
         self.replay = EpisodeReplay(fields, capacity=q.buffer_size, chunk=q.replay_chunk, device=self.device,
                                     seed=cfg.seed)
