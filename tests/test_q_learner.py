@@ -168,6 +168,7 @@ def test_qmix_on_lbf_raw_states_stays_bounded_only_when_normalised(tmp_path, nor
     Q_tot of the replayed steps stays in [-1, 2] over 4,000 mostly unrewarded steps."""
     cfg = load_config(CONFIGS / "lbf_qmix.yaml", ["env.batched=true", "train.total_env_steps=4000",
                                                   f"algo.normalize_state={str(normalize).lower()}",
+                                                  "algo.standardize_rewards=false",   # Q_tot in the env's units
                                                   "train.eval_episodes=2", "train.progress=false"])
     records, _ = train_run(_as_dict(cfg), tmp_path / "run")
     values = [r["q/value"] for r in records if "q/value" in r]
