@@ -376,7 +376,8 @@ class QLearner:
             seen = batch["state"] if self.goals is None else batch["obs"].flatten(-2)   # the mixer's state
             self.state_norm.update(seen.to(self.device))
         if self.reward_norm is not None:
-            self.reward_norm.update(batch["reward"].to(self.device)[..., None], batch["alive"].to(self.device)[..., None])
+            acting = batch["alive"].to(self.device)[..., None]   # [T, B, N, 1]: absent agents' rewards do not count
+            self.reward_norm.update(batch["reward"].to(self.device)[..., None], acting)
         self.env_steps += batch["obs"].shape[0] * batch["obs"].shape[1]
         metrics: dict = {}
         if len(self.replay) >= self.q.batch_size:
@@ -440,7 +441,8 @@ class QLearner:
         if self.goals is not None:
             d, keep = self.relabel(d, filled)
         if self.reward_norm is not None:
-            d = {**d, "reward": self.reward_norm.normalize(d["reward"][..., None])[..., 0]}   # padding: q_targets zeroes it
+            # [T, B, N]; padded steps get −mean/std, which q_targets zeroes
+            d = {**d, "reward": self.reward_norm.normalize(d["reward"][..., None])[..., 0]}
         acted = d["alive"][:-1]                                  # [T, B, N]
         boot_alive = d["alive"][1:] | (acted & d["truncated"])   # agents with a value at s_{t+1}
         boot_avail = d["avail"][1:] & boot_alive[..., None]
