@@ -92,11 +92,12 @@ def test_agents_that_arrive_and_leave_are_learned(tmp_path, mixer, reward):
     assert evaluation["team_return_mean"] >= 0.9 * 18
 
 
-def test_resume_with_a_full_replay_equals_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("standardize", [False, True])
+def test_resume_with_a_full_replay_equals_an_uninterrupted_run(tmp_path, standardize):
     """A replay of 12 slots is full after two rollouts of 8 envs; the resumed run samples and learns
-    exactly as the uninterrupted one (the replay, its generator and the open episodes are in the
-    checkpoint)."""
-    cfg = q_config(*CHAIN, "qmix", 8 * 4 * 8, T=4, buffer_size=12, batch_size=8)
+    exactly as the uninterrupted one (the replay, its generator, the open episodes and, with
+    ``algo.standardize_rewards``, the reward statistics are in the checkpoint)."""
+    cfg = q_config(*CHAIN, "qmix", 8 * 4 * 8, T=4, buffer_size=12, batch_size=8, standardize_rewards=standardize)
     cfg["train"]["checkpoint_every"] = 2
     keys = ["q/loss", "q/value", "q/replay_slots", "q/epsilon", "team_return", "credit/dqtot/agent_0"]
     assert resumed_equals_uninterrupted(tmp_path, cfg, cut_steps=8 * 4 * 5, keys=keys)
