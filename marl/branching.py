@@ -63,6 +63,7 @@ class TwinBranches:
         from marl.envs.batched import BatchedVectorEnv, make_batched_env
 
         e = cfg.env
+        self.rows = rows
         self.twin = make_batched_env(e.id, e.kwargs, rows, str(device), cfg.seed)
         self.venv = BatchedVectorEnv(self.twin, reward_spec(cfg))
         self.scratch = scratch   # a one-env EnvSlice to restore PettingZoo snapshots into (``load``)

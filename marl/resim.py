@@ -88,13 +88,15 @@ class Resimulator:
     def __init__(self, cfg, device, max_rows: int = MAX_ROWS):
         self.cfg, self.device, self.max_rows = cfg, torch.device(device), max_rows
         self.horizon, self.rollouts = cfg.algo.resim_horizon, cfg.algo.resim_rollouts
-        self._branches: dict[int, TwinBranches] = {}   # by row count: building a twin costs ~ms
+        self._branches: TwinBranches | None = None   # the last one built, reused for the same row count
         self.last: dict[str, float] = {}
 
     def _twin(self, rows: int) -> TwinBranches:
-        if rows not in self._branches:
-            self._branches[rows] = TwinBranches(self.cfg, rows, self.device)
-        return self._branches[rows]
+        """Rows for ``rows`` branches. One is kept (building costs ~ms; with per-step masks the row
+        count varies from chunk to chunk, and a cache by count would grow without bound)."""
+        if self._branches is None or self._branches.rows != rows:
+            self._branches = TwinBranches(self.cfg, rows, self.device)
+        return self._branches
 
     def returns(self, b: dict[str, torch.Tensor], actor, generator: torch.Generator) -> torch.Tensor:
         """``G [T, B, N, A, K]`` float64 (NaN at illegal actions): the discounted H-step return of
