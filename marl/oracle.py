@@ -23,8 +23,8 @@ counts only the rewards it saw.
 
 Two backends:
 
-- **twin** (envs in ``marl.envs.batched.TWINS``): each sampled mpe2 world is loaded into an
-  ``MPETwin`` (``load_package_env``) and replicated to its N·A·K rows; the rows of many states are
+- **twin** (envs in ``marl.envs.batched.TWINS``): each sampled mpe2 or LBF world is loaded into
+  its twin (``load_package_env``) and replicated to its N·A·K rows; the rows of many states are
   stepped together as ``[R, N]`` tensors, with one batched actor forward per step;
 - **pettingzoo** (any env that ``marl.envs.snapshot`` can copy): the ``EnvSlice`` of the episode is
   snapshot at every step and restored into a pool of one-env slices, stepped one by one with
