@@ -150,6 +150,8 @@ def report(args) -> dict:
     def listed(values, digits=1):
         return ", ".join(f"{x:.{digits}f}" for x in values)
 
+    digits = 2 if args.task == "lbf" else 1   # LBF's team return is in [0, 1]
+
     for key, name in names.items():
         sp = [r[key]["oracle"]["spearman"] for r in rows]
         rel = iqm_interval([r[key]["oracle"]["oracle_reliability"] for r in rows])
@@ -157,17 +159,18 @@ def report(args) -> dict:
         ret = iqm_interval([r[key]["eval_return"] for r in rows])
         wall_s = iqm_interval([r[key]["wall_s"] for r in rows])
         i = iqm_interval(sp)
-        returns = listed([r[key]["eval_return"] for r in rows])
+        returns = listed([r[key]["eval_return"] for r in rows], digits)
         sampled = listed([r[key]["sampled_return"] for r in rows if r[key]["sampled_return"] is not None], 2)
         lines.append(f"| {name} | {format_interval(i['iqm'], i['ci'], 2)} | {listed(sp, 2)} | "
-                     f"{rel['iqm']:.2f} | {sign['iqm']:.2f} | {format_interval(ret['iqm'], ret['ci'])} "
+                     f"{rel['iqm']:.2f} | {sign['iqm']:.2f} | {format_interval(ret['iqm'], ret['ci'], digits)} "
                      f"({returns}) | {sampled} | {wall_s['iqm']:.0f} |")
     if wall:
         w = [wall[r["seed"]] for r in rows if r["seed"] in wall]
         ret = iqm_interval([x["eval_return"] for x in w])
         steps = ", ".join(f"{x['env_steps']:,}" for x in w)
+        returns = listed([x["eval_return"] for x in w], digits)
         lines.append(f"| GAE at resim's wall clock ({steps} steps) | | | | | "
-                     f"{format_interval(ret['iqm'], ret['ci'])} ({listed([x['eval_return'] for x in w])}) "
+                     f"{format_interval(ret['iqm'], ret['ci'], digits)} ({returns}) "
                      f"| | {sum(x['wall_s'] for x in w) / len(w):.0f} |")
     sim = sum(r["resim"]["resim_simulated_steps"] for r in rows) / sum(r["resim"]["env_steps"] for r in rows)
     lines.append("")

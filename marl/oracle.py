@@ -302,7 +302,7 @@ def oracle_advantages(trainer, episodes: int = 32, states: int = 64, rollouts: i
     from marl.envs.batched import TWINS
     if e.batched and e.id not in TWINS:
         raise EnvError(f"env {e.id!r} is a batched simulator with no PettingZoo version; the oracle branches from "
-                       f"PettingZoo envs (copied, or loaded into an mpe2 twin)")
+                       f"PettingZoo envs (copied, or loaded into their twin)")
     t0 = time.perf_counter()
     sampled, info = sample_states(trainer, episodes, states, seed)
     t1 = time.perf_counter()
