@@ -171,7 +171,8 @@ def report(args) -> dict:
         returns = listed([x["eval_return"] for x in w], digits)
         lines.append(f"| GAE at resim's wall clock ({steps} steps) | | | | | "
                      f"{format_interval(ret['iqm'], ret['ci'], digits)} ({returns}) "
-                     f"| | {sum(x['wall_s'] for x in w) / len(w):.0f} |")
+                     f"| {listed([x['sampled_return'] or float('nan') for x in w], 2)} "
+                     f"| {sum(x['wall_s'] for x in w) / len(w):.0f} |")
     sim = sum(r["resim"]["resim_simulated_steps"] for r in rows) / sum(r["resim"]["env_steps"] for r in rows)
     lines.append("")
     resim_wall = sum(r["resim"]["wall_s"] for r in rows)
