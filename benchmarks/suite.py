@@ -105,7 +105,7 @@ def suite_rows(summary: dict, tasks: list[SuiteTask], overrides: list[str]) -> l
 
 
 def _steps(n: int) -> str:
-    return f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n / 1e3:g}k"
+    return f"{n / 1e6:.3g}M" if n >= 1_000_000 else f"{n / 1e3:.3g}k"
 
 
 def suite_markdown(rows: list[dict], seed_note: str) -> str:
