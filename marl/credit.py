@@ -10,7 +10,7 @@ from marl.config import reward_spec
 from marl.envs import make_vector_env
 from marl.envs.vector import SyncVectorEnv
 from marl.networks import MASKED_LOGIT
-from marl.resim import needs_sim_states
+from marl.resim import PackageStates, needs_sim_states
 from marl.rollout import policy_steps
 from marl.seeding import torch_stream
 
@@ -54,10 +54,8 @@ def play_episode(trainer, venv: SyncVectorEnv, seed: int, generator: torch.Gener
     policy = trainer.actor if behaviour == "policy" else UniformPolicy(trainer.actor)
     venv.reset([seed])
     buf = {k: [] for k in EPISODE_FIELDS}
-    sim = None
-    if needs_sim_states(trainer.cfg):
-        from marl.resim import PackageStates
-        sim = PackageStates(trainer.cfg)
+    sim = PackageStates(trainer.cfg) if needs_sim_states(trainer.cfg) else None
+    if sim is not None:
         sim.record(venv.team_envs[0].env)
     if snapshots is not None:
         snapshots.append(venv.snapshot()[0])

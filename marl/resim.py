@@ -35,6 +35,16 @@ def needs_sim_states(cfg) -> bool:
     return get_advantage(cfg.algo.advantage).critic.simulates
 
 
+def _world(twin) -> dict[str, torch.Tensor]:
+    """A twin's ``get_state()`` without its ``rng`` (a branch row keeps its own generator)."""
+    return {k: v for k, v in twin.get_state().items() if k != "rng"}
+
+
+def _stacked(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """``{"sim/<key>": [T, ...]}`` from T ``_world`` dicts, one per step."""
+    return {SIM_PREFIX + k: torch.stack([s[k] for s in states]) for k in states[0]}
+
+
 class StateRecorder:
     """A batched vector env (``marl.envs.batched.BatchedVectorEnv``) that records its twin's state
     before every step; ``take()`` returns the states of the steps since the last call."""
@@ -47,13 +57,13 @@ class StateRecorder:
         return getattr(self._venv, name)
 
     def step(self, actions, autoreset: bool = True):
-        self._states.append({k: v for k, v in self._venv.env.get_state().items() if k != "rng"})
+        self._states.append(_world(self._venv.env))
         return self._venv.step(actions, autoreset)
 
     def take(self) -> dict[str, torch.Tensor]:
         """``{"sim/<key>": [T, B, ...]}`` for the T steps recorded since the last call."""
         states, self._states = self._states, []
-        return {SIM_PREFIX + k: torch.stack([s[k] for s in states]) for k in states[0]}
+        return _stacked(states)
 
 
 class PackageStates:
@@ -68,11 +78,11 @@ class PackageStates:
 
     def record(self, env) -> None:
         self.twin.load_package_env(0, env)
-        self._states.append({k: v for k, v in self.twin.get_state().items() if k != "rng"})
+        self._states.append(_world(self.twin))
 
     def take(self) -> dict[str, torch.Tensor]:
         states, self._states = self._states, []
-        return {SIM_PREFIX + k: torch.stack([s[k] for s in states]) for k in states[0]}
+        return _stacked(states)
 
 
 class Resimulator:
