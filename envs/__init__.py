@@ -3,7 +3,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from marl.envs.errors import EnvError
+from marl.envs.errors import EnvError, EnvWorkerLost
 from marl.envs.registry import ENVS, make_parallel_env, resolve_factory
 from marl.envs.rewards import REWARD_MODES, TEAM_REDUCTIONS, apply_reward_mode, team_reward
 from marl.envs.team_env import TeamEnv
@@ -52,6 +52,6 @@ def env_spec(env_id: str, kwargs: dict | None = None, batched: bool = False) -> 
     return spec
 
 
-__all__ = ["ENVS", "EnvError", "EnvSpec", "REWARD_MODES", "RewardSpec", "StepBatch", "TEAM_REDUCTIONS", "TeamEnv",
+__all__ = ["ENVS", "EnvError", "EnvWorkerLost", "EnvSpec", "REWARD_MODES", "RewardSpec", "StepBatch", "TEAM_REDUCTIONS", "TeamEnv",
            "apply_reward_mode", "env_spec", "make_env", "make_parallel_env", "make_vector_env", "resolve_factory",
            "team_reward"]

@@ -12,6 +12,11 @@ class EnvError(ValueError):
     """
 
 
+class EnvWorkerLost(EnvError):
+    """An env worker process that died or stopped answering: the run's envs are gone, which no
+    fallback (such as a checkpoint without the env state) may hide."""
+
+
 def error_summary(exc: BaseException) -> str:
     """``Type: first line of the message (at file:line in function)``, the innermost frame that raised:
     an env's own exception in one line."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from marl.envs.errors import EnvError, error_summary
+from marl.envs.errors import EnvError, EnvWorkerLost, error_summary
 from marl.envs.rewards import resolve_potential, reward_pipeline, team_reward
 from marl.envs.snapshot import restore, snapshot
 from marl.envs.team_env import TeamEnv
@@ -457,7 +457,7 @@ class ProcessVectorEnv:
         except OSError:   # BrokenPipeError, ConnectionResetError: the worker is gone
             raise self._dead(w) from None
 
-    def _dead(self, w: int) -> EnvError:
+    def _dead(self, w: int) -> EnvWorkerLost:
         """The error for worker ``w``, which is gone: how it ended, and which envs it stepped."""
         proc, rows = self._procs[w], self._rows[w]
         proc.join(timeout=2)
@@ -473,7 +473,7 @@ class ProcessVectorEnv:
         if not self._started:
             message += (" while starting (when starting workers from a script, guard its entry point with "
                         "`if __name__ == '__main__':`)")
-        return EnvError(message)
+        return EnvWorkerLost(message)
 
     def reset(self, seeds) -> dict[str, np.ndarray]:
         seeds = np.asarray(seeds)

@@ -34,7 +34,7 @@ import torch
 
 from marl import seeding
 from marl.config import Config, reward_spec
-from marl.envs import EnvError, make_vector_env
+from marl.envs import EnvError, EnvWorkerLost, make_vector_env
 from marl.envs.batched import BatchedVectorEnv, make_batched_env
 from marl.learners import EnvShape, build_learner
 from marl.loop import TrainingInterrupted, TrainingLoop, _array_episode, _plain_episode
@@ -123,6 +123,8 @@ class Trainer(TrainingLoop):
             return self.venv.snapshot()
         try:
             parts = self.venv.snapshot()
+        except EnvWorkerLost:   # not an env that cannot be snapshot: the save fails, the last checkpoint stands
+            raise
         except EnvError as exc:
             if not self._snapshot_warned:
                 self._snapshot_warned = True
@@ -151,6 +153,8 @@ class Trainer(TrainingLoop):
             try:
                 self.venv.load_snapshot(envs if isinstance(envs, dict) else [part.numpy().tobytes() for part in envs])
                 self._envs_started = True
+            except EnvWorkerLost:
+                raise
             except EnvError as exc:
                 print(f"[marl] the checkpoint's env state does not fit this run ({exc}); starting fresh episodes",
                       file=sys.stderr)

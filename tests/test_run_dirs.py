@@ -24,6 +24,7 @@ import yaml
 from marl.checkpoint import (CHECKPOINT_NAME, KEY_ENV, CheckpointError, RunDirError, load_checkpoint,
                              save_checkpoint)
 from marl.config import ConfigError, config_from_dict, load_config
+from marl.envs import EnvWorkerLost
 from marl.logger import METRICS_NAME, read_metrics
 from marl.run import LOCK_NAME, load_actor, load_trainer, new_run, resume_run
 from marl.trainer import Trainer, TrainingInterrupted
@@ -407,6 +408,29 @@ def test_a_killed_env_worker_is_named_with_its_exit_and_the_run_resumes_exactly(
     assert proc.returncode == 0, proc.stderr
     full = _train({**cfg, "train": {**cfg["train"], "total_env_steps": total}}, tmp_path / "full")
     assert _strip(read_metrics(run)) == _strip(full)
+
+
+@pytest.mark.slow   # two env worker processes
+def test_a_worker_lost_while_saving_fails_the_save_and_keeps_the_last_checkpoint(tmp_path):
+    """A dead worker is not an env whose state cannot be saved: the save must not fall back to a
+    checkpoint without the env state (CI caught a kill landing in the snapshot that way)."""
+    cfg = _cfg(total_env_steps=400, checkpoint_every=1)
+    cfg["env"]["workers"] = 2
+    trainer = new_run(config_from_dict(cfg), tmp_path / "run")
+    try:
+        trainer.run_iteration()
+        trainer.iteration += 1
+        trainer.save()
+        os.kill(trainer.venv._procs[1].pid, signal.SIGKILL)
+        trainer.venv._procs[1].join(timeout=10)
+        trainer.iteration += 1
+        with pytest.raises(EnvWorkerLost, match="env worker 1 of 2 .* was killed by SIGKILL"):
+            trainer.save()
+        assert trainer.saved_iteration == 1
+        saved = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)
+        assert saved["iteration"] == 1 and "env_state" in saved
+    finally:
+        trainer.close()
 
 
 @pytest.mark.slow   # several CLI processes
