@@ -274,7 +274,8 @@ def copy_learner(learner):
 # -- exact resume with live episodes ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("workers, async_collection, act_in_workers",
-                         [(0, False, False), (2, False, False), (2, True, False), (2, False, True)])
+                         [(0, False, False), (2, False, True),   # the other worker variants: slow, in CI
+                          *(pytest.param(*p, marks=pytest.mark.slow) for p in [(2, False, False), (2, True, False)])])
 def test_resume_with_episodes_in_flight_equals_an_uninterrupted_run(tmp_path, workers, async_collection,
                                                                     act_in_workers):
     """30-step episodes and 20-step rollouts: every checkpoint falls inside episodes."""
@@ -305,6 +306,7 @@ def test_an_env_that_cannot_be_snapshot_says_so_once_and_resumes_with_fresh_epis
     assert read_metrics(tmp_path / "run")[-1]["env_steps"] == 640
 
 
+@pytest.mark.slow   # a real local Ray run and its resume
 @pytest.mark.filterwarnings("ignore:.*Overriding environment rllib-multi-agent-env-v0")
 def test_an_rllib_run_says_once_that_resume_starts_fresh_episodes(tmp_path, capsys):
     """RLlib's EnvRunners keep their episodes out of checkpoints: one line at the run's first

@@ -262,8 +262,8 @@ def test_recurrent_shapley_steps_each_coalition_row_from_the_rollouts_hidden_sta
 
 
 @pytest.mark.parametrize("workers, async_collection, act_in_workers, advantage",
-                         [(0, False, False, "gae"), (0, False, False, "coma"), (2, True, False, "gae"),
-                          (2, False, True, "gae")])
+                         [(0, False, False, "gae"), (0, False, False, "coma"),
+                          pytest.param(2, True, False, "gae", marks=pytest.mark.slow), (2, False, True, "gae")])
 def test_resume_with_recurrent_state_equals_an_uninterrupted_run(tmp_path, workers, async_collection, act_in_workers,
                                                                  advantage):
     cfg = tiny_config(env={"id": MEMORY, "kwargs": {"delay": 7}, "num_envs": 4, "workers": workers},

@@ -310,8 +310,10 @@ def test_rllib_pipeline_matches_local_with_agents_that_leave_and_per_step_masks(
     local.close()
 
 
-@pytest.mark.parametrize("env", [DEPARTURES, MASKED, {"id": "lbf:Foraging-8x8-2p-2f-coop-v3", "kwargs": {}},
-                                 {"id": "tests.user_envs:reach_target", "kwargs": {}}])
+@pytest.mark.parametrize("env", [DEPARTURES, MASKED,   # the Gymnasium-adapter and user-module envs: slow, in CI
+                                 *(pytest.param(env, marks=pytest.mark.slow) for env in
+                                   ({"id": "lbf:Foraging-8x8-2p-2f-coop-v3", "kwargs": {}},
+                                    {"id": "tests.user_envs:reach_target", "kwargs": {}}))])
 def test_envs_users_bring_train_on_rllib(tmp_path, ray_instance, env):
     """Agents that leave, masks with an env that raises on an illegal action, a Gymnasium
     multi-agent env, and continuous actions with an env that raises on unclipped ones, through
@@ -456,6 +458,7 @@ def crashing_spread(flag: str, at_step: int, driver_pid: int, **kwargs):
     return CrashOnce(simple_spread_v3.parallel_env(**kwargs))
 
 
+@pytest.mark.slow   # fault injection
 def test_crashed_env_runner_is_restarted_and_no_iteration_is_lost(tmp_path, ray_instance, capfd):
     flag = tmp_path / "crash.flag"
     flag.touch()

@@ -75,7 +75,9 @@ def test_same_seed_gives_identical_metrics(tmp_path):
 
 
 @pytest.mark.parametrize("workers, async_collection, act_in_workers",
-                         [(0, False, False), (2, False, False), (2, True, False), (2, False, True), (2, True, True)])
+                         [(0, False, False), (2, False, True),   # the other worker variants: slow, in CI
+                          *(pytest.param(*p, marks=pytest.mark.slow) for p in [(2, False, False), (2, True, False),
+                                                                               (2, True, True)])])
 def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, workers, async_collection, act_in_workers):
     cfg = tiny_config(train={"total_env_steps": 800, "checkpoint_every": 100, "eval_episodes": 0,
                              "async_collection": async_collection, "act_in_workers": act_in_workers},
@@ -292,7 +294,7 @@ def test_cli_train_eval_list_and_gif(tmp_path):
     assert proc.returncode == 0 and "mpe2:simple_spread_v3" in proc.stdout and "gae" in proc.stdout
 
 
-@pytest.mark.parametrize("workers, async_collection", [(0, False), (2, True)])
+@pytest.mark.parametrize("workers, async_collection", [(0, False), pytest.param(2, True, marks=pytest.mark.slow)])
 def test_cli_ctrl_c_saves_and_resume_continues(tmp_path, workers, async_collection):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(tiny_config(train={"total_env_steps": 200_000, "checkpoint_every": 1000,
