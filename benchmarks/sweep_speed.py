@@ -11,7 +11,10 @@ default jobs (one trial per core). Both wall clocks include process, torch, and 
 Each sweep trial's ``metrics.jsonl`` is then compared, record by record, with the single run's of
 the same config and seed, ignoring the ``perf/*`` keys (timings), and likewise ``eval.json``'s
 returns. A sampler thread records, every second, each training process's OS thread count, CPU
-use and ``OMP_NUM_THREADS``, and the CPU seconds used (only the processes the two commands start). Prints a markdown table and writes ``results.json`` to ``--out``.
+use and ``OMP_NUM_THREADS``, and the CPU seconds used (only the processes the two commands start,
+so other tenants' jobs are not counted; they show in the load average). Torch runs one intra-op
+thread per process on both sides: ``marl.trainer.Trainer`` sets it. Prints markdown tables and
+writes ``results.json`` to ``--out``; exits 1 if some trial's metrics differ.
 """
 from __future__ import annotations
 
@@ -128,14 +131,13 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=False)
     py = sys.executable
     env_set = ["--set", f"train.total_env_steps={args.steps}", "--set", "train.progress=false"]
-    stem = lambda c: Path(c).stem   # noqa: E731
 
     print(f"load before: {os.getloadavg()}, cores: {os.cpu_count()}", flush=True)
     seq_start = time.perf_counter()
     seq_sampler_all, seq_walls = [], {}
     for config in args.configs:
         for seed in args.seeds:
-            name = f"{stem(config)}-s{seed}"
+            name = f"{Path(config).stem}-s{seed}"
             wall, sampler = timed([py, "-m", "marl.cli", "train", config, "--set", f"seed={seed}", *env_set,
                                    "--run-dir", str(out / "single" / name)], out / f"single-{name}.log")
             seq_walls[name] = wall
@@ -162,7 +164,7 @@ def main(argv=None) -> int:
               "metrics": checks, "all_equal": all(c["equal"] and c["eval_equal"] for c in checks.values())}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
 
-    print(f"\n{len(seq_walls)} trials ({' + '.join(map(stem, args.configs))} × seeds {args.seeds}, "
+    print(f"\n{len(seq_walls)} trials ({' + '.join(Path(c).stem for c in args.configs)} × seeds {args.seeds}, "
           f"{args.steps} env steps each), {os.cpu_count()} cores\n")
     print("| | wall clock s | load (1 min) mean [min, max] | processes: OS threads max, CPU % median, OMP_NUM_THREADS |")
     print("|---|---|---|---|")
