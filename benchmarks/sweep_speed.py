@@ -54,6 +54,8 @@ class Sampler(threading.Thread):
             for proc in procs:
                 try:
                     cmd = " ".join(proc.cmdline())
+                    if not cmd:   # a zombie: its last sample stands
+                        continue
                     trainer = "marl.cli train" in cmd or cmd.startswith(("ray::_trainable", "ray::ImplicitFunc"))
                     times = proc.cpu_times()
                     self.cpu_s[proc.pid] = (trainer, times.user + times.system)
