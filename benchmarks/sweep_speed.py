@@ -10,10 +10,11 @@ for every config × seed, one process after another, as a user would; (b) runs o
 default jobs (one trial per core). Both wall clocks include process, torch, and (b) Ray start-up.
 Each sweep trial's ``metrics.jsonl`` is then compared, record by record, with the single run's of
 the same config and seed, ignoring the ``perf/*`` keys (timings), and likewise ``eval.json``'s
-returns. A sampler thread records, every second, each training process's OS thread count, CPU
-use and ``OMP_NUM_THREADS``, and the CPU seconds used (only the processes the two commands start,
+returns. A sampler thread records, every second, each training process's OS thread count and CPU
+use, and the CPU seconds used (only the processes the two commands start,
 so other tenants' jobs are not counted; they show in the load average). Torch runs one intra-op
-thread per process on both sides: ``marl.trainer.Trainer`` sets it. Prints markdown tables and
+thread per process on both sides (``marl.trainer.Trainer`` sets it; Ray also sets
+``OMP_NUM_THREADS=1`` inside its workers). Prints markdown tables and
 writes ``results.json`` to ``--out``; exits 1 if some trial's metrics differ.
 """
 from __future__ import annotations
@@ -35,7 +36,8 @@ DEFAULT_CONFIGS = ["configs/spread_mappo.yaml", "configs/spread_coma.yaml"]
 
 class Sampler(threading.Thread):
     """Every second: each training process under ``root`` (``marl.cli train`` or a Ray Tune trial
-    worker) with its OS threads, CPU percent and OMP_NUM_THREADS; and the 1-minute load average."""
+    worker) with its OS threads and CPU percent, every process's CPU seconds, and the 1-minute load
+    average."""
 
     def __init__(self):
         super().__init__(daemon=True)
@@ -65,7 +67,7 @@ class Sampler(threading.Thread):
                     cpu = p.cpu_percent(None)   # since the last sample of this process (0.0 the first time)
                     self.samples.append({"kind": "train" if "marl.cli train" in cmd else "ray",
                                          "pid": proc.pid, "cmd": cmd[:120], "threads": p.num_threads(),
-                                         "cpu_percent": cpu, "omp": p.environ().get("OMP_NUM_THREADS")})
+                                         "cpu_percent": cpu})
                 except (psutil.Error, OSError):
                     continue
 
@@ -78,8 +80,7 @@ class Sampler(threading.Thread):
                 out[kind] = {"processes": len({s["pid"] for s in rows}),
                              "os_threads_max": max(s["threads"] for s in rows),
                              "cpu_percent_max": max(busy) if busy else None,
-                             "cpu_percent_median": sorted(busy)[len(busy) // 2] if busy else None,
-                             "omp_num_threads": sorted({str(s["omp"]) for s in rows})}
+                             "cpu_percent_median": sorted(busy)[len(busy) // 2] if busy else None}
         out["cpu_s"] = {"trainers": sum(c for t, c in self.cpu_s.values() if t),
                         "all_processes": sum(c for _, c in self.cpu_s.values())}
         loads = self.loads or [os.getloadavg()[0]]
@@ -168,7 +169,7 @@ def main(argv=None) -> int:
 
     print(f"\n{len(seq_walls)} trials ({' + '.join(Path(c).stem for c in args.configs)} × seeds {args.seeds}, "
           f"{args.steps} env steps each), {os.cpu_count()} cores\n")
-    print("| | wall clock s | load (1 min) mean [min, max] | processes: OS threads max, CPU % median, OMP_NUM_THREADS |")
+    print("| | wall clock s | load (1 min) mean [min, max] | processes: OS threads max, CPU % median |")
     print("|---|---|---|---|")
     for label, wall, key, kind in ((f"{len(seq_walls)} × `marl train`, one after another", seq_wall, "sequential", "train"),
                                    ("one `marl sweep` (default jobs)", sweep_wall, "sweep", "ray")):
@@ -176,8 +177,7 @@ def main(argv=None) -> int:
         load = t["load_1min"]
         p = t.get(kind, {})
         print(f"| {label} | {wall:.0f} | {load['mean']:.2f} [{load['min']:.2f}, {load['max']:.2f}] | "
-              f"{p.get('processes')}: {p.get('os_threads_max')}, {p.get('cpu_percent_median')}, "
-              f"{','.join(p.get('omp_num_threads', []))} |")
+              f"{p.get('processes')}: {p.get('os_threads_max')}, {p.get('cpu_percent_median')} |")
     print(f"\nspeed-up: {seq_wall / sweep_wall:.2f}×; CPU seconds (training processes / all the command's "
           f"processes): sequential {threads['sequential']['cpu_s']['trainers']:.0f} / "
           f"{threads['sequential']['cpu_s']['all_processes']:.0f}, sweep {threads['sweep']['cpu_s']['trainers']:.0f} / "
