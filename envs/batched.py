@@ -20,6 +20,7 @@ import torch
 from marl.envs.errors import EnvError
 from marl.envs.registry import resolve_factory
 from marl.envs.rewards import reward_pipeline, team_reward
+from marl.envs.step_schema import ENV_STEP
 
 # env.id -> (the class of its batched twin, the task it is built with)
 TWINS = {**{f"mpe2:{task}": ("marl.envs.mpe_twin:MPETwin", task)
@@ -212,10 +213,10 @@ class BatchedVectorEnv:
 
 
 class TensorStep:
-    """One batched step, the fields of ``marl.envs.vector.StepBatch`` as tensors."""
+    """One batched step, the fields of ``marl.envs.vector.StepBatch`` as tensors: the ``ENV_STEP``
+    fields of ``marl.envs.step_schema``, plus the finished ``episodes``."""
 
-    __slots__ = ("obs", "state", "avail", "alive", "next_obs", "next_state", "next_avail", "acted", "raw_reward",
-                 "reward", "terminated", "truncated", "done", "first", "episodes")
+    __slots__ = ENV_STEP + ("episodes",)
 
     def __init__(self, **fields):
         for name, value in fields.items():

@@ -11,7 +11,7 @@ import math
 
 import multiprocessing as mp
 import signal
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ import torch
 from marl.envs.errors import EnvError, EnvWorkerLost, error_summary
 from marl.envs.rewards import resolve_potential, reward_pipeline, team_reward
 from marl.envs.snapshot import restore, snapshot
+from marl.envs.step_schema import CURRENT, ENV_STEP, Sizes, layout
 from marl.envs.team_env import TeamEnv
 
 
@@ -64,49 +65,37 @@ def difference_rewards_by_resimulation(env: TeamEnv, actions: np.ndarray, acting
 
 @dataclass
 class StepBatch:
-    """One vectorised step. ``obs``/``state``/``avail``/``alive`` are what the agents act on next
-    (already reset where an episode ended, unless the step was taken with ``autoreset=False``);
-    ``next_obs``/``next_state``/``next_avail`` are the true successors of the step, kept from before
-    the auto-reset so that a truncation can bootstrap correctly. ``acted`` marks the agents that took
-    this step (those alive before it)."""
+    """One vectorised step: the ``ENV_STEP`` fields of ``marl.envs.step_schema`` (shapes
+    ``layout((B,), ...)``, docs there), plus the finished ``episodes``. ``obs``/``state``/``avail``/
+    ``alive``/``first`` are already reset where an episode ended, unless the step was taken with
+    ``autoreset=False``."""
 
-    obs: np.ndarray          # [B, N, O]
-    state: np.ndarray        # [B, S]
-    avail: np.ndarray        # [B, N, A] bool: legal actions at obs
-    alive: np.ndarray        # [B, N] bool: agents that act at obs
-    next_obs: np.ndarray     # [B, N, O]
-    next_state: np.ndarray   # [B, S]
-    next_avail: np.ndarray   # [B, N, A] bool
-    acted: np.ndarray        # [B, N] bool
-    raw_reward: np.ndarray   # [B, N] as the env gave it
-    reward: np.ndarray       # [B, N] after the reward mode (0 for agents that did not act, but for waiting players)
-    terminated: np.ndarray   # [B, N] bool
-    truncated: np.ndarray    # [B, N] bool
-    done: np.ndarray         # [B] bool: the episode ended at this step
-    first: np.ndarray        # [B] bool: obs is the first of an episode (a recurrent policy resets there)
+    obs: np.ndarray
+    state: np.ndarray
+    avail: np.ndarray
+    alive: np.ndarray
+    first: np.ndarray
+    next_obs: np.ndarray
+    next_state: np.ndarray
+    next_avail: np.ndarray
+    acted: np.ndarray
+    raw_reward: np.ndarray
+    reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    done: np.ndarray
     episodes: list           # finished episodes: dicts with raw_return [N], return [N], length, env (row b)
 
     @classmethod
     def copied_from(cls, arrays: dict[str, np.ndarray], episodes: list) -> StepBatch:
         """A batch holding copies of the step arrays in ``arrays`` (which the next step overwrites)."""
-        return cls(**{f.name: arrays[f.name].copy() for f in fields(cls) if f.name != "episodes"},
-                   episodes=episodes)
-
-
-CURRENT = ("obs", "state", "avail", "alive", "first")   # what agents act on; see ``current()``
+        return cls(**{name: arrays[name].copy() for name in ENV_STEP}, episodes=episodes)
 
 
 def _step_layout(n: int, env: TeamEnv) -> dict[str, tuple[tuple, type]]:
-    """Shapes and dtypes of the arrays a vectorised step of ``n`` copies of ``env`` fills (plus
-    ``actions``); images stay uint8 where the env gives uint8."""
-    agents = (n, env.n_agents)
-    obs, state = (agents + (env.obs_dim,), env.obs_dtype), ((n, env.state_dim), env.state_dtype)
-    actions = (agents + (env.n_actions,), np.float32) if env.continuous else (agents, np.int64)
-    return {"obs": obs, "state": state, "avail": (agents + (env.n_actions,), bool), "alive": (agents, bool),
-            "next_obs": obs, "next_state": state, "next_avail": (agents + (env.n_actions,), bool),
-            "acted": (agents, bool), "raw_reward": (agents, np.float32), "reward": (agents, np.float32),
-            "terminated": (agents, bool), "truncated": (agents, bool), "done": ((n,), bool), "first": ((n,), bool),
-            "actions": actions}
+    """Shapes and dtypes of the arrays a vectorised step of ``n`` copies of ``env`` fills: the
+    ``ENV_STEP`` fields plus ``actions`` (``marl.envs.step_schema.layout``)."""
+    return layout((n,), Sizes.of(env), ENV_STEP + ("actions",))
 
 
 def numpy_rewards(raw: np.ndarray, spec: RewardSpec, **arrays: np.ndarray | None) -> np.ndarray:

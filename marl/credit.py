@@ -8,14 +8,12 @@ import torch
 
 from marl.config import reward_spec
 from marl.envs import make_vector_env
+from marl.envs.step_schema import CURRENT, ROLLOUT, STEP_OUTCOME
 from marl.envs.vector import SyncVectorEnv
 from marl.networks import MASKED_LOGIT
 from marl.resim import PackageStates, needs_sim_states
 from marl.rollout import policy_steps
 from marl.seeding import torch_stream
-
-EPISODE_FIELDS = ("obs", "state", "avail", "alive", "first", "actor_h", "next_obs", "next_state", "next_avail",
-                  "actions", "logp", "raw_reward", "reward", "terminated", "truncated")
 
 
 class UniformPolicy(torch.nn.Module):
@@ -53,7 +51,7 @@ def play_episode(trainer, venv: SyncVectorEnv, seed: int, generator: torch.Gener
         raise ValueError(f"behaviour must be 'policy' or 'uniform', got {behaviour!r}")
     policy = trainer.actor if behaviour == "policy" else UniformPolicy(trainer.actor)
     venv.reset([seed])
-    buf = {k: [] for k in EPISODE_FIELDS}
+    buf = {k: [] for k in ROLLOUT}
     sim = PackageStates(trainer.cfg) if needs_sim_states(trainer.cfg) else None
     if sim is not None:
         sim.record(venv.team_envs[0].env)
@@ -61,13 +59,13 @@ def play_episode(trainer, venv: SyncVectorEnv, seed: int, generator: torch.Gener
         snapshots.append(venv.snapshot()[0])
     for ps in policy_steps(venv, policy, generator):
         current, step = ps.current, ps.step
-        for key in ("obs", "state", "avail", "alive", "first"):
+        for key in CURRENT:
             buf[key].append(current[key])
         hidden = ps.hidden.cpu().numpy() if ps.hidden is not None else np.zeros((1, len(trainer.agents), 0), np.float32)
         buf["actor_h"].append(hidden)
         buf["actions"].append(ps.actions)
         buf["logp"].append(ps.logp)
-        for key in ("next_obs", "next_state", "next_avail", "raw_reward", "reward", "terminated", "truncated"):
+        for key in STEP_OUTCOME:
             buf[key].append(getattr(step, key))
         if step.done[0]:
             break

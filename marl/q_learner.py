@@ -55,8 +55,9 @@ from marl.distributions import Categorical
 from marl.envs import EnvError, make_parallel_env
 from marl.envs.goals import check_goal_env, goal_slices
 from marl.envs.rewards import apply_reward_mode, is_team_reward
+from marl.envs.step_schema import SUCCESSOR, Sizes
 from marl.networks import MASKED_LOGIT, Actor, ValueNorm, unroll
-from marl.replay import EpisodeReplay, Field
+from marl.replay import NODES, EpisodeReplay, Field, schema_fields
 
 Tensor = torch.Tensor
 MIXER_KINDS = ("none", "vdn", "qmix", "qplex")
@@ -269,14 +270,11 @@ class QActor(Actor):
 # -- episodes across rollouts ---------------------------------------------------------------------
 
 def q_fields(n_agents: int, obs_dim: int, state_dim: int, n_actions: int) -> dict[str, Field]:
-    """What a replay slot holds: per state ``obs [N, O]``, ``state [S]``, ``avail [N, A]`` and
-    ``alive [N]`` (the agents that act there); per step ``actions [N]``, ``reward [N]`` (after the
-    reward mode) and per-agent ``terminated``/``truncated [N]``."""
-    N = n_agents
-    return {"obs": Field((N, obs_dim), nodes=True), "state": Field((state_dim,), nodes=True),
-            "avail": Field((N, n_actions), torch.bool, nodes=True), "alive": Field((N,), torch.bool, nodes=True),
-            "actions": Field((N,), torch.int64), "reward": Field((N,)),
-            "terminated": Field((N,), torch.bool), "truncated": Field((N,), torch.bool)}
+    """What a replay slot holds, in the step schema's shapes: per state ``obs [N, O]``, ``state [S]``,
+    ``avail [N, A]`` and ``alive [N]`` (the agents that act there); per step ``actions [N]``,
+    ``reward [N]`` (after the reward mode) and per-agent ``terminated``/``truncated [N]``."""
+    return schema_fields(Sizes(n_agents, obs_dim, state_dim, n_actions),
+                         NODES + ("actions", "reward", "terminated", "truncated"))
 
 
 class EpisodeStitcher:
@@ -298,10 +296,10 @@ class EpisodeStitcher:
         for t in range(b["obs"].shape[0]):
             self._flush(b["first"][t] & (self.length > 0), replay)
             at, after = (rows, self.length), (rows, self.length + 1)
-            for name in ("obs", "state", "avail", "alive", "actions", "reward", "terminated", "truncated"):
+            for name in self.fields:
                 self.open[name][at] = b[name][t].to(self.open[name].dtype)
-            for name in ("obs", "state", "avail"):
-                self.open[name][after] = b["next_" + name][t].to(self.open[name].dtype)
+            for name, successor in SUCCESSOR.items():
+                self.open[name][after] = b[successor][t].to(self.open[name].dtype)
             self.open["alive"][after] = b["alive"][t] & ~b["terminated"][t]
             self.length += 1
             self._flush(self.length == self.chunk, replay)

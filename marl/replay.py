@@ -27,10 +27,12 @@ from typing import NamedTuple
 
 import torch
 
+from marl.envs.step_schema import Sizes, layout, torch_dtype
 from marl.seeding import torch_stream
 
 Tensor = torch.Tensor
 _BOOKKEEPING = ("filled", "first")
+NODES = ("obs", "state", "avail", "alive")   # step-schema fields stored per state s_t (C + 1 rows)
 
 
 @dataclass(frozen=True)
@@ -42,21 +44,22 @@ class Field:
     nodes: bool = False
 
 
+def schema_fields(sizes: Sizes, names: tuple[str, ...]) -> dict[str, Field]:
+    """Replay fields for the step-schema fields ``names`` (``marl.envs.step_schema``), with the
+    schema's per-step shapes and dtypes; those in ``NODES`` have one row per state."""
+    return {name: Field(shape, torch_dtype(dtype), nodes=name in NODES)
+            for name, (shape, dtype) in layout((), sizes, names).items()}
+
+
 def episode_fields(n_agents: int, obs_dim: int, state_dim: int, n_actions: int, *,
                    reward_dim: int = 1) -> dict[str, Field]:
-    """The q learner's fields: ``obs [N, O]``, ``state [S]``, ``avail [N, A]`` (legal actions) and
-    ``alive [N]`` per state; ``actions [N]``, ``reward [R]`` (1 for a team reward, N for individual
-    ones), ``terminated [1]`` and ``truncated [1]`` per step."""
-    return {
-        "obs": Field((n_agents, obs_dim), torch.float32, nodes=True),
-        "state": Field((state_dim,), torch.float32, nodes=True),
-        "avail": Field((n_agents, n_actions), torch.bool, nodes=True),
-        "alive": Field((n_agents,), torch.bool, nodes=True),
-        "actions": Field((n_agents,), torch.int64),
-        "reward": Field((reward_dim,), torch.float32),
-        "terminated": Field((1,), torch.bool),
-        "truncated": Field((1,), torch.bool),
-    }
+    """The schema's ``obs [N, O]``, ``state [S]``, ``avail [N, A]`` (legal actions) and ``alive [N]``
+    per state and ``actions [N]`` per step; then a team's ``reward [R]`` (1 for a team reward, N for
+    individual ones), ``terminated [1]`` and ``truncated [1]`` per step."""
+    return {**schema_fields(Sizes(n_agents, obs_dim, state_dim, n_actions), NODES + ("actions",)),
+            "reward": Field((reward_dim,), torch.float32),
+            "terminated": Field((1,), torch.bool),
+            "truncated": Field((1,), torch.bool)}
 
 
 def _positive_int(name: str, value) -> int:

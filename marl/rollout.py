@@ -9,19 +9,16 @@ from typing import Iterator, NamedTuple
 import numpy as np
 import torch
 
+from marl.envs.step_schema import CURRENT, STEP_OUTCOME, Sizes, layout, torch_dtype
 from marl.envs.vector import StepBatch, SyncVectorEnv
 from marl.seeding import torch_stream
 
 
 @dataclass
 class Rollout:
-    """Time-major rollout storage, ``[T, B, N, ...]``, as numpy arrays (or tensors) preallocated once.
-
-    ``alive[t]`` marks the agents that acted at step t (see ``marl.envs.team_env``); ``avail[t]`` and
-    ``next_avail[t]`` are the legal actions at ``obs[t]`` and ``next_obs[t]``; ``first[t]`` marks
-    an episode's first step; ``actor_h[t]`` is the hidden state a recurrent actor acted on at step
-    t (``H = 0`` for a feed-forward one). ``actions`` are ``[T, B, N]`` integers, or
-    ``[T, B, N, A]`` floats for continuous actions."""
+    """Time-major rollout storage, ``[T, B, N, ...]``, as numpy arrays (or tensors) preallocated once:
+    the ``ROLLOUT`` fields of ``marl.envs.step_schema`` (shapes, dtypes and docs there), row t
+    for step t. ``alive[t]`` marks the agents that acted at step t (see ``marl.envs.team_env``)."""
 
     obs: np.ndarray
     state: np.ndarray
@@ -44,26 +41,15 @@ class Rollout:
                  continuous: bool = False, hidden: int = 0, obs_dtype=np.float32, state_dtype=np.float32):
         """Zeroed storage: numpy arrays, or with ``device`` torch tensors there (the batched-env path).
         ``obs_dtype``/``state_dtype``: the env's (uint8 for uint8 images, converted by the networks)."""
-        actions = ((T, B, N, n_actions), np.float32) if continuous else ((T, B, N), np.int64)
-        shapes = {"obs": ((T, B, N, obs_dim), obs_dtype), "state": ((T, B, state_dim), state_dtype),
-                  "avail": ((T, B, N, n_actions), bool), "alive": ((T, B, N), bool), "first": ((T, B), bool),
-                  "actor_h": ((T, B, N, hidden), np.float32),
-                  "next_obs": ((T, B, N, obs_dim), obs_dtype), "next_state": ((T, B, state_dim), state_dtype),
-                  "next_avail": ((T, B, N, n_actions), bool), "actions": actions,
-                  "logp": ((T, B, N), np.float32), "raw_reward": ((T, B, N), np.float32),
-                  "reward": ((T, B, N), np.float32), "terminated": ((T, B, N), bool),
-                  "truncated": ((T, B, N), bool)}
+        shapes = layout((T, B), Sizes(N, obs_dim, state_dim, n_actions, hidden, continuous, obs_dtype, state_dtype))
         if device is None:
             return cls(**{k: np.zeros(shape, dtype) for k, (shape, dtype) in shapes.items()})
-        return cls(**{k: torch.zeros(shape, dtype=_TORCH_DTYPES[dtype], device=device)
+        return cls(**{k: torch.zeros(shape, dtype=torch_dtype(dtype), device=device)
                       for k, (shape, dtype) in shapes.items()})
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The fields as tensors (sharing the numpy arrays' memory)."""
         return {k: torch.as_tensor(v) for k, v in vars(self).items()}
-
-
-_TORCH_DTYPES = {np.float32: torch.float32, bool: torch.bool, np.int64: torch.long, np.uint8: torch.uint8}
 
 
 class PolicyStep(NamedTuple):
@@ -110,7 +96,7 @@ def policy_steps(venv, actor, generator: torch.Generator | None, greedy: bool = 
             actions, logp = actions.cpu().numpy(), logp.cpu().numpy()
         step = venv.step(actions, autoreset)
         yield PolicyStep(current, actions, logp, step, hidden, next_hidden)
-        current = {"obs": step.obs, "state": step.state, "avail": step.avail, "alive": step.alive, "first": step.first}
+        current = {k: getattr(step, k) for k in CURRENT}
         hidden = next_hidden
 
 
@@ -125,15 +111,13 @@ def collect_rollout(venv, buf: Rollout, actor, generator: torch.Generator,
     episodes, last = [], hidden
     for t, ps in zip(range(T), policy_steps(venv, actor, generator, hidden=hidden)):
         current, step = ps.current, ps.step
-        buf.obs[t], buf.state[t], buf.avail[t], buf.alive[t] = (current["obs"], current["state"], current["avail"],
-                                                                current["alive"])
-        buf.first[t] = current["first"]
+        for k in CURRENT:
+            getattr(buf, k)[t] = current[k]
         if ps.hidden is not None:
             buf.actor_h[t] = ps.hidden if torch.is_tensor(buf.actor_h) else ps.hidden.cpu().numpy()
         buf.actions[t], buf.logp[t] = ps.actions, ps.logp
-        buf.next_obs[t], buf.next_state[t], buf.next_avail[t] = step.next_obs, step.next_state, step.next_avail
-        buf.raw_reward[t], buf.reward[t] = step.raw_reward, step.reward
-        buf.terminated[t], buf.truncated[t] = step.terminated, step.truncated
+        for k in STEP_OUTCOME:
+            getattr(buf, k)[t] = getattr(step, k)
         episodes.extend(step.episodes)
         last = ps.next_hidden
     return episodes, last
