@@ -26,8 +26,9 @@ import torch
 @dataclass(frozen=True)
 class StepField:
     """One field: ``name``; ``per_agent`` (an ``N`` dim after the leading dims); ``trailing``, the
-    env sizes after those (names of ``Sizes`` attributes); ``dtype``, a numpy dtype or ``"obs"``,
-    ``"state"``, ``"action"`` (follows the env); the consumers that store it; and a one-line doc."""
+    env sizes after those (names of ``Sizes`` attributes); ``dtype``, a numpy dtype, or ``"obs"``/
+    ``"state"`` (the env's), or ``"action"`` (int64 without ``trailing``, or float32 with it for
+    continuous actions); which lists hold it (``current``, ``env``, ``rollout``); a one-line doc."""
 
     name: str
     per_agent: bool

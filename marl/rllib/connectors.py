@@ -10,7 +10,8 @@ The learner pipeline (PPO's, with our two pieces) runs::
 
 ``CreditAdvantages`` turns a module batch (one row per agent and step, chunk after chunk) back into
 the local backend's time-major ``[T, B, N, ...]`` batch, one column b per episode chunk (zero-padded
-to the longest chunk), with the same keys as ``marl.rollout.Rollout.tensors()``. It calls
+to the longest chunk), whose keys are step-schema fields (``marl.envs.step_schema.ROLLOUT``, as in
+``marl.rollout.Rollout.tensors()``) with the schema's shapes and dtypes. It calls
 ``CreditLearner.prepare`` on it, exactly as the local trainer does, so the credit is the same by
 construction, and scatters the advantages and value targets back to the rows.
 
