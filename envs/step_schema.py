@@ -45,30 +45,32 @@ def _field(name, per_agent, trailing, dtype, stored: str, doc) -> StepField:
     return StepField(name, per_agent, trailing, dtype, "current" in stored, "env" in stored, "rollout" in stored, doc)
 
 
-AGENT, ENV = True, False
+PER_AGENT, PER_ENV = True, False
+# name, per agent or per env, trailing sizes, dtype rule, the lists that hold it (current: CURRENT,
+# env: ENV_STEP, rollout: ROLLOUT, below), one-line doc
 FIELDS = (
-    _field("obs", AGENT, ("obs_dim",), "obs", "current env rollout", "each agent's observation it acts on"),
-    _field("state", ENV, ("state_dim",), "state", "current env rollout", "the global state at obs"),
-    _field("avail", AGENT, ("n_actions",), bool, "current env rollout", "legal actions at obs"),
-    _field("alive", AGENT, (), bool, "current env rollout", "agents that act at obs"),
-    _field("first", ENV, (), bool, "current env rollout",
+    _field("obs", PER_AGENT, ("obs_dim",), "obs", "current env rollout", "each agent's observation it acts on"),
+    _field("state", PER_ENV, ("state_dim",), "state", "current env rollout", "the global state at obs"),
+    _field("avail", PER_AGENT, ("n_actions",), bool, "current env rollout", "legal actions at obs"),
+    _field("alive", PER_AGENT, (), bool, "current env rollout", "agents that act at obs"),
+    _field("first", PER_ENV, (), bool, "current env rollout",
            "obs is the first of an episode (a recurrent policy resets there)"),
-    _field("actor_h", AGENT, ("hidden",), np.float32, "rollout",
+    _field("actor_h", PER_AGENT, ("hidden",), np.float32, "rollout",
            "the hidden state a recurrent actor acted on (H = 0 for a feed-forward one)"),
-    _field("next_obs", AGENT, ("obs_dim",), "obs", "env rollout",
+    _field("next_obs", PER_AGENT, ("obs_dim",), "obs", "env rollout",
            "the true successor of obs, kept from before an auto-reset"),
-    _field("next_state", ENV, ("state_dim",), "state", "env rollout", "the true successor of state"),
-    _field("next_avail", AGENT, ("n_actions",), bool, "env rollout", "legal actions at next_obs"),
-    _field("acted", AGENT, (), bool, "env", "agents that took this step (those alive before it)"),
-    _field("actions", AGENT, ("n_actions",), "action", "rollout",
+    _field("next_state", PER_ENV, ("state_dim",), "state", "env rollout", "the true successor of state"),
+    _field("next_avail", PER_AGENT, ("n_actions",), bool, "env rollout", "legal actions at next_obs"),
+    _field("acted", PER_AGENT, (), bool, "env", "agents that took this step (those alive before it)"),
+    _field("actions", PER_AGENT, ("n_actions",), "action", "rollout",
            "action indices, or [.., A] floats for continuous actions"),
-    _field("logp", AGENT, (), np.float32, "rollout", "log-probability of the action under the behaviour policy"),
-    _field("raw_reward", AGENT, (), np.float32, "env rollout", "the reward as the env gave it"),
-    _field("reward", AGENT, (), np.float32, "env rollout",
+    _field("logp", PER_AGENT, (), np.float32, "rollout", "log-probability of the action under the behaviour policy"),
+    _field("raw_reward", PER_AGENT, (), np.float32, "env rollout", "the reward as the env gave it"),
+    _field("reward", PER_AGENT, (), np.float32, "env rollout",
            "the learner reward after the reward mode (0 for agents that did not act, but for waiting players)"),
-    _field("terminated", AGENT, (), bool, "env rollout", "the agent's episode truly ended (no bootstrap)"),
-    _field("truncated", AGENT, (), bool, "env rollout", "the agent's episode was cut (bootstraps)"),
-    _field("done", ENV, (), bool, "env", "the env's episode ended at this step"),
+    _field("terminated", PER_AGENT, (), bool, "env rollout", "the agent's episode truly ended (no bootstrap)"),
+    _field("truncated", PER_AGENT, (), bool, "env rollout", "the agent's episode was cut (bootstraps)"),
+    _field("done", PER_ENV, (), bool, "env", "the env's episode ended at this step"),
 )
 BY_NAME = {f.name: f for f in FIELDS}
 CURRENT = tuple(f.name for f in FIELDS if f.current)
