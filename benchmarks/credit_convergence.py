@@ -187,11 +187,12 @@ def tables(rows: list[dict]) -> str:
     for m in methods:
         cells, seeds = [], sorted({r["seed"] for r in rows if r["method"] == m})
         for b in budgets:
-            sp = [r["oracle"]["spearman"] for r in rows if r["method"] == m and r["budget"] == b]
+            at = [r for r in rows if r["method"] == m and r["budget"] == b]
+            sp = [r["oracle"]["spearman"] for r in at]
             if not sp:
                 cells.append("–")
             elif len(sp) == 1:
-                cells.append(f"{sp[0]:.2f}")
+                cells.append(f"{sp[0]:.2f}" + (f" (seed {at[0]['seed']})" if len(seeds) > 1 else ""))
             else:
                 i = iqm_interval(sp)
                 cells.append(f"{format_interval(i['iqm'], i['ci'], 2)} ({len(sp)} seeds)")
