@@ -1,10 +1,9 @@
 """Oracle credit fidelity as the policy converges on simple_spread (issue 26): each method's advantage
 scored against the oracle at several budgets of one run on the batched twin, up to the converged 15M.
 
-    python benchmarks/credit_convergence.py --methods coma_lambda dop_lambda --seeds 11 \\
-        --existing /tmp/suite_run/spread_fast-s11 /tmp/suite_run/spread_fast-s12 /tmp/suite_run/spread_fast-s13 \\
-        --out /tmp/credit_convergence --deadline 02:15
-    python benchmarks/credit_convergence.py --methods gae --seeds 11 --out /tmp/credit_convergence   # GAE's progression
+    python benchmarks/credit_convergence.py --methods coma_lambda dop_lambda gae --seeds 11 \\
+        --budgets 1000000 3000000 7000000 10000000 \\
+        --existing /tmp/suite_run/spread_fast-s12 /tmp/suite_run/spread_fast-s13 --out /tmp/credit_convergence
 
 Each method of ``--methods`` trains ``configs/spread_fast.yaml`` with ``--set algo.advantage=METHOD``
 (``gae``: as shipped) for ``--steps`` env steps on each seed, ``--jobs`` runs at once, each single-
