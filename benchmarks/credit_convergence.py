@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,8 +170,8 @@ def tables(rows: list[dict]) -> str:
         values = [v for k, v in o.items() if k.startswith(key + "/")]
         return sum(values) / len(values)
 
-    lines = [r"| method | seed | env steps | oracle Spearman | sign agreement | mean \|A\| | mean \|A*\| | "
-             "oracle reliability | greedy return (sampled) | train wall s |", "|" + "---|" * 10]
+    lines = [(r"| method | seed | env steps | oracle Spearman | sign agreement | mean \|A\| | mean \|A*\| | "
+              "oracle reliability | greedy return (sampled) | train wall s |"), "|" + "---|" * 10]
     rows = sorted(rows, key=lambda r: (r["method"], r["seed"], r["env_steps"]))
     for r in rows:
         o, e = r["oracle"], r["eval"]
@@ -203,7 +203,7 @@ def _deadline(text: str) -> float:
     """Seconds since the epoch of the next ``HH:MM`` UTC."""
     try:
         hour, minute = (int(x) for x in text.split(":"))
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
     except ValueError:
         raise SystemExit(f"--deadline {text!r} is not HH:MM (UTC)") from None
