@@ -1,9 +1,10 @@
 """Oracle credit fidelity as the policy converges on simple_spread (issue 26): each method's advantage
 scored against the oracle at several budgets of one run on the batched twin, up to the converged 15M.
 
+    python benchmarks/suite.py --tasks spread --seeds 11 12 13 --out runs/suite   # spread_fast at 15M
     python benchmarks/credit_convergence.py --methods coma_lambda dop_lambda gae --seeds 11 \\
         --budgets 1000000 3000000 7000000 10000000 \\
-        --existing /tmp/suite_run/spread_fast-s12 /tmp/suite_run/spread_fast-s13 --out /tmp/credit_convergence
+        --existing runs/suite/spread_fast-s12 runs/suite/spread_fast-s13 --out runs/credit_convergence
 
 Each method of ``--methods`` trains ``configs/spread_fast.yaml`` with ``--set algo.advantage=METHOD``
 (``gae``: as shipped) for ``--steps`` env steps on each seed, ``--jobs`` runs at once, each single-
@@ -50,14 +51,31 @@ def _last_env_steps(metrics: Path) -> int:
     if not metrics.is_file():
         return 0
     with open(metrics, "rb") as f:
-        f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
+        start = f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
         lines = f.read().split(b"\n")
-    for line in reversed(lines[1:] if len(lines) > 1 else lines):
+    for line in reversed(lines[1:] if start > 0 else lines):   # past byte 0 the first line may be cut
         try:
             return int(json.loads(line)["env_steps"])
         except (ValueError, KeyError):
             continue
     return 0
+
+
+def _env_steps(line: str) -> int | None:
+    """A metrics line's env steps; None for a blank or half-written line (the run may be writing)."""
+    try:
+        return int(json.loads(line)["env_steps"])
+    except (ValueError, KeyError):
+        return None
+
+
+def _run(cmd: list[str]) -> str:
+    """Run a ``marl`` command; its stdout, or a one-line exit with its last stderr line."""
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise SystemExit(f"{' '.join(cmd[3:])} failed (exit {proc.returncode}): {last}")
+    return proc.stdout
 
 
 def copy_at(run_dir: Path, dest: Path, budget: int) -> int | None:
@@ -75,7 +93,7 @@ def copy_at(run_dir: Path, dest: Path, budget: int) -> int | None:
         return None
     shutil.copy2(run_dir / "config.yaml", part / "config.yaml")
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line)["env_steps"] <= steps]
+    kept = [line for line in lines if _env_steps(line) is not None and _env_steps(line) <= steps]
     (part / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
     (part / "copied.json").write_text(json.dumps({"from": str(run_dir), "budget": budget, "env_steps": steps}) + "\n")
     part.rename(dest)
@@ -118,6 +136,8 @@ def train(method: str, seed: int, args) -> dict:
                         print(f"{method} s{seed}: copied at {steps:,} env steps ({time.time() - t0:.0f} s)", flush=True)
         info["stopped_at_deadline"] = stopped
         info["returncode"] = proc.returncode
+        if proc.returncode != 0 and not stopped:
+            raise SystemExit(f"training {run_dir} failed (exit {proc.returncode}); see {log.name}")
         if stopped and not (run_dir / "eval.json").is_file() and (run_dir / "checkpoint.pt").is_file():
             steps = _last_env_steps(run_dir / "metrics.jsonl")   # the largest budget reached, scored as a copy
             dests[steps] = args.out / f"{method}_s{seed}_at_{steps}"
@@ -135,15 +155,13 @@ def score(run_dir: Path, args) -> dict:
     oracle = args.out / "oracle" / f"{run_dir.name}.json"
     oracle.parent.mkdir(exist_ok=True)
     if not oracle.is_file():
-        out = subprocess.run(_marl("credit", str(run_dir), "--oracle", "--states", str(args.states), "--rollouts",
-                                   str(args.rollouts), "--json"), cwd=ROOT, env=ENV, check=True,
-                             capture_output=True, text=True).stdout
-        oracle.write_text(out)
+        oracle.write_text(_run(_marl("credit", str(run_dir), "--oracle", "--states", str(args.states), "--rollouts",
+                                     str(args.rollouts), "--json")))
     if not (run_dir / "eval.json").is_file():
         from marl.run import load_run_config
         seed = load_run_config(run_dir).seed
-        subprocess.run(_marl("eval", str(run_dir), "--episodes", str(args.eval_episodes), "--seed", str(seed), "--out",
-                             str(run_dir / "eval.json")), cwd=ROOT, env=ENV, check=True, capture_output=True)
+        _run(_marl("eval", str(run_dir), "--episodes", str(args.eval_episodes), "--seed", str(seed), "--out",
+                   str(run_dir / "eval.json")))
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {"dir": str(run_dir), "oracle": json.loads(oracle.read_text()),
             "eval": json.loads((run_dir / "eval.json").read_text()),

@@ -28,7 +28,10 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
+try:
+    import psutil
+except ImportError:
+    raise SystemExit("benchmarks/sweep_speed.py counts CPU time with psutil: pip install -e '.[benchmarks]'") from None
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIGS = ["configs/spread_mappo.yaml", "configs/spread_coma.yaml"]
@@ -131,7 +134,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=False)
+    if out.exists():
+        parser.error(f"--out {out} exists; give a new directory")
+    out.mkdir(parents=True)
     py = sys.executable
     env_set = ["--set", f"train.total_env_steps={args.steps}", "--set", "train.progress=false"]
 

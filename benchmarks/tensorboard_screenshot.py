@@ -68,7 +68,9 @@ def main(argv=None) -> int:
     if browser is None:
         raise SystemExit("no chromium on PATH (apt-get install chromium)")
     out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=False)
+    if out.exists():
+        parser.error(f"--out {out} exists; give a new directory")
+    out.mkdir(parents=True)
     run = out / Path(args.config).stem
     subprocess.run([sys.executable, "-m", "marl.cli", "train", args.config, "--set", "train.progress=false",
                     "--run-dir", str(run)], cwd=ROOT, check=True)

@@ -425,8 +425,9 @@ class ProcessVectorEnv:
         for w in range(len(self._conns)):
             try:
                 replies.append(self._recv(w))
-            except EnvError as exc:
-                error = error or exc
+            except EnvError as exc:   # a lost worker outranks another's error: no fallback may hide it
+                if error is None or (isinstance(exc, EnvWorkerLost) and not isinstance(error, EnvWorkerLost)):
+                    error = exc
         if error is not None:
             raise error
         return replies

@@ -16,7 +16,7 @@ from marl.envs.step_schema import (BY_NAME, CURRENT, ENV_STEP, FIELDS, ROLLOUT, 
 from marl.envs.team_env import TeamEnv
 from marl.envs.vector import StepBatch, _step_layout
 from marl.q_learner import q_fields
-from marl.replay import NODES, episode_fields
+from marl.replay import NODES, Field, episode_fields
 from marl.rollout import Rollout
 from marl.trainer import Trainer
 from tests.conftest import tiny_config
@@ -74,7 +74,9 @@ def test_both_pettingzoo_paths_fill_the_schema_layout(env_id, kwargs):
     sizes = Sizes.of(probe)
     probe.close()
     expected = layout((2,), sizes, ENV_STEP)
-    assert _step_layout(2, TeamEnv(env_id, kwargs)) == {**expected, **layout((2,), sizes, ("actions",))}
+    probe = TeamEnv(env_id, kwargs)
+    assert _step_layout(2, probe) == {**expected, **layout((2,), sizes, ("actions",))}
+    probe.close()
     for workers in (0, 1):
         venv = make_vector_env(env_id, kwargs, 2, RewardSpec(), workers)
         assert Sizes.of(venv) == sizes
@@ -92,6 +94,7 @@ def test_the_batched_path_steps_the_schema_fields_as_tensors():
     assert shapes_of(venv.reset(0)) == as_torch(layout((4,), sizes, CURRENT))
     step = venv.step(torch.zeros(layout((4,), sizes, ("actions",))["actions"][0], dtype=torch.long))
     assert shapes_of({name: getattr(step, name) for name in ENV_STEP}) == as_torch(layout((4,), sizes, ENV_STEP))
+    venv.close()
 
 
 @pytest.mark.parametrize("device", [None, "cpu"])
@@ -123,6 +126,9 @@ def test_the_replays_step_fields_are_the_schemas():
     assert set(fields) <= set(ROLLOUT)
     assert {k: (f.shape, f.dtype) for k, f in fields.items()} == as_torch(layout((), sizes, tuple(fields)))
     assert {k for k, f in fields.items() if f.nodes} == set(NODES) <= set(CURRENT)
+    # the shapes the replay stored before the schema, written out (3 agents, obs 4, state 5, 6 actions)
+    assert fields["obs"] == Field((3, 4), torch.float32, True) and fields["state"] == Field((5,), torch.float32, True)
+    assert fields["avail"] == Field((3, 6), torch.bool, True) and fields["actions"] == Field((3,), torch.int64)
     generic = episode_fields(3, 4, 5, 6, reward_dim=3)
     assert set(generic) <= set(ROLLOUT)
     own = {k: (f.shape, f.dtype) for k, f in generic.items() if k not in ("reward", "terminated", "truncated")}
