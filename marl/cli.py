@@ -34,8 +34,8 @@ def _cmd_train(args) -> int:
     resume = f"{command('marl')} train --resume {trainer.run_dir}"
     try:
         print(f"run directory: {trainer.run_dir}", file=sys.stderr)
-        if trainer.cfg.env.batched:   # a twin's periodic and final evaluations differ: say so
-            print(trainer.evaluation_simulators, file=sys.stderr)
+        if trainer.envs.batched:   # a twin's periodic and final evaluations differ: say so
+            print(trainer.envs.simulators, file=sys.stderr)
         try:
             summary = trainer.train()
         except TrainingInterrupted as exc:
@@ -88,12 +88,13 @@ def _fmt(x) -> str:
 
 
 def _cmd_eval(args) -> int:
-    from marl.evaluate import evaluate_batched, evaluate_both, evaluator, render_gif
+    from marl.env_backend import EnvBackend
+    from marl.evaluate import evaluate_batched, evaluate_both, render_gif
     from marl.run import load_actor
 
     actor, cfg = load_actor(args.run_dir)
     # The real env by default, whatever the run trained on; --batched: the batched twin (fast).
-    run = evaluator(cfg, args.batched)
+    run = EnvBackend(cfg).evaluator("final", batched=args.batched)
     result = evaluate_both(run, actor, cfg.env.id, cfg.env.kwargs, args.episodes, seed=args.seed)
     out = _write_new(Path(args.out) if args.out else None, Path(args.run_dir), json.dumps(result, indent=2) + "\n")
     if args.gif:

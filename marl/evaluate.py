@@ -83,15 +83,6 @@ def evaluate_batched(actor: Actor, env_id: str, env_kwargs: dict, episodes: int,
     return out
 
 
-def evaluator(cfg, batched: bool = False):
-    """``evaluate`` (the PettingZoo env, the default whatever the run trained on) or, when asked or
-    when the run's batched env has no PettingZoo counterpart, ``evaluate_batched``."""
-    from marl.envs.batched import TWINS
-
-    use_batched = batched or (cfg.env.batched and cfg.env.id not in TWINS)
-    return evaluate_batched if use_batched else evaluate
-
-
 def evaluate_both(run, actor: Actor, env_id: str, env_kwargs: dict, episodes: int, seed: int = 0) -> dict:
     """The greedy policy and the sampled (stochastic) one on the same episodes' seeds, with ``run``
     (``evaluate`` or ``evaluate_batched``): the greedy result, with the sampled one under

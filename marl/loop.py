@@ -29,6 +29,7 @@ import numpy as np
 from marl.checkpoint import (CHECKPOINT_NAME, TRUST_FLAG, CheckpointError, first_changed_setting, load_checkpoint_into,
                              save_checkpoint, settings_fingerprint, sign_parts, signature_ok)
 from marl.config import Config
+from marl.env_backend import EnvBackend
 from marl.logger import RunLogger, truncate_metrics
 
 # Ctrl-C, and what Slurm pre-emption, `docker stop`, `timeout` (SIGTERM) and a closed terminal (SIGHUP) send.
@@ -54,6 +55,7 @@ class TrainingLoop:
 
     def __init__(self, cfg: Config, run_dir: str | Path | None = None):
         self.cfg = cfg
+        self.envs = EnvBackend(cfg)      # the local backend opens its envs; RLlib's EnvRunners step their own
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.iteration = 0
         self.env_steps = 0
@@ -191,7 +193,7 @@ class TrainingLoop:
         log, it = self.cfg.log, self.iteration
         if not callable(getattr(self.learner, "prepare", None)):
             return False
-        image = log.credit_image_every and (it % log.credit_image_every == 0 or it == 1) and self.has_pettingzoo_env
+        image = log.credit_image_every and (it % log.credit_image_every == 0 or it == 1) and self.envs.has_package_env
         return bool(image or (log.fidelity_every and it % log.fidelity_every == 0 and self.has_true_credit))
 
     def _credit_views(self) -> dict:
@@ -211,7 +213,7 @@ class TrainingLoop:
             return {}
         self.sync_learner()   # the views read the learner's networks
         out = {}
-        if log.credit_image_every and (it % log.credit_image_every == 0 or it == 1) and self.has_pettingzoo_env:
+        if log.credit_image_every and (it % log.credit_image_every == 0 or it == 1) and self.envs.has_package_env:
             out.update(self._episode_views(EVAL_SEED_OFFSET + it))
         if log.fidelity_every and it % log.fidelity_every == 0 and self.has_true_credit:
             score = credit_fidelity(self, log.fidelity_episodes, seed=it)
@@ -254,38 +256,15 @@ class TrainingLoop:
         t = self.cfg.train
         if not t.eval_every or (self.iteration % t.eval_every and self.iteration != self.total_iterations):
             return {}
-        run = self._periodic_evaluator()
+        run = self.envs.evaluator("periodic")
         result = run(self.actor, self.cfg.env.id, self.cfg.env.kwargs, t.eval_every_episodes, seed=self.cfg.seed)
         out = {"eval/team_return": result["team_return_mean"], "eval/team_return_std": result["team_return_std"]}
         out.update({f"eval/{k}": v for k, v in result.items() if k.startswith("return/") or k == "win_rate"})
         return out
 
-    def _periodic_evaluator(self):
-        """Batched runs evaluate periodically on their batched env (fast), others on the PettingZoo env."""
-        from marl.evaluate import evaluate_batched, evaluator
-        return evaluate_batched if self.cfg.env.batched else evaluator(self.cfg)
-
-    @property
-    def evaluation_simulators(self) -> str:
-        """Which simulator periodic (``eval/*``) and final (``eval.json``, ``marl.evaluate.evaluator``)
-        evaluation run on."""
-        from marl.evaluate import SIMULATORS, evaluate_batched, evaluator
-
-        def name(run) -> str:
-            return SIMULATORS["batched" if run is evaluate_batched else "package"]
-        return (f"periodic evaluation on {name(self._periodic_evaluator())}, "
-                f"final evaluation on {name(evaluator(self.cfg))}")
-
-    @property
-    def has_pettingzoo_env(self) -> bool:
-        """The credit views play single episodes on the PettingZoo env: every run has one but a run on
-        a batched simulator without a PettingZoo twin."""
-        from marl.envs.batched import TWINS
-        return not self.cfg.env.batched or self.cfg.env.id in TWINS
-
     @property
     def has_true_credit(self) -> bool:
-        if not self.has_pettingzoo_env:
+        if not self.envs.has_package_env:
             return False
         if self._has_true_credit is None:
             from marl.envs import make_parallel_env
@@ -319,7 +298,7 @@ class TrainingLoop:
                                     config=cfg.to_dict())
             if self.iteration == 0:
                 self.logger.log_text("config", "```\n" + cfg.to_yaml() + "\n```")
-                self.logger.log_text("evaluation", self.evaluation_simulators)
+                self.logger.log_text("evaluation", self.envs.simulators)
         bar = None
         if progress:
             from tqdm.auto import tqdm

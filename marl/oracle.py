@@ -299,8 +299,7 @@ def oracle_advantages(trainer, episodes: int = 32, states: int = 64, rollouts: i
     if trainer.actor.continuous:
         raise ValueError(f"the oracle enumerates each agent's actions, and env {e.id!r} has continuous (Box) "
                          f"actions; it needs discrete ones")
-    from marl.envs.batched import TWINS
-    if e.batched and e.id not in TWINS:
+    if not trainer.envs.has_package_env:
         raise EnvError(f"env {e.id!r} is a batched simulator with no PettingZoo version; the oracle branches from "
                        f"PettingZoo envs (copied, or loaded into their twin)")
     t0 = time.perf_counter()

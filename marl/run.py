@@ -17,7 +17,7 @@ from pathlib import Path
 from marl.checkpoint import (CHECKPOINT_NAME, SAFE_ON_RESUME, RunDirError, first_changed_setting, load_checkpoint_into,
                              settings_fingerprint)
 from marl.config import Config, ConfigError, load_config
-from marl.evaluate import evaluate_both, evaluator
+from marl.evaluate import evaluate_both
 from marl.trainer import Trainer
 
 CONFIG_NAME = "config.yaml"
@@ -81,7 +81,7 @@ def check_env(cfg: Config) -> None:
     """Build one env of ``cfg`` (as its backend will) and refuse what does not fit it: the env's own
     errors (``EnvError``: a factory that returns no env, a space that cannot be flattened, mixed
     action kinds) and the config checks that need its spaces (``ConfigError``)."""
-    from marl.envs import env_spec
+    from marl.env_backend import EnvBackend
     from marl.learner import ImageInputs, refuse_unfit_env
     from marl.learners import LEARNERS
 
@@ -90,7 +90,7 @@ def check_env(cfg: Config) -> None:
         spec = rllib_env_spec(cfg)
         refuse_unfit_env(cfg, spec["continuous"], spec["n_actions"])
     else:
-        spec = env_spec(cfg.env.id, cfg.env.kwargs, batched=cfg.env.batched)
+        spec = EnvBackend(cfg).spec()
         learner = LEARNERS[cfg.algo.learner]
         if learner.check_env is not None:
             learner.check_env(cfg, spec.continuous, spec.turn_based, ImageInputs.of(spec))
@@ -196,7 +196,7 @@ def final_evaluation(trainer: Trainer) -> dict | None:
     cfg = trainer.cfg
     if cfg.train.eval_episodes == 0:
         return None
-    result = evaluate_both(evaluator(cfg), trainer.actor, cfg.env.id, cfg.env.kwargs, cfg.train.eval_episodes,
+    result = evaluate_both(trainer.envs.evaluator("final"), trainer.actor, cfg.env.id, cfg.env.kwargs, cfg.train.eval_episodes,
                            seed=cfg.seed)
     result["env_steps"] = trainer.env_steps
     if trainer.run_dir is not None:
@@ -208,13 +208,11 @@ def load_actor(run_dir: str | Path):
     """The trained actor of ``run_dir`` and its config (weights loaded with ``weights_only=True``)."""
     import torch
 
-    from marl.envs import env_spec
-    from marl.envs.batched import TWINS
+    from marl.env_backend import EnvBackend
     from marl.learner import ImageInputs, build_actor
 
     cfg = load_run_config(run_dir)
-    # A run on a batched simulator without a PettingZoo twin has only the batched env to probe.
-    spec = env_spec(cfg.env.id, cfg.env.kwargs, batched=cfg.env.batched and cfg.env.id not in TWINS)
+    spec = EnvBackend(cfg).spec(trained_on=False)   # the package env, wherever there is one
     actor = build_actor(cfg, len(spec.agents), spec.obs_dim, spec.n_actions, torch.from_numpy(spec.action_mask),
                         spec.continuous, ImageInputs.of(spec))
     load_checkpoint_into(lambda state: actor.load_state_dict(state["actor"]), Path(run_dir) / CHECKPOINT_NAME)

@@ -1,15 +1,15 @@
 """The local backend: centralised training with decentralised execution in one process (plus
 optional env worker processes).
 
-One iteration = collect ``T = algo.rollout_steps`` steps from each of ``B = env.num_envs`` envs
-(batched policy inference over envs and agents), compute advantages with the configured module
-from ``algorithms/``, then update actor and critic with PPO-clip or A2C.
+One iteration = collect ``T = cfg.rollout_length`` steps (the learner's ask: ``algo.rollout_steps``)
+from each of ``B = env.num_envs`` envs (batched policy inference over envs and agents), then hand
+the batch to the learner (``marl.learners``), which computes its credit and updates.
 
 Episodes outlive the rollout: the envs keep running across iterations (each resets itself when
-its episode ends), so ``algo.rollout_steps`` only sets how often the learner updates; the last
-step of a rollout bootstraps from V of its successor. The first iteration resets every env with
-seeds derived from ``(seed, iteration)``. A checkpoint holds the envs' live state (see
-``marl.envs.snapshot``), so resuming reproduces an uninterrupted run exactly; for an env that cannot be
+its episode ends), so ``T`` only sets how often the learner updates; the last step of a rollout
+bootstraps from its successor. The envs are the run's ``marl.env_backend.EnvBackend``: the first
+iteration resets them with seeds derived from ``(seed, iteration)``, and a checkpoint holds their
+live state, so resuming reproduces an uninterrupted run exactly; for an env that cannot be
 snapshot, the first checkpoint says so and a resumed run starts fresh episodes.
 
 With ``train.async_collection`` (env workers only) the rollout of iteration k+1 is collected in a
@@ -33,12 +33,11 @@ from pathlib import Path
 import torch
 
 from marl import seeding
-from marl.config import Config, reward_spec
-from marl.envs import EnvError, EnvWorkerLost, make_vector_env
-from marl.envs.batched import BatchedVectorEnv, make_batched_env
+from marl.config import Config
+from marl.envs import EnvError, EnvWorkerLost
 from marl.learners import EnvShape, build_learner
 from marl.loop import TrainingInterrupted, TrainingLoop, _array_episode, _plain_episode
-from marl.resim import StateRecorder, needs_sim_states
+from marl.resim import StateRecorder
 from marl.rollout import Rollout, act_in_worker, collect_rollout
 
 __all__ = ["Trainer", "TrainingInterrupted"]
@@ -55,20 +54,12 @@ class Trainer(TrainingLoop):
         self.device = torch.device(cfg.train.device)
         self.generator = seeding.torch_stream(cfg.seed, self.device)   # the learner stream
         e, a = cfg.env, cfg.algo
-        reward = reward_spec(cfg)
-        if e.batched:
-            batched = make_batched_env(e.id, e.kwargs, e.num_envs, cfg.train.device, cfg.seed)
-            self.venv = BatchedVectorEnv(batched, reward)
-            if needs_sim_states(cfg):   # algo.advantage: resim re-simulates from the twin's state at each step
-                self.venv = StateRecorder(self.venv)
-        else:
-            self.venv = make_vector_env(e.id, e.kwargs, e.num_envs, reward, e.workers, e.check)
-        v = self.venv
+        v = self.envs.open()
         self.agents, N = list(v.agents), v.n_agents
         self.learner = build_learner(cfg, EnvShape.of(v), self.device)
         self.actor = self.learner.actor
-        sizes = (a.rollout_steps, e.num_envs, N, v.obs_dim, v.state_dim, v.n_actions,
-                 self.device if e.batched else None, v.continuous, self.actor.hidden_size, v.obs_dtype, v.state_dtype)
+        sizes = (cfg.rollout_length, e.num_envs, N, v.obs_dim, v.state_dim, v.n_actions,
+                 self.envs.device, v.continuous, self.actor.hidden_size, v.obs_dtype, v.state_dtype)
         self.rollout = Rollout.allocate(*sizes)
         if cfg.train.async_collection:
             # The actor that collects the next rollout (the policy before the last update), and the
@@ -77,7 +68,6 @@ class Trainer(TrainingLoop):
             self._spare_rollout = Rollout.allocate(*sizes)
             self._prefetched: list[dict] | None = None   # episodes of the rollout already in self.rollout
             self._collector = ThreadPoolExecutor(1, thread_name_prefix="rollout-collector")
-        self._envs_started = False       # the envs hold live episodes (else the next collection resets them)
         self._snapshot_warned = False
         self.redistribution = None
         if a.redistribution != "none":
@@ -90,6 +80,11 @@ class Trainer(TrainingLoop):
             self.difference = OnlineDifference(cfg, N, v.state_dim, v.n_actions, v.continuous, self.device)
         # A recurrent actor's hidden state where the envs are now ([B, N, H]; the learner keeps its critic's).
         self.actor_hidden: torch.Tensor | None = self.actor.initial_hidden(e.num_envs, device=self.device)
+
+    @property
+    def venv(self):
+        """The vector env the rollouts are collected from (``self.envs.open()``'s)."""
+        return self.envs.venv
 
     # -- persistence ------------------------------------------------------------------------------
     def backend_state(self) -> dict:
@@ -114,15 +109,10 @@ class Trainer(TrainingLoop):
         return state
 
     def _env_snapshot(self) -> list[torch.Tensor] | dict[str, torch.Tensor] | None:
-        """The envs' live state: uint8 tensors (one per slice) of PettingZoo envs, a batched env's
-        own tensors, or None (with a one-time message) when they hold no episode yet or cannot be
-        snapshot."""
-        if not self._envs_started:
-            return None
-        if self.cfg.env.batched:
-            return self.venv.snapshot()
+        """``EnvBackend.snapshot``, or None (with a one-time message) for envs whose state cannot be
+        saved; a lost env worker fails the save."""
         try:
-            parts = self.venv.snapshot()
+            return self.envs.snapshot()
         except EnvWorkerLost:   # not an env that cannot be snapshot: the save fails, the last checkpoint stands
             raise
         except EnvError as exc:
@@ -135,7 +125,6 @@ class Trainer(TrainingLoop):
                 if self.logger is not None:
                     self.logger.log_text("warnings", message, self.env_steps)
             return None
-        return [torch.frombuffer(bytearray(part), dtype=torch.uint8) for part in parts]
 
     def load_backend_state(self, state: dict) -> None:
         self.learner.load_state_dict(state)
@@ -147,12 +136,10 @@ class Trainer(TrainingLoop):
             self.difference.load_state_dict(state["difference_model"])
         if self.actor.recurrent:
             self.actor_hidden = state["actor_hidden"].to(self.device)
-        self._envs_started = False
+        self.envs.started = False
         if "env_state" in state:
-            envs = state["env_state"]
             try:
-                self.venv.load_snapshot(envs if isinstance(envs, dict) else [part.numpy().tobytes() for part in envs])
-                self._envs_started = True
+                self.envs.restore(state["env_state"])
             except EnvWorkerLost:
                 raise
             except EnvError as exc:
@@ -162,7 +149,7 @@ class Trainer(TrainingLoop):
             self.behaviour_actor.load_state_dict(state["behaviour_actor"])
             # Without the envs' state the next rollout is collected again, by the saved behaviour actor.
             self._prefetched = None
-            if self._envs_started and "prefetched_rollout" in state:
+            if self.envs.started and "prefetched_rollout" in state:
                 for name, value in state["prefetched_rollout"].items():
                     getattr(self.rollout, name)[:] = value.numpy()
                 self._prefetched = [_array_episode(ep) for ep in state["prefetched_episodes"]]
@@ -177,14 +164,11 @@ class Trainer(TrainingLoop):
         (reset with the seeds of ``iteration`` if they hold none yet). With ``train.act_in_workers``
         each env worker collects its own envs' part with a copy of ``actor`` and its own action
         draws (``generator`` is then unused)."""
-        if not self._envs_started:
-            seeds = seeding.env_reset_seeds(self.cfg.seed, iteration, self.cfg.env.num_envs)
-            self.venv.reset(int(seeds[0]) if self.cfg.env.batched else seeds)
-            self._envs_started = True
+        self.envs.start(iteration)
         if not self.cfg.train.act_in_workers:
             episodes, self.actor_hidden = collect_rollout(self.venv, buf, actor, generator, self.actor_hidden)
             return episodes
-        pickled, T = pickle.dumps(actor), self.cfg.algo.rollout_steps
+        pickled, T = pickle.dumps(actor), self.cfg.rollout_length
         rows = self.venv.worker_rows
         hidden = None if self.actor_hidden is None else self.actor_hidden.numpy()
         parts = self.venv.call(act_in_worker, [(pickled, T, seeding.worker_actions_seed(self.cfg.seed, iteration, w),
@@ -264,7 +248,7 @@ class Trainer(TrainingLoop):
     def close(self) -> None:
         if self.cfg.train.async_collection:
             self._collector.shutdown()
-        self.venv.close()
+        self.envs.close()
         super().close()
 
 

@@ -70,7 +70,7 @@ def test_a_twin_run_says_which_simulator_each_evaluation_runs_on():
                        ({"id": OWN, "kwargs": {}, "batched": True, "num_envs": 4}, "the batched simulator")):
         trainer = Trainer(config_from_dict(tiny_config(env=env)), None)
         try:
-            assert trainer.evaluation_simulators == ("periodic evaluation on the batched simulator, "
+            assert trainer.envs.simulators == ("periodic evaluation on the batched simulator, "
                                                      f"final evaluation on {final}")
         finally:
             trainer.close()
