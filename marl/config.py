@@ -277,9 +277,16 @@ class Config:
     rllib: RLlibConfig = field(default_factory=RLlibConfig)
 
     @property
+    def rollout_length(self) -> int:
+        """Steps each env takes between two updates, as the learner asks for them
+        (``marl.learners.LearnerSpec.rollout_steps``; ``algo.rollout_steps`` for the shipped learners)."""
+        from marl.learners import LEARNERS   # the registry builds on this module
+        return LEARNERS[self.algo.learner].rollout_steps(self)
+
+    @property
     def steps_per_iteration(self) -> int:
-        """Env steps collected per iteration: ``algo.rollout_steps * env.num_envs``."""
-        return self.algo.rollout_steps * self.env.num_envs
+        """Env steps collected per iteration (one update): ``rollout_length * env.num_envs``."""
+        return self.rollout_length * self.env.num_envs
 
     @property
     def total_iterations(self) -> int:

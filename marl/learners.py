@@ -9,6 +9,8 @@ from ``LEARNERS[cfg.algo.learner]``. What the loop and the backends call (``Lear
 - ``credit_values() -> list[Tensor] | None``: per agent, the credit values of the last update
   (the advantage histograms of TensorBoard);
 - ``state_dict()`` / ``load_state_dict(state)``: its part of a checkpoint;
+- ``LearnerSpec.rollout_steps(cfg)``: how many steps each env takes between two updates (the loop
+  collects that many, ``cfg.rollout_length``; every shipped learner reads ``algo.rollout_steps``);
 - optionally ``prepare(batch, generator) -> dict`` with ``adv`` ``[T, B, N]``: per-step credit of a
   batch, for the credit views (heatmaps, credit fidelity, the oracle); without it they are skipped.
 
@@ -81,6 +83,7 @@ class LearnerSpec:
     validate: Callable[[Config], None] | None = None
     check_env: Callable[..., None] | None = None
     method: Callable[[Config], str] = lambda cfg: cfg.algo.advantage   # how the credit views name it
+    rollout_steps: Callable[[Config], int] = lambda cfg: cfg.algo.rollout_steps   # env steps per env between updates
 
 
 def _actor_critic(cfg: Config, env: EnvShape, device: torch.device | str) -> CreditLearner:

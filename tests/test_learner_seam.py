@@ -44,20 +44,23 @@ def test_a_learner_added_by_one_registry_entry_trains_checkpoints_and_resumes(tm
     from marl.checkpoint import CHECKPOINT_NAME
     from marl.run import resume_run
 
-    monkeypatch.setitem(LEARNERS, "random", LearnerSpec(RandomLearner, "uniform random play (a test learner)"))
+    # It asks for 10 steps of each env between updates, whatever algo.rollout_steps says (25 here).
+    monkeypatch.setitem(LEARNERS, "random", LearnerSpec(RandomLearner, "uniform random play (a test learner)",
+                                                        rollout_steps=lambda cfg: 10))
     cfg = tiny_config(algo={"learner": "random"}, train={"total_env_steps": 400, "checkpoint_every": 2,
                                                          "eval_episodes": 2})
     records, evaluation = train_run(cfg, tmp_path / "run")
-    assert [r["random/updates"] for r in records] == [1.0, 2.0, 3.0, 4.0]
-    assert all(r["random/batch_steps"] == 25.0 for r in records)
+    assert [r["random/updates"] for r in records] == [float(k) for k in range(1, 11)]   # 400 / (10 x 4 envs)
+    assert [r["env_steps"] for r in records] == [40 * k for k in range(1, 11)]
+    assert all(r["random/batch_steps"] == 10.0 for r in records)
     assert -120 < evaluation["team_return_mean"] < -40   # random play on simple_spread scores about -78
     assert (tmp_path / "run" / CHECKPOINT_NAME).is_file()
 
     trainer = resume_run(tmp_path / "run", ["train.total_env_steps=600"])
     try:
-        assert trainer.learner.updates == 4
+        assert trainer.learner.updates == 10
         trainer.train()
-        assert trainer.learner.updates == 6
+        assert trainer.learner.updates == 15
     finally:
         trainer.close()
 
