@@ -33,6 +33,9 @@ CASES = {
     "recurrent": ("configs/spread_mappo.yaml", ["model.recurrent=true"], 4000),
     "lbf_fast": ("configs/lbf_fast.yaml", [], 8000),
     "spread_fast": ("configs/spread_fast.yaml", [], 19200),
+    "workers": ("configs/spread_mappo.yaml", ["env.workers=2"], 4000),
+    "spread_qmix": ("configs/spread_qmix.yaml", [], 4000),
+    "spread_fast_qmix": ("configs/spread_fast_qmix.yaml", [], 19200),
 }
 IGNORED_PREFIXES = ("perf/",)
 
