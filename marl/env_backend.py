@@ -23,7 +23,7 @@ import torch
 
 from marl import seeding
 from marl.config import Config, reward_spec
-from marl.envs import EnvError, EnvSpec, EnvWorkerLost, env_spec, make_vector_env
+from marl.envs import EnvSpec, env_spec, make_vector_env
 from marl.envs.batched import TWINS, BatchedVectorEnv, make_batched_env
 
 EnvState = list[torch.Tensor] | dict[str, torch.Tensor]   # pickled PettingZoo slices as uint8, or a twin's tensors
@@ -123,6 +123,3 @@ class EnvBackend:
     def close(self) -> None:
         if self.venv is not None:
             self.venv.close()
-
-
-__all__ = ["EnvBackend", "EnvError", "EnvWorkerLost"]
