@@ -196,8 +196,8 @@ def final_evaluation(trainer: Trainer) -> dict | None:
     cfg = trainer.cfg
     if cfg.train.eval_episodes == 0:
         return None
-    result = evaluate_both(trainer.envs.evaluator("final"), trainer.actor, cfg.env.id, cfg.env.kwargs, cfg.train.eval_episodes,
-                           seed=cfg.seed)
+    result = evaluate_both(trainer.envs.evaluator("final"), trainer.actor, cfg.env.id, cfg.env.kwargs,
+                           cfg.train.eval_episodes, seed=cfg.seed)
     result["env_steps"] = trainer.env_steps
     if trainer.run_dir is not None:
         (trainer.run_dir / EVAL_NAME).write_text(json.dumps(result, indent=2) + "\n")
